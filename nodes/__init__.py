@@ -1,0 +1,26 @@
+"""ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
+from . import host
+from .model_nodes import EncodeText, LoadCogVideoX
+from .sampling_nodes import DDIMInvert, DDIMSample, GuidedSample, NullTextInversion, ReferenceAttention
+from .trajectory_nodes import LoadTrajectory, SaveTrajectory
+from .vae_nodes import VAEDecodeVideo, VAEEncodeVideo
+
+host.register_model_folders()
+host.install_sample_media()
+
+NODES = {
+    # key (saved in workflows: never rename): (class, display name)
+    "VInvLoadCogVideoX": (LoadCogVideoX, "Load CogVideoX Model"),
+    "VInvEncodeText": (EncodeText, "Encode Text (CogVideoX)"),
+    "VInvVAEEncode": (VAEEncodeVideo, "VAE Encode Video"),
+    "VInvVAEDecode": (VAEDecodeVideo, "VAE Decode Video"),
+    "VInvDDIMInvert": (DDIMInvert, "DDIM Invert (exact)"),
+    "VInvDDIMSample": (DDIMSample, "DDIM Sample"),
+    "VInvReferenceAttention": (ReferenceAttention, "Reference Attention"),
+    "VInvGuidedSample": (GuidedSample, "Guided Sample"),
+    "VInvNullTextInversion": (NullTextInversion, "Null-Text Inversion"),
+    "VInvSaveTrajectory": (SaveTrajectory, "Save Trajectory"),
+    "VInvLoadTrajectory": (LoadTrajectory, "Load Trajectory"),
+}
+NODE_CLASS_MAPPINGS = {key: cls for key, (cls, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

@@ -1,0 +1,22 @@
+"""Shared node plumbing: the category root, socket type names, and small helpers."""
+from __future__ import annotations
+
+import torch
+
+CATEGORY = "video inversion"
+MODEL = "VINV_MODEL"
+CONDITIONING = "VINV_CONDITIONING"
+TRAJECTORY = "VINV_TRAJECTORY"
+
+
+def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0) -> dict:
+    """A ComfyUI LATENT: ``samples`` [B, F, C, H, W] (the transformer's layout, scaled) plus
+    what the later stages need under the key ``vinv``."""
+    return {"samples": samples, "vinv": {"model_fingerprint": model.fingerprint, "image_latents": image_latents,
+                                         "pad_frames": pad}}
+
+
+def latent_parts(latent: dict):
+    """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one)."""
+    meta = latent.get("vinv") or {}
+    return latent["samples"], meta.get("image_latents"), int(meta.get("pad_frames", 0))

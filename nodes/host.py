@@ -1,0 +1,129 @@
+"""The one place that talks to ComfyUI (comfy.*, folder_paths, server). Everything here has a
+plain-Python fallback so the library, the nodes and the tests run without ComfyUI."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..vidinv.inversion import Hooks
+
+try:  # inside a ComfyUI process
+    import comfy.model_management as _mm
+    import comfy.utils as _utils
+    import folder_paths as _fp
+except ImportError:  # pytest, scripts
+    _mm = _utils = _fp = None
+
+IN_COMFY = _fp is not None
+PACK_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_MODELS = {"tiny-cogvideox (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox",
+                  "tiny-cogvideox-i2v (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox-i2v"}
+MODEL_FOLDER_KINDS = ("CogVideo", "diffusers")
+_FALLBACK_DIRS = {"input": Path(os.environ.get("VIDINV_INPUT_DIR", Path.cwd() / "input")),
+                  "output": Path(os.environ.get("VIDINV_OUTPUT_DIR", Path.cwd() / "output")),
+                  "models": Path(os.environ.get("VIDINV_MODELS_DIR", Path.cwd() / "models"))}
+
+
+def register_model_folders() -> None:
+    """models/CogVideo (the convention of the most used CogVideoX pack) and models/diffusers."""
+    if IN_COMFY:
+        for kind in MODEL_FOLDER_KINDS:
+            _fp.add_model_folder_path(kind, os.path.join(_fp.models_dir, kind))
+
+
+def install_sample_media() -> None:
+    """Copy the pack's sample videos and images into ComfyUI's input folder (where core
+    LoadVideo and LoadImage look),
+    once; a file the user already has there is left alone."""
+    if not IN_COMFY:
+        return
+    target = directory("input")
+    for src in sorted((PACK_ROOT / "assets" / "videos").glob("vinv_*")):
+        dst = target / src.name
+        if not dst.exists():
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            except OSError as err:  # a read-only input folder must not stop the pack from loading
+                logging.getLogger("vidinv").warning("could not copy sample video %s: %s", src.name, err)
+
+
+def model_roots() -> list[Path]:
+    if IN_COMFY:
+        roots = []
+        for kind in MODEL_FOLDER_KINDS:
+            try:
+                roots += [Path(p) for p in _fp.get_folder_paths(kind)]
+            except KeyError:
+                pass
+        return roots
+    return [_FALLBACK_DIRS["models"] / kind for kind in MODEL_FOLDER_KINDS]
+
+
+def directory(kind: str) -> Path:
+    """ComfyUI's input or output folder."""
+    if IN_COMFY:
+        return Path(_fp.get_input_directory() if kind == "input" else _fp.get_output_directory())
+    return _FALLBACK_DIRS[kind]
+
+
+def annotated_path(name: str) -> Path:
+    """'file [output]' / 'file [input]' / 'file' (input) -> a path, as ComfyUI's loaders read them."""
+    if IN_COMFY:
+        return Path(_fp.get_annotated_filepath(name))
+    for kind in ("output", "input"):
+        suffix = f" [{kind}]"
+        if name.endswith(suffix):
+            return directory(kind) / name[: -len(suffix)]
+    return directory("input") / name
+
+
+def compute_device() -> torch.device:
+    return _mm.get_torch_device() if IN_COMFY else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if IN_COMFY else torch.device("cpu")
+
+
+def free_memory() -> None:
+    if IN_COMFY:
+        _mm.soft_empty_cache()
+
+
+def check_interrupt() -> None:
+    """Raises ComfyUI's interrupt exception when the user pressed Cancel."""
+    if IN_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+def previews_enabled() -> bool:
+    if not IN_COMFY:
+        return False
+    from comfy.cli_args import LatentPreviewMethod, args
+    return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
+class Progress(Hooks):
+    """ComfyUI's progress bar per step, an interrupt check before every model call, and a
+    latent preview where the host has previews switched on."""
+
+    def __init__(self, total: int, preview=None):
+        self.bar = _utils.ProgressBar(total) if IN_COMFY else None
+        self.preview = preview if previews_enabled() else None
+        self.log: list[dict] = []
+
+    def before_call(self) -> None:
+        check_interrupt()
+
+    def after_step(self, i: int, total: int, info: dict) -> None:
+        self.log.append({k: v for k, v in info.items() if not isinstance(v, torch.Tensor)})
+        if self.bar is not None:
+            image = None
+            if self.preview is not None and "denoised" in info:
+                image = ("JPEG", self.preview(info["denoised"]), 512)
+            self.bar.update_absolute(i + 1, total, image)

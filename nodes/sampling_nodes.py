@@ -1,0 +1,261 @@
+"""Exact DDIM inversion, plain DDIM sampling, reference attention and guided sampling."""
+from __future__ import annotations
+
+import dataclasses
+
+from ..vidinv import attention, errors, inversion, nulltext, video
+from ..vidinv.models import cogvideox
+from ..vidinv.trajectory import DTYPES
+from . import host
+from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, latent_parts, latent_value
+from .preview import latent_preview
+
+STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
+                 "tooltip": "DDIM steps on the model's own grid (trailing spacing for CogVideoX)."})
+GUIDANCE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                      "tooltip": "Classifier-free guidance scale; 1 = off. Inversion applies the same guidance "
+                                 "as sampling, so the round trip stays exact."})
+DYNAMIC = ("BOOLEAN", {"default": False,
+                       "tooltip": "CogVideoX's dynamic CFG (the diffusers pipeline's formula), a function of the "
+                                  "timestep: identical in both directions."})
+NEGATIVE = (list(nulltext.NEGATIVE_MODES), {
+    "default": "conditioning",
+    "tooltip": "The unconditional branch of CFG: the conditioning's own negative prompt; the trajectory's source "
+               "prompt (negative-prompt inversion: CFG reconstruction without optimisation); or the trajectory's "
+               "null-text embeddings (run Null-Text Inversion first, with the same guidance)."})
+
+
+def source_image_latents(model, latent: dict):
+    samples, image_latents, _ = latent_parts(latent)
+    if model.is_i2v and image_latents is None:
+        raise errors.InputError(f"{model.name} is an image-to-video model, but the latent carries no image "
+                                "conditioning", "Encode the video with this pack's VAE Encode node and this model.")
+    return samples, image_latents
+
+
+class DDIMInvert:
+    DESCRIPTION = ("Exact DDIM inversion: solves each inverse step by fixed-point iteration (Anderson-"
+                   "accelerated) so that sampling the result returns the input. Emits the whole trajectory.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY, "LATENT")
+    RETURN_NAMES = ("trajectory", "noise")
+    OUTPUT_TOOLTIPS = ("Every latent from clean to noise, with the grid, conditioning and convergence.",
+                       "The inverted noise (the trajectory's last latent).")
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model to invert with (sample with the same one)."}),
+            "conditioning": (CONDITIONING, {"tooltip": "Describe the source video; guided sampling uses it as "
+                                                       "the reference conditioning."}),
+            "latent": ("LATENT", {"tooltip": "The source video latent from VAE Encode."}),
+            "steps": STEPS,
+            "guidance": GUIDANCE,
+            "dynamic_cfg": DYNAMIC,
+            "iterations": ("INT", {"default": 10, "min": 0, "max": 100,
+                                   "tooltip": "Fixed-point refinements per step on average (each one model call; "
+                                              "0 is the naive DDIM inverse). With a tolerance the budget is pooled: "
+                                              "easy steps stop early and the stiff clean end gets what they save."}),
+            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
+                                    "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 "
+                                               "makes exactly 'iterations' refinements on every step."}),
+            "solver": (["anderson", "plain"], {"default": "anderson",
+                                               "tooltip": "Anderson acceleration (safeguarded) converges where the "
+                                                          "model is stiff (near the clean end); plain is textbook."}),
+            "damping": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                  "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 "
+                                             "without guidance, 0.5 with CFG (which makes undamped steps overshoot "
+                                             "near the clean end)."}),
+            "trajectory_dtype": (list(DTYPES), {"default": "fp32",
+                                                "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
+                                                           "halve the memory; fp32 keeps the round trip exact)."}),
+        }}
+
+    def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
+               damping, trajectory_dtype):
+        samples, image_latents = source_image_latents(model, latent)
+        progress = host.Progress(steps)
+        traj = inversion.invert(model, conditioning, samples, steps, guidance, dynamic_cfg, iterations, tolerance,
+                                memory=5 if solver == "anderson" else 0, damping=damping or None,
+                                dtype=trajectory_dtype,
+                                image_latents=image_latents, hooks=progress)
+        _, _, pad = latent_parts(latent)
+        traj.extra["pad_frames"] = pad
+        noise = latent_value(traj.noise, model, image_latents, pad)
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise)}
+
+
+class DDIMSample:
+    DESCRIPTION = ("Plain deterministic DDIM sampling (eta = 0) from a latent, e.g. the inverted noise: the "
+                   "round-trip reference. With a trajectory connected it can use its null-text embeddings or "
+                   "the source prompt as the negative (negative-prompt inversion).")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The sampled clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model to sample with."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The prompt to sample (the source prompt reconstructs)."}),
+            "latent": ("LATENT", {"tooltip": "Starting noise, e.g. DDIM Invert's noise output."}),
+            "steps": STEPS,
+            "guidance": GUIDANCE,
+            "dynamic_cfg": DYNAMIC,
+            "negative": NEGATIVE,
+        }, "optional": {
+            "trajectory": (TRAJECTORY, {"tooltip": "The inversion's trajectory, for the 'source prompt' and "
+                                                   "'null-text' negatives."}),
+        }}
+
+    def sample(self, model, conditioning, latent, steps, guidance, dynamic_cfg, negative, trajectory=None):
+        samples, image_latents = source_image_latents(model, latent)
+        if trajectory is not None:
+            trajectory.check_model(model)
+        neg = nulltext.negative_for(negative, trajectory)
+        progress = host.Progress(steps, latent_preview(model))
+        out = inversion.sample(model, conditioning, samples, steps, guidance, dynamic_cfg, image_latents, neg,
+                               hooks=progress)
+        _, _, pad = latent_parts(latent)
+        host.free_memory()
+        return (latent_value(out, model, image_latents, pad),)
+
+
+class ReferenceAttention:
+    DESCRIPTION = ("Patches a copy of the model so that guided sampling attends to the trajectory's keys and "
+                   "values at each step (RoPE applied per token group). The input model is not changed.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A copy of the model carrying the trajectory and options; only Guided Sample uses them.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = attention.ReferenceOptions()
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "From DDIM Invert or Load Trajectory."}),
+            "blocks": ("STRING", {"default": d.blocks,
+                                  "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
+            "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
+                                "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
+            "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
+                              "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
+            "weight": ("FLOAT", {"default": d.weight, "min": 0.0, "max": 20.0, "step": 0.1,
+                                 "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, "
+                                            "0 = off, more = stronger pull to the source."}),
+            "reference_text": ("BOOLEAN", {"default": d.text,
+                                           "tooltip": "Also attend to the reference's text tokens (the source "
+                                                      "prompt). Off keeps the text's share of attention."}),
+            "rows": (list(attention.ROWS), {"default": d.rows,
+                                            "tooltip": "Inject into all CFG rows, or only the conditional one "
+                                                       "(keeps CFG reconstruction exact)."}),
+            "reference_conditioning": (list(attention.REFERENCE_TEXT), {
+                "default": d.reference_text,
+                "tooltip": "'source': reference pass with the inversion's prompt, once per step for all rows. "
+                           "'edit': with the prompts being sampled, per CFG row (the published recipe)."}),
+        }}
+
+    def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning):
+        opts = attention.ReferenceOptions(blocks, start, end, weight, reference_text, rows, reference_conditioning)
+        opts.validate(int(model.transformer.config.num_layers))
+        trajectory.check_model(model)
+        return (dataclasses.replace(model, reference=attention.ReferenceSpec(trajectory, opts)),)
+
+
+class GuidedSample:
+    DESCRIPTION = ("Samples the trajectory's grid with a new prompt while the patched attention keeps the source's "
+                   "layout and motion. Starts from the inverted noise (or fresh noise, to compare).")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "A model from Reference Attention."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The edited prompt (the source prompt reconstructs)."}),
+            "guidance": GUIDANCE,
+            "dynamic_cfg": DYNAMIC,
+            "start": (["inverted", "fresh"], {"default": "inverted",
+                                              "tooltip": "Start from the trajectory's inverted noise, or from "
+                                                         "fresh noise (the published recipe)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                             "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."}),
+            "negative": NEGATIVE,
+        }, "optional": {
+            "first_frame": ("IMAGE", {"tooltip": "Image-to-video models only: an edited first frame to condition "
+                                                 "the edit on (the source's first frame is used otherwise)."}),
+        }}
+
+    def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None):
+        spec = model.reference
+        if spec is None:
+            raise errors.InputError("Guided Sample needs a model patched with a trajectory",
+                                    "Connect the output of the Reference Attention node to its model input.")
+        traj = spec.trajectory
+        neg = nulltext.negative_for(negative, traj)
+        image_latents = None
+        if first_frame is not None:
+            if not model.is_i2v:
+                raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
+                                        "Disconnect first_frame, or load an image-to-video model (CogVideoX-5B-I2V).")
+            video.check_images(first_frame)
+            h, w = (traj.latents.shape[-2] * model.spatial_factor, traj.latents.shape[-1] * model.spatial_factor)
+            frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop",
+                                      model.required_size)
+            image_latents = cogvideox.encode_image_latents(model, frame, traj.latents.shape[2])
+        progress = host.Progress(traj.steps, latent_preview(model))
+        out = inversion.guided_sample(model, conditioning, guidance, dynamic_cfg, start, seed, neg, hooks=progress,
+                                      image_latents=image_latents)
+        opts = spec.options
+        window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
+                  "weight": opts.weight}
+        host.free_memory()
+        return {"ui": {"vinv_guidance": [window]},
+                "result": (latent_value(out, model, traj.image_latents, traj.extra.get("pad_frames", 0)),)}
+
+
+class NullTextInversion:
+    DESCRIPTION = ("Null-text inversion: keeps a guidance-1 trajectory as the pivot and optimises the "
+                   "unconditional embedding of every step so that sampling with guidance > 1 follows it. The "
+                   "embeddings are stored in the trajectory (and saved with it); pick negative 'null-text' when "
+                   "sampling, with the same guidance.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY,)
+    RETURN_NAMES = ("trajectory",)
+    OUTPUT_TOOLTIPS = ("The trajectory with its per-step null-text embeddings.",)
+    FUNCTION = "optimise"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "A guidance-1 trajectory from DDIM Invert."}),
+            "guidance": ("FLOAT", {"default": 6.0, "min": 1.01, "max": 30.0, "step": 0.1,
+                                   "tooltip": "The guidance you will sample with."}),
+            "iterations": ("INT", {"default": 10, "min": 1, "max": 200,
+                                   "tooltip": "Adam steps per timestep (each a forward and backward pass)."}),
+            "learning_rate": ("FLOAT", {"default": 0.01, "min": 1e-5, "max": 1.0, "step": 0.001,
+                                        "tooltip": "Adam learning rate on the embedding."}),
+            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
+                                    "tooltip": "Stop a step early once the MSE to the pivot latent is below this."}),
+            "gradient_checkpointing": (["auto", "on", "off"], {
+                "default": "auto", "tooltip": "Recompute activations in the backward pass to save memory "
+                                              "('auto': on for GPUs)."}),
+        }}
+
+    def optimise(self, model, trajectory, guidance, iterations, learning_rate, tolerance, gradient_checkpointing):
+        checkpoint = None if gradient_checkpointing == "auto" else gradient_checkpointing == "on"
+        progress = host.Progress(trajectory.steps)
+        traj = nulltext.null_text_inversion(model, trajectory, guidance, iterations, learning_rate, tolerance,
+                                            checkpoint, hooks=progress)
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj,)}

@@ -1,0 +1,81 @@
+"""VAE encode / decode of IMAGE frames, with the frame-count and size policies."""
+from __future__ import annotations
+
+import logging
+
+from ..vidinv import video
+from ..vidinv.models import cogvideox
+from . import host
+from .common import CATEGORY, MODEL, latent_parts, latent_value
+
+log = logging.getLogger("vidinv")
+TILING = ("auto", "on", "off")
+
+
+class VAEEncodeVideo:
+    DESCRIPTION = ("Encodes video frames into the model's latent space ([B, F, C, H, W], scaled). Frames are "
+                   "fitted to 4k+1 and to the model's size grid first; the fitted frames are returned too.")
+    CATEGORY = f"{CATEGORY}/vae"
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "frames")
+    OUTPUT_TOOLTIPS = ("The video latent (the I2V image conditioning rides along for I2V models).",
+                       "The frames actually encoded (after trimming and resizing), to compare results with.")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model whose VAE encodes."}),
+            "images": ("IMAGE", {"tooltip": "Video frames [N, H, W, 3], e.g. from Get Video Components."}),
+            "frames": (list(video.FRAME_POLICIES), {
+                "default": video.FRAME_POLICIES[0],
+                "tooltip": "CogVideoX needs 4k+1 frames: trim to the largest such count, or stop with an error."}),
+            "size": (list(video.SIZE_POLICIES), {
+                "default": video.SIZE_POLICIES[0],
+                "tooltip": "How to reach width x height: scale and centre-crop, stretch, or stop with an error."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
+                              "tooltip": "Target width in pixels; 0 = the model's native width. Must be a "
+                                         "multiple of 8 x patch size (16 for CogVideoX)."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
+                               "tooltip": "Target height in pixels; 0 = the model's native height."}),
+            "tiling": (list(TILING), {"default": "auto",
+                                      "tooltip": "VAE tiling saves memory on large frames; 'auto' tiles frames "
+                                                 "larger than the VAE's tile size."}),
+        }}
+
+    def encode(self, model, images, frames, size, width, height, tiling):
+        video.check_images(images)
+        clip, note_frames = video.fit_frame_count(images, model.temporal_factor, frames)
+        nh, nw = model.native_size
+        clip, note_size = video.fit_size(clip, height or nh, width or nw, model.size_multiple, size,
+                                         model.required_size)
+        log.info("VAE encode: %s; %s", note_frames, note_size)
+        z = cogvideox.encode_video(model, clip, tiling)
+        z, pad = cogvideox.pad_latent_frames(model, z)
+        image_latents = cogvideox.encode_image_latents(model, clip, z.shape[1], tiling) if model.is_i2v else None
+        host.free_memory()
+        return {"ui": {"text": [f"{note_frames}; {note_size}"]},
+                "result": (latent_value(z, model, image_latents, pad), clip)}
+
+
+class VAEDecodeVideo:
+    DESCRIPTION = "Decodes a video latent into IMAGE frames (0..1), one video at a time."
+    CATEGORY = f"{CATEGORY}/vae"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Frames [N, H, W, 3]; several videos in a batch come one after the other.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model whose VAE decodes (the one that made the latent)."}),
+            "latent": ("LATENT", {"tooltip": "A video latent [B, F, C, H, W] from this pack's nodes."}),
+            "tiling": (list(TILING), {"default": "auto", "tooltip": "VAE tiling saves memory on large frames."}),
+        }}
+
+    def decode(self, model, latent, tiling):
+        samples, _, pad = latent_parts(latent)
+        frames = cogvideox.decode_video(model, samples[:, pad:], tiling)
+        host.free_memory()
+        return (frames,)

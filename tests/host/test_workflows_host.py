@@ -1,0 +1,160 @@
+"""The example workflows run in the real host, and the inversion, guidance and trajectory nodes
+answer bad inputs with readable node errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from tests.host.helpers import api_prompt, load_workflow, outputs_of
+from tools import comfy_host, workflow_api
+from vidinv import synthetic
+
+pytestmark = pytest.mark.host
+
+
+def frames_of(comfy, entry, prompt, title):
+    nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
+    return np.stack([np.asarray(Image.open(comfy.base / "output" / im["subfolder"] / im["filename"]).convert("RGB"),
+                                np.float32) / 255 for im in entry["outputs"][nid]["images"]])
+
+
+def latent_of(comfy, entry, prompt, title):
+    nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
+    item = entry["outputs"][nid]["latents"][0]
+    return load_file(str(comfy.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"].double()
+
+
+def ui_of(entry, prompt, class_type, key):
+    nid = next(k for k, v in prompt.items() if v["class_type"] == class_type)
+    return entry["outputs"][nid][key][0]
+
+
+@pytest.fixture(scope="module")
+def edit_run(comfy, object_info):
+    prompt = api_prompt("edit.json", object_info)
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
+    return prompt, entry
+
+
+def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
+    prompt, entry = edit_run
+    src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
+    assert float((rec - src).norm() / src.norm()) < 1e-3
+    summary = ui_of(entry, prompt, "VInvDDIMInvert", "vinv_trajectory")
+    assert summary["steps"] == 50 and len(summary["residuals"]) == 50 and max(summary["residuals"]) < 1e-3
+    assert sum(summary["calls"]) / 50 <= 10
+    source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
+    got = synthetic.describe(edit)
+    assert got["colour"] == "green" and got["direction"] == "right", got
+    assert synthetic.mask_iou(edit, source) > 0.6
+    window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
+    assert window["steps"] == 50 and window["active"]
+    for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
+        nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
+        item = entry["outputs"][nid]["images"][0]
+        assert (comfy.base / "output" / item["subfolder"] / item["filename"]).stat().st_size > 0
+
+
+def test_second_run_is_identical(comfy, object_info, edit_run):
+    """Nothing leaks between runs: the same graph again (nothing cached: new seed-free node ids
+    are not needed, ComfyUI re-executes after a cache flush) gives the same edit."""
+    prompt, entry = edit_run
+    first = frames_of(comfy, entry, prompt, "Frames: edit")
+    comfy.post("/free", {"unload_models": True, "free_memory": True})
+    again = api_prompt("edit.json", object_info, {("Frames: edit", "filename_prefix"): "vinv/edit_again"})
+    entry2 = comfy.run(again, timeout=900)
+    assert entry2["status"]["status_str"] == "success"
+    assert np.array_equal(frames_of(comfy, entry2, again, "Frames: edit"), first)
+
+
+def test_reconstruct_workflow(comfy, object_info):
+    prompt = api_prompt("reconstruct.json", object_info)
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
+    assert outputs_of(entry, "SaveVideo", prompt)[0]["images"]
+
+
+def set_mode(workflow, types, mode):
+    for node in workflow["nodes"]:
+        if node["type"] in types:
+            node["mode"] = mode
+    return workflow
+
+
+def test_trajectory_save_then_load_in_a_second_run(comfy, object_info):
+    wf = load_workflow("trajectory_save_load.json")
+    run1 = workflow_api.convert(wf, object_info)
+    entry1 = comfy.run(run1, timeout=900)
+    assert entry1["status"]["status_str"] == "success", comfy_host.execution_error(entry1)
+    saved = outputs_of(entry1, "VInvSaveTrajectory", run1)[0]["vinv_saved"][0]
+    path = comfy.base / "output" / saved["subfolder"] / saved["filename"]
+    assert path.is_file() and saved["filename"] == "red_circle_00001.safetensors"
+    # run 2: the muted group on, inversion and saving off
+    wf2 = set_mode(set_mode(load_workflow("trajectory_save_load.json"), {"VInvDDIMInvert", "VInvSaveTrajectory"}, 2),
+                   {"VInvLoadTrajectory", "VInvDDIMSample", "VInvVAEDecode", "SaveImage"}, 0)
+    info = comfy.get("/object_info/VInvLoadTrajectory")
+    run2 = workflow_api.convert(wf2, {**object_info, **info})
+    entry2 = comfy.run(run2, timeout=900)
+    assert entry2["status"]["status_str"] == "success", comfy_host.execution_error(entry2)
+    frames = frames_of(comfy, entry2, run2, "SaveImage")
+    assert synthetic.describe(frames) == {"shape": "circle", "colour": "red", "direction": "right"}
+
+
+def error_of(comfy, prompt):
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "error"
+    return comfy_host.execution_error(entry)
+
+
+def load_trajectory_prompt(file, model="tiny-cogvideox (bundled)"):
+    return {
+        "1": {"class_type": "VInvLoadCogVideoX", "inputs": {"model": model, "precision": "fp32", "offload": "none"}},
+        "2": {"class_type": "VInvLoadTrajectory", "inputs": {"model": ["1", 0], "file": file}},
+        "3": {"class_type": "VInvSaveTrajectory", "inputs": {"trajectory": ["2", 0],
+                                                              "filename_prefix": "trajectories/copy"}},
+    }
+
+
+def test_load_trajectory_refuses_bad_files_with_a_reason(comfy):
+    inp = comfy.base / "input"
+    saved = sorted((comfy.base / "output" / "trajectories").glob("red_circle_*.safetensors"))
+    assert saved, "the save/load test runs first in this module"
+    data = saved[0].read_bytes()
+    (inp / "damaged.safetensors").write_bytes(data[: len(data) // 3])
+    save_file({"w": torch.zeros(3)}, str(inp / "a_lora.safetensors"))
+    cases = {"damaged.safetensors": "could not be read as a safetensors file",
+             "a_lora.safetensors": "is a safetensors file but not a trajectory"}
+    for name, reason in cases.items():
+        err = error_of(comfy, load_trajectory_prompt(name))
+        assert err["node_type"] == "VInvLoadTrajectory" and reason in err["exception_message"], err
+    err = error_of(comfy, load_trajectory_prompt(f"trajectories/{saved[0].name} [output]",
+                                                 model="tiny-cogvideox-i2v (bundled)"))
+    assert "this trajectory was made with model 'tiny-cogvideox (bundled)'" in err["exception_message"]
+
+
+def test_guided_sample_without_reference_attention_is_a_readable_error(comfy, object_info):
+    prompt = api_prompt("edit.json", object_info)
+    guided = next(k for k, v in prompt.items() if v["class_type"] == "VInvGuidedSample")
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "VInvLoadCogVideoX")
+    prompt[guided]["inputs"]["model"] = [loader, 0]
+    err = error_of(comfy, prompt)
+    assert err["node_type"] == "VInvGuidedSample"
+    assert err["exception_message"].startswith("Guided Sample needs a model patched with a trajectory")
+
+
+def test_bad_reference_blocks_is_a_readable_error(comfy, object_info):
+    prompt = api_prompt("edit.json", object_info, {("VInvReferenceAttention", "blocks"): "0-99"})
+    err = error_of(comfy, prompt)
+    assert err["node_type"] == "VInvReferenceAttention" and "outside 0..7" in err["exception_message"]
+
+
+def test_i2v_edit_workflow(comfy, object_info):
+    prompt = api_prompt("i2v_edit.json", object_info)
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
+    src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
+    assert float((rec - src).norm() / src.norm()) < 1e-3
+    edit = frames_of(comfy, entry, prompt, "Frames: edit")
+    assert synthetic.describe(edit)["colour"] == "green"

@@ -1,0 +1,177 @@
+"""Reference attention on tiny random CogVideoX models: the processor equals diffusers' own,
+duplicate-key invariance (DESIGN fact 5) for every option, per-group RoPE, safety, cost."""
+import itertools
+
+import pytest
+import torch
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+from vidinv import attention, errors, inversion
+from vidinv.attention import ReferenceOptions, ReferenceSpec, parse_blocks
+from vidinv.models import cogvideox
+
+VARIANTS = ["2b", "5b", "1.5"]
+
+
+def latent(model, frames=2, seed=0, batch=1):
+    h = w = 4
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, model.latent_channels, h, w, generator=g, dtype=torch.float64)
+
+
+def test_parse_blocks():
+    assert parse_blocks("all", 4) == (0, 1, 2, 3)
+    assert parse_blocks("1-2", 4) == (1, 2)
+    assert parse_blocks("0, 3", 4) == (0, 3)
+    assert parse_blocks("2-", 4) == (2, 3)
+    assert parse_blocks("-2", 4) == (0, 1)
+    with pytest.raises(errors.InputError, match="outside 0..3"):
+        parse_blocks("0-7", 4)
+    with pytest.raises(errors.InputError, match="not a list of block indices"):
+        parse_blocks("first", 4)
+
+
+def test_options_validation_messages():
+    with pytest.raises(errors.InputError, match="start 0.8 / end 0.2"):
+        ReferenceOptions(start=0.8, end=0.2).validate(4)
+    with pytest.raises(errors.InputError, match="weight -1"):
+        ReferenceOptions(weight=-1).validate(4)
+
+
+def test_active_steps_window():
+    o = ReferenceOptions(start=0.2, end=0.6)
+    assert o.active_steps(10) == (2, 3, 4, 5)
+    assert ReferenceOptions().active_steps(3) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_processor_without_reference_equals_diffusers(tiny64, variant):
+    model = tiny64(variant)
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    x = latent(model)
+    ref = cogvideox.transformer_call(model, x, cond.embeds, 500)
+    with attention.installed(model.transformer):
+        ours = cogvideox.transformer_call(model, x, cond.embeds, 500)
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+    assert all(isinstance(p, CogVideoXAttnProcessor2_0) for p in model.transformer.attn_processors.values())
+
+
+def duplicate_call(model, x, text, t, opts, use_cfg=False):
+    """Record K/V from x itself, then inject them into the same x: must equal plain attention."""
+    blocks = opts.block_indices(int(model.transformer.config.num_layers))
+    rec = attention.Recording(frozenset(blocks), max(blocks), opts.text)
+    rows = inversion.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
+    with attention.installed(model.transformer):
+        try:
+            cogvideox.transformer_call(model, x, text, t, attention_kwargs={"reference": rec})
+        except attention.StopReference:
+            pass
+        assert set(rec.kv) == set(blocks)
+        return cogvideox.transformer_call(model, x, text, t,
+                                          attention_kwargs={"reference": attention.Injection(rec, rows, opts.weight)})
+
+
+OPTION_GRID = [ReferenceOptions(blocks=b, weight=w, text=tx)
+               for b, w, tx in itertools.product(["all", "1"], [0.5, 1.0, 4.0], [True, False])]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_duplicate_keys_leave_attention_unchanged(tiny64, variant):
+    model = tiny64(variant)
+    cond = cogvideox.encode_text(model, "a blue square moving up")
+    x = latent(model, seed=1)
+    plain = cogvideox.transformer_call(model, x, cond.embeds, 700)
+    for opts in OPTION_GRID:
+        out = duplicate_call(model, x, cond.embeds, 700, opts)
+        assert torch.allclose(out, plain, rtol=0, atol=1e-10), opts
+
+
+def test_duplicate_keys_differ_when_the_reference_differs(tiny64):
+    """The invariance is not vacuous: another latent as reference changes the output."""
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a blue square moving up")
+    x, other = latent(model, seed=1), latent(model, seed=2)
+    opts = ReferenceOptions()
+    blocks = opts.block_indices(2)
+    rec = attention.Recording(frozenset(blocks), max(blocks), True)
+    with attention.installed(model.transformer):
+        try:
+            cogvideox.transformer_call(model, other, cond.embeds, 700, attention_kwargs={"reference": rec})
+        except attention.StopReference:
+            pass
+        out = cogvideox.transformer_call(model, x, cond.embeds, 700, attention_kwargs={
+            "reference": attention.Injection(rec, torch.ones(1, dtype=torch.bool), 1.0)})
+    plain = cogvideox.transformer_call(model, x, cond.embeds, 700)
+    assert (out - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("wrong", ["unrotated", "shifted"])
+def test_wrong_rope_placement_is_caught(tiny64, monkeypatch, wrong):
+    """Rotating the reference group with any other positions breaks the invariance at once."""
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a green triangle moving left")
+    x = latent(model, seed=3)
+    plain = cogvideox.transformer_call(model, x, cond.embeds, 600)
+    assert torch.allclose(duplicate_call(model, x, cond.embeds, 600, ReferenceOptions()), plain, atol=1e-10)
+
+    def unrotated(k_ref, table, text_len):
+        return k_ref
+
+    def shifted(k_ref, table, text_len):  # positions of the next frame, as a concatenated sequence would get
+        cos, sin = table
+        per_frame = cos.shape[0] // x.shape[1]
+        return attention.rotate_image_tokens(k_ref, (cos.roll(per_frame, 0), sin.roll(per_frame, 0)), text_len)
+
+    monkeypatch.setattr(attention, "rotate_reference", {"unrotated": unrotated, "shifted": shifted}[wrong])
+    broken = duplicate_call(model, x, cond.embeds, 600, ReferenceOptions())
+    assert (broken - plain).abs().max() > 1e-4
+
+
+def test_cfg_rows_conditional_only_is_invariant(tiny64):
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a red square moving down", "")
+    x = latent(model, seed=4)
+    text, _ = cogvideox.cfg_rows(cond, 3.0, False, 1)
+    rows_x = torch.cat([x, x])
+    plain = cogvideox.transformer_call(model, rows_x, text, 400)
+    # the reference recorded from the conditional row, injected only there
+    opts = ReferenceOptions(rows="conditional")
+    blocks = opts.block_indices(2)
+    rec = attention.Recording(frozenset(blocks), max(blocks), True)
+    with attention.installed(model.transformer):
+        try:
+            cogvideox.transformer_call(model, x, cond.embeds, 400, attention_kwargs={"reference": rec})
+        except attention.StopReference:
+            pass
+        out = cogvideox.transformer_call(model, rows_x, text, 400, attention_kwargs={
+            "reference": attention.Injection(rec, inversion.cfg_row_mask(1, True, "conditional"), 1.0)})
+    assert torch.allclose(out, plain, rtol=0, atol=1e-10)
+
+
+def test_reference_pass_stops_after_last_injected_block(tiny64):
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append(i))
+             for i, b in enumerate(model.transformer.transformer_blocks)]
+    try:
+        rec = attention.Recording(frozenset({0}), 0, True)
+        with attention.installed(model.transformer):
+            with pytest.raises(attention.StopReference):
+                cogvideox.transformer_call(model, latent(model), cond.embeds, 500, attention_kwargs={"reference": rec})
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [0] and set(rec.kv) == {0}
+
+
+def test_processors_restored_after_error(tiny64):
+    model = tiny64("5b")
+    before = dict(model.transformer.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"):
+        with attention.installed(model.transformer):
+            assert all(isinstance(p, attention.ReferenceAttnProcessor)
+                       for p in model.transformer.attn_processors.values())
+            raise RuntimeError("boom")
+    after = model.transformer.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)

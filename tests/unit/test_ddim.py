@@ -1,0 +1,192 @@
+"""The DDIM grid, step and exact inverse against diffusers' own schedulers."""
+import math
+
+import pytest
+import torch
+from diffusers import CogVideoXDDIMScheduler, DDIMScheduler
+
+from vidinv import ddim
+
+COG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+           rescale_betas_zero_snr=True, snr_shift_scale=3.0, timestep_spacing="trailing", set_alpha_to_one=True,
+           prediction_type="v_prediction", clip_sample=False)
+SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+          timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, prediction_type="epsilon",
+          clip_sample=False)
+
+
+@pytest.mark.parametrize("shift", [3.0, 1.0])
+@pytest.mark.parametrize("steps", [50, 20, 30, 7, 1])
+def test_cogvideox_step_matches_scheduler(shift, steps):
+    cfg = dict(COG, snr_shift_scale=shift)
+    ref = CogVideoXDDIMScheduler(**cfg)
+    ref.set_timesteps(steps)
+    sch = ddim.schedule_from_config(cfg)
+    assert ddim.timesteps(sch, steps) == ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    for t, p in ddim.grid(sch, steps):
+        out = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        expected = ref.step(out, t, x, return_dict=False)[0]
+        a, b = ddim.coefficients(sch, t, p)
+        got = a * x + b * out
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-9), (t, p)
+        x = expected
+
+
+def test_schedule_keeps_the_shift_that_ddim_inverse_scheduler_drops():
+    """DESIGN fact 1: the generic inverse scheduler loses snr_shift_scale; we do not."""
+    from diffusers import DDIMInverseScheduler
+    ours = ddim.schedule_from_config(COG)
+    naive = DDIMInverseScheduler(**COG)
+    assert abs(ours.alpha_bar(500) - float(naive.alphas_cumprod[500])) > 0.05
+    assert abs(ours.alpha_bar(500) - float(CogVideoXDDIMScheduler(**COG).alphas_cumprod[500])) < 1e-12
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_epsilon_step_matches_ddim_scheduler(spacing):
+    cfg = dict(SD, timestep_spacing=spacing)
+    ref = DDIMScheduler(**cfg)
+    ref.set_timesteps(25)
+    sch = ddim.schedule_from_config(cfg)
+    assert ddim.timesteps(sch, 25) == ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    for t, p in ddim.grid(sch, 25):
+        out = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        expected = ref.step(out, t, x, eta=0.0, return_dict=False)[0]
+        a, b = ddim.coefficients(sch, t, p)
+        # DDIMScheduler builds its betas in float32, we in float64 like CogVideoXDDIMScheduler
+        assert torch.allclose(a * x + b * out, expected, rtol=1e-5, atol=1e-5)
+        x = expected
+
+
+def test_previous_point_when_steps_do_not_divide_1000():
+    sch = ddim.schedule_from_config(COG)
+    g = ddim.grid(sch, 30)
+    assert g[0] == (999, 966) and g[1][0] == 966
+    assert any(p != nxt for (_, p), (nxt, _) in zip(g, g[1:])), "30 steps: the step lands off the next grid point"
+    assert g[-1][1] < 0  # the last step lands past the clean end, where alpha-bar is 1
+    assert sch.alpha_bar(g[-1][1]) == 1.0
+
+
+def test_step_inverse_algebra_is_identity():
+    """sampler(inverse(x_p)) == x_p for a fixed model output, on every step of the grid."""
+    sch = ddim.schedule_from_config(COG)
+    g = torch.Generator().manual_seed(2)
+    for t, p in ddim.grid(sch, 50):
+        a, b = ddim.coefficients(sch, t, p)
+        x_p = torch.randn(64, generator=g, dtype=torch.float64)
+        out = torch.randn(64, generator=g, dtype=torch.float64)
+        x_t = (x_p - b * out) / a
+        assert torch.allclose(a * x_t + b * out, x_p, rtol=0, atol=1e-12)
+
+
+def test_zero_terminal_snr_epsilon_is_refused():
+    sch = ddim.schedule_from_config(dict(COG, prediction_type="epsilon"))
+    with pytest.raises(ValueError, match="v_prediction"):
+        ddim.coefficients(sch, 999, 979)
+
+
+def test_bad_steps_refused():
+    sch = ddim.schedule_from_config(COG)
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
+            ddim.timesteps(sch, bad)
+
+
+def toy_denoiser(scale=0.8, seed=3, dim=32):
+    """A smooth nonlinear map standing in for a model (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, dim, generator=g, dtype=torch.float64) * scale / math.sqrt(dim)
+
+    def denoise(x, t):
+        return torch.tanh(x @ w.to(x.dtype)) * (1 + t / 1000)
+    return denoise
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("memory", [0, 5])
+def test_round_trip_exact_on_toy_model(prediction, memory):
+    cfg = dict(COG, prediction_type=prediction, rescale_betas_zero_snr=prediction == "v_prediction")
+    sch = ddim.schedule_from_config(cfg)
+    den = toy_denoiser()
+    x0 = torch.randn(4, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    lat, stats = ddim.invert(den, x0, sch, 20, iters=30, tol=1e-14, memory=memory, damping=1.0)
+    back = ddim.sample(den, lat[-1], sch, 20)
+    assert len(lat) == 21 and len(stats) == 20
+    err = float((back - x0).norm() / x0.norm())
+    assert back.dtype == torch.float64 and err < 1e-10
+
+
+def test_invert_step_exact_in_float64():
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser(scale=1.5)
+    t, p = ddim.grid(sch, 50)[-1]  # the stiff clean end
+    a, b = ddim.coefficients(sch, t, p)
+    x_p = torch.randn(8, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    for memory in (0, 5):
+        x_t, st = ddim.invert_step(x_p, den, t, a, b, iters=40, tol=0, memory=memory, damping=1.0)
+        resid = float(((a * x_t + b * den(x_t, t)) - x_p).norm() / x_p.norm())
+        assert resid < 1e-12, (memory, resid, st.history[-3:])
+
+
+def test_half_precision_latents_are_promoted_to_float32():
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser()
+    x0 = torch.randn(2, 32, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    lat, _ = ddim.invert(den, x0, sch, 5, iters=2)
+    assert all(x.dtype == torch.float32 for x in lat)
+    assert ddim.sample(den, lat[-1], sch, 5).dtype == torch.float32
+
+
+def test_anderson_beats_plain_iteration_on_a_stiff_map():
+    """A map whose fixed-point contraction reaches 0.97 (a trained model near the clean end)."""
+    sch = ddim.schedule_from_config(COG)
+    t, p = ddim.grid(sch, 50)[-2]
+    a, b = ddim.coefficients(sch, t, p)
+    g = torch.Generator().manual_seed(6)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))
+    m = q @ torch.diag(torch.linspace(0.5, 0.97, 64, dtype=torch.float64)) @ q.T * (a / abs(b))
+
+    def den(x, t):
+        return x @ m
+
+    x_p = torch.randn(4, 64, generator=g, dtype=torch.float64)
+    _, plain = ddim.invert_step(x_p, den, t, a, b, iters=10, memory=0, damping=1.0)
+    _, anderson = ddim.invert_step(x_p, den, t, a, b, iters=10, memory=5, damping=1.0)
+    assert anderson.residual < plain.residual / 10
+
+
+def test_early_stop_on_tolerance_counts_calls():
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser(scale=0.3)
+    t, p = ddim.grid(sch, 50)[0]
+    a, b = ddim.coefficients(sch, t, p)
+    x_p = torch.randn(4, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    _, st = ddim.invert_step(x_p, den, t, a, b, iters=50, tol=1e-4)
+    assert st.residual <= 1e-4 and st.calls == 1 + len(st.history) and st.calls < 20
+    _, naive = ddim.invert_step(x_p, den, t, a, b, iters=0)
+    assert naive.calls == 1 and math.isnan(naive.residual)
+
+
+def test_pooled_budget_keeps_the_average_and_feeds_the_stiff_end():
+    """With a tolerance the clean end may borrow; the total never exceeds steps * (1 + iters)."""
+    steps, iters = 50, 10
+    first = ddim.step_budget(steps, 0, iters, 0, 1e-5, 200)
+    assert first == min(200, steps * (1 + iters) - 49 * 4 - 1)
+    assert ddim.step_budget(steps, 0, iters, 0, 0.0, 200) == iters  # no tolerance: fixed
+    used = 0
+    for k in range(steps):  # worst case: every step spends its whole allowance
+        used += 1 + ddim.step_budget(steps, k, iters, used, 1e-5, 200)
+    assert used <= steps * (1 + iters)
+
+
+def test_pooled_inversion_spends_where_it_is_stiff():
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser(scale=0.5)
+    x0 = torch.randn(2, 32, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    lat, stats = ddim.invert(den, x0, sch, 20, iters=8, tol=1e-11, damping=1.0)
+    assert sum(s.calls for s in stats) <= 20 * 9
+    assert float((ddim.sample(den, lat[-1], sch, 20) - x0).norm() / x0.norm()) < 1e-9

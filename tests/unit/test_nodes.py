@@ -1,0 +1,112 @@
+"""The nodes without ComfyUI: registration conventions, and a whole graph called by hand on a
+tiny random model (the host tests run the same nodes inside a real ComfyUI)."""
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import load_pack
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+def test_registration_conventions(pack):
+    maps, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert set(maps) == set(names) and pack.WEB_DIRECTORY == "./js"
+    for key, cls in maps.items():
+        assert cls.CATEGORY.startswith("video inversion/"), key
+        assert cls.DESCRIPTION and hasattr(cls, cls.FUNCTION)
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, s in spec.get(section, {}).items():
+                assert len(s) > 1 and s[1].get("tooltip"), f"{key}.{name}"
+        if cls.RETURN_TYPES:
+            assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+@pytest.fixture(scope="module")
+def graph(pack, tiny_folders, tmp_path_factory):
+    """Every node once, in order, as ComfyUI would call them."""
+    root = tmp_path_factory.mktemp("comfy")
+    host = pack.nodes.host
+    saved = dict(host._FALLBACK_DIRS)
+    host._FALLBACK_DIRS.update(models=root / "models", input=root / "input", output=root / "output")
+    (root / "models" / "CogVideo").mkdir(parents=True)
+    shutil.copytree(tiny_folders["5b"], root / "models" / "CogVideo" / "tiny-5b")
+    m = pack.NODE_CLASS_MAPPINGS
+    out = {}
+    try:
+        out["model"], = m["VInvLoadCogVideoX"]().load("tiny-5b", "fp32", "none")
+        enc = m["VInvEncodeText"]().encode(out["model"], "a red circle moving right", "")
+        out["cond"], = enc["result"]
+        out["edit"], = m["VInvEncodeText"]().encode(out["model"], "a green circle moving right", "")["result"]
+        frames = torch.rand(11, 40, 56, 3)
+        res = m["VInvVAEEncode"]().encode(out["model"], frames, "trim to 4k+1", "resize and crop", 0, 0, "auto")
+        out["latent"], out["frames"] = res["result"]
+        out["encode_note"] = res["ui"]["text"][0]
+        inv = m["VInvDDIMInvert"]().invert(out["model"], out["cond"], out["latent"], 6, 1.0, False, 20, 1e-7,
+                                           "anderson", 1.0, "fp32")
+        out["traj"], out["noise"] = inv["result"]
+        out["summary"] = inv["ui"]["vinv_trajectory"][0]
+        out["rec"], = m["VInvDDIMSample"]().sample(out["model"], out["cond"], out["noise"], 6, 1.0, False,
+                                                   "conditioning")
+        out["patched"], = m["VInvReferenceAttention"]().patch(out["model"], out["traj"], "all", 0.0, 1.0, 1.0, True,
+                                                              "all", "source")
+        g = m["VInvGuidedSample"]().sample(out["patched"], out["edit"], 1.0, False, "inverted", 0, "conditioning")
+        out["guided"], = g["result"]
+        out["window"] = g["ui"]["vinv_guidance"][0]
+        out["decoded"], = m["VInvVAEDecode"]().decode(out["model"], out["guided"], "auto")
+        out["saved"] = m["VInvSaveTrajectory"]().save(out["traj"], "trajectories/test")["ui"]["vinv_saved"][0]
+        yield out
+    finally:
+        host._FALLBACK_DIRS.clear()
+        host._FALLBACK_DIRS.update(saved)
+
+
+def test_graph_shapes_and_notes(graph):
+    assert graph["frames"].shape == (9, 48, 48, 3)
+    assert "11 frames given, first 9 used" in graph["encode_note"] and "centre-cropped to 48x48" in graph["encode_note"]
+    assert graph["latent"]["samples"].shape == (1, 3, 8, 6, 6)
+    assert graph["summary"]["steps"] == 6 and graph["summary"]["latent_shape"] == [1, 3, 8, 6, 6]
+    assert graph["decoded"].shape == (9, 48, 48, 3)
+    assert graph["window"]["active"] == list(range(6))
+
+
+def test_graph_reconstructs(graph):
+    x0 = graph["latent"]["samples"]
+    assert float((graph["rec"]["samples"] - x0).norm() / x0.norm()) < 1e-4
+    assert graph["model"].reference is None and graph["patched"].reference is not None
+
+
+def test_loader_lists_bundled_first_then_folders(pack, graph):
+    options = pack.NODE_CLASS_MAPPINGS["VInvLoadCogVideoX"].INPUT_TYPES()["required"]["model"][0]
+    assert options[0] == "tiny-cogvideox (bundled)"
+
+
+def test_load_trajectory_node_round_trip(pack, graph):
+    host = pack.nodes.host
+    m = pack.NODE_CLASS_MAPPINGS
+    saved = graph["saved"]
+    name = f"{saved['subfolder']}/{saved['filename']} [output]"
+    assert name in m["VInvLoadTrajectory"].INPUT_TYPES()["required"]["file"][0]
+    res = m["VInvLoadTrajectory"]().load(graph["model"], name)
+    traj, noise = res["result"]
+    assert torch.equal(traj.latents, graph["traj"].latents)
+    assert torch.equal(noise["samples"], graph["noise"]["samples"])
+    assert host.annotated_path(name).is_file()
+
+
+def test_text_truncation_warning_reaches_the_ui(pack, graph):
+    res = pack.NODE_CLASS_MAPPINGS["VInvEncodeText"]().encode(graph["model"], "red circle " * 30, "")
+    assert res["ui"]["text"][0].startswith("Prompt longer than 12 tokens")
+
+
+def test_first_frame_on_a_text_to_video_model_is_refused(pack, graph):
+    from vidinv_pack.vidinv import errors
+    with pytest.raises(errors.InputError, match="text-to-video model: it takes no first frame"):
+        pack.NODE_CLASS_MAPPINGS["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False,
+                                                              "inverted", 0, "conditioning",
+                                                              first_frame=torch.rand(1, 48, 48, 3))

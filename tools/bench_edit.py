@@ -1,0 +1,251 @@
+"""Edit benchmark on the bundled model: change the colour or the shape in the prompt, and
+measure the target attribute and how much structure (mask, motion) is kept. One run, one table.
+
+    python tools/bench_edit.py [--videos 8] [--json results.json]
+
+Each held-out video is inverted with its caption; every method then samples the edited caption
+(colour edits: the next colour; shape edits: the next shape). Metrics on the decoded edit,
+against the source's VAE reconstruction: target attribute hit, direction kept, per-frame
+foreground-mask IoU, centroid path error (px). Methods:
+  naive            DDIMInverseScheduler inversion, then plain sampling of the edit
+  published        fresh noise, reference K/V in every block and step from the naive trajectory,
+                   reference computed with the edit prompt (per CFG row)
+  sdedit s         the source noised to strength s, then plain sampling of the edit
+  exact            exact inversion, plain sampling of the edit (no injection)
+  ours ...         exact inversion + reference attention (defaults and a sweep)
+Also: plain vs guided sampling time with CFG on, and the peak memory of both.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.bench_inversion import CountingHooks, encode_heldout, machine  # noqa: E402
+from vidinv import attention, ddim, inversion, synthetic  # noqa: E402
+from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
+from vidinv.models import cogvideox  # noqa: E402
+from vidinv.trajectory import Trajectory  # noqa: E402
+
+
+def edited_spec(spec, kind: str):
+    if kind == "colour":
+        names = list(synthetic.COLOURS)
+        return dataclasses.replace(spec, colour=names[(names.index(spec.colour) + 1) % len(names)])
+    names = list(synthetic.SHAPES)
+    return dataclasses.replace(spec, shape=names[(names.index(spec.shape) + 1) % len(names)])
+
+
+def naive_trajectory(model, cond, x0, steps) -> Trajectory:
+    """The published inversion: DDIMInverseScheduler built from the model's config."""
+    from diffusers import DDIMInverseScheduler
+    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps)
+    inv = DDIMInverseScheduler(**model.scheduler_config)
+    inv.set_timesteps(steps)
+    lat = [x0.clone()]
+    for t in inv.timesteps:
+        lat.append(inv.step(den(lat[-1], int(t)), t, lat[-1], return_dict=False)[0].float())
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    return Trajectory(latents=torch.stack(lat), timesteps=ddim.timesteps(schedule, steps),
+                      scheduler_config=model.scheduler_config, model_fingerprint=model.fingerprint,
+                      model_name=model.name, prompt=cond.prompt, negative_prompt="", embeds=cond.embeds,
+                      negative_embeds=cond.negative_embeds, guidance=1.0, dynamic_cfg=False, iterations=0,
+                      tolerance=0.0, residuals=[float("nan")] * steps, calls=[1] * steps)
+
+
+def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    grid = ddim.grid(schedule, steps)
+    start = min(steps - 1, int(round(steps * (1 - strength))))
+    ab = schedule.alpha_bar(grid[start][0])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
+    return inversion.sample(model, cond, x, steps, guidance, start=start)
+
+
+def score(model, z, specs, targets, kind, recon):
+    h, w = model.native_size
+    frames = cogvideox.decode_video(model, z).numpy().reshape(len(specs), -1, h, w, 3)
+    hit, direction, iou, cerr = [], [], [], []
+    for f, spec, tgt, ref in zip(frames, specs, targets, recon):
+        d = synthetic.describe(f)
+        hit.append(d[kind] == getattr(tgt, kind))
+        direction.append(d["direction"] == spec.direction)
+        iou.append(synthetic.mask_iou(f, ref))
+        cerr.append(synthetic.centroid_error(f, ref))
+    return {"target_acc": float(np.mean(hit)), "direction_kept": float(np.mean(direction)),
+            "mask_iou": float(np.mean(iou)), "centroid_err_px": float(np.mean(cerr))}
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every 2 ms (CPU runs)."""
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 1e6
+
+
+OURS_SWEEP = {
+    "ours own-values": ReferenceOptions(values="own"),
+    "ours own-values no-text": ReferenceOptions(values="own", text=False),
+    "ours own-values w=3": ReferenceOptions(values="own", weight=3.0),
+    "ours default": ReferenceOptions(),
+    "ours no-text": ReferenceOptions(text=False),
+    "ours w=2": ReferenceOptions(weight=2.0),
+    "ours w=0.5": ReferenceOptions(weight=0.5),
+    "ours end=0.5": ReferenceOptions(end=0.5),
+    "ours end=0.8": ReferenceOptions(end=0.8),
+    "ours blocks 0-3": ReferenceOptions(blocks="0-3"),
+    "ours blocks 4-": ReferenceOptions(blocks="4-"),
+    "ours cond-rows": ReferenceOptions(rows="conditional"),
+}
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = cogvideox.load(args.model, "fp32")
+    specs, x0 = encode_heldout(model, args.videos)
+    h, w = model.native_size
+    recon = cogvideox.decode_video(model, x0).numpy().reshape(len(specs), -1, h, w, 3)
+    src = cogvideox.encode_text(model, [s.caption for s in specs])
+    steps = args.steps
+    exact = inversion.invert(model, src, x0, steps, 1.0, iters=10, tol=1e-5)
+    naive = naive_trajectory(model, src, x0, steps)
+    results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
+
+    def guided(traj, opts, cond, g, start="inverted"):
+        patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
+        return inversion.guided_sample(patched, cond, g, start=start)
+
+    # reconstruction with the source prompt
+    recon_rows = {"exact plain": inversion.sample(model, src, exact.noise, steps),
+                  "ours default": guided(exact, ReferenceOptions(), src, 1.0),
+                  "published": guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
+    results["reconstruction"] = {}
+    for name, z in recon_rows.items():
+        frames = cogvideox.decode_video(model, z).numpy().reshape(recon.shape)
+        results["reconstruction"][name] = {
+            "rel_err": float(np.mean([float((a - b).norm() / b.norm()) for a, b in zip(z, x0)])),
+            "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
+            "centroid_err_px": float(np.mean([synthetic.centroid_error(a, b) for a, b in zip(frames, recon)]))}
+        print(json.dumps({"reconstruction": name, **results["reconstruction"][name]}), flush=True)
+
+    for kind in ("colour", "shape"):
+        targets = [edited_spec(s, kind) for s in specs]
+        edit = cogvideox.encode_text(model, [t.caption for t in targets])
+        for g in args.guidance:
+            methods = {
+                "naive": lambda: inversion.sample(model, edit, naive.noise, steps, g),
+                "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, g, "fresh"),
+                **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
+                "exact": lambda: inversion.sample(model, edit, exact.noise, steps, g),
+                **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in OURS_SWEEP.items()},
+            }
+            rows = []
+            for name, fn in methods.items():
+                start = time.time()
+                z = fn()
+                row = {"method": name, "seconds": time.time() - start, **score(model, z, specs, targets, kind, recon)}
+                rows.append(row)
+                print(json.dumps({"edit": kind, "guidance": g, **row}), flush=True)
+            results["tables"].append({"edit": kind, "guidance": g, "rows": rows})
+
+    # speed and memory: plain vs guided with CFG on, injection everywhere
+    edit = cogvideox.encode_text(model, [edited_spec(s, "colour").caption for s in specs])
+    timing = {}
+    for name, fn in {"plain": lambda: inversion.sample(model, edit, exact.noise, steps, args.speed_guidance),
+                     "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
+                     "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),
+                     "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit,
+                                                 args.speed_guidance, "fresh")}.items():
+        fn()  # warm up
+        times = []
+        with PeakRSS() as mem:
+            for _ in range(args.repeats):
+                start = time.time()
+                fn()
+                times.append(time.time() - start)
+        timing[name] = {"seconds": float(np.median(times)), "peak_mb": mem.mb}
+    for name in timing:
+        timing[name]["ratio_to_plain"] = timing[name]["seconds"] / timing["plain"]["seconds"]
+    results["speed"] = {"guidance": args.speed_guidance, "repeats": args.repeats, **timing}
+    print(json.dumps(results["speed"]), flush=True)
+    return results
+
+
+def markdown(result: dict, command: str) -> str:
+    out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
+           f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.", "",
+           "Reconstruction with the source prompt (guidance 1):", "",
+           "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
+    for name, r in result["reconstruction"].items():
+        out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
+    out.append("")
+    for tab in result["tables"]:
+        out += [f"**{tab['edit']} edits, guidance {tab['guidance']:g}**", "",
+                "| method | target hit | direction kept | mask IoU | centroid error (px) | seconds |",
+                "|---|---|---|---|---|---|"]
+        for r in tab["rows"]:
+            out.append(f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
+                       f"{r['centroid_err_px']:.2f} | {r['seconds']:.1f} |")
+        out.append("")
+    sp = result["speed"]
+    out += [f"Speed, guidance {sp['guidance']:g} (CFG on), median of {sp['repeats']}:", "",
+            "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
+    for name in ("plain", "guided", "guided end=0.5", "published"):
+        r = sp[name]
+        out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets" / "tiny-cogvideox"))
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 4.0])
+    p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--speed-guidance", type=float, default=4.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    result = run(args)
+    print(markdown(result, ("python tools/bench_edit.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

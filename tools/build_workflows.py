@@ -1,0 +1,358 @@
+"""Write the example workflows in ComfyUI's UI format (nodes, links, groups, widgets_values).
+
+    python tools/build_workflows.py        # -> workflows/*.json
+
+Our nodes' sockets and widget order come from the node classes themselves; the few core nodes
+used are described below as ComfyUI 0.3.75 declares them. Every knob gets a note.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# core nodes: (socket inputs, widget inputs in order, outputs, extra stored values after a widget)
+CORE = {
+    "LoadVideo": ([], ["file"], [("VIDEO", "VIDEO")], {"file": ["image"]}),
+    "GetVideoComponents": ([("video", "VIDEO")], [], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], {}),
+    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], ["fps"], [("VIDEO", "VIDEO")], {}),
+    "SaveVideo": ([("video", "VIDEO")], ["filename_prefix", "format", "codec"], [], {}),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], [], {}),
+    "SaveLatent": ([("samples", "LATENT")], ["filename_prefix"], [], {}),
+    "LoadImage": ([], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")], {"image": ["image"]}),
+    "ImageStitch": ([("image1", "IMAGE"), ("image2", "IMAGE")],
+                    ["direction", "match_image_size", "spacing_width", "spacing_color"], [("IMAGE", "IMAGE")], {}),
+}
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def load_pack():
+    spec = importlib.util.spec_from_file_location("vidinv_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vidinv_pack"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def describe(node_type: str, mappings: dict):
+    """(sockets [(name, type)], widgets [name], outputs [(name, type)], extras {widget: [values]})."""
+    if node_type in CORE:
+        return CORE[node_type]
+    cls = mappings[node_type]
+    sockets, widgets, extras = [], [], {}
+    for section in ("required", "optional"):
+        for name, spec in cls.INPUT_TYPES().get(section, {}).items():
+            kind = spec[0]
+            if isinstance(kind, list) or kind in WIDGET_KINDS:
+                widgets.append(name)
+                if kind == "INT" and name in ("seed", "noise_seed"):  # the editor's "control after generate"
+                    extras[name] = ["fixed"]
+            else:
+                sockets.append((name, kind))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), extras
+
+
+class Workflow:
+    def __init__(self, mappings: dict):
+        self.mappings = mappings
+        self.nodes, self.links, self.groups = [], [], []
+
+    def add(self, node_type: str, pos, widgets: dict | None = None, title: str | None = None, size=(320, 120),
+            mode: int = 0) -> int:
+        sockets, names, outputs, extras = describe(node_type, self.mappings)
+        cls = self.mappings.get(node_type)
+        defaults = {}
+        if cls is not None:
+            for section in ("required", "optional"):
+                for name, spec in cls.INPUT_TYPES().get(section, {}).items():
+                    opts = spec[1] if len(spec) > 1 else {}
+                    first = spec[0][0] if isinstance(spec[0], list) and spec[0] else None
+                    defaults[name] = opts.get("default", first)
+        widgets = widgets or {}
+        unknown = set(widgets) - set(names)
+        if unknown:
+            raise KeyError(f"{node_type} has no widgets {unknown}")
+        values = []
+        for name in names:
+            value = widgets.get(name, defaults.get(name))
+            if value is None:
+                raise ValueError(f"{node_type}.{name} needs an explicit value")
+            values.append(value)
+            values += extras.get(name, [])
+        node = {"id": len(self.nodes) + 1, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": mode,
+                "inputs": [{"name": n, "type": t, "link": None} for n, t in sockets],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+                "properties": {"Node name for S&R": node_type}, "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node["id"]
+
+    def note(self, text: str, pos, size=(320, 160)) -> int:
+        node = {"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+        self.nodes.append(node)
+        return node["id"]
+
+    def connect(self, src: int, output: str, dst: int, input_name: str) -> None:
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        slot = next(i for i, o in enumerate(s["outputs"]) if o["name"] == output)
+        kind = s["outputs"][slot]["type"]
+        if not any(inp["name"] == input_name for inp in d["inputs"]):  # a widget fed by a link
+            d["inputs"].append({"name": input_name, "type": kind, "link": None, "widget": {"name": input_name}})
+        tslot = next(i for i, inp in enumerate(d["inputs"]) if inp["name"] == input_name)
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src, slot, dst, tslot, kind])
+        s["outputs"][slot]["links"].append(link_id)
+        d["inputs"][tslot]["link"] = link_id
+
+    def group(self, title: str, x, y, w, h, color="#3f789e") -> None:
+        self.groups.append({"title": title, "bounding": [x, y, w, h], "color": color, "font_size": 24, "flags": {}})
+
+    def json(self) -> dict:
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": self.groups, "config": {},
+                "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+
+
+SAMPLE = "vinv_red_circle_right.mp4"
+SOURCE_PROMPT = "a red circle moving right"
+EDIT_PROMPT = "a green circle moving right"
+
+
+def source_section(wf: Workflow, x=0, y=0, model_name: str | None = None):
+    """LoadVideo -> GetVideoComponents -> model -> VAE encode. Returns node ids."""
+    video = wf.add("LoadVideo", (x, y + 40), {"file": SAMPLE}, size=(300, 320))
+    parts = wf.add("GetVideoComponents", (x, y + 400), size=(300, 90))
+    wf.connect(video, "VIDEO", parts, "video")
+    model = wf.add("VInvLoadCogVideoX", (x + 340, y + 40), {"model": model_name} if model_name else None,
+                   size=(340, 110))
+    enc = wf.add("VInvVAEEncode", (x + 340, y + 200), size=(340, 230))
+    wf.connect(model, "model", enc, "model")
+    wf.connect(parts, "images", enc, "images")
+    return video, parts, model, enc
+
+
+def save_section(wf: Workflow, images_node: int, images_output: str, parts: int, x, y, prefix: str,
+                 title: str | None = None):
+    """CreateVideo (at the source's frame rate) -> SaveVideo."""
+    create = wf.add("CreateVideo", (x, y), {"fps": 8.0}, size=(260, 80))
+    wf.connect(images_node, images_output, create, "images")
+    wf.connect(parts, "fps", create, "fps")
+    save = wf.add("SaveVideo", (x, y + 130), {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
+                  title=title, size=(300, 340))
+    wf.connect(create, "VIDEO", save, "video")
+    return create, save
+
+
+def encode_decode(m) -> dict:
+    wf = Workflow(m)
+    wf.group("1. Source video and model", -20, -40, 720, 560)
+    video, parts, model, enc = source_section(wf)
+    wf.group("2. Decode and save", 720, -40, 760, 560, "#8a8")
+    dec = wf.add("VInvVAEDecode", (740, 40), size=(300, 100))
+    wf.connect(model, "model", dec, "model")
+    wf.connect(enc, "latent", dec, "latent")
+    save_section(wf, dec, "images", parts, 740, 180, "vinv/encode_decode")
+    png = wf.add("SaveImage", (1080, 40), {"filename_prefix": "vinv/encode_decode_frames"}, size=(360, 300))
+    wf.connect(dec, "images", png, "images")
+    wf.note("VAE round trip of the sample video on the bundled tiny CogVideoX.\n\n"
+            "VAE Encode: 'frames' trims to 4k+1 frames (CogVideoX's temporal grid) or stops with an error; "
+            "'size' fits the frames to width x height (0 = the model's native size; multiples of 16 for "
+            "CogVideoX); 'tiling' saves memory on large frames.\n\nThe PNG frames are lossless, for measuring.",
+            (0, 560), (700, 170))
+    return wf.json()
+
+
+def text_section(wf: Workflow, model: int, x, y, prompt: str, title: str) -> int:
+    node = wf.add("VInvEncodeText", (x, y), {"prompt": prompt, "negative_prompt": ""}, title=title, size=(340, 200))
+    wf.connect(model, "model", node, "model")
+    return node
+
+
+def invert_section(wf: Workflow, model: int, cond: int, enc: int, x, y) -> int:
+    inv = wf.add("VInvDDIMInvert", (x, y), size=(340, 420))
+    wf.connect(model, "model", inv, "model")
+    wf.connect(cond, "conditioning", inv, "conditioning")
+    wf.connect(enc, "latent", inv, "latent")
+    return inv
+
+
+def decode(wf: Workflow, model: int, latent_node: int, output: str, x, y, title: str) -> int:
+    dec = wf.add("VInvVAEDecode", (x, y), title=title, size=(300, 80))
+    wf.connect(model, "model", dec, "model")
+    wf.connect(latent_node, output, dec, "latent")
+    return dec
+
+
+INVERT_NOTE = ("DDIM Invert (exact): 'steps' is the DDIM grid (sample with the same number); 'guidance' is "
+               "applied identically when inverting and sampling, so the round trip stays exact (1 = off); "
+               "'iterations' refine each inverse step (0 = the naive DDIM inverse); 'tolerance' stops refining "
+               "once the step's residual is below it; 'solver' anderson converges where plain iteration "
+               "stalls; 'trajectory_dtype' fp16/bf16 halves the memory of the stored latents. The node plots "
+               "the residual of every step.")
+
+
+def reconstruct(m) -> dict:
+    wf = Workflow(m)
+    wf.group("1. Source video, model and prompt", -20, -40, 720, 800)
+    video, parts, model, enc = source_section(wf)
+    cond = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
+    wf.group("2. Exact inversion", 720, -40, 380, 800, "#a1309b")
+    inv = invert_section(wf, model, cond, enc, 740, 40)
+    wf.note(INVERT_NOTE, (740, 500), (340, 250))
+    wf.group("3. Sample back and compare", 1120, -40, 760, 800, "#8a8")
+    samp = wf.add("VInvDDIMSample", (1140, 40), {"steps": 50, "guidance": 1.0}, size=(320, 200))
+    wf.connect(model, "model", samp, "model")
+    wf.connect(cond, "conditioning", samp, "conditioning")
+    wf.connect(inv, "noise", samp, "latent")
+    dec = decode(wf, model, samp, "latent", 1140, 280, "Decode reconstruction")
+    stitch = wf.add("ImageStitch", (1500, 40), {"direction": "right", "match_image_size": True, "spacing_width": 0,
+                                                 "spacing_color": "white"}, title="Source | reconstruction",
+                    size=(300, 150))
+    wf.connect(enc, "frames", stitch, "image1")
+    wf.connect(dec, "images", stitch, "image2")
+    save_section(wf, stitch, "IMAGE", parts, 1500, 240, "vinv/reconstruct_side_by_side")
+    wf.note("DDIM Sample uses the same steps, guidance and prompt as the inversion: the result equals the "
+            "source latent up to the residuals plotted on DDIM Invert. Left: the frames that were encoded; "
+            "right: the reconstruction.", (1140, 400), (330, 150))
+    return wf.json()
+
+
+def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
+    wf = Workflow(m)
+    wf.group("1. Source video, model and prompts", -20, -40, 720, 1040)
+    video, parts, model, enc = source_section(wf, model_name=model_name)
+    src = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
+    edit = text_section(wf, model, 340, 720, EDIT_PROMPT, "Edited prompt")
+    wf.note("Edit the second prompt; the first one must describe the source video (it is the inversion's "
+            "conditioning and the reference stream's).", (0, 740), (320, 120))
+    wf.group("2. Exact inversion", 720, -40, 380, 1040, "#a1309b")
+    inv = invert_section(wf, model, src, enc, 740, 40)
+    wf.note(INVERT_NOTE, (740, 500), (340, 250))
+    wf.group("3. Reconstruction (the check)", 1120, -40, 380, 520, "#8a8")
+    samp = wf.add("VInvDDIMSample", (1140, 40), {"steps": 50, "guidance": 1.0}, title="DDIM Sample (reconstruct)",
+                  size=(330, 200))
+    wf.connect(model, "model", samp, "model")
+    wf.connect(src, "conditioning", samp, "conditioning")
+    wf.connect(inv, "noise", samp, "latent")
+    rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
+    wf.group("4. Edit with reference attention", 1120, 500, 380, 500, "#b58b2a")
+    ref = wf.add("VInvReferenceAttention", (1140, 560), size=(330, 270))
+    wf.connect(model, "model", ref, "model")
+    wf.connect(inv, "trajectory", ref, "trajectory")
+    guided = wf.add("VInvGuidedSample", (1140, 860), size=(330, 190))
+    wf.connect(ref, "model", guided, "model")
+    wf.connect(edit, "conditioning", guided, "conditioning")
+    ed = decode(wf, model, guided, "latent", 1140, 1080, "Decode edit")
+    wf.note("Reference Attention: every attention layer of the sample also attends to the keys and values the "
+            "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
+            "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection; 'weight' a log-bias on "
+            "the reference (1 = plain concatenation, 0 = off); 'reference_text' also injects the source prompt's "
+            "tokens; 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or "
+            "edit (the published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
+            "(exact) or fresh noise.", (1520, 560), (360, 330))
+    wf.group("5. Outputs", 1520, -40, 760, 560, "#3f789e")
+    stitch1 = wf.add("ImageStitch", (1540, 40), {"direction": "right", "match_image_size": True, "spacing_width": 0,
+                                                  "spacing_color": "white"}, title="Source | reconstruction",
+                     size=(300, 150))
+    wf.connect(enc, "frames", stitch1, "image1")
+    wf.connect(rec, "images", stitch1, "image2")
+    stitch2 = wf.add("ImageStitch", (1540, 220), {"direction": "right", "match_image_size": True,
+                                                   "spacing_width": 0, "spacing_color": "white"},
+                     title="Source | reconstruction | edit", size=(300, 150))
+    wf.connect(stitch1, "IMAGE", stitch2, "image1")
+    wf.connect(ed, "images", stitch2, "image2")
+    save_section(wf, stitch2, "IMAGE", parts, 1880, 40, "vinv/edit_side_by_side", "Save side by side")
+    ids = {"model": model, "parts": parts, "enc": enc, "inv": inv, "rec": rec, "ed": ed, "samp": samp,
+           "src": src, "edit": edit, "guided": guided, "ref": ref}
+    return wf, ids
+
+
+def edit(m) -> dict:
+    wf, ids = edit_graph(m)
+    wf.group("6. Files for measuring", 1520, 540, 760, 460, "#444")
+    for i, (name, node, out) in enumerate([("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"),
+                                           ("edit", ids["ed"], "images")]):
+        png = wf.add("SaveImage", (1540 + 250 * i, 600), {"filename_prefix": f"vinv/edit_{name}"},
+                     title=f"Frames: {name}", size=(230, 260))
+        wf.connect(node, out, png, "images")
+    for i, (name, node, out) in enumerate([("source", ids["enc"], "latent"), ("reconstruction", ids["samp"], "latent")]):
+        lat = wf.add("SaveLatent", (1540 + 250 * i, 900), {"filename_prefix": f"vinv/edit_{name}"},
+                     title=f"Latent: {name}", size=(230, 60))
+        wf.connect(node, out, lat, "samples")
+    for i, (name, node, out) in enumerate([("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"),
+                                           ("edit", ids["ed"], "images")]):
+        save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/edit_{name}", f"Save {name}")
+    return wf.json()
+
+
+SAVED_TRAJECTORY = "trajectories/red_circle_00001.safetensors [output]"
+
+
+def trajectory_save_load(m) -> dict:
+    """Run 1 inverts and saves; run 2 (muted at first) loads the file and samples it."""
+    wf = Workflow(m)
+    wf.group("Shared: source, model, prompt", -20, -40, 720, 800)
+    video, parts, model, enc = source_section(wf)
+    cond = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
+    wf.group("Run 1: invert and save", 720, -40, 380, 800, "#a1309b")
+    inv = invert_section(wf, model, cond, enc, 740, 40)
+    save = wf.add("VInvSaveTrajectory", (740, 500), {"filename_prefix": "trajectories/red_circle"}, size=(340, 90))
+    wf.connect(inv, "trajectory", save, "trajectory")
+    wf.group("Run 2: load and sample (muted: Ctrl+M to enable)", 1120, -40, 760, 800, "#8a8")
+    load = wf.add("VInvLoadTrajectory", (1140, 40), {"file": SAVED_TRAJECTORY}, size=(340, 110), mode=2)
+    wf.connect(model, "model", load, "model")
+    samp = wf.add("VInvDDIMSample", (1140, 200), {"steps": 50, "guidance": 1.0}, size=(330, 200), mode=2)
+    wf.connect(model, "model", samp, "model")
+    wf.connect(cond, "conditioning", samp, "conditioning")
+    wf.connect(load, "noise", samp, "latent")
+    dec = wf.add("VInvVAEDecode", (1140, 440), title="Decode loaded reconstruction", size=(300, 80), mode=2)
+    wf.connect(model, "model", dec, "model")
+    wf.connect(samp, "latent", dec, "latent")
+    png = wf.add("SaveImage", (1500, 40), {"filename_prefix": "vinv/from_saved_trajectory"}, size=(300, 300), mode=2)
+    wf.connect(dec, "images", png, "images")
+    wf.note("Run 1 writes output/trajectories/red_circle_00001.safetensors (latents of every step, the "
+            "conditioning, the grid and the model's fingerprint). For run 2: mute 'DDIM Invert' and 'Save "
+            "Trajectory', unmute the nodes of this group (Ctrl+M), pick the file in Load Trajectory (saved files "
+            "are listed with '[output]'), and queue. A file made by another model or on another grid is refused "
+            "with the reason.", (1500, 400), (360, 220))
+    return wf.json()
+
+
+def i2v_edit(m) -> dict:
+    """Image-to-video editing: the source's first frame conditions the inversion and the reference
+    stream; an edited first frame (here: recoloured) conditions the edit."""
+    wf, ids = edit_graph(m, model_name="tiny-cogvideox-i2v (bundled)")
+    first = wf.add("LoadImage", (1520, 600), {"image": "vinv_red_circle_right_first_frame_green.png"},
+                   title="Edited first frame", size=(300, 330))
+    wf.connect(first, "IMAGE", ids["guided"], "first_frame")
+    wf.note("Image-to-video (CogVideoX-5B-I2V layout): VAE Encode also encodes the source's first frame as the "
+            "image conditioning; DDIM Invert and the reference stream use it. Guided Sample's optional "
+            "'first_frame' takes an edited first frame (here recoloured green in an image editor) and propagates "
+            "the edit through the video; without it the source's first frame conditions the edit.",
+            (1860, 600), (360, 200))
+    return wf.json()
+
+
+def main() -> None:
+    pack = load_pack()
+    m = pack.NODE_CLASS_MAPPINGS
+    out = ROOT / "workflows"
+    out.mkdir(exist_ok=True)
+    builds = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
+              "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit}
+    for name, build in builds.items():
+        (out / f"{name}.json").write_text(json.dumps(build(m), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Reference attention for CogVideoX: the sample's queries also attend to the keys and values
+that the inversion trajectory produces at the same timestep.
+
+At each guided step the trajectory latent for that step runs through the same transformer
+(the *reference pass*, with the conditioning used at inversion); the processors record each
+injected block's keys and values and the pass stops after the last injected block. The sample
+pass (all CFG rows in one call) then attends to ``[own K/V ; reference K/V]``. Nothing is cached
+beyond the current step.
+
+RoPE is applied per group (DESIGN fact 4): the reference's image keys are rotated with the
+same table as the sample's own, so a token and its reference twin share a position; text
+tokens are never rotated. With identical streams the concatenated keys are duplicates with
+identical values, so the output is unchanged for any weight (DESIGN fact 5).
+
+Processors are installed only inside `installed()` and the originals are restored in
+``finally``; per-call state travels in ``attention_kwargs["reference"]``, never on the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import errors
+
+ROWS = ("all", "conditional")
+REFERENCE_TEXT = ("source", "edit")
+VALUES = ("reference", "own")
+
+
+# ----------------------------------------------------------------------------- options
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceOptions:
+    """What the Reference Attention node sets.
+
+    blocks: "all", or indices and ranges like "0-7", "0,2,4", "10-" (open end).
+    start, end: fraction of the sampling steps where injection is on (``start <= i/N < end``).
+    weight: log-bias ``log(weight)`` on the reference logits; 1 = plain concatenation, 0 = off.
+    text: also inject the reference's text tokens. When off, the sample's own text logits get
+        ``log(1 + weight)`` so that the text keeps its share of attention (and fact 5 holds).
+    rows: inject into "all" CFG rows, or only the "conditional" one.
+    reference_text: the reference pass uses the "source" conditioning (the inversion's) or the
+        "edit" conditioning being sampled (the published recipe).
+    values: the reference keys bring the "reference" values (plain K/V concatenation), or point
+        at the sample's "own" values at the same token positions: the reference then steers where
+        each token looks (layout, motion) without copying what it sees (colour, texture).
+    """
+    blocks: str = "all"
+    start: float = 0.0
+    end: float = 1.0
+    weight: float = 1.0
+    text: bool = True
+    rows: str = "all"
+    reference_text: str = "source"
+    values: str = "reference"
+
+    def block_indices(self, num_layers: int) -> tuple[int, ...]:
+        return parse_blocks(self.blocks, num_layers)
+
+    def active_steps(self, steps: int) -> tuple[int, ...]:
+        return tuple(i for i in range(steps) if self.start <= i / steps < self.end)
+
+    def validate(self, num_layers: int) -> None:
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise errors.InputError(f"step window start {self.start} / end {self.end} is not within 0 <= start <= end <= 1",
+                                    "Give fractions of the sampling steps, for example start 0.0, end 0.8.")
+        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
+            raise errors.InputError(f"reference weight {self.weight} must be finite and >= 0",
+                                    "Use 1 for plain concatenation, 0 for off, more for stronger.")
+        if self.rows not in ROWS:
+            raise errors.InputError(f"rows {self.rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
+        if self.values not in VALUES:
+            raise errors.InputError(f"values {self.values!r} is not one of {VALUES}", "Pick 'reference' or 'own'.")
+        if self.reference_text not in REFERENCE_TEXT:
+            raise errors.InputError(f"reference_text {self.reference_text!r} is not one of {REFERENCE_TEXT}",
+                                    "Pick 'source' or 'edit'.")
+        self.block_indices(num_layers)
+
+
+def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:
+    """"all", "3", "0-7", "0,2,4", "10-", "-5" (the first five) -> sorted block indices."""
+    spec = str(spec).strip().lower()
+    if spec in ("", "all", "*"):
+        return tuple(range(num_layers))
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                lo_i = int(lo) if lo.strip() else 0
+                hi_i = int(hi) if hi.strip() else num_layers - 1
+                if lo.strip() == "" and hi.strip():
+                    hi_i = int(hi) - 1  # "-5": the first five blocks
+                out.update(range(lo_i, hi_i + 1))
+            else:
+                out.add(int(part))
+    except ValueError as err:
+        raise errors.InputError(f"blocks {spec!r} is not a list of block indices or ranges",
+                                "Write 'all', '0-7', '0,2,4' or '10-'.") from err
+    bad = sorted(i for i in out if not 0 <= i < num_layers)
+    if bad or not out:
+        raise errors.InputError(f"blocks {spec!r} names {bad or 'no'} block(s) outside 0..{num_layers - 1}",
+                                f"This model has {num_layers} transformer blocks.")
+    return tuple(sorted(out))
+
+
+# ----------------------------------------------------------------------------- pure math
+
+def rotate_image_tokens(x: torch.Tensor, table, text_len: int) -> torch.Tensor:
+    """Apply RoPE to the image tokens ``x[:, :, text_len:]`` of ``[B, heads, L, d]``; text
+    tokens are left as they are. `table` None (CogVideoX-2B) means no rotation."""
+    if table is None:
+        return x
+    from diffusers.models.embeddings import apply_rotary_emb
+    return torch.cat([x[:, :, :text_len], apply_rotary_emb(x[:, :, text_len:], table)], dim=2)
+
+
+def rotate_reference(k_ref: torch.Tensor, table, text_len: int) -> torch.Tensor:
+    """Rotate the reference group's image keys with the sample's own table: a token and its
+    reference twin sit at the same position (the per-group RoPE of DESIGN fact 4)."""
+    return rotate_image_tokens(k_ref, table, text_len)
+
+
+def reference_bias(rows: torch.Tensor, own_text: int, own_len: int, ref_len: int, weight: float,
+                   balance_text: bool, dtype, device) -> torch.Tensor | None:
+    """Additive attention bias ``[B, 1, 1, own_len + ref_len]`` over ``[own keys ; ref keys]``.
+
+    Rows with ``rows[b]`` True get ``log(weight)`` on the reference keys (and, with
+    `balance_text`, ``log(1 + weight)`` on their own text keys); other rows get -inf on the
+    reference keys, which is plain attention. None when no bias is needed."""
+    if bool(rows.all()) and weight == 1.0 and not balance_text:
+        return None
+    b = rows.shape[0]
+    bias = torch.zeros(b, own_len + ref_len, dtype=torch.float64)
+    on = rows.to(torch.bool)
+    bias[on, own_len:] = math.log(weight)
+    bias[~on, own_len:] = -math.inf
+    if balance_text:
+        bias[on, :own_text] = math.log1p(weight)
+    return bias.view(b, 1, 1, -1).to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- per-call state
+
+class StopReference(Exception):
+    """Raised by the last injected block of a reference pass: nothing after it is needed."""
+
+
+@dataclasses.dataclass(eq=False)
+class Recording:
+    """attention_kwargs["reference"] for a reference pass: collects pre-RoPE K/V per block."""
+    blocks: frozenset
+    last: int
+    text: bool
+    kv: dict = dataclasses.field(default_factory=dict)  # block -> (k, v, text_len)
+
+
+@dataclasses.dataclass(eq=False)
+class Injection:
+    """attention_kwargs["reference"] for the sample pass: the recorded K/V of this step."""
+    recording: Recording
+    rows: torch.Tensor  # [B] bool: rows that receive the reference
+    weight: float
+    own_values: bool = False  # reference keys point at the sample's own values
+
+
+class ReferenceAttnProcessor:
+    """CogVideoX joint attention (text and image tokens in one sequence) that can record or
+    inject reference keys and values. Holds only its block index; all state comes per call."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None,
+                 reference=None):
+        if attention_mask is not None:
+            raise NotImplementedError("CogVideoX attention takes no mask; reference attention does not add one")
+        text_len = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        b, n, _ = x.shape
+        heads = attn.heads
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        d = k.shape[-1] // heads
+        q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+
+        if isinstance(reference, Recording) and self.index in reference.blocks:
+            keep = slice(None) if reference.text else slice(text_len, None)
+            reference.kv[self.index] = (k[:, :, keep], v[:, :, keep], text_len if reference.text else 0)
+            if self.index == reference.last:
+                raise StopReference
+
+        q = rotate_image_tokens(q, image_rotary_emb, text_len)
+        k = rotate_image_tokens(k, image_rotary_emb, text_len)
+        bias = None
+        if isinstance(reference, Injection) and self.index in reference.recording.kv:
+            k_ref, v_ref, ref_text = reference.recording.kv[self.index]
+            k_ref = rotate_reference(k_ref, image_rotary_emb, ref_text)
+            reps = b // k_ref.shape[0]  # one reference row shared by every CFG row
+            if reference.own_values:  # the same token positions of the sample itself
+                v_ref = v[:, :, text_len - ref_text:]
+            else:
+                v_ref = v_ref.repeat(reps, 1, 1, 1)
+            k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
+            v = torch.cat([v, v_ref], dim=2)
+            bias = reference_bias(reference.rows, text_len, n, k_ref.shape[2], reference.weight,
+                                  not reference.recording.text, q.dtype, q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(b, -1, heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out[:, text_len:], out[:, :text_len]
+
+
+@contextlib.contextmanager
+def installed(transformer):
+    """Swap reference processors into every attention layer for the duration of the block;
+    the model's own processors come back in ``finally`` (success, error or interrupt)."""
+    saved = transformer.attn_processors
+    ours = {}
+    for name in saved:
+        parts = name.split(".")
+        if parts[0] != "transformer_blocks":
+            raise errors.InputError(f"unexpected attention layer {name!r}",
+                                    "Reference attention supports CogVideoX transformers only.")
+        ours[name] = ReferenceAttnProcessor(int(parts[1]))
+    transformer.set_attn_processor(ours)
+    try:
+        yield
+    finally:
+        transformer.set_attn_processor(saved)
+
+
+# ----------------------------------------------------------------------------- the patch value
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReferenceSpec:
+    """What a patched model carries: the trajectory and the options. Applied only while a
+    guided sampler runs."""
+    trajectory: object
+    options: ReferenceOptions

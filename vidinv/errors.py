@@ -1,0 +1,9 @@
+"""Errors that speak to the user: what was given, what is needed, how to fix it."""
+
+
+class InputError(ValueError):
+    """Bad input, found before any heavy work starts. ``str(err)`` is the whole message."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}. {fix}".strip() if fix else problem)

@@ -1,0 +1,433 @@
+"""CogVideoX in diffusers format: load a folder, encode text, VAE encode/decode, and the
+denoiser callable that the samplers of `vidinv.ddim` drive.
+
+Every shape and setting is read from the folder's own configs (latent channels, spatial and
+temporal compression, text length, patch sizes, RoPE, I2V channel concatenation, schedule),
+so CogVideoX-2B, 5B, 5B-I2V, 1.5 and the bundled tiny model take the same path.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import errors
+from .rope import rotary_table
+
+TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
+SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- folders
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def is_model_folder(path) -> bool:
+    """A folder counts when ``transformer/config.json`` names CogVideoXTransformer3DModel."""
+    cfg = Path(path) / "transformer" / "config.json"
+    try:
+        return read_json(cfg).get("_class_name") == TRANSFORMER_CLASS
+    except (OSError, ValueError):
+        return False
+
+
+def find_model_folders(roots) -> dict[str, Path]:
+    """Model folders directly under each root, keyed by folder name (first root wins)."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and is_model_folder(child) and child.name not in found:
+                found[child.name] = child
+    return found
+
+
+def check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise errors.InputError(f"CogVideoX model folder {str(path)!r} does not exist",
+                                "Put a diffusers-format CogVideoX folder under models/CogVideo/<name>.")
+    missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
+    if missing:
+        raise errors.InputError(
+            f"{path.name!r} is not a complete diffusers CogVideoX folder: missing {', '.join(missing)}",
+            f"A CogVideoX folder holds {', '.join(SUBFOLDERS)} and model_index.json; download the whole "
+            "repository (for example THUDM/CogVideoX-2b), not only the transformer.")
+    if not is_model_folder(path):
+        raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
+                                "Choose a CogVideoX model folder.")
+
+
+# ----------------------------------------------------------------------------- the model value
+
+@dataclasses.dataclass(eq=False)
+class CogVideoX:
+    """Everything later stages need, and nothing global. `reference` is set only on the
+    copies that the Reference Attention node returns (see `vidinv.attention`)."""
+    name: str
+    path: str
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    dtype: torch.dtype
+    device: torch.device
+    offload_device: torch.device
+    fingerprint: str
+    reference: object = None
+    family: str = "cogvideox"
+
+    # -- read from the configs, never assumed
+    @property
+    def tcfg(self) -> dict:
+        return dict(self.transformer.config)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def is_i2v(self) -> bool:
+        """5B-I2V concatenates the image latent on channels: in_channels = 2 x latent channels."""
+        return int(self.transformer.config.in_channels) == 2 * self.latent_channels
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(self.vae.config.temporal_compression_ratio)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    @property
+    def patch_size_t(self) -> int | None:
+        return self.transformer.config.patch_size_t
+
+    @property
+    def max_text_length(self) -> int:
+        return int(self.transformer.config.max_text_seq_length)
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sizes must be multiples of this (VAE compression x patch size)."""
+        return self.spatial_factor * self.patch_size
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) in pixels that the transformer was configured for."""
+        c = self.transformer.config
+        return int(c.sample_height) * self.spatial_factor, int(c.sample_width) * self.spatial_factor
+
+    @property
+    def required_size(self) -> tuple[int, int] | None:
+        """The only (height, width) a model with learned position embeddings (5B-I2V) takes."""
+        return self.native_size if self.tcfg.get("use_learned_positional_embeddings") else None
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def describe(self) -> str:
+        rope = "RoPE" if self.tcfg.get("use_rotary_positional_embeddings") else "absolute positions"
+        kind = "I2V" if self.is_i2v else "T2V"
+        h, w = self.native_size
+        return (f"{self.name}: {kind}, {rope}, {self.latent_channels} latent channels, native {w}x{h}, "
+                f"text {self.max_text_length} tokens, snr_shift_scale "
+                f"{self.scheduler_config.get('snr_shift_scale', 1.0)}, {str(self.dtype).replace('torch.', '')}")
+
+
+def fingerprint(path: Path, transformer) -> str:
+    """Identifies a model cheaply: its configs and a few bytes of a few weights."""
+    h = hashlib.sha256()
+    for sub in ("transformer", "scheduler", "vae"):
+        for name in ("config.json", "scheduler_config.json"):
+            f = path / sub / name
+            if f.is_file():
+                h.update(json.dumps({k: v for k, v in read_json(f).items() if not k.startswith("_")},
+                                    sort_keys=True).encode())
+    params = list(transformer.named_parameters())
+    for name, p in params[:2] + params[-2:]:
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> CogVideoX:
+    """Load a diffusers CogVideoX folder. Modules rest on `offload_device` and move to `device`
+    for the stage that uses them (see `on_device`)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    path = Path(path)
+    check_model_folder(path)
+    if dtype not in DTYPES:
+        raise errors.InputError(f"precision {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, bf16 or fp16.")
+    torch_dtype = DTYPES[dtype]
+    device = torch.device(device or "cpu")
+    offload_device = torch.device(offload_device or device)
+    import diffusers
+    import transformers
+    transformer = CogVideoXTransformer3DModel.from_pretrained(
+        path / "transformer", **dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype))
+    vae = AutoencoderKLCogVideoX.from_pretrained(path / "vae", **dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype))
+    text_encoder = T5EncoderModel.from_pretrained(
+        path / "text_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    sched = path / "scheduler" / "scheduler_config.json"
+    scheduler_config = read_json(sched)
+    for m in (transformer, vae, text_encoder):
+        m.eval().requires_grad_(False).to(offload_device)
+    model = CogVideoX(name or path.name, str(path), transformer, vae, text_encoder, tokenizer, scheduler_config,
+                      torch_dtype, device, offload_device, fingerprint(path, transformer))
+    if model.is_i2v is False and int(transformer.config.in_channels) != model.latent_channels:
+        raise errors.InputError(
+            f"{model.name}: transformer in_channels {transformer.config.in_channels} matches neither the VAE's "
+            f"{model.latent_channels} latent channels (text-to-video) nor twice that (image-to-video)",
+            "The transformer and the VAE of this folder do not belong together.")
+    return model
+
+
+def dtype_kwarg(version: str, renamed_in: tuple[int, int], dtype: torch.dtype) -> dict:
+    """diffusers and transformers renamed ``torch_dtype`` to ``dtype``; pass the one this version
+    understands (no deprecation warnings on new versions, still working on old ones)."""
+    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return {"dtype": dtype} if major_minor >= renamed_in else {"torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, model: CogVideoX):
+    """Run `module` on the compute device; move it back to the offload device afterwards."""
+    module.to(model.device)
+    try:
+        yield module
+    finally:
+        if model.offload_device != model.device:
+            module.to(model.offload_device)
+
+
+# ----------------------------------------------------------------------------- text
+
+@dataclasses.dataclass(eq=False)
+class Conditioning:
+    """A prompt and its negative, encoded for one model (T5, padded to the model's length)."""
+    prompt: str
+    negative_prompt: str
+    embeds: torch.Tensor  # [P, L, D] float32, CPU; P = 1 or one row per video
+    negative_embeds: torch.Tensor  # [1, L, D]
+    model_fingerprint: str
+    truncated: tuple[str, ...] = ()  # text cut from the prompt / negative, if any
+
+
+@torch.no_grad()
+def encode_text(model: CogVideoX, prompt: str | list[str], negative_prompt: str = "") -> Conditioning:
+    """T5 embeddings padded to ``max_text_seq_length``, as the CogVideoX pipeline makes them
+    (no attention mask). A list of prompts gives one row per prompt (a batch of videos).
+    Text past the limit is cut and reported in ``truncated``."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    n = model.max_text_length
+    tok = model.tokenizer
+    texts = prompts + [negative_prompt]
+    ids = tok(texts, padding="max_length", max_length=n, truncation=True, add_special_tokens=True,
+              return_tensors="pt").input_ids
+    truncated = []
+    for text in dict.fromkeys(texts):
+        full = tok(text, add_special_tokens=True).input_ids
+        if len(full) > n:
+            truncated.append(tok.decode(full[n - 1:-1]))
+    with on_device(model.text_encoder, model) as te:
+        emb = te(ids.to(model.device))[0].float().cpu()
+    label = prompt if isinstance(prompt, str) else " | ".join(prompts)
+    return Conditioning(label, negative_prompt, emb[:-1], emb[-1:], model.fingerprint, tuple(truncated))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+@contextlib.contextmanager
+def vae_memory_mode(vae, tiling: bool, slicing: bool = True):
+    """Switch the VAE's tiling/slicing for one call and restore the user's settings after."""
+    saved = (vae.use_tiling, vae.use_slicing)
+    vae.use_tiling, vae.use_slicing = tiling, slicing
+    try:
+        yield vae
+    finally:
+        vae.use_tiling, vae.use_slicing = saved
+
+
+AUTO_TILE_PIXELS = 384 * 384  # frames larger than this are tiled by default (CogVideoX's 720x480 is)
+
+
+def should_tile(model: CogVideoX, height: int, width: int, mode: str) -> bool:
+    """'auto' tiles large frames (more than 384x384 pixels) that are also larger than the VAE's
+    own tile size; 'on' and 'off' force it."""
+    if mode in ("on", "off"):
+        return mode == "on"
+    larger_than_tile = height > model.vae.tile_sample_min_height or width > model.vae.tile_sample_min_width
+    return larger_than_tile and height * width > AUTO_TILE_PIXELS
+
+
+def check_tiled_size(got, expected, what: str) -> None:
+    if tuple(got) != tuple(expected):
+        raise errors.InputError(f"VAE tiling returned {what} of size {tuple(got)} instead of {tuple(expected)} "
+                                "(the VAE's tiles are too small for this frame size)", "Set tiling to 'off' or 'auto'.")
+
+
+@torch.no_grad()
+def encode_video(model: CogVideoX, frames: torch.Tensor, tiling: str = "auto",
+                 sample: bool = False, seed: int = 0) -> torch.Tensor:
+    """IMAGE frames ``[N, H, W, 3]`` (0..1, N = 4k+1, H and W fitting the model) -> latent
+    ``[1, F, C, h, w]`` float32, scaled by the VAE's scaling factor. The posterior mean is used
+    unless `sample` (then drawn with `seed`)."""
+    n, h, w, _ = frames.shape
+    x = frames.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1  # [1, 3, N, H, W] in -1..1
+    with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
+        dist = vae.encode(x.to(model.device, model.dtype)).latent_dist
+        if sample:
+            g = torch.Generator(device=model.device).manual_seed(seed)
+            z = dist.sample(generator=g)
+        else:
+            z = dist.mode()
+    check_tiled_size(z.shape[-2:], (h // model.spatial_factor, w // model.spatial_factor), "a latent")
+    z = z.float().cpu().permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
+    return scale_latents(model, z)
+
+
+def pad_latent_frames(model: CogVideoX, z: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """CogVideoX 1.5 patches time in pairs (``patch_size_t``): repeat the first latent frame in
+    front until the frame count divides, as its pipelines do. Returns (latent, frames added)."""
+    p_t = model.patch_size_t or 1
+    pad = (-z.shape[1]) % p_t
+    return (torch.cat([z[:, :1].expand(-1, pad, -1, -1, -1), z], dim=1) if pad else z), pad
+
+
+@torch.no_grad()
+def encode_image_latents(model: CogVideoX, first_frame: torch.Tensor, latent_frames: int,
+                         tiling: str = "auto") -> torch.Tensor:
+    """I2V conditioning as the diffusers I2V pipeline builds it: the first frame encoded alone
+    (posterior mean), scaled, then zero latent frames up to the video's latent length."""
+    z = encode_video(model, first_frame[:1], tiling)  # [1, 1, C, h, w]
+    pad = torch.zeros(z.shape[0], latent_frames - 1, *z.shape[2:])
+    return torch.cat([z, pad], dim=1)
+
+
+def scale_latents(model: CogVideoX, z: torch.Tensor) -> torch.Tensor:
+    invert = model.vae.config.get("invert_scale_latents", False)
+    return z / model.scaling_factor if invert else z * model.scaling_factor
+
+
+def unscale_latents(model: CogVideoX, z: torch.Tensor) -> torch.Tensor:
+    invert = model.vae.config.get("invert_scale_latents", False)
+    return z * model.scaling_factor if invert else z / model.scaling_factor
+
+
+@torch.no_grad()
+def decode_video(model: CogVideoX, latents: torch.Tensor, tiling: str = "auto") -> torch.Tensor:
+    """Latent ``[B, F, C, h, w]`` -> IMAGE frames ``[B*N, H, W, 3]`` float32 in 0..1."""
+    if latents.dim() != 5 or latents.shape[2] != model.latent_channels:
+        raise errors.InputError(
+            f"latent of shape {tuple(latents.shape)} is not [B, F, {model.latent_channels}, H, W] for "
+            f"{model.name}'s VAE",
+            "Decode with the model that made the latent.")
+    h, w = latents.shape[-2] * model.spatial_factor, latents.shape[-1] * model.spatial_factor
+    out = []
+    with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
+        for z in latents:  # one video at a time keeps peak memory at one video
+            z = unscale_latents(model, z.unsqueeze(0)).permute(0, 2, 1, 3, 4)
+            video = vae.decode(z.to(model.device, model.dtype)).sample  # [1, 3, N, H, W]
+            check_tiled_size(video.shape[-2:], (h, w), "frames")
+            out.append(((video.float().cpu()[0] + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- denoiser
+
+def dynamic_guidance(scale: float, t: int, steps: int) -> float:
+    """CogVideoX's dynamic CFG exactly as the diffusers pipeline computes it (a function of the
+    timestep value, so identical in both directions of the inversion)."""
+    return 1 + scale * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
+
+
+def guidance_scale_at(guidance: float, dynamic: bool, t: int, steps: int) -> float:
+    return dynamic_guidance(guidance, t, steps) if dynamic else guidance
+
+
+def cfg_rows(cond: Conditioning, guidance: float, dynamic: bool, batch: int,
+             negative: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """Text rows of one model call: [negative x B, positive x B] under CFG, else positive x B.
+    `negative` overrides the conditioning's own negative embedding (null-text and
+    negative-prompt inversion use this)."""
+    use_cfg = guidance > 1.0  # as the diffusers pipelines: dynamic CFG only reshapes an active guidance
+    if cond.embeds.shape[0] not in (1, batch):
+        raise errors.InputError(f"{cond.embeds.shape[0]} prompts for a batch of {batch} latents",
+                                "Give one prompt, or one per video.")
+    pos = cond.embeds.expand(batch, -1, -1)
+    if not use_cfg:
+        return pos, False
+    neg = (cond.negative_embeds if negative is None else negative)
+    neg = neg.expand(batch, -1, -1) if neg.shape[0] == 1 else neg
+    return torch.cat([neg, pos]), True
+
+
+def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: int,
+                     image_latents: torch.Tensor | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
+    """One transformer evaluation on latent rows `x` ``[R, F, C, h, w]`` with text rows; the
+    RoPE table is built for this latent size; I2V image latents go on the channel axis.
+    Returns the model output in float32 (float64 for a float64 model) on the compute device."""
+    tr = model.transformer
+    rows = x.shape[0]
+    inp = x.to(model.device, model.dtype)
+    if model.is_i2v:
+        if image_latents is None:
+            raise errors.InputError(f"{model.name} is an image-to-video model and needs image latents",
+                                    "Encode the source video with this model: its first frame conditions I2V.")
+        img = image_latents.to(model.device, model.dtype)
+        inp = torch.cat([inp, img.repeat(rows // img.shape[0], 1, 1, 1, 1)], dim=2)
+    rope = rotary_table(dict(tr.config), x.shape[1], x.shape[3], x.shape[4], device=model.device)
+    ofs = None
+    if tr.config.get("ofs_embed_dim"):
+        ofs = inp.new_full((rows,), 2.0)
+    timestep = torch.full((rows,), int(t), device=model.device, dtype=torch.long)
+    out = tr(hidden_states=inp, encoder_hidden_states=text.to(model.device, model.dtype), timestep=timestep,
+             ofs=ofs, image_rotary_emb=rope, attention_kwargs=attention_kwargs, return_dict=False)[0]
+    return out.to(torch.promote_types(out.dtype, torch.float32))  # at least float32, float64 stays
+
+
+def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, dynamic_cfg: bool = False,
+                  steps: int = 50, image_latents: torch.Tensor | None = None,
+                  negative: Callable[[int], torch.Tensor] | None = None,
+                  attention_kwargs: Callable[[int, torch.Tensor], dict | None] | None = None,
+                  ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``denoise(x, t)`` for the samplers: batches the CFG rows into one transformer call and
+    combines them ``u + s (c - u)``; the same callable serves sampling and inversion, so
+    guidance is identical in both directions. Inputs and outputs are float32 on the CPU.
+
+    `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion).
+    `attention_kwargs(t, x)` may supply per-call attention arguments (reference attention)."""
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        b = x.shape[0]
+        scale = guidance_scale_at(guidance, dynamic_cfg, t, steps)
+        text, use_cfg = cfg_rows(cond, guidance, dynamic_cfg, b, None if negative is None else negative(t))
+        rows = torch.cat([x, x]) if use_cfg else x
+        kwargs = attention_kwargs(t, x) if attention_kwargs is not None else None
+        out = transformer_call(model, rows, text, t, image_latents, kwargs)
+        if use_cfg:
+            u, c = out.chunk(2)
+            out = u + scale * (c - u)
+        return out.cpu()
+
+    return denoise
