@@ -117,9 +117,6 @@ class PeakRSS:
 
 
 OURS_SWEEP = {
-    "ours own-values": ReferenceOptions(values="own"),
-    "ours own-values no-text": ReferenceOptions(values="own", text=False),
-    "ours own-values w=3": ReferenceOptions(values="own", weight=3.0),
     "ours default": ReferenceOptions(),
     "ours no-text": ReferenceOptions(text=False),
     "ours w=2": ReferenceOptions(weight=2.0),

@@ -28,7 +28,6 @@ from . import errors
 
 ROWS = ("all", "conditional")
 REFERENCE_TEXT = ("source", "edit")
-VALUES = ("reference", "own")
 
 
 # ----------------------------------------------------------------------------- options
@@ -40,23 +39,22 @@ class ReferenceOptions:
     blocks: "all", or indices and ranges like "0-7", "0,2,4", "10-" (open end).
     start, end: fraction of the sampling steps where injection is on (``start <= i/N < end``).
     weight: log-bias ``log(weight)`` on the reference logits; 1 = plain concatenation, 0 = off.
+    Defaults (weight 4, text off) come from the edit benchmark on the bundled model (BENCHMARKS.md):
+    with the reference's text the source colour leaks into colour edits; a stronger pull keeps
+    the path. Any setting reconstructs exactly with the source prompt (fact 5).
     text: also inject the reference's text tokens. When off, the sample's own text logits get
         ``log(1 + weight)`` so that the text keeps its share of attention (and fact 5 holds).
     rows: inject into "all" CFG rows, or only the "conditional" one.
     reference_text: the reference pass uses the "source" conditioning (the inversion's) or the
         "edit" conditioning being sampled (the published recipe).
-    values: the reference keys bring the "reference" values (plain K/V concatenation), or point
-        at the sample's "own" values at the same token positions: the reference then steers where
-        each token looks (layout, motion) without copying what it sees (colour, texture).
     """
     blocks: str = "all"
     start: float = 0.0
     end: float = 1.0
-    weight: float = 1.0
-    text: bool = True
+    weight: float = 4.0
+    text: bool = False
     rows: str = "all"
     reference_text: str = "source"
-    values: str = "reference"
 
     def block_indices(self, num_layers: int) -> tuple[int, ...]:
         return parse_blocks(self.blocks, num_layers)
@@ -73,8 +71,6 @@ class ReferenceOptions:
                                     "Use 1 for plain concatenation, 0 for off, more for stronger.")
         if self.rows not in ROWS:
             raise errors.InputError(f"rows {self.rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
-        if self.values not in VALUES:
-            raise errors.InputError(f"values {self.values!r} is not one of {VALUES}", "Pick 'reference' or 'own'.")
         if self.reference_text not in REFERENCE_TEXT:
             raise errors.InputError(f"reference_text {self.reference_text!r} is not one of {REFERENCE_TEXT}",
                                     "Pick 'source' or 'edit'.")
@@ -166,7 +162,6 @@ class Injection:
     recording: Recording
     rows: torch.Tensor  # [B] bool: rows that receive the reference
     weight: float
-    own_values: bool = False  # reference keys point at the sample's own values
 
 
 class ReferenceAttnProcessor:
@@ -205,12 +200,8 @@ class ReferenceAttnProcessor:
             k_ref, v_ref, ref_text = reference.recording.kv[self.index]
             k_ref = rotate_reference(k_ref, image_rotary_emb, ref_text)
             reps = b // k_ref.shape[0]  # one reference row shared by every CFG row
-            if reference.own_values:  # the same token positions of the sample itself
-                v_ref = v[:, :, text_len - ref_text:]
-            else:
-                v_ref = v_ref.repeat(reps, 1, 1, 1)
             k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
-            v = torch.cat([v, v_ref], dim=2)
+            v = torch.cat([v, v_ref.repeat(reps, 1, 1, 1)], dim=2)
             bias = reference_bias(reference.rows, text_len, n, k_ref.shape[2], reference.weight,
                                   not reference.recording.text, q.dtype, q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)

@@ -166,8 +166,7 @@ def reference_kwargs(model, traj, cond, opts, guidance: float, dynamic_cfg: bool
             cogvideox.transformer_call(model, ref, text, t, traj.image_latents, {"reference": rec})
         except attention.StopReference:
             pass
-        return {"reference": attention.Injection(rec, cfg_row_mask(b, use_cfg, opts.rows), opts.weight,
-                                                 opts.values == "own")}
+        return {"reference": attention.Injection(rec, cfg_row_mask(b, use_cfg, opts.rows), opts.weight)}
 
     return kwargs
 
