@@ -13,6 +13,9 @@ foreground-mask IoU, centroid path error (px). Methods:
   sdedit s         the source noised to strength s, then plain sampling of the edit
   exact            exact inversion, plain sampling of the edit (no injection)
   ours ...         exact inversion + reference attention (defaults and a sweep)
+  ... + NPI        negative-prompt inversion: the source prompt as the negative of the edit
+  ... + null-text  null-text inversion (10 iterations per step, optimised for this guidance;
+                   its optimisation time is counted in the row's seconds)
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.bench_inversion import CountingHooks, encode_heldout, machine  # noqa: E402
-from vidinv import attention, ddim, inversion, synthetic  # noqa: E402
+from vidinv import attention, ddim, inversion, nulltext, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
@@ -117,15 +120,18 @@ class PeakRSS:
 
 
 OURS_SWEEP = {
-    "ours default": ReferenceOptions(),
-    "ours no-text": ReferenceOptions(text=False),
+    "ours default (w=4, no text)": ReferenceOptions(),
+    "ours w=1 + text (plain concat)": ReferenceOptions(weight=1.0, text=True),
+    "ours w=4 + text": ReferenceOptions(text=True),
+    "ours w=1": ReferenceOptions(weight=1.0),
     "ours w=2": ReferenceOptions(weight=2.0),
-    "ours w=0.5": ReferenceOptions(weight=0.5),
+    "ours w=8": ReferenceOptions(weight=8.0),
     "ours end=0.5": ReferenceOptions(end=0.5),
     "ours end=0.8": ReferenceOptions(end=0.8),
     "ours blocks 0-3": ReferenceOptions(blocks="0-3"),
     "ours blocks 4-": ReferenceOptions(blocks="4-"),
     "ours cond-rows": ReferenceOptions(rows="conditional"),
+    "ours edit-reference": ReferenceOptions(reference_text="edit"),
 }
 
 
@@ -141,9 +147,17 @@ def run(args) -> dict:
     naive = naive_trajectory(model, src, x0, steps)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
-    def guided(traj, opts, cond, g, start="inverted"):
+    def guided(traj, opts, cond, g, start="inverted", negative=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        return inversion.guided_sample(patched, cond, g, start=start)
+        return inversion.guided_sample(patched, cond, g, start=start, negative=negative)
+
+    null_text = {}  # guidance -> (trajectory with null-text embeddings, seconds of optimisation)
+
+    def with_null_text(g):
+        if g not in null_text:
+            start = time.time()
+            null_text[g] = (nulltext.null_text_inversion(model, exact, g, iters=10), time.time() - start)
+        return null_text[g][0]
 
     # reconstruction with the source prompt
     recon_rows = {"exact plain": inversion.sample(model, src, exact.noise, steps),
@@ -162,18 +176,26 @@ def run(args) -> dict:
         targets = [edited_spec(s, kind) for s in specs]
         edit = cogvideox.encode_text(model, [t.caption for t in targets])
         for g in args.guidance:
+            npi = nulltext.negative_for("source prompt", exact)
             methods = {
                 "naive": lambda: inversion.sample(model, edit, naive.noise, steps, g),
                 "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, g, "fresh"),
                 **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
                 "exact": lambda: inversion.sample(model, edit, exact.noise, steps, g),
                 **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in OURS_SWEEP.items()},
+                "exact + NPI": lambda: inversion.sample(model, edit, exact.noise, steps, g, negative=npi),
+                "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
+                "exact + null-text": lambda: inversion.sample(model, edit, exact.noise, steps, g,
+                                                              negative=nulltext.negative_for("null-text", with_null_text(g))),
+                "ours + null-text": lambda: guided(with_null_text(g), ReferenceOptions(), edit, g,
+                                                   negative=nulltext.negative_for("null-text", with_null_text(g))),
             }
             rows = []
             for name, fn in methods.items():
                 start = time.time()
                 z = fn()
-                row = {"method": name, "seconds": time.time() - start, **score(model, z, specs, targets, kind, recon)}
+                seconds = time.time() - start + (null_text[g][1] if "null-text" in name else 0.0)
+                row = {"method": name, "seconds": seconds, **score(model, z, specs, targets, kind, recon)}
                 rows.append(row)
                 print(json.dumps({"edit": kind, "guidance": g, **row}), flush=True)
             results["tables"].append({"edit": kind, "guidance": g, "rows": rows})
@@ -231,9 +253,9 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-cogvideox"))
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 4.0])
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7, 0.9])
-    p.add_argument("--speed-guidance", type=float, default=4.0)
+    p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)

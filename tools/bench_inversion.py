@@ -11,6 +11,10 @@ source's VAE reconstruction (PSNR). Rows:
                right schedule)
   anderson k   ours, Anderson-accelerated, k refinements
   default      ours as the DDIM Invert node runs by default (Anderson, tolerance 1e-5, <= 10)
+  NPI          (guidance > 1) negative-prompt inversion: exact guidance-1 inversion, sampled with
+               guidance w and the source prompt as the negative
+  null-text k  (guidance > 1) exact guidance-1 inversion, then null-text optimisation (k Adam
+               iterations per step), sampled with guidance w and the optimised negatives
 Model calls per step and seconds sit beside each row; the fresh-noise baseline (sampling from
 random noise) is printed with every table, because the black background dominates the latent.
 """
@@ -29,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidinv import ddim, inversion, synthetic  # noqa: E402
+from vidinv import ddim, inversion, nulltext, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
@@ -55,6 +59,18 @@ def naive_round_trip(model, cond, x0, steps, guidance, counter):
     for t in fwd.timesteps:
         x = fwd.step(den(x, int(t)), t, x, return_dict=False)[0].float()
     return x
+
+
+def npi_round_trip(model, cond, x0, steps, guidance, counter, null_iters=None):
+    """Negative-prompt (null_iters None) or null-text inversion around an exact guidance-1 pivot."""
+    hooks = CountingHooks(counter)
+    traj = inversion.invert(model, cond, x0, steps, 1.0, iters=10, tol=1e-5, hooks=hooks)
+    mode = "source prompt"
+    if null_iters is not None:
+        traj = nulltext.null_text_inversion(model, traj, guidance, iters=null_iters, hooks=hooks)
+        mode = "null-text"
+    back = inversion.sample(model, cond, traj.noise, steps, guidance, negative=nulltext.negative_for(mode, traj))
+    return back, traj
 
 
 def ours_round_trip(model, cond, x0, steps, guidance, iters, memory, tol, counter):
@@ -98,10 +114,15 @@ def run(args) -> dict:
             configs += [(f"plain {k}", k, 0, 0.0) for k in (0, 1, 3, 10)]
             configs += [(f"anderson {k}", k, 5, 0.0) for k in (3, 10)]
             configs += [("default", 10, 5, 1e-5)]
+            if guidance > 1:
+                configs += [("NPI", "npi", None, None), ("null-text 10", "null", 10, None)]
             for name, iters, memory, tol in configs:
                 counter = [0]
                 start = time.time()
-                if iters is None:
+                if iters in ("npi", "null"):
+                    back, traj = npi_round_trip(model, cond, x0, steps, guidance, counter, memory)
+                    resid = traj.residuals
+                elif iters is None:
                     back = naive_round_trip(model, cond, x0, steps, guidance, counter)
                     resid = None
                 else:

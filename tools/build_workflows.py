@@ -276,21 +276,25 @@ def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
     return wf, ids
 
 
-def edit(m) -> dict:
-    wf, ids = edit_graph(m)
+def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
+    """PNG frames and latents the tests and the demo measure, and one video per stage."""
     wf.group("6. Files for measuring", 1520, 540, 760, 460, "#444")
-    for i, (name, node, out) in enumerate([("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"),
-                                           ("edit", ids["ed"], "images")]):
-        png = wf.add("SaveImage", (1540 + 250 * i, 600), {"filename_prefix": f"vinv/edit_{name}"},
+    frames = [("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"), ("edit", ids["ed"], "images")]
+    for i, (name, node, out) in enumerate(frames):
+        png = wf.add("SaveImage", (1540 + 250 * i, 600), {"filename_prefix": f"vinv/{prefix}_{name}"},
                      title=f"Frames: {name}", size=(230, 260))
         wf.connect(node, out, png, "images")
     for i, (name, node, out) in enumerate([("source", ids["enc"], "latent"), ("reconstruction", ids["samp"], "latent")]):
-        lat = wf.add("SaveLatent", (1540 + 250 * i, 900), {"filename_prefix": f"vinv/edit_{name}"},
+        lat = wf.add("SaveLatent", (1540 + 250 * i, 900), {"filename_prefix": f"vinv/{prefix}_{name}"},
                      title=f"Latent: {name}", size=(230, 60))
         wf.connect(node, out, lat, "samples")
-    for i, (name, node, out) in enumerate([("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"),
-                                           ("edit", ids["ed"], "images")]):
-        save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/edit_{name}", f"Save {name}")
+    for i, (name, node, out) in enumerate(frames):
+        save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
+
+
+def edit(m) -> dict:
+    wf, ids = edit_graph(m)
+    measured_outputs(wf, ids, "edit")
     return wf.json()
 
 
@@ -331,14 +335,15 @@ def i2v_edit(m) -> dict:
     """Image-to-video editing: the source's first frame conditions the inversion and the reference
     stream; an edited first frame (here: recoloured) conditions the edit."""
     wf, ids = edit_graph(m, model_name="tiny-cogvideox-i2v (bundled)")
-    first = wf.add("LoadImage", (1520, 600), {"image": "vinv_red_circle_right_first_frame_green.png"},
+    first = wf.add("LoadImage", (740, 1060), {"image": "vinv_red_circle_right_first_frame_green.png"},
                    title="Edited first frame", size=(300, 330))
     wf.connect(first, "IMAGE", ids["guided"], "first_frame")
+    measured_outputs(wf, ids, "i2v_edit")
     wf.note("Image-to-video (CogVideoX-5B-I2V layout): VAE Encode also encodes the source's first frame as the "
             "image conditioning; DDIM Invert and the reference stream use it. Guided Sample's optional "
             "'first_frame' takes an edited first frame (here recoloured green in an image editor) and propagates "
             "the edit through the video; without it the source's first frame conditions the edit.",
-            (1860, 600), (360, 200))
+            (740, 1410), (360, 200))
     return wf.json()
 
 
