@@ -246,8 +246,9 @@ class NullTextInversion:
                                    "tooltip": "The guidance you will sample with."}),
             "iterations": ("INT", {"default": 10, "min": 1, "max": 200,
                                    "tooltip": "Adam steps per timestep (each a forward and backward pass)."}),
-            "learning_rate": ("FLOAT", {"default": 0.01, "min": 1e-5, "max": 1.0, "step": 0.001,
-                                        "tooltip": "Adam learning rate on the embedding."}),
+            "learning_rate": ("FLOAT", {"default": 0.05, "min": 1e-5, "max": 1.0, "step": 0.001,
+                                        "tooltip": "Adam learning rate on the embedding (0.05 reconstructed best "
+                                                   "on the bundled model; 0.01 was 8x worse)."}),
             "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
                                     "tooltip": "Stop a step early once the MSE to the pivot latent is below this."}),
             "gradient_checkpointing": (["auto", "on", "off"], {

@@ -229,6 +229,33 @@ def encode_dataset(vae, rng: np.random.Generator, count: int, batch: int = 32):
     return torch.cat(latents), captions
 
 
+def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator):
+    """A v-prediction training pair: random timesteps, x_t and the v target."""
+    t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = abar[t].view(-1, 1, 1, 1, 1)
+    return t, a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def optimise(loss, opt, sched, params, ema, ema_max: float, step: int) -> None:
+    """One clipped optimiser step, then the EMA update (warm-up decay)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            e.lerp_(p, 1 - decay)
+
+
+def load_ema(params, ema) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+
+
 def train_dit(args) -> None:
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
@@ -270,28 +297,14 @@ def train_dit(args) -> None:
         ids = all_ids[idx].clone()
         drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
         ids[drop] = empty_ids
-        t = torch.randint(0, abar.numel(), (args.batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        t, xt, v = noised(x0, abar, gen)
         text = text_encoder(ids)[0]
         pred = transformer(xt, text, t, image_rotary_emb=rope, return_dict=False)[0]
         loss = F.mse_loss(pred, v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p, 1 - decay)
+        optimise(loss, opt, sched, params, ema, args.ema, step)
         if step % 200 == 0 or step == args.steps - 1:
             log(f"dit step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
+    load_ema(params, ema)
     transformer.save_pretrained(work / "transformer")
     text_encoder.save_pretrained(work / "text_encoder")
     tokenizer.save_pretrained(work / "tokenizer")
@@ -362,27 +375,13 @@ def train_i2v(args) -> None:
         x0, img, text = latents[idx], images[idx], text_all[idx].clone()
         drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
         text[drop] = text_empty
-        t = torch.randint(0, abar.numel(), (args.batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        t, xt, v = noised(x0, abar, gen)
         pred = transformer(torch.cat([xt, img], dim=2), text, t, image_rotary_emb=rope, return_dict=False)[0]
         loss = F.mse_loss(pred, v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p, 1 - decay)
+        optimise(loss, opt, sched, params, ema, args.ema, step)
         if step % 200 == 0 or step == args.steps - 1:
             log(f"i2v step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
+    load_ema(params, ema)
     transformer.save_pretrained(work / "transformer_i2v")
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
                "batch": args.batch, "lr": args.lr, "dataset": len(latents), "seed": args.seed},

@@ -72,7 +72,7 @@ def check_memory(model, traj, checkpoint: bool) -> None:
                                 "Turn gradient checkpointing on, use bf16, fewer frames or a smaller size.")
 
 
-def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float = 1e-2, tol: float = 1e-5,
+def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float = 5e-2, tol: float = 1e-5,
                         checkpoint: bool | None = None, hooks: Hooks | None = None):
     """Optimise one unconditional embedding per step (noisiest first) so that guidance-`guidance`
     DDIM sampling from the pivot trajectory follows it. Returns the trajectory with
