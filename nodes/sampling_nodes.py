@@ -17,7 +17,7 @@ GUIDANCE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                                  "as sampling, so the round trip stays exact."})
 EDIT_GUIDANCE = ("FLOAT", {**GUIDANCE[1], "default": 5.0,
                            "tooltip": "Classifier-free guidance of the edit (5 was best on the edit benchmark); with "
-                                      "the source prompt, 1 reconstructs exactly (or use negative 'trajectory')."})
+                                      "the source prompt, 1 reconstructs exactly (so does any guidance with negative 'source prompt')."})
 DYNAMIC = ("BOOLEAN", {"default": False,
                        "tooltip": "CogVideoX's dynamic CFG (the diffusers pipeline's formula), a function of the "
                                   "timestep: identical in both directions."})

@@ -96,7 +96,7 @@ def metrics(job_path: str) -> None:
     hits = [f"{k} {target[k]} {'hit' if got[k] == target[k] else 'MISSED (got ' + str(got[k]) + ')'}"
             for k in ("colour", "shape", "direction") if target[k]]
     line = (f"round-trip error {rt:.2e} (latent, relative), reconstruction PSNR {synthetic.psnr(rec, src):.1f} dB "
-            f"vs the encoded source | edit '{job['edit_prompt']}': {', '.join(hits)}; mask IoU "
+            f"vs the source frames (the VAE's limit) | edit '{job['edit_prompt']}': {', '.join(hits)}; mask IoU "
             f"{synthetic.mask_iou(edit, src):.2f}, centroid path error {synthetic.centroid_error(edit, src):.2f} px | "
             f"{job['seconds']:.1f} s")
     gif = np.concatenate([src, rec, edit], axis=2)

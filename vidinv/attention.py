@@ -39,14 +39,15 @@ class ReferenceOptions:
     blocks: "all", or indices and ranges like "0-7", "0,2,4", "10-" (open end).
     start, end: fraction of the sampling steps where injection is on (``start <= i/N < end``).
     weight: log-bias ``log(weight)`` on the reference logits; 1 = plain concatenation, 0 = off.
-    Defaults (weight 4, text off) come from the edit benchmark on the bundled model (BENCHMARKS.md):
-    with the reference's text the source colour leaks into colour edits; a stronger pull keeps
-    the path. Any setting reconstructs exactly with the source prompt (fact 5).
     text: also inject the reference's text tokens. When off, the sample's own text logits get
         ``log(1 + weight)`` so that the text keeps its share of attention (and fact 5 holds).
     rows: inject into "all" CFG rows, or only the "conditional" one.
     reference_text: the reference pass uses the "source" conditioning (the inversion's) or the
         "edit" conditioning being sampled (the published recipe).
+
+    Defaults (weight 4, text off) come from the edit benchmark on the bundled model (BENCHMARKS.md):
+    with the reference's text the source colour leaks into colour edits; a stronger pull keeps
+    the path. Any setting reconstructs exactly with the source prompt (fact 5).
     """
     blocks: str = "all"
     start: float = 0.0
