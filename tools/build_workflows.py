@@ -256,8 +256,9 @@ def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
             "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
             "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection; 'weight' a log-bias on "
             "the reference (1 = plain concatenation, 0 = off, default 4); 'reference_text' also injects the "
-            "source prompt's tokens (off by default: they pull the edit back to the source's colour); 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or "
-            "edit (the published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
+            "source prompt's tokens (off by default: they pull the edit back to the source's colour); 'rows' "
+            "all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or edit (the "
+            "published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
             "(exact) or fresh noise.", (1520, 560), (360, 330))
     wf.group("5. Outputs", 1520, -40, 760, 560, "#3f789e")
     stitch1 = wf.add("ImageStitch", (1540, 40), {"direction": "right", "match_image_size": True, "spacing_width": 0,
