@@ -120,6 +120,7 @@ OURS_SWEEP = {
     "ours w=1": ReferenceOptions(weight=1.0),
     "ours w=2": ReferenceOptions(weight=2.0),
     "ours w=8": ReferenceOptions(weight=8.0),
+    "ours start=0.3": ReferenceOptions(start=0.3),
     "ours end=0.5": ReferenceOptions(end=0.5),
     "ours end=0.8": ReferenceOptions(end=0.8),
     "ours blocks 0-3": ReferenceOptions(blocks="0-3"),
@@ -201,6 +202,7 @@ def run(args) -> dict:
     timing = {}
     for name, fn in {"plain": lambda: inversion.sample(model, edit, exact.noise, steps, args.speed_guidance),
                      "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
+                     "guided start=0.3": lambda: guided(exact, ReferenceOptions(start=0.3), edit, args.speed_guidance),
                      "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),
                      "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit,
                                                  args.speed_guidance, "fresh")}.items():
@@ -238,7 +240,7 @@ def markdown(result: dict, command: str) -> str:
     sp = result["speed"]
     out += [f"Speed, guidance {sp['guidance']:g} (CFG on), median of {sp['repeats']}:", "",
             "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
-    for name in ("plain", "guided", "guided end=0.5", "published"):
+    for name in ("plain", "guided", "guided start=0.3", "guided end=0.5", "published"):
         r = sp[name]
         out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
     return "\n".join(out) + "\n"

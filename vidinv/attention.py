@@ -123,23 +123,56 @@ def rotate_reference(k_ref: torch.Tensor, table, text_len: int) -> torch.Tensor:
     return rotate_image_tokens(k_ref, table, text_len)
 
 
-def reference_bias(rows: torch.Tensor, own_text: int, own_len: int, ref_len: int, weight: float,
-                   balance_text: bool, dtype, device) -> torch.Tensor | None:
-    """Additive attention bias ``[B, 1, 1, own_len + ref_len]`` over ``[own keys ; ref keys]``.
-
-    Rows with ``rows[b]`` True get ``log(weight)`` on the reference keys (and, with
-    `balance_text`, ``log(1 + weight)`` on their own text keys); other rows get -inf on the
-    reference keys, which is plain attention. None when no bias is needed."""
-    if bool(rows.all()) and weight == 1.0 and not balance_text:
-        return None
-    b = rows.shape[0]
-    bias = torch.zeros(b, own_len + ref_len, dtype=torch.float64)
-    on = rows.to(torch.bool)
-    bias[on, own_len:] = math.log(weight)
-    bias[~on, own_len:] = -math.inf
+def key_bias(own_text: int, own_len: int, ref_len: int, weight: float, balance_text: bool) -> torch.Tensor:
+    """Additive logit bias per key over ``[own keys ; ref keys]`` (float64, ``[own_len + ref_len]``):
+    ``log(weight)`` on the reference keys and, with `balance_text`, ``log(1 + weight)`` on the
+    sample's own text keys (so text keeps its share of attention when the reference brings
+    image keys only)."""
+    bias = torch.zeros(own_len + ref_len, dtype=torch.float64)
+    bias[own_len:] = math.log(weight)
     if balance_text:
-        bias[on, :own_text] = math.log1p(weight)
-    return bias.view(b, 1, 1, -1).to(device=device, dtype=dtype)
+        bias[:own_text] = math.log1p(weight)
+    return bias
+
+
+KEY_PAD = 8  # fused attention kernels want head sizes in multiples of 8
+
+
+def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` for a bias that depends on the key only, without an
+    attention mask: the bias rides in one extra head dimension (queries carry 1 there, keys
+    ``bias * sqrt(d)``), so the fused (flash) kernels still apply and no ``[L_q, L_k]`` mask is
+    ever built. q, k, v: ``[B, heads, L, d]``; bias: ``[L_k]``."""
+    d = q.shape[-1]
+    ones = q.new_ones(*q.shape[:-1], 1)
+    q1 = torch.cat([q, ones, q.new_zeros(*q.shape[:-1], KEY_PAD - 1)], dim=-1)
+    kb = (bias * math.sqrt(d)).to(device=k.device, dtype=k.dtype).view(1, 1, -1, 1).expand(*k.shape[:-1], 1)
+    k1 = torch.cat([k, kb, k.new_zeros(*k.shape[:-1], KEY_PAD - 1)], dim=-1)
+    v1 = F.pad(v, (0, KEY_PAD))
+    return F.scaled_dot_product_attention(q1, k1, v1, scale=1.0 / math.sqrt(d))[..., :d]
+
+
+def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: torch.Tensor, v_ref: torch.Tensor,
+                     rows: torch.Tensor, own_text: int, weight: float, balance_text: bool) -> torch.Tensor:
+    """Attention of the sample's queries over ``[own K/V ; reference K/V]`` for the rows with
+    ``rows[b]`` True; the other rows attend to their own keys only (plain attention). The
+    reference has one row per video (shared by that video's CFG rows) or one per row."""
+    if not bool(rows.all()):
+        on = rows.to(device=q.device, dtype=torch.bool)
+        out = torch.empty_like(q)
+        out[~on] = F.scaled_dot_product_attention(q[~on], k[~on], v[~on])
+        if bool(rows.any()):
+            if k_ref.shape[0] == q.shape[0]:  # one reference per row: keep the receiving rows'
+                k_ref, v_ref = k_ref[on], v_ref[on]
+            out[on] = attend_reference(q[on], k[on], v[on], k_ref, v_ref, rows[rows], own_text, weight, balance_text)
+        return out
+    reps = q.shape[0] // k_ref.shape[0]
+    k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
+    v = torch.cat([v, v_ref.repeat(reps, 1, 1, 1)], dim=2)
+    bias = key_bias(own_text, q.shape[2], k_ref.shape[2], weight, balance_text)
+    if not bool(bias.any()):  # weight 1 with the reference's text: plain concatenation
+        return F.scaled_dot_product_attention(q, k, v)
+    return attend_with_key_bias(q, k, v, bias)
 
 
 # ----------------------------------------------------------------------------- per-call state
@@ -196,16 +229,13 @@ class ReferenceAttnProcessor:
 
         q = rotate_image_tokens(q, image_rotary_emb, text_len)
         k = rotate_image_tokens(k, image_rotary_emb, text_len)
-        bias = None
         if isinstance(reference, Injection) and self.index in reference.recording.kv:
             k_ref, v_ref, ref_text = reference.recording.kv[self.index]
             k_ref = rotate_reference(k_ref, image_rotary_emb, ref_text)
-            reps = b // k_ref.shape[0]  # one reference row shared by every CFG row
-            k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
-            v = torch.cat([v, v_ref.repeat(reps, 1, 1, 1)], dim=2)
-            bias = reference_bias(reference.rows, text_len, n, k_ref.shape[2], reference.weight,
-                                  not reference.recording.text, q.dtype, q.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
+            out = attend_reference(q, k, v, k_ref, v_ref, reference.rows, text_len, reference.weight,
+                                   not reference.recording.text)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, -1, heads * d)
         out = attn.to_out[1](attn.to_out[0](out))
         return out[:, text_len:], out[:, :text_len]

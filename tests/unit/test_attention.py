@@ -1,6 +1,7 @@
 """Reference attention on tiny random CogVideoX models: the processor equals diffusers' own,
 duplicate-key invariance (DESIGN fact 5) for every option, per-group RoPE, safety, cost."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -42,6 +43,43 @@ def test_active_steps_window():
     o = ReferenceOptions(start=0.2, end=0.6)
     assert o.active_steps(10) == (2, 3, 4, 5)
     assert ReferenceOptions().active_steps(3) == (0, 1, 2)
+
+
+def explicit_reference_attention(q, k, v, k_ref, v_ref, rows, own_text, weight, balance_text):
+    """The definition, written out: softmax over [own ; reference] logits with log(weight) on the
+    reference keys (log(1 + weight) on own text keys when balancing), per row; rows that do not
+    receive the reference attend to their own keys only."""
+    outs = []
+    for b in range(q.shape[0]):
+        ref = b % k_ref.shape[0] if k_ref.shape[0] != q.shape[0] else b
+        logits = q[b] @ k[b].transpose(-1, -2) / q.shape[-1] ** 0.5
+        vals = v[b]
+        if rows[b]:
+            own_bias = torch.zeros(k.shape[2], dtype=q.dtype)
+            if balance_text:
+                own_bias[:own_text] = math.log1p(weight)
+            ref_logits = q[b] @ k_ref[ref].transpose(-1, -2) / q.shape[-1] ** 0.5 + math.log(weight)
+            logits = torch.cat([logits + own_bias, ref_logits], dim=-1)
+            vals = torch.cat([v[b], v_ref[ref]], dim=1)
+        outs.append(torch.softmax(logits, dim=-1) @ vals)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("weight, balance, rows, ref_rows", [
+    (4.0, True, [True, True, True, True], 2), (1.0, False, [True, True, True, True], 2),
+    (0.5, True, [False, False, True, True], 2), (3.0, False, [False, False, True, True], 4),
+    (2.0, True, [True, True], 2)])
+def test_key_bias_attention_matches_the_definition(weight, balance, rows, ref_rows):
+    """The bias folded into an extra head dimension (no attention mask, so fused kernels apply)
+    is the same attention as the written-out softmax, for shared and per-row references and
+    for rows that take no reference."""
+    g = torch.Generator().manual_seed(1)
+    b, heads, own, ref, d, text = len(rows), 3, 7, 5, 16, 2
+    q, k, v = (torch.randn(b, heads, own, d, generator=g, dtype=torch.float64) for _ in range(3))
+    k_ref, v_ref = (torch.randn(ref_rows, heads, ref, d, generator=g, dtype=torch.float64) for _ in range(2))
+    got = attention.attend_reference(q, k, v, k_ref, v_ref, torch.tensor(rows), text, weight, balance)
+    want = explicit_reference_attention(q, k, v, k_ref, v_ref, rows, text, weight, balance)
+    assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -175,3 +213,17 @@ def test_processors_restored_after_error(tiny64):
             raise RuntimeError("boom")
     after = model.transformer.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+
+
+def test_reference_cost_ordering_by_flop_count():
+    """Counted FLOPs (meta device, a CogVideoX-5B-shaped toy): one reference row shared by the
+    CFG rows costs less than the published per-row reference, and narrower windows or block
+    ranges cost less than injection everywhere, which costs more than plain sampling."""
+    from tools import bench_fullsize
+    model = bench_fullsize.build("5b", "meta", torch.float32, smoke=True)
+    _, edit, traj = bench_fullsize.inputs(model, 9, 64, 64, 10)
+    f = bench_fullsize.step_flops(model, edit, traj, 6.0)
+    everywhere = f["guided (defaults: every block and step)"]
+    assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
+    assert f["plain"] < f["guided, blocks of the first half"] < everywhere
+    assert everywhere < f["published recipe (reference per CFG row)"]
