@@ -1,7 +1,7 @@
 """Edit benchmark on the bundled model: change the colour or the shape in the prompt, and
 measure the target attribute and how much structure (mask, motion) is kept. One run, one table.
 
-    python tools/bench_edit.py [--videos 8] [--json results.json]
+    python tools/bench_edit.py [--videos 8] [--speed-only] [--json results.json]
 
 Each held-out video is inverted with its caption; every method then samples the edited caption
 (colour edits: the next colour; shape edits: the next shape). Metrics on the decoded edit,
@@ -256,8 +256,11 @@ def main(argv=None) -> None:
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed-only", action="store_true", help="skip the edit tables (reconstruction and speed only)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.speed_only:
+        args.guidance = []
     result = run(args)
     print(markdown(result, ("python tools/bench_edit.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()))
     if args.json:

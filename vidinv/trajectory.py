@@ -6,27 +6,50 @@ grid timestep counted from the clean end. The value also carries the grid, the c
 and guidance used, the scheduler config, the model's fingerprint and per-step convergence, so
 a sampler can refuse a trajectory that does not belong to its model or grid.
 
-Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``.
+Two model families share the value (`family`):
+
+- ``"cogvideox"``: `timesteps` are the DDIM grid's integer timesteps; `embeds` / `negative_embeds`
+  the text conditioning; `image_latents` ``[B, F, C, H, W]`` for I2V models; `sigmas` None.
+- ``"svd"`` (Stable Video Diffusion, `vidinv.svd_inversion`): `sigmas` is the Euler grid, T+1 values
+  noisiest first ending at the clean end (0), latents[k] sits at ``sigmas[T - k]`` (unscaled,
+  ``x = clean + sigma * noise``); `timesteps` are the T model-time values the UNet is called with
+  (``0.25 log sigma``, as `vidinv.edm.Grid.timesteps`). `embeds` are the source's CLIP image
+  embeddings ``[B, 1, D]``, `negative_embeds` the unconditional row (zeros, as SVD's CFG),
+  `image_latents` the first frame's VAE latent ``[B, C, h, w]`` (noise-augmented, unscaled),
+  `conditioning` the plain values (``added_time_ids``, ``fps``, ``motion_bucket_id``,
+  ``noise_aug_strength``, ``seed``, ``min_guidance``, ``max_guidance``); `guidance` is the max
+  guidance. Prompts are empty.
+
+Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``. CogVideoX
+trajectories are written as format version 1 (what every earlier version of the pack reads and
+writes); SVD trajectories as version 2, so an older pack refuses them instead of misreading them.
+Files without a ``family`` are CogVideoX.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
 
-from . import ddim, errors
+from . import ddim, edm, errors
 
 FORMAT = "vidinv.trajectory"
-VERSION = 1
+VERSION = 2  # the newest version this pack reads; files are written with FAMILY_VERSION
+FAMILY_VERSION = {"cogvideox": 1, "svd": 2}
+FAMILY_NAMES = {"cogvideox": "CogVideoX", "svd": "Stable Video Diffusion"}
+SVD_CONDITIONING = ("added_time_ids", "fps", "motion_bucket_id", "noise_aug_strength", "seed",
+                    "min_guidance", "max_guidance")
+SIGMA_RTOL = 1e-6  # sigma grids equal up to float32 rounding count as the same grid
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclasses.dataclass(eq=False)
 class Trajectory:
     latents: torch.Tensor  # [T+1, B, F, C, H, W]
-    timesteps: list[int]  # sampler grid, noisiest first, length T
+    timesteps: list  # sampler grid, noisiest first, length T (CogVideoX: int timesteps; SVD: model times)
     scheduler_config: dict
     model_fingerprint: str
     model_name: str
@@ -43,6 +66,9 @@ class Trajectory:
     image_latents: torch.Tensor | None = None  # [B, F, C, H, W] for I2V models
     null_embeds: torch.Tensor | None = None  # [T, 1, L, D] from null-text inversion, noisiest first
     extra: dict = dataclasses.field(default_factory=dict)
+    family: str = "cogvideox"  # or "svd"
+    sigmas: list[float] | None = None  # SVD: the Euler grid, noisiest first, T+1 values ending at 0
+    conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: SVD_CONDITIONING values
 
     # -- derived
     @property
@@ -66,20 +92,38 @@ class Trajectory:
         tensors = [self.latents, self.embeds, self.negative_embeds, self.image_latents, self.null_embeds]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 1e6
 
+    @property
+    def family_name(self) -> str:
+        return FAMILY_NAMES.get(self.family, self.family)
+
     def summary(self) -> dict:
         """Plain numbers for the UI and logs."""
-        return {
+        out = {
             "steps": self.steps, "latent_shape": list(self.latents.shape[1:]),
             "dtype": str(self.latents.dtype).replace("torch.", ""), "size_mb": round(self.size_mb, 3),
             "guidance": self.guidance, "iterations": self.iterations, "tolerance": self.tolerance,
             "residuals": [float(r) for r in self.residuals], "calls": list(self.calls),
             "model": self.model_name, "prompt": self.prompt,
-            "null_text": self.null_embeds is not None,
+            "null_text": self.null_embeds is not None, "family": self.family,
         }
+        if self.family == "svd":
+            out.update(sigma_max=self.sigmas[0], sigma_min=min(s for s in self.sigmas if s > 0),
+                       **{k: self.conditioning.get(k) for k in SVD_CONDITIONING if k != "added_time_ids"})
+        return out
 
     # -- checks
+    def check_family(self, family: str) -> None:
+        """Refuse a sampler or model of the other family (a CogVideoX trajectory for SVD, or back)."""
+        if family != self.family:
+            raise errors.InputError(
+                f"this is a {self.family_name} trajectory (made with {self.model_name!r}), but it was given to a "
+                f"{FAMILY_NAMES.get(family, family)} model or sampler",
+                f"Sample it with the {self.family_name} model that inverted it, or invert the video again with "
+                "this model.")
+
     def check_model(self, model) -> None:
         """Refuse a model other than the one that made this trajectory."""
+        self.check_family(getattr(model, "family", "cogvideox"))
         if model.fingerprint != self.model_fingerprint:
             raise errors.InputError(
                 f"this trajectory was made with model {self.model_name!r} (fingerprint {self.model_fingerprint}), "
@@ -90,12 +134,59 @@ class Trajectory:
                 f"trajectory latents have {self.latents.shape[-3]} channels, the model has {model.latent_channels}",
                 "Use the model that made the trajectory.")
 
-    def check_grid(self, schedule: ddim.Schedule) -> None:
+    def check_grid(self, schedule) -> None:
+        """Refuse a grid other than the one inverted on. `schedule`: the model's scheduler config
+        (a dict, either family), a `ddim.Schedule` (CogVideoX) or an `edm.Grid` (SVD)."""
+        config = schedule if isinstance(schedule, dict) else None
+        if config is not None:
+            schedule = self.svd_grid(config) if self.family == "svd" else ddim.schedule_from_config(config)
+        self.check_family("svd" if isinstance(schedule, edm.Grid) else "cogvideox")
+        if self.family == "svd":
+            self.check_sigmas(schedule, config)
+            return
         expected = ddim.timesteps(schedule, self.steps)
         if expected != list(self.timesteps):
             raise errors.InputError(
                 f"the trajectory's {self.steps}-step grid {self.timesteps[:3]}... does not match the model's "
                 f"{expected[:3]}...", "The scheduler config differs from the one used at inversion; invert again.")
+
+    def svd_grid(self, config: dict) -> edm.Grid:
+        """The Euler grid that `config` (an SVD scheduler config) gives for this trajectory's steps."""
+        try:
+            return edm.grid_from_config(config, self.steps)
+        except ValueError as err:
+            raise errors.InputError(f"the model's scheduler cannot make this trajectory's {self.steps}-step grid "
+                                    f"({err})",
+                                    "Use the model that made the trajectory.") from err
+
+    def check_sigmas(self, grid: edm.Grid, config: dict | None = None) -> None:
+        """The SVD grid: step count, prediction type, sigmas and model times (up to float32 rounding)."""
+        def fix():
+            ours, theirs = self.scheduler_config, config or {}
+            changed = [f"{k} {ours.get(k)!r} -> {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                       if config is not None and not k.startswith("_") and ours.get(k) != theirs.get(k)]
+            where = f" (changed settings: {', '.join(changed)})" if changed else ""
+            return (f"The model's scheduler config differs from the one used at inversion{where}; sample with the "
+                    "model that made the trajectory, or invert again with this one.")
+
+        if grid.steps != self.steps:
+            raise errors.InputError(f"the trajectory has {self.steps} steps, the grid given has {grid.steps}",
+                                    "Sample with the trajectory's own step count.")
+        prediction = self.scheduler_config.get("prediction_type", "epsilon")
+        if grid.prediction_type != prediction:
+            raise errors.InputError(f"the trajectory was inverted with {prediction!r} outputs, the model's scheduler "
+                                    f"says {grid.prediction_type!r}", fix())
+
+        def span(sigmas):
+            return f"sigma {sigmas[0]:.6g} .. {min(s for s in sigmas if s > 0):.6g}, then {sigmas[-1]:.6g}"
+
+        for what, ours, theirs in (("sigma", self.sigmas, grid.sigmas), ("model time", self.timesteps, grid.timesteps)):
+            for k, (a, b) in enumerate(zip(ours, theirs)):
+                if not math.isclose(a, b, rel_tol=SIGMA_RTOL, abs_tol=0.0):
+                    raise errors.InputError(
+                        f"the trajectory's {self.steps}-step grid ({span(self.sigmas)}) does not match the model's "
+                        f"({span(grid.sigmas)}): {what} at step {k} is {a:.9g} in the trajectory, {b:.9g} for the "
+                        "model", fix())
 
     # -- storage
     def save(self, path) -> Path:
@@ -109,8 +200,10 @@ class Trajectory:
                 tensors[name] = getattr(self, name).contiguous()
         meta = {k: getattr(self, k) for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
                                               "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
-                                              "tolerance", "residuals", "calls", "extra")}
-        meta.update(format=FORMAT, version=VERSION)
+                                              "tolerance", "residuals", "calls", "extra", "family")}
+        if self.family == "svd":
+            meta.update(sigmas=self.sigmas, conditioning=self.conditioning)
+        meta.update(format=FORMAT, version=FAMILY_VERSION.get(self.family, VERSION))
         save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
         return path
 
@@ -148,7 +241,8 @@ def load(path) -> Trajectory:
                       **{k: meta[k] for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
                                               "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
                                               "tolerance", "residuals", "calls")},
-                      extra=meta.get("extra", {}))
+                      extra=meta.get("extra", {}), family=meta.get("family", "cogvideox"),
+                      sigmas=meta.get("sigmas"), conditioning=meta.get("conditioning", {}))
     validate(traj, path.name)
     return traj
 
@@ -164,3 +258,23 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if traj.null_embeds is not None and traj.null_embeds.shape[0] != len(traj.timesteps):
         raise errors.InputError(f"{source}: {traj.null_embeds.shape[0]} null-text embeddings for "
                                 f"{len(traj.timesteps)} steps", "Run null-text inversion again.")
+    if traj.family not in FAMILY_VERSION:
+        raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(FAMILY_VERSION)}",
+                                "Update the pack, or save the trajectory again.")
+    if traj.family == "cogvideox":
+        if traj.sigmas is not None:
+            raise errors.InputError(f"{source}: a CogVideoX trajectory carries no sigma grid",
+                                    "Save the trajectory again.")
+        return
+    sig = traj.sigmas
+    if sig is None or len(sig) != len(traj.timesteps) + 1:
+        raise errors.InputError(f"{source}: an SVD trajectory needs {len(traj.timesteps) + 1} sigmas (one per latent), "
+                                f"got {'none' if sig is None else len(sig)}", "Save the trajectory again.")
+    if any(not a > b for a, b in zip(sig, sig[1:])) or sig[-1] < 0:
+        raise errors.InputError(f"{source}: the sigmas {sig[:2]}...{sig[-2:]} do not decrease to >= 0",
+                                "Save the trajectory again.")
+    missing = [k for k in SVD_CONDITIONING if k not in traj.conditioning]
+    if missing or traj.image_latents is None or traj.image_latents.dim() != 4:
+        raise errors.InputError(f"{source}: an SVD trajectory needs the source's first-frame latent [B, C, h, w] and "
+                                f"its conditioning values (missing: {', '.join(missing) or 'image_latents'})",
+                                "Save the trajectory again.")

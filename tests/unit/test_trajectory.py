@@ -93,3 +93,124 @@ def test_model_and_grid_checks():
     t.check_grid(ddim.schedule_from_config(CFG))
     with pytest.raises(errors.InputError, match="grid"):
         t.check_grid(ddim.schedule_from_config(dict(CFG, timestep_spacing="leading")))
+
+
+# ----------------------------------------------------------------------------- old files, SVD grids
+
+V1_KEYS = ("timesteps", "scheduler_config", "model_fingerprint", "model_name", "prompt", "negative_prompt",
+           "guidance", "dynamic_cfg", "iterations", "tolerance", "residuals", "calls", "extra")
+
+
+def write_v1(t, path):
+    """A file exactly as version 1 of the pack wrote it: no family, no sigmas, version 1."""
+    tensors = {"latents": t.latents, "embeds": t.embeds, "negative_embeds": t.negative_embeds}
+    if t.null_embeds is not None:
+        tensors["null_embeds"] = t.null_embeds
+    meta = {k: getattr(t, k) for k in V1_KEYS}
+    meta.update(format=trajectory.FORMAT, version=1)
+    save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
+    return path
+
+
+def test_version_1_files_still_load_as_cogvideox(tmp_path):
+    t = make(null=True)
+    old = trajectory.load(write_v1(t, tmp_path / "v1.safetensors"))
+    assert old.family == "cogvideox" and old.sigmas is None and old.conditioning == {}
+    assert torch.equal(old.latents, t.latents) and torch.equal(old.null_embeds, t.null_embeds)
+    assert old.timesteps == t.timesteps and old.summary() == t.summary()
+    old.check_grid(ddim.schedule_from_config(CFG))
+    old.check_grid(CFG)  # the model's scheduler config, as the nodes have it
+    old.check_model(FakeModel())
+
+
+def test_cogvideox_files_are_still_written_as_version_1(tmp_path):
+    from safetensors import safe_open
+    with safe_open(str(make().save(tmp_path / "t.safetensors")), framework="pt") as f:
+        meta = json.loads(f.metadata()["vidinv"])
+    assert meta["version"] == 1 and meta["family"] == "cogvideox" and "sigmas" not in meta
+    assert set(V1_KEYS) <= set(meta)
+
+
+def svd_config():
+    from tests.tiny_svd import SCHEDULER
+    return dict(SCHEDULER)
+
+
+def make_svd(steps=4):
+    from vidinv import edm
+    grid = edm.grid_from_config(svd_config(), steps)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(1, 1, 16, generator=g)
+    return Trajectory(latents=torch.randn(steps + 1, 1, 3, 4, 4, 4, generator=g), timesteps=list(grid.timesteps),
+                      scheduler_config=svd_config(), model_fingerprint="svd1", model_name="tiny-svd", prompt="",
+                      negative_prompt="", embeds=emb, negative_embeds=emb * 0, guidance=3.0, dynamic_cfg=False,
+                      iterations=10, tolerance=1e-5, residuals=[1e-6] * steps, calls=[4] * steps,
+                      image_latents=torch.randn(1, 4, 4, 4, generator=g), family="svd", sigmas=list(grid.sigmas),
+                      conditioning={"added_time_ids": [[6.0, 127.0, 0.02]], "fps": 7, "motion_bucket_id": 127,
+                                    "noise_aug_strength": 0.02, "seed": 0, "min_guidance": 1.0, "max_guidance": 3.0})
+
+
+def test_svd_trajectory_round_trip(tmp_path):
+    from safetensors import safe_open
+    t = make_svd()
+    path = t.save(tmp_path / "svd.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["vidinv"])["version"] == 2
+    t2 = trajectory.load(path)
+    assert t2.family == "svd" and t2.sigmas == t.sigmas and t2.timesteps == t.timesteps
+    assert t2.conditioning == t.conditioning and torch.equal(t2.image_latents, t.image_latents)
+    assert torch.equal(t2.latents, t.latents) and torch.equal(t2.embeds, t.embeds)
+    s = t2.summary()
+    assert s == t.summary() and s["family"] == "svd" and s["sigma_max"] == pytest.approx(700.0)
+    assert s["sigma_min"] == pytest.approx(0.002) and (s["min_guidance"], s["max_guidance"]) == (1.0, 3.0)
+    assert t.sigmas[-1] == 0.0 and len(t.sigmas) == t.steps + 1
+
+
+def test_svd_grid_check_says_what_differs():
+    from vidinv import edm
+    t = make_svd()
+    t.check_grid(svd_config())
+    t.check_grid(edm.grid_from_config(svd_config(), 4))
+    with pytest.raises(errors.InputError, match=r"sigma 700 \.\. 0\.002.*sigma 80 \.\. 0\.002.*sigma at step 0 .*"
+                                                r"changed settings: sigma_max 700\.0 -> 80\.0"):
+        t.check_grid(dict(svd_config(), sigma_max=80.0))
+    with pytest.raises(errors.InputError, match="model time at step 0.*timestep_type 'continuous' -> 'discrete'"):
+        t.check_grid(dict(svd_config(), timestep_type="discrete"))
+    with pytest.raises(errors.InputError, match="'v_prediction' outputs, the model's scheduler says 'epsilon'"):
+        t.check_grid(dict(svd_config(), prediction_type="epsilon"))
+    with pytest.raises(errors.InputError, match="trajectory has 4 steps, the grid given has 5"):
+        t.check_grid(edm.grid_from_config(svd_config(), 5))
+
+
+def test_families_refuse_each_other():
+    svd_t, cog_t = make_svd(), make()
+    with pytest.raises(errors.InputError, match="Stable Video Diffusion trajectory.*given to a CogVideoX"):
+        svd_t.check_grid(ddim.schedule_from_config(CFG))
+    with pytest.raises(errors.InputError, match="Stable Video Diffusion trajectory.*given to a CogVideoX"):
+        svd_t.check_model(FakeModel("svd1"))
+    with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):
+        cog_t.check_grid(svd_t.svd_grid(svd_config()))
+    model = FakeModel("abc")
+    model.family = "svd"
+    with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):
+        cog_t.check_model(model)
+
+
+def test_inconsistent_svd_files(tmp_path):
+    t = make_svd()
+    t.sigmas = t.sigmas[:-1]
+    with pytest.raises(errors.InputError, match="needs 5 sigmas"):
+        trajectory.load(t.save(tmp_path / "a.safetensors"))
+    t = make_svd()
+    t.conditioning = {k: v for k, v in t.conditioning.items() if k != "fps"}
+    with pytest.raises(errors.InputError, match="missing: fps"):
+        trajectory.load(t.save(tmp_path / "b.safetensors"))
+    t = make_svd()
+    t.family = "sdxl"
+    with pytest.raises(errors.InputError, match="family 'sdxl'"):
+        trajectory.load(t.save(tmp_path / "c.safetensors"))
+    p = tmp_path / "future.safetensors"
+    save_file({"latents": torch.zeros(1)}, str(p),
+              metadata={"vidinv": json.dumps({"format": trajectory.FORMAT, "version": 3})})
+    with pytest.raises(errors.InputError, match="version 3.*up to version 2"):
+        trajectory.load(p)
