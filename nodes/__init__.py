@@ -2,6 +2,7 @@
 from . import host
 from .model_nodes import EncodeText, LoadCogVideoX
 from .sampling_nodes import DDIMInvert, DDIMSample, GuidedSample, NullTextInversion, ReferenceAttention
+from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
 from .trajectory_nodes import LoadTrajectory, SaveTrajectory
 from .vae_nodes import VAEDecodeVideo, VAEEncodeVideo
 
@@ -21,6 +22,11 @@ NODES = {
     "VInvNullTextInversion": (NullTextInversion, "Null-Text Inversion"),
     "VInvSaveTrajectory": (SaveTrajectory, "Save Trajectory"),
     "VInvLoadTrajectory": (LoadTrajectory, "Load Trajectory"),
+    "VInvLoadSVD": (LoadSVD, "Load SVD Model"),
+    "VInvSVDEncodeFirstFrame": (SVDEncodeFirstFrame, "Encode First Frame (SVD)"),
+    "VInvSVDInvert": (SVDInvert, "Euler Invert (SVD, exact)"),
+    "VInvSVDSample": (SVDSample, "Euler Sample (SVD)"),
+    "VInvSVDGuidedSample": (SVDGuidedSample, "Guided Sample (SVD)"),
 }
 NODE_CLASS_MAPPINGS = {key: cls for key, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

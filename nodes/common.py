@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..vidinv import errors
+
 CATEGORY = "video inversion"
 MODEL = "VINV_MODEL"
 CONDITIONING = "VINV_CONDITIONING"
@@ -20,3 +22,19 @@ def latent_parts(latent: dict):
     """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one)."""
     meta = latent.get("vinv") or {}
     return latent["samples"], meta.get("image_latents"), int(meta.get("pad_frames", 0))
+
+
+def family(model) -> str:
+    """The family a loaded model value says it is: "cogvideox" or "svd"."""
+    return getattr(model, "family", "cogvideox")
+
+
+FAMILY_NAMES = {"cogvideox": "CogVideoX", "svd": "Stable Video Diffusion"}
+
+
+def require_cogvideox(model, node: str, fix: str) -> None:
+    """Refuse a model of another family on a CogVideoX-only node, before any work starts."""
+    if family(model) != "cogvideox":
+        raise errors.InputError(
+            f"{node} works on CogVideoX models only; {getattr(model, 'name', '?')!r} is a "
+            f"{FAMILY_NAMES.get(family(model), family(model))} model", fix)

@@ -23,15 +23,17 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = {"tiny-cogvideox (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox",
                   "tiny-cogvideox-i2v (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox-i2v"}
 MODEL_FOLDER_KINDS = ("CogVideo", "diffusers")
+SVD_FOLDER_KINDS = ("SVD", "diffusers")
 _FALLBACK_DIRS = {"input": Path(os.environ.get("VIDINV_INPUT_DIR", Path.cwd() / "input")),
                   "output": Path(os.environ.get("VIDINV_OUTPUT_DIR", Path.cwd() / "output")),
                   "models": Path(os.environ.get("VIDINV_MODELS_DIR", Path.cwd() / "models"))}
 
 
 def register_model_folders() -> None:
-    """models/CogVideo (the convention of the most used CogVideoX pack) and models/diffusers."""
+    """models/CogVideo (the convention of the most used CogVideoX pack), models/SVD and
+    models/diffusers."""
     if IN_COMFY:
-        for kind in MODEL_FOLDER_KINDS:
+        for kind in dict.fromkeys(MODEL_FOLDER_KINDS + SVD_FOLDER_KINDS):
             _fp.add_model_folder_path(kind, os.path.join(_fp.models_dir, kind))
 
 
@@ -52,16 +54,17 @@ def install_sample_media() -> None:
                 logging.getLogger("vidinv").warning("could not copy sample video %s: %s", src.name, err)
 
 
-def model_roots() -> list[Path]:
+def model_roots(kinds: tuple[str, ...] = MODEL_FOLDER_KINDS) -> list[Path]:
+    """The folders of the given model folder kinds (CogVideoX's by default; SVD_FOLDER_KINDS for SVD)."""
     if IN_COMFY:
         roots = []
-        for kind in MODEL_FOLDER_KINDS:
+        for kind in kinds:
             try:
                 roots += [Path(p) for p in _fp.get_folder_paths(kind)]
             except KeyError:
                 pass
         return roots
-    return [_FALLBACK_DIRS["models"] / kind for kind in MODEL_FOLDER_KINDS]
+    return [_FALLBACK_DIRS["models"] / kind for kind in kinds]
 
 
 def directory(kind: str) -> Path:

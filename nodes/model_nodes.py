@@ -6,7 +6,7 @@ import logging
 from ..vidinv import errors
 from ..vidinv.models import cogvideox
 from . import host
-from .common import CATEGORY, CONDITIONING, MODEL
+from .common import CATEGORY, CONDITIONING, MODEL, require_cogvideox
 
 log = logging.getLogger("vidinv")
 
@@ -73,6 +73,8 @@ class EncodeText:
         }}
 
     def encode(self, model, prompt, negative_prompt):
+        require_cogvideox(model, "Encode Text", "Stable Video Diffusion is conditioned on an image, not text: use "
+                          "Encode First Frame (SVD).")
         cond = cogvideox.encode_text(model, prompt, negative_prompt)
         ui = {}
         if cond.truncated:

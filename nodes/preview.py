@@ -7,23 +7,26 @@ import numpy as np
 import torch
 
 from ..vidinv import synthetic
-from ..vidinv.models import cogvideox
+from ..vidinv.models import cogvideox, svd
 from . import host
 
 
 def fit_rgb_factors(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [C, 3], b [3]) with rgb ~ z @ W + b at latent resolution."""
-    m = model.size_multiple
+    is_svd = getattr(model, "family", "cogvideox") == "svd"
+    encode = svd.encode_video if is_svd else cogvideox.encode_video
+    m = model.spatial_factor if is_svd else model.size_multiple
+    temporal = 1 if is_svd else model.temporal_factor
     size = max(4 * m, 64)
-    frames = model.temporal_factor + 1
+    frames = 5 if is_svd else temporal + 1  # the synthetic renderer draws 4k+1 frames
     zs, rgbs = [], []
     for seed in range(4):
         spec = synthetic.random_spec(seed, frames, size, size, colour=list(synthetic.COLOURS)[seed])
         clip = torch.from_numpy(synthetic.render(spec))
-        z = cogvideox.encode_video(model, clip)[0]  # [F, C, h, w]
+        z = encode(model, clip)[0]  # [F, C, h, w]
         f, c, h, w = z.shape
         small = torch.nn.functional.adaptive_avg_pool2d(clip.permute(0, 3, 1, 2), (h, w))  # [N, 3, h, w]
-        small = small[:: model.temporal_factor][:f]
+        small = small[::temporal][:f]
         zs.append(z.permute(0, 2, 3, 1).reshape(-1, c))
         rgbs.append(small.permute(0, 2, 3, 1).reshape(-1, 3))
     z, rgb = torch.cat(zs), torch.cat(rgbs)

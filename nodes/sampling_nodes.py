@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..vidinv import attention, errors, inversion, nulltext, video
+from ..vidinv import attention, errors, inversion, nulltext, svd_inversion, video
 from ..vidinv.models import cogvideox
 from ..vidinv.trajectory import DTYPES
-from . import host
-from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, latent_parts, latent_value
+from . import host, svd_nodes
+from .common import (CATEGORY, CONDITIONING, MODEL, TRAJECTORY, family, latent_parts, latent_value,
+                     require_cogvideox)
 from .preview import latent_preview
 
 STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
@@ -26,6 +27,10 @@ NEGATIVE = (list(nulltext.NEGATIVE_MODES), {
     "tooltip": "The unconditional branch of CFG: the conditioning's own negative prompt; the trajectory's source "
                "prompt (negative-prompt inversion: CFG reconstruction without optimisation); or the trajectory's "
                "null-text embeddings (run Null-Text Inversion first, with the same guidance)."})
+
+
+SVD_SAMPLING = ("For Stable Video Diffusion use Euler Invert (SVD, exact) and Euler Sample (SVD), or Reference "
+                "Attention + Guided Sample.")
 
 
 def source_image_latents(model, latent: dict):
@@ -77,6 +82,7 @@ class DDIMInvert:
 
     def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
                damping, trajectory_dtype):
+        require_cogvideox(model, "DDIM Invert", SVD_SAMPLING)
         samples, image_latents = source_image_latents(model, latent)
         progress = host.Progress(steps)
         traj = inversion.invert(model, conditioning, samples, steps, guidance, dynamic_cfg, iterations, tolerance,
@@ -116,6 +122,7 @@ class DDIMSample:
         }}
 
     def sample(self, model, conditioning, latent, steps, guidance, dynamic_cfg, negative, trajectory=None):
+        require_cogvideox(model, "DDIM Sample", SVD_SAMPLING)
         samples, image_latents = source_image_latents(model, latent)
         if trajectory is not None:
             trajectory.check_model(model)
@@ -161,13 +168,29 @@ class ReferenceAttention:
             "reference_conditioning": (list(attention.REFERENCE_TEXT), {
                 "default": d.reference_text,
                 "tooltip": "'source': reference pass with the inversion's prompt, once per step for all rows. "
-                           "'edit': with the prompts being sampled, per CFG row (the published recipe)."}),
+                           "'edit': with the prompts being sampled, per CFG row (the published recipe). "
+                           "Stable Video Diffusion: 'source' only."}),
+        }, "optional": {
+            "temporal": ("BOOLEAN", {"default": False,
+                                     "tooltip": "Stable Video Diffusion only: also inject into the temporal "
+                                                "self-attention paired with each chosen block (blocks count SVD's "
+                                                "spatial transformer blocks). CogVideoX: leave off."}),
         }}
 
-    def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning):
+    def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning,
+              temporal=False):
         opts = attention.ReferenceOptions(blocks, start, end, weight, reference_text, rows, reference_conditioning)
-        opts.validate(int(model.transformer.config.num_layers))
-        trajectory.check_model(model)
+        if family(model) == "svd":
+            opts = svd_inversion.reference_options(opts, temporal)
+            opts.validate(model.unet)
+            trajectory.check_model(model)
+            trajectory.check_grid(model.scheduler_config)
+        else:
+            if temporal:
+                raise errors.InputError("'temporal' applies to Stable Video Diffusion only (CogVideoX's attention "
+                                        "is already spatio-temporal)", "Turn 'temporal' off for CogVideoX.")
+            opts.validate(int(model.transformer.config.num_layers))
+            trajectory.check_model(model)
         return (dataclasses.replace(model, reference=attention.ReferenceSpec(trajectory, opts)),)
 
 
@@ -185,7 +208,8 @@ class GuidedSample:
         return {"required": {
             "model": (MODEL, {"tooltip": "A model from Reference Attention."}),
             "conditioning": (CONDITIONING, {"tooltip": "The edited prompt (the source prompt reconstructs)."}),
-            "guidance": EDIT_GUIDANCE,
+            "guidance": ("FLOAT", {**EDIT_GUIDANCE[1], "tooltip": EDIT_GUIDANCE[1]["tooltip"] + " Stable Video "
+                         "Diffusion: the same scale on every frame (Guided Sample (SVD) has SVD's min/max)."}),
             "dynamic_cfg": DYNAMIC,
             "start": (["inverted", "fresh"], {"default": "inverted",
                                               "tooltip": "Start from the trajectory's inverted noise, or from "
@@ -199,6 +223,8 @@ class GuidedSample:
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None):
+        if family(model) == "svd":
+            return self.sample_svd(model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame)
         spec = model.reference
         if spec is None:
             raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -224,6 +250,25 @@ class GuidedSample:
         host.free_memory()
         return {"ui": {"vinv_guidance": [window]},
                 "result": (latent_value(out, model, traj.image_latents, traj.extra.get("pad_frames", 0)),)}
+
+    @staticmethod
+    def sample_svd(model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame):
+        """Stable Video Diffusion: constant guidance on every frame; the CogVideoX-only options
+        must stay at their neutral values."""
+        if dynamic_cfg:
+            raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; it does not apply to Stable "
+                                    "Video Diffusion", "Turn dynamic_cfg off, or use Guided Sample (SVD) for SVD's "
+                                    "frame-wise min/max guidance.")
+        if negative != "conditioning":
+            raise errors.InputError(f"negative {negative!r} needs text embeddings; Stable Video Diffusion's "
+                                    "unconditional branch is a zero image conditioning",
+                                    "Set negative to 'conditioning' for SVD.")
+        if first_frame is not None:
+            raise errors.InputError("first_frame is for CogVideoX image-to-video models; Stable Video Diffusion "
+                                    "takes its edited first frame as the conditioning",
+                                    "Encode the edited frame with Encode First Frame (SVD), connect it to "
+                                    "conditioning, and disconnect first_frame.")
+        return svd_nodes.guided_sample(model, conditioning, guidance, guidance, start, seed)
 
 
 class NullTextInversion:
@@ -257,6 +302,9 @@ class NullTextInversion:
         }}
 
     def optimise(self, model, trajectory, guidance, iterations, learning_rate, tolerance, gradient_checkpointing):
+        require_cogvideox(model, "Null-Text Inversion",
+                          "Null-text inversion optimises text embeddings; Stable Video Diffusion has none. Invert "
+                          "SVD under guidance with Euler Invert (SVD, exact) instead: it is exact at any guidance.")
         checkpoint = None if gradient_checkpointing == "auto" else gradient_checkpointing == "on"
         progress = host.Progress(trajectory.steps)
         traj = nulltext.null_text_inversion(model, trajectory, guidance, iterations, learning_rate, tolerance,

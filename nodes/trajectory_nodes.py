@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..vidinv import ddim, errors, trajectory
+from ..vidinv import errors, trajectory
 from . import host
 from .common import CATEGORY, MODEL, TRAJECTORY, latent_value
 
@@ -86,6 +86,9 @@ class LoadTrajectory:
     def load(self, model, file):
         traj = trajectory.load(host.annotated_path(file))
         traj.check_model(model)
-        traj.check_grid(ddim.schedule_from_config(model.scheduler_config))
-        noise = latent_value(traj.noise, model, traj.image_latents, traj.extra.get("pad_frames", 0))
+        traj.check_grid(model.scheduler_config)
+        if traj.family == "svd":  # the image latents belong to the conditioning, not to the latent
+            noise = latent_value(traj.noise, model)
+        else:
+            noise = latent_value(traj.noise, model, traj.image_latents, traj.extra.get("pad_frames", 0))
         return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise)}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 
 from ..vidinv import video
-from ..vidinv.models import cogvideox
+from ..vidinv.models import cogvideox, svd
 from . import host
-from .common import CATEGORY, MODEL, latent_parts, latent_value
+from .common import CATEGORY, MODEL, family, latent_parts, latent_value
 
 log = logging.getLogger("vidinv")
 TILING = ("auto", "on", "off")
@@ -29,22 +29,28 @@ class VAEEncodeVideo:
             "images": ("IMAGE", {"tooltip": "Video frames [N, H, W, 3], e.g. from Get Video Components."}),
             "frames": (list(video.FRAME_POLICIES), {
                 "default": video.FRAME_POLICIES[0],
-                "tooltip": "CogVideoX needs 4k+1 frames: trim to the largest such count, or stop with an error."}),
+                "tooltip": "CogVideoX needs 4k+1 frames: trim to the largest such count, or stop with an error. "
+                           "Stable Video Diffusion takes any frame count (all are used)."}),
             "size": (list(video.SIZE_POLICIES), {
                 "default": video.SIZE_POLICIES[0],
                 "tooltip": "How to reach width x height: scale and centre-crop, stretch, or stop with an error."}),
             "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
-                              "tooltip": "Target width in pixels; 0 = the model's native width. Must be a "
-                                         "multiple of 8 x patch size (16 for CogVideoX)."}),
+                              "tooltip": "Target width in pixels; 0 = the model's native width (Stable Video "
+                                         "Diffusion: the video's own width). Must be a multiple of 8 x patch "
+                                         "size (16 for CogVideoX; 8 for SVD)."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
-                               "tooltip": "Target height in pixels; 0 = the model's native height."}),
+                               "tooltip": "Target height in pixels; 0 = the model's native height (Stable "
+                                          "Video Diffusion: the video's own height)."}),
             "tiling": (list(TILING), {"default": "auto",
                                       "tooltip": "VAE tiling saves memory on large frames; 'auto' tiles frames "
-                                                 "larger than the VAE's tile size."}),
+                                                 "larger than the VAE's tile size (CogVideoX; SVD encodes frame "
+                                                 "by frame)."}),
         }}
 
     def encode(self, model, images, frames, size, width, height, tiling):
         video.check_images(images)
+        if family(model) == "svd":
+            return self.encode_svd(model, images, size, width, height)
         clip, note_frames = video.fit_frame_count(images, model.temporal_factor, frames)
         nh, nw = model.native_size
         clip, note_size = video.fit_size(clip, height or nh, width or nw, model.size_multiple, size,
@@ -56,6 +62,20 @@ class VAEEncodeVideo:
         host.free_memory()
         return {"ui": {"text": [f"{note_frames}; {note_size}"]},
                 "result": (latent_value(z, model, image_latents, pad), clip)}
+
+    @staticmethod
+    def encode_svd(model, images, size, width, height):
+        """Stable Video Diffusion: every frame (no temporal compression, no padding); 0 keeps the
+        video's size, rounded down to the VAE's compression."""
+        m = model.spatial_factor
+        h, w = images.shape[1:3]
+        clip, note_size = video.fit_size(images[..., :3], height or max(m, h // m * m), width or max(m, w // m * m),
+                                         m, size)
+        note = f"{clip.shape[0]} frames used (SVD takes any count); {note_size}"
+        log.info("VAE encode: %s", note)
+        z = svd.encode_video(model, clip)
+        host.free_memory()
+        return {"ui": {"text": [note]}, "result": (latent_value(z, model), clip)}
 
 
 class VAEDecodeVideo:
@@ -71,11 +91,15 @@ class VAEDecodeVideo:
         return {"required": {
             "model": (MODEL, {"tooltip": "The model whose VAE decodes (the one that made the latent)."}),
             "latent": ("LATENT", {"tooltip": "A video latent [B, F, C, H, W] from this pack's nodes."}),
-            "tiling": (list(TILING), {"default": "auto", "tooltip": "VAE tiling saves memory on large frames."}),
+            "tiling": (list(TILING), {"default": "auto", "tooltip": "VAE tiling saves memory on large frames "
+                                                                    "(CogVideoX; SVD decodes in chunks of frames)."}),
         }}
 
     def decode(self, model, latent, tiling):
         samples, _, pad = latent_parts(latent)
-        frames = cogvideox.decode_video(model, samples[:, pad:], tiling)
+        if family(model) == "svd":
+            frames = svd.decode_video(model, samples[:, pad:])
+        else:
+            frames = cogvideox.decode_video(model, samples[:, pad:], tiling)
         host.free_memory()
         return (frames,)

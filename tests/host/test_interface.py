@@ -11,7 +11,8 @@ import pytest
 
 pytestmark = pytest.mark.host
 SNAPSHOT = Path(__file__).with_name("interface_snapshot.json")
-DYNAMIC = {("VInvLoadCogVideoX", "model"), ("VInvLoadTrajectory", "file")}  # lists depend on the machine
+# combo lists that depend on the machine
+DYNAMIC = {("VInvLoadCogVideoX", "model"), ("VInvLoadSVD", "model"), ("VInvLoadTrajectory", "file")}
 
 
 def interface(object_info: dict) -> dict:

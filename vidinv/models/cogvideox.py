@@ -41,15 +41,17 @@ def is_model_folder(path) -> bool:
         return False
 
 
-def find_model_folders(roots) -> dict[str, Path]:
-    """Model folders directly under each root, keyed by folder name (first root wins)."""
+def find_model_folders(roots, accept=None) -> dict[str, Path]:
+    """Model folders directly under each root, keyed by folder name (first root wins). `accept`
+    decides what counts as a model folder (default: a CogVideoX folder)."""
+    accept = accept or is_model_folder
     found: dict[str, Path] = {}
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             continue
         for child in sorted(root.iterdir()):
-            if child.is_dir() and is_model_folder(child) and child.name not in found:
+            if child.is_dir() and accept(child) and child.name not in found:
                 found[child.name] = child
     return found
 

@@ -23,6 +23,7 @@ from typing import Callable, ContextManager
 import torch
 
 from .. import edm, errors
+from . import cogvideox
 from .cogvideox import DTYPES, dtype_kwarg, on_device, read_json
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
@@ -41,6 +42,11 @@ def is_model_folder(path) -> bool:
         return read_json(Path(path) / "unet" / "config.json").get("_class_name") == UNET_CLASS
     except (OSError, ValueError):
         return False
+
+
+def find_model_folders(roots) -> dict[str, Path]:
+    """SVD folders directly under each root, keyed by folder name (first root wins)."""
+    return cogvideox.find_model_folders(roots, is_model_folder)
 
 
 def weights_variant(folder: Path) -> str | None:

@@ -1,0 +1,237 @@
+"""Stable Video Diffusion: load a folder, encode the first frame, exact Euler inversion, Euler
+sampling and guided sampling with SVD's frame-wise guidance. The shared nodes (VAE, Reference
+Attention, Guided Sample, trajectories) dispatch on the model's family; these hold SVD's own inputs."""
+from __future__ import annotations
+
+import logging
+
+from ..vidinv import errors, svd_inversion
+from ..vidinv.models import cogvideox, svd
+from ..vidinv.trajectory import DTYPES
+from . import host
+from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, latent_parts, latent_value
+from .preview import latent_preview
+
+log = logging.getLogger("vidinv")
+
+STEPS = ("INT", {"default": 25, "min": 1, "max": 1000,
+                 "tooltip": "Euler steps on the model's own sigma grid (25 is SVD's default)."})
+MIN_GUIDANCE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                          "tooltip": "Guidance of the first frame; it rises linearly to max_guidance at the last "
+                                     "frame (SVD's frame-wise CFG). 1 and 1 = no guidance. Inversion applies the "
+                                     "same guidance as sampling, so the round trip stays exact."})
+MAX_GUIDANCE = ("FLOAT", {**MIN_GUIDANCE[1], "tooltip": "Guidance of the last frame (SVD's default is 3; 1 and 1 "
+                                                        "= no guidance, the fastest exact inversion)."})
+EDIT_MIN_GUIDANCE = ("FLOAT", {**MIN_GUIDANCE[1], "tooltip": "Guidance of the first frame, rising linearly to "
+                                                             "max_guidance (SVD's defaults: 1 -> 3)."})
+EDIT_MAX_GUIDANCE = ("FLOAT", {**MIN_GUIDANCE[1], "default": 3.0,
+                               "tooltip": "Guidance of the last frame (SVD's default 3). With the source first "
+                                          "frame and rows 'conditional' any guidance reconstructs."})
+
+
+def available_models() -> dict:
+    """SVD folders under models/SVD and models/diffusers (only those with an SVD UNet)."""
+    return svd.find_model_folders(host.model_roots(host.SVD_FOLDER_KINDS))
+
+
+def svd_conditioning(model, conditioning):
+    svd_inversion.check_model(model)
+    if not isinstance(conditioning, svd.Conditioning):
+        raise errors.InputError("the conditioning is not an SVD first-frame conditioning (a text conditioning?)",
+                                "Connect Encode First Frame (SVD) made with the same model.")
+    return conditioning
+
+
+class LoadSVD:
+    DESCRIPTION = ("Loads a Stable Video Diffusion model (image-to-video) from a diffusers-format folder (unet, "
+                   "vae, image_encoder, feature_extractor, scheduler). Folders are found under models/SVD and "
+                   "models/diffusers.")
+    CATEGORY = f"{CATEGORY}/model"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded SVD model; the VAE, Reference Attention, Guided Sample and trajectory nodes "
+                       "accept it too.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (list(available_models()), {
+                "tooltip": "A diffusers Stable Video Diffusion folder (models/SVD/<name> or models/diffusers/<name>, "
+                           "e.g. stable-video-diffusion-img2vid-xt)."}),
+            "precision": (list(cogvideox.DTYPES), {
+                "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
+                                              "models; fp16 for SVD on GPUs."}),
+            "offload": (["none", "cpu"], {
+                "default": "none", "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it "
+                                              "to the GPU only while it runs (slower, far less VRAM)."}),
+        }}
+
+    def load(self, model, precision, offload):
+        folders = available_models()
+        if model not in folders:
+            raise errors.InputError(f"SVD model {model!r} was not found",
+                                    "Put the diffusers folder under models/SVD or models/diffusers and refresh "
+                                    "the node list.")
+        offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
+        m = svd.load(folders[model], precision, host.compute_device(), offload_dev, name=model)
+        log.info("loaded %s", m.describe())
+        return (m,)
+
+
+class SVDEncodeFirstFrame:
+    DESCRIPTION = ("Encodes the first frame that conditions Stable Video Diffusion: CLIP image embeddings, the "
+                   "VAE latent of the noise-augmented frame, and the time ids (fps, motion bucket, noise "
+                   "augmentation). Use the source's first frame to invert and reconstruct, an edited one to edit.")
+    CATEGORY = f"{CATEGORY}/model"
+    RETURN_TYPES = (CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The SVD first-frame conditioning for Euler Invert / Sample and Guided Sample.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "An SVD model from Load SVD Model."}),
+            "image": ("IMAGE", {"tooltip": "The first frame (only the first image of a batch is used), at the "
+                                           "video's size: connect VAE Encode Video's 'frames' output."}),
+            "fps": ("INT", {"default": 7, "min": 1, "max": 1000,
+                            "tooltip": "Frame rate SVD is told (it is conditioned on fps - 1); 7 is the default."}),
+            "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023,
+                                         "tooltip": "How much motion SVD is told to expect (127 is the default)."}),
+            "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01,
+                                             "tooltip": "Noise added to the first frame before its VAE encoding "
+                                                        "(also a time id); 0.02 is the default."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                             "tooltip": "Seed of the noise augmentation (drawn on the CPU: the same on every "
+                                        "device)."}),
+        }}
+
+    def encode(self, model, image, fps, motion_bucket_id, noise_aug_strength, seed):
+        svd_inversion.check_model(model)
+        cond = svd.encode_image(model, image[:1, ..., :3], fps, motion_bucket_id, noise_aug_strength, seed)
+        host.free_memory()
+        return (cond,)
+
+
+class SVDInvert:
+    DESCRIPTION = ("Exact inversion of SVD's deterministic Euler sampler: solves each inverse step by fixed-point "
+                   "iteration so that Euler Sample (SVD) of the result returns the input. Emits the whole "
+                   "trajectory (sigma grid and first-frame conditioning included).")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY, "LATENT")
+    RETURN_NAMES = ("trajectory", "noise")
+    OUTPUT_TOOLTIPS = ("Every latent from clean to noise, with the sigma grid, conditioning and convergence.",
+                       "The inverted noise (the trajectory's last latent).")
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The SVD model to invert with (sample with the same one)."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The source video's first frame, from Encode First Frame "
+                                                       "(SVD); guided sampling uses it for the reference pass."}),
+            "latent": ("LATENT", {"tooltip": "The source video latent from VAE Encode Video (same model)."}),
+            "steps": STEPS,
+            "min_guidance": MIN_GUIDANCE,
+            "max_guidance": MAX_GUIDANCE,
+            "iterations": ("INT", {"default": 10, "min": 0, "max": 100,
+                                   "tooltip": "Fixed-point refinements per step on average (each one model call; "
+                                              "0 is the naive inverse). With a tolerance the budget is pooled."}),
+            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
+                                    "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 "
+                                               "makes exactly 'iterations' refinements on every step."}),
+            "trajectory_dtype": (list(DTYPES), {"default": "fp32",
+                                                "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
+                                                           "halve the memory; fp32 keeps the round trip exact)."}),
+        }}
+
+    def invert(self, model, conditioning, latent, steps, min_guidance, max_guidance, iterations, tolerance,
+               trajectory_dtype):
+        cond = svd_conditioning(model, conditioning)
+        samples, _, _ = latent_parts(latent)
+        progress = host.Progress(steps)
+        traj = svd_inversion.invert(model, cond, samples, steps, min_guidance, max_guidance, iterations, tolerance,
+                                    dtype=trajectory_dtype, hooks=progress)
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]},
+                "result": (traj, latent_value(traj.noise, model))}
+
+
+class SVDSample:
+    DESCRIPTION = ("Deterministic Euler sampling with SVD (its sampler without churn) from a latent, e.g. the "
+                   "inverted noise (the round trip) or a loaded trajectory's noise.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The sampled clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The SVD model to sample with."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The first frame from Encode First Frame (SVD) (the "
+                                                       "source's reconstructs)."}),
+            "latent": ("LATENT", {"tooltip": "Starting noise at the grid's first sigma, e.g. Euler Invert's or "
+                                             "Load Trajectory's noise output."}),
+            "steps": STEPS,
+            "min_guidance": MIN_GUIDANCE,
+            "max_guidance": MAX_GUIDANCE,
+        }}
+
+    def sample(self, model, conditioning, latent, steps, min_guidance, max_guidance):
+        cond = svd_conditioning(model, conditioning)
+        samples, _, _ = latent_parts(latent)
+        progress = host.Progress(steps, latent_preview(model))
+        out = svd_inversion.sample(model, cond, samples, steps, min_guidance, max_guidance, hooks=progress)
+        host.free_memory()
+        return (latent_value(out, model),)
+
+
+class SVDGuidedSample:
+    DESCRIPTION = ("Guided sampling for SVD with its frame-wise guidance: samples the trajectory's grid with a "
+                   "(possibly edited) first frame while the patched self-attention keeps the source's layout and "
+                   "motion. The model must come from Reference Attention.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "An SVD model from Reference Attention."}),
+            "min_guidance": EDIT_MIN_GUIDANCE,
+            "max_guidance": EDIT_MAX_GUIDANCE,
+            "start": (["inverted", "fresh"], {"default": "inverted",
+                                              "tooltip": "Start from the trajectory's inverted noise, or from "
+                                                         "fresh noise."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                             "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."}),
+        }, "optional": {
+            "conditioning": (CONDITIONING, {"tooltip": "An edited first frame from Encode First Frame (SVD); "
+                                                       "unconnected = the trajectory's source first frame."}),
+        }}
+
+    def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None):
+        return guided_sample(model, conditioning, min_guidance, max_guidance, start, seed)
+
+
+def guided_sample(model, conditioning, min_guidance, max_guidance, start, seed) -> dict:
+    """The SVD branch of Guided Sample (shared node) and Guided Sample (SVD)."""
+    svd_inversion.check_model(model)
+    spec = model.reference
+    if spec is None:
+        raise errors.InputError("Guided Sample needs a model patched with a trajectory",
+                                "Connect the output of the Reference Attention node to its model input.")
+    cond = None if conditioning is None else svd_conditioning(model, conditioning)
+    traj, opts = spec.trajectory, spec.options
+    progress = host.Progress(traj.steps, latent_preview(model))
+    out = svd_inversion.guided_sample(model, cond, traj, opts, min_guidance, max_guidance, start, seed,
+                                      hooks=progress)
+    window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
+              "weight": opts.weight}
+    host.free_memory()
+    return {"ui": {"vinv_guidance": [window]}, "result": (latent_value(out, model),)}
