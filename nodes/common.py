@@ -10,6 +10,15 @@ MODEL = "VINV_MODEL"
 CONDITIONING = "VINV_CONDITIONING"
 TRAJECTORY = "VINV_TRAJECTORY"
 
+# inputs shared by the exact-inversion nodes of both families
+ITERATIONS = ("INT", {"default": 10, "min": 0, "max": 100,
+                      "tooltip": "Fixed-point refinements per step on average (each one model call; 0 is the "
+                                 "naive inverse). With a tolerance the budget is pooled: easy steps stop early "
+                                 "and the stiff clean end gets what they save."})
+TOLERANCE = ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
+                       "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 makes exactly "
+                                  "'iterations' refinements on every step."})
+
 
 def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0) -> dict:
     """A ComfyUI LATENT: ``samples`` [B, F, C, H, W] (the transformer's layout, scaled) plus

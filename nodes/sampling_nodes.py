@@ -7,8 +7,8 @@ from ..vidinv import attention, errors, inversion, nulltext, svd_inversion, vide
 from ..vidinv.models import cogvideox
 from ..vidinv.trajectory import DTYPES
 from . import host, svd_nodes
-from .common import (CATEGORY, CONDITIONING, MODEL, TRAJECTORY, family, latent_parts, latent_value,
-                     require_cogvideox)
+from .common import (CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, family, latent_parts,
+                     latent_value, require_cogvideox)
 from .preview import latent_preview
 
 STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
@@ -61,13 +61,8 @@ class DDIMInvert:
             "steps": STEPS,
             "guidance": GUIDANCE,
             "dynamic_cfg": DYNAMIC,
-            "iterations": ("INT", {"default": 10, "min": 0, "max": 100,
-                                   "tooltip": "Fixed-point refinements per step on average (each one model call; "
-                                              "0 is the naive DDIM inverse). With a tolerance the budget is pooled: "
-                                              "easy steps stop early and the stiff clean end gets what they save."}),
-            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
-                                    "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 "
-                                               "makes exactly 'iterations' refinements on every step."}),
+            "iterations": ITERATIONS,
+            "tolerance": TOLERANCE,
             "solver": (["anderson", "plain"], {"default": "anderson",
                                                "tooltip": "Anderson acceleration (safeguarded) converges where the "
                                                           "model is stiff (near the clean end); plain is textbook."}),

@@ -9,7 +9,7 @@ from ..vidinv import errors, svd_inversion
 from ..vidinv.models import cogvideox, svd
 from ..vidinv.trajectory import DTYPES
 from . import host
-from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, latent_parts, latent_value
+from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, latent_parts, latent_value
 from .preview import latent_preview
 
 log = logging.getLogger("vidinv")
@@ -135,12 +135,8 @@ class SVDInvert:
             "steps": STEPS,
             "min_guidance": MIN_GUIDANCE,
             "max_guidance": MAX_GUIDANCE,
-            "iterations": ("INT", {"default": 10, "min": 0, "max": 100,
-                                   "tooltip": "Fixed-point refinements per step on average (each one model call; "
-                                              "0 is the naive inverse). With a tolerance the budget is pooled."}),
-            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
-                                    "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 "
-                                               "makes exactly 'iterations' refinements on every step."}),
+            "iterations": ITERATIONS,
+            "tolerance": TOLERANCE,
             "trajectory_dtype": (list(DTYPES), {"default": "fp32",
                                                 "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
                                                            "halve the memory; fp32 keeps the round trip exact)."}),

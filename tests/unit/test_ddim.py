@@ -172,10 +172,12 @@ def test_early_stop_on_tolerance_counts_calls():
 
 
 def test_pooled_budget_keeps_the_average_and_feeds_the_stiff_end():
-    """With a tolerance the clean end may borrow; the total never exceeds steps * (1 + iters)."""
+    """With a tolerance the clean end may borrow, but leaves half the average to every later step;
+    the total never exceeds steps * (1 + iters)."""
     steps, iters = 50, 10
     first = ddim.step_budget(steps, 0, iters, 0, 1e-5, 200)
-    assert first == min(200, steps * (1 + iters) - 49 * 4 - 1)
+    assert first == min(200, steps * (1 + iters) - 49 * 5 - 1)  # half the average kept for each later step
+    assert ddim.step_budget(6, 0, 20, 0, 1e-7, 200) == 6 * 21 - 5 * 10 - 1  # few steps: no starving the rest
     assert ddim.step_budget(steps, 0, iters, 0, 0.0, 200) == iters  # no tolerance: fixed
     used = 0
     for k in range(steps):  # worst case: every step spends its whole allowance
