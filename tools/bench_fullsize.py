@@ -64,12 +64,12 @@ def build(arch: str, device, dtype, smoke: bool) -> cogvideox.CogVideoX:
 
 
 def inputs(model, frames: int, height: int, width: int, steps: int):
-    """Random conditioning and a random trajectory of the right shapes for `steps` steps."""
+    """A random edit conditioning and a random trajectory of the right shapes for `steps` steps."""
     c = model.tcfg
     g = torch.Generator().manual_seed(0)
     text = torch.randn(1, int(c["max_text_seq_length"]), int(c["text_embed_dim"]), generator=g)
-    cond = cogvideox.Conditioning("source", "", text, torch.zeros_like(text), model.fingerprint)
-    edit = dataclasses.replace(cond, prompt="edit", embeds=torch.randn(text.shape, generator=g))
+    edit = cogvideox.Conditioning("edit", "", torch.randn(text.shape, generator=g), torch.zeros_like(text),
+                                  model.fingerprint)
     lat_f = (frames - 1) // model.temporal_factor + 1
     shape = (steps + 1, 1, lat_f, model.latent_channels, height // model.spatial_factor, width // model.spatial_factor)
     schedule = ddim.schedule_from_config(model.scheduler_config)
@@ -78,7 +78,7 @@ def inputs(model, frames: int, height: int, width: int, steps: int):
                       model_name=model.name, prompt="source", negative_prompt="", embeds=text,
                       negative_embeds=torch.zeros_like(text), guidance=1.0, dynamic_cfg=False, iterations=0,
                       tolerance=0.0, residuals=[0.0] * steps, calls=[1] * steps)
-    return cond, edit, traj
+    return edit, traj
 
 
 def masked_attention(q, k, v, bias):
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     for arch in args.archs:
         model = build(arch, dev, dtype, args.smoke)
         weights = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-        cond, edit, traj = inputs(model, args.frames, args.height, args.width, args.steps)
+        edit, traj = inputs(model, args.frames, args.height, args.width, args.steps)
         tokens = traj.latents.shape[2] * traj.latents.shape[4] * traj.latents.shape[5] // model.patch_size ** 2
         if args.flops:
             flops = step_flops(model, edit, traj, args.guidance)

@@ -61,21 +61,41 @@ class ReferenceOptions:
         return parse_blocks(self.blocks, num_layers)
 
     def active_steps(self, steps: int) -> tuple[int, ...]:
-        return tuple(i for i in range(steps) if self.start <= i / steps < self.end)
+        return window_steps(self.start, self.end, steps)
 
     def validate(self, num_layers: int) -> None:
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise errors.InputError(f"step window start {self.start} / end {self.end} is not within 0 <= start <= end <= 1",
-                                    "Give fractions of the sampling steps, for example start 0.0, end 0.8.")
-        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
-            raise errors.InputError(f"reference weight {self.weight} must be finite and >= 0",
-                                    "Use 1 for plain concatenation, 0 for off, more for stronger.")
-        if self.rows not in ROWS:
-            raise errors.InputError(f"rows {self.rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
+        check_window_weight_rows(self.start, self.end, self.weight, self.rows)
         if self.reference_text not in REFERENCE_TEXT:
             raise errors.InputError(f"reference_text {self.reference_text!r} is not one of {REFERENCE_TEXT}",
                                     "Pick 'source' or 'edit'.")
         self.block_indices(num_layers)
+
+
+def window_steps(start: float, end: float, steps: int) -> tuple[int, ...]:
+    """Steps i of `steps` inside the injection window ``start <= i/steps < end``."""
+    return tuple(i for i in range(steps) if start <= i / steps < end)
+
+
+def check_window_weight_rows(start: float, end: float, weight: float, rows: str) -> None:
+    """The options every model family shares: step window, reference weight, receiving rows."""
+    if not 0.0 <= start <= end <= 1.0:
+        raise errors.InputError(f"step window start {start} / end {end} is not within 0 <= start <= end <= 1",
+                                "Give fractions of the sampling steps, for example start 0.0, end 0.8.")
+    if not (weight >= 0.0 and math.isfinite(weight)):
+        raise errors.InputError(f"reference weight {weight} must be finite and >= 0",
+                                "Use 1 for plain concatenation, 0 for off, more for stronger.")
+    if rows not in ROWS:
+        raise errors.InputError(f"rows {rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
+
+
+def cfg_row_mask(batch: int, use_cfg: bool, rows: str) -> torch.Tensor:
+    """Which rows of a denoiser call ([negative x B, positive x B] under CFG, else B) get the
+    reference: all, or only the conditional (positive) ones."""
+    if rows not in ROWS:
+        raise errors.InputError(f"rows {rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
+    if not use_cfg:
+        return torch.ones(batch, dtype=torch.bool)
+    return torch.cat([torch.full((batch,), rows == "all"), torch.ones(batch, dtype=torch.bool)])
 
 
 def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:

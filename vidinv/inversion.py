@@ -38,6 +38,17 @@ def auto_damping(guidance: float) -> float:
     return 0.5 if guidance > 1.0 else 1.0
 
 
+def solver_settings(damping: float | None, guidance: float, dtype: str) -> float:
+    """Check the inversion's damping and trajectory dtype; None damping picks `auto_damping`."""
+    if damping is None:
+        damping = auto_damping(guidance)
+    if not 0.0 < damping <= 1.0:
+        raise errors.InputError(f"damping {damping} is not in (0, 1]", "Use 1 for undamped steps, or 0 for automatic.")
+    if dtype not in DTYPES:
+        raise errors.InputError(f"trajectory dtype {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, fp16 or bf16.")
+    return damping
+
+
 def check_latent(model, latent: torch.Tensor) -> None:
     if latent.dim() != 5:
         raise errors.InputError(f"latent must be [B, F, C, H, W], got shape {tuple(latent.shape)}",
@@ -82,12 +93,7 @@ def invert(model, cond, latent: torch.Tensor, steps: int = 50, guidance: float =
     check_latent(model, latent)
     check_conditioning(model, cond)
     check_image_latents(model, image_latents)
-    if damping is None:
-        damping = auto_damping(guidance)
-    if not 0.0 < damping <= 1.0:
-        raise errors.InputError(f"damping {damping} is not in (0, 1]", "Use 1 for undamped steps, or 0 for automatic.")
-    if dtype not in DTYPES:
-        raise errors.InputError(f"trajectory dtype {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, fp16 or bf16.")
+    damping = solver_settings(damping, guidance, dtype)
     schedule = ddim.schedule_from_config(model.scheduler_config)
     ddim.timesteps(schedule, steps)  # validates steps before any model call
     denoise = guarded(cogvideox.make_denoiser(model, cond, guidance, dynamic_cfg, steps, image_latents), hooks)
@@ -131,14 +137,6 @@ def sample(model, cond, noise: torch.Tensor, steps: int = 50, guidance: float = 
         return ddim.sample(denoise, noise, schedule, steps, after, start)
 
 
-def cfg_row_mask(batch: int, use_cfg: bool, rows: str) -> torch.Tensor:
-    """Which rows of a denoiser call ([negative x B, positive x B] under CFG) get the reference."""
-    if not use_cfg:
-        return torch.ones(batch, dtype=torch.bool)
-    cond_only = rows == "conditional"
-    return torch.cat([torch.full((batch,), not cond_only), torch.ones(batch, dtype=torch.bool)])
-
-
 def reference_kwargs(model, traj, cond, opts, guidance: float, dynamic_cfg: bool, hooks: Hooks,
                      negative: Callable | None = None) -> Callable:
     """``attention_kwargs(t, x)`` for the sample pass: runs this step's reference pass (the
@@ -166,17 +164,18 @@ def reference_kwargs(model, traj, cond, opts, guidance: float, dynamic_cfg: bool
             cogvideox.transformer_call(model, ref, text, t, traj.image_latents, {"reference": rec})
         except attention.StopReference:
             pass
-        return {"reference": attention.Injection(rec, cfg_row_mask(b, use_cfg, opts.rows), opts.weight)}
+        return {"reference": attention.Injection(rec, attention.cfg_row_mask(b, use_cfg, opts.rows), opts.weight)}
 
     return kwargs
 
 
-def start_noise(traj, start: str, seed: int) -> torch.Tensor:
+def start_noise(traj, start: str, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """The trajectory's inverted noise, or fresh unit noise times `scale` (SVD's first sigma)."""
     if start == "inverted":
         return traj.noise
     if start == "fresh":
         g = torch.Generator().manual_seed(int(seed))
-        return torch.randn(traj.noise.shape, generator=g)
+        return torch.randn(traj.noise.shape, generator=g) * scale
     raise errors.InputError(f"start {start!r} is not 'inverted' or 'fresh'", "Pick one of the two.")
 
 

@@ -31,10 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import errors
-from .attention import StopReference, attend_reference, parse_blocks
-
-ROWS = ("all", "conditional")
-
+from .attention import StopReference, attend_reference, cfg_row_mask, parse_blocks
 
 # ----------------------------------------------------------------------------- layers
 
@@ -89,16 +86,6 @@ class Channel:
             yield state
         finally:
             self.state = None
-
-
-def row_mask(rows: int, cfg: bool, which: str) -> torch.Tensor:
-    """Rows of a denoiser call ([uncond x B, cond x B] under CFG) that get the reference."""
-    if which not in ROWS:
-        raise errors.InputError(f"rows {which!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
-    mask = torch.ones(rows, dtype=torch.bool)
-    if cfg and which == "conditional":
-        mask[: rows // 2] = False
-    return mask
 
 
 # ----------------------------------------------------------------------------- the processor
@@ -173,7 +160,7 @@ def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.T
     channel records, then return the context that injects the recording into this step's sample
     call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
     layers = frozenset(layers)
-    row_mask(2, cfg, rows)  # a bad `rows` fails here, before any model call
+    cfg_row_mask(1, cfg, rows)  # a bad `rows` fails here, before any model call
 
     def attention(i: int, x: torch.Tensor):
         if weight == 0.0 or (active is not None and not active(i)):
@@ -186,6 +173,6 @@ def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.T
                 pass
         if set(rec.kv) != set(layers):
             raise RuntimeError(f"the reference pass recorded {len(rec.kv)} of {len(layers)} layers")
-        return channel.using(Injection(rec, row_mask(2 * x.shape[0] if cfg else x.shape[0], cfg, rows), weight))
+        return channel.using(Injection(rec, cfg_row_mask(x.shape[0], cfg, rows), weight))
 
     return attention

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from . import attention, edm, errors, svd_attention
-from .inversion import Hooks, auto_damping, guarded
+from .inversion import Hooks, guarded, solver_settings, start_noise
 from .models import svd
 from .models.cogvideox import on_device
 from .trajectory import DTYPES, Trajectory
@@ -48,20 +48,13 @@ class SVDReferenceOptions:
     rows: str = "all"
 
     def active_steps(self, steps: int) -> tuple[int, ...]:
-        return tuple(i for i in range(steps) if self.start <= i / steps < self.end)
+        return attention.window_steps(self.start, self.end, steps)
 
     def layers(self, unet) -> tuple[str, ...]:
         return svd_attention.self_attention_layers(unet, self.blocks, self.temporal)
 
     def validate(self, unet) -> None:
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise errors.InputError(f"step window start {self.start} / end {self.end} is not within "
-                                    "0 <= start <= end <= 1",
-                                    "Give fractions of the sampling steps, for example start 0.0, end 0.8.")
-        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
-            raise errors.InputError(f"reference weight {self.weight} must be finite and >= 0",
-                                    "Use 1 for plain concatenation, 0 for off, more for stronger.")
-        svd_attention.row_mask(2, True, self.rows)
+        attention.check_window_weight_rows(self.start, self.end, self.weight, self.rows)
         self.layers(unet)
 
 
@@ -165,13 +158,7 @@ def invert(model, cond: svd.Conditioning, latent: torch.Tensor, steps: int = 25,
     hooks = hooks or Hooks()
     check_inputs(model, cond, latent)
     check_guidance(min_guidance, max_guidance)
-    if damping is None:
-        damping = auto_damping(max(min_guidance, max_guidance))
-    if not 0.0 < damping <= 1.0:
-        raise errors.InputError(f"damping {damping} is not in (0, 1]", "Use 1 for undamped steps, or 0 for automatic.")
-    if dtype not in DTYPES:
-        raise errors.InputError(f"trajectory dtype {dtype!r} is not one of {', '.join(DTYPES)}",
-                                "Pick fp32, fp16 or bf16.")
+    damping = solver_settings(damping, max(min_guidance, max_guidance), dtype)
     grid = grid_for(model, steps)
     denoise = guarded(svd.make_denoiser(model, cond, grid, min_guidance, max_guidance), hooks)
 
@@ -234,15 +221,6 @@ def sample(model, cond: svd.Conditioning, noise: torch.Tensor, steps: int = 25, 
     return run(model, cond, noise, grid_for(model, steps), min_guidance, max_guidance, hooks, attention)
 
 
-def start_noise(traj: Trajectory, grid: edm.Grid, start: str, seed: int) -> torch.Tensor:
-    if start == "inverted":
-        return traj.noise
-    if start == "fresh":
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randn(traj.noise.shape, generator=g) * grid.init_noise_sigma
-    raise errors.InputError(f"start {start!r} is not 'inverted' or 'fresh'", "Pick one of the two.")
-
-
 @torch.no_grad()
 def guided_sample(model, cond: svd.Conditioning | None, traj: Trajectory, options=None, min_guidance: float = 1.0,
                   max_guidance: float = 1.0, start: str = "inverted", seed: int = 0,
@@ -262,7 +240,7 @@ def guided_sample(model, cond: svd.Conditioning | None, traj: Trajectory, option
     opts.validate(model.unet)
     source = source_conditioning(traj)
     cond = source if cond is None else cond
-    noise = start_noise(traj, grid, start, seed)
+    noise = start_noise(traj, start, seed, grid.init_noise_sigma)
     check_inputs(model, cond, noise)
     check_guidance(min_guidance, max_guidance)
     layers = opts.layers(model.unet)

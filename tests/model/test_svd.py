@@ -315,5 +315,5 @@ def test_bad_inputs_say_what_to_do(model32, model64):
     with pytest.raises(errors.InputError, match="another model"):
         svd.check_latent(model32, latent().float(), dataclasses.replace(cond, model_fingerprint="0" * 16))
     with pytest.raises(errors.InputError, match="not one of"):
-        svd_attention.row_mask(2, True, "uncond")
-    assert np.array_equal(svd_attention.row_mask(4, True, "conditional").numpy(), [False, False, True, True])
+        svd_attention.cfg_row_mask(1, True, "uncond")
+    assert np.array_equal(svd_attention.cfg_row_mask(2, True, "conditional").numpy(), [False, False, True, True])

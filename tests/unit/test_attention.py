@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
-from vidinv import attention, errors, inversion
-from vidinv.attention import ReferenceOptions, ReferenceSpec, parse_blocks
+from vidinv import attention, errors
+from vidinv.attention import ReferenceOptions, parse_blocks
 from vidinv.models import cogvideox
 
 VARIANTS = ["2b", "5b", "1.5"]
@@ -98,7 +98,7 @@ def duplicate_call(model, x, text, t, opts, use_cfg=False):
     """Record K/V from x itself, then inject them into the same x: must equal plain attention."""
     blocks = opts.block_indices(int(model.transformer.config.num_layers))
     rec = attention.Recording(frozenset(blocks), max(blocks), opts.text)
-    rows = inversion.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
+    rows = attention.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
     with attention.installed(model.transformer):
         try:
             cogvideox.transformer_call(model, x, text, t, attention_kwargs={"reference": rec})
@@ -182,7 +182,7 @@ def test_cfg_rows_conditional_only_is_invariant(tiny64):
         except attention.StopReference:
             pass
         out = cogvideox.transformer_call(model, rows_x, text, 400, attention_kwargs={
-            "reference": attention.Injection(rec, inversion.cfg_row_mask(1, True, "conditional"), 1.0)})
+            "reference": attention.Injection(rec, attention.cfg_row_mask(1, True, "conditional"), 1.0)})
     assert torch.allclose(out, plain, rtol=0, atol=1e-10)
 
 
@@ -221,7 +221,7 @@ def test_reference_cost_ordering_by_flop_count():
     ranges cost less than injection everywhere, which costs more than plain sampling."""
     from tools import bench_fullsize
     model = bench_fullsize.build("5b", "meta", torch.float32, smoke=True)
-    _, edit, traj = bench_fullsize.inputs(model, 9, 64, 64, 10)
+    edit, traj = bench_fullsize.inputs(model, 9, 64, 64, 10)
     f = bench_fullsize.step_flops(model, edit, traj, 6.0)
     everywhere = f["guided (defaults: every block and step)"]
     assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
