@@ -22,6 +22,7 @@ IN_COMFY = _fp is not None
 PACK_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = {"tiny-cogvideox (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox",
                   "tiny-cogvideox-i2v (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox-i2v"}
+BUNDLED_SVD_MODELS = {"tiny-svd (bundled)": PACK_ROOT / "assets" / "tiny-svd"}
 MODEL_FOLDER_KINDS = ("CogVideo", "diffusers")
 SVD_FOLDER_KINDS = ("SVD", "diffusers")
 _FALLBACK_DIRS = {"input": Path(os.environ.get("VIDINV_INPUT_DIR", Path.cwd() / "input")),

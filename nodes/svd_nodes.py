@@ -30,8 +30,11 @@ EDIT_MAX_GUIDANCE = ("FLOAT", {**MIN_GUIDANCE[1], "default": 3.0,
 
 
 def available_models() -> dict:
-    """SVD folders under models/SVD and models/diffusers (only those with an SVD UNet)."""
-    return svd.find_model_folders(host.model_roots(host.SVD_FOLDER_KINDS))
+    """The bundled tiny SVD first (the default), then SVD folders under models/SVD and
+    models/diffusers (only those with an SVD UNet)."""
+    models = {name: path for name, path in host.BUNDLED_SVD_MODELS.items() if path.is_dir()}
+    models.update(svd.find_model_folders(host.model_roots(host.SVD_FOLDER_KINDS)))
+    return models
 
 
 def svd_conditioning(model, conditioning):
@@ -58,7 +61,8 @@ class LoadSVD:
         return {"required": {
             "model": (list(available_models()), {
                 "tooltip": "A diffusers Stable Video Diffusion folder (models/SVD/<name> or models/diffusers/<name>, "
-                           "e.g. stable-video-diffusion-img2vid-xt)."}),
+                           "e.g. stable-video-diffusion-img2vid-xt); 'tiny-svd (bundled)' is the pack's tiny "
+                           "trained SVD (64x64, 9 frames, direction = motion bucket)."}),
             "precision": (list(cogvideox.DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
                                               "models; fp16 for SVD on GPUs."}),

@@ -25,6 +25,17 @@ def load_pack(name: str = "vidinv_pack"):
     return mod
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules on tiny SVD UNets (`pytestmark = pytest.mark.usefixtures("one_thread")`): their
+    ops are too small for intra-op threads, and on a busy machine a second thread only waits for a
+    core (10x slower). Restored after the module."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory):
     """Tiny random-weight folders of every CogVideoX layout, written once per session."""

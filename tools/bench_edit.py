@@ -36,8 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inversion import CountingHooks, encode_heldout, machine  # noqa: E402
-from vidinv import attention, ddim, inversion, nulltext, synthetic  # noqa: E402
+from tools.bench_inversion import encode_heldout, machine  # noqa: E402
+from vidinv import ddim, inversion, nulltext, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
@@ -80,7 +80,13 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
 
 def score(model, z, specs, targets, kind, recon):
     h, w = model.native_size
-    frames = cogvideox.decode_video(model, z).numpy().reshape(len(specs), -1, h, w, 3)
+    return score_frames(cogvideox.decode_video(model, z).numpy().reshape(len(specs), -1, h, w, 3), specs, targets,
+                        kind, recon)
+
+
+def score_frames(frames, specs, targets, kind, recon) -> dict:
+    """Decoded edits [N, F, H, W, 3] against the targets (attribute hit), the sources (direction kept)
+    and the sources' VAE reconstructions `recon` (mask IoU, centroid path error)."""
     hit, direction, iou, cerr = [], [], [], []
     for f, spec, tgt, ref in zip(frames, specs, targets, recon):
         d = synthetic.describe(f)
@@ -158,14 +164,8 @@ def run(args) -> dict:
     recon_rows = {"exact plain": inversion.sample(model, src, exact.noise, steps),
                   "ours default": guided(exact, ReferenceOptions(), src, 1.0),
                   "published": guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
-    results["reconstruction"] = {}
-    for name, z in recon_rows.items():
-        frames = cogvideox.decode_video(model, z).numpy().reshape(recon.shape)
-        results["reconstruction"][name] = {
-            "rel_err": float(np.mean([float((a - b).norm() / b.norm()) for a, b in zip(z, x0)])),
-            "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
-            "centroid_err_px": float(np.mean([synthetic.centroid_error(a, b) for a, b in zip(frames, recon)]))}
-        print(json.dumps({"reconstruction": name, **results["reconstruction"][name]}), flush=True)
+    results["reconstruction"] = reconstruction_rows(
+        recon_rows, x0, recon, lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
 
     for kind in ("colour", "shape"):
         targets = [edited_spec(s, kind) for s in specs]
@@ -187,50 +187,84 @@ def run(args) -> dict:
                 "exact + null-text": lambda: inversion.sample(model, edit, exact.noise, steps, g, negative=null),
                 "ours + null-text": lambda: guided(nt, ReferenceOptions(), edit, g, negative=null),
             }
-            rows = []
-            for name, fn in methods.items():
-                start = time.time()
-                z = fn()
-                seconds = time.time() - start + (nt_seconds if name.endswith("null-text") else 0.0)
-                row = {"method": name, "seconds": seconds, **score(model, z, specs, targets, kind, recon)}
-                rows.append(row)
-                print(json.dumps({"edit": kind, "guidance": g, **row}), flush=True)
+            rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon), {"edit": kind, "guidance": g},
+                             {name: nt_seconds for name in methods if name.endswith("null-text")})
             results["tables"].append({"edit": kind, "guidance": g, "rows": rows})
 
     # speed and memory: plain vs guided with CFG on, injection everywhere
     edit = cogvideox.encode_text(model, [edited_spec(s, "colour").caption for s in specs])
+    timing = time_samplers({
+        "plain": lambda: inversion.sample(model, edit, exact.noise, steps, args.speed_guidance),
+        "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
+        "guided start=0.3": lambda: guided(exact, ReferenceOptions(start=0.3), edit, args.speed_guidance),
+        "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),
+        "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, args.speed_guidance,
+                                    "fresh")}, args.repeats)
+    results["speed"] = {"guidance": args.speed_guidance, "repeats": args.repeats, "samplers": timing}
+    return results
+
+
+def reconstruction_rows(latents: dict, x0, recon, decode) -> dict:
+    """name -> clean latent: relative latent error against x0, and the decoded frames' PSNR and
+    centroid error against the source's VAE reconstruction `recon`."""
+    out = {}
+    for name, z in latents.items():
+        frames = decode(z)
+        out[name] = {"rel_err": float(np.mean([float((a - b).norm() / b.norm()) for a, b in zip(z, x0)])),
+                     "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
+                     "centroid_err_px": float(np.mean([synthetic.centroid_error(a, b) for a, b in zip(frames, recon)]))}
+        print(json.dumps({"reconstruction": name, **out[name]}), flush=True)
+    return out
+
+
+def edit_rows(methods: dict, score_latent, tag: dict, extra_seconds: dict | None = None) -> list[dict]:
+    """Run each method (name -> () -> clean latent), timed, and score it; `extra_seconds` adds
+    time spent outside the call (e.g. null-text optimisation) to a row."""
+    rows = []
+    for name, fn in methods.items():
+        start = time.time()
+        z = fn()
+        seconds = time.time() - start + (extra_seconds or {}).get(name, 0.0)
+        rows.append({"method": name, "seconds": seconds, **score_latent(z)})
+        print(json.dumps({**tag, **rows[-1]}), flush=True)
+    return rows
+
+
+def time_samplers(samplers: dict, repeats: int) -> dict:
+    """name -> () -> latent: median seconds of `repeats` runs after a warm-up, peak memory, and the
+    ratio to the "plain" sampler."""
     timing = {}
-    for name, fn in {"plain": lambda: inversion.sample(model, edit, exact.noise, steps, args.speed_guidance),
-                     "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
-                     "guided start=0.3": lambda: guided(exact, ReferenceOptions(start=0.3), edit, args.speed_guidance),
-                     "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),
-                     "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit,
-                                                 args.speed_guidance, "fresh")}.items():
+    for name, fn in samplers.items():
         fn()  # warm up
         times = []
         with PeakRSS() as mem:
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 start = time.time()
                 fn()
                 times.append(time.time() - start)
         timing[name] = {"seconds": float(np.median(times)), "peak_mb": mem.mb}
     for name in timing:
         timing[name]["ratio_to_plain"] = timing[name]["seconds"] / timing["plain"]["seconds"]
-    results["speed"] = {"guidance": args.speed_guidance, "repeats": args.repeats, **timing}
-    print(json.dumps(results["speed"]), flush=True)
-    return results
+    print(json.dumps(timing), flush=True)
+    return timing
 
 
-def markdown(result: dict, command: str) -> str:
+def guidance_text(g) -> str:
+    """CogVideoX's one guidance, or SVD's frame-wise [min, max]."""
+    return f"{g[0]:g} -> {g[1]:g}" if isinstance(g, (list, tuple)) else f"{g:g}"
+
+
+def markdown(result: dict, command: str, model_line: str = "", source: str = "the source prompt",
+             edits: str = "edits") -> str:
     out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
-           f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.", "",
-           "Reconstruction with the source prompt (guidance 1):", "",
+           f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.{model_line}",
+           "", f"Reconstruction with {source} (guidance 1):", "",
            "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
     for name, r in result["reconstruction"].items():
         out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
     out.append("")
     for tab in result["tables"]:
-        out += [f"**{tab['edit']} edits, guidance {tab['guidance']:g}**", "",
+        out += [f"**{tab['edit']} {edits}, guidance {guidance_text(tab['guidance'])}**", "",
                 "| method | target hit | direction kept | mask IoU | centroid error (px) | seconds |",
                 "|---|---|---|---|---|---|"]
         for r in tab["rows"]:
@@ -238,10 +272,9 @@ def markdown(result: dict, command: str) -> str:
                        f"{r['centroid_err_px']:.2f} | {r['seconds']:.1f} |")
         out.append("")
     sp = result["speed"]
-    out += [f"Speed, guidance {sp['guidance']:g} (CFG on), median of {sp['repeats']}:", "",
+    out += [f"Speed, guidance {guidance_text(sp['guidance'])} (CFG on), median of {sp['repeats']}:", "",
             "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
-    for name in ("plain", "guided", "guided start=0.3", "guided end=0.5", "published"):
-        r = sp[name]
+    for name, r in sp["samplers"].items():
         out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
     return "\n".join(out) + "\n"
 

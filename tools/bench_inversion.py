@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidinv import ddim, inversion, nulltext, synthetic  # noqa: E402
+from vidinv import inversion, nulltext, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
@@ -154,7 +154,10 @@ def markdown(result: dict, command: str) -> str:
     out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
            f"Model: {result['model']}; {result['videos']} held-out videos, fp32.", ""]
     for tab in result["tables"]:
-        out += [f"**{tab['steps']} steps, guidance {tab['guidance']:g}** (fresh-noise baseline: relative error "
+        guidance = f"{tab['guidance']:g}"
+        if "min_guidance" in tab:  # SVD's frame-wise guidance
+            guidance = f"{tab['min_guidance']:g} -> {guidance}"
+        out += [f"**{tab['steps']} steps, guidance {guidance}** (fresh-noise baseline: relative error "
                 f"{tab['fresh_noise_rel_err']:.3f})", "",
                 "| method | latent rel. error (mean / max) | decoded PSNR vs VAE recon (dB) | model calls / step | seconds |",
                 "|---|---|---|---|---|"]

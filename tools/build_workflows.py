@@ -127,13 +127,12 @@ SOURCE_PROMPT = "a red circle moving right"
 EDIT_PROMPT = "a green circle moving right"
 
 
-def source_section(wf: Workflow, x=0, y=0, model_name: str | None = None):
+def source_section(wf: Workflow, x=0, y=0, model_name: str | None = None, loader: str = "VInvLoadCogVideoX"):
     """LoadVideo -> GetVideoComponents -> model -> VAE encode. Returns node ids."""
     video = wf.add("LoadVideo", (x, y + 40), {"file": SAMPLE}, size=(300, 320))
     parts = wf.add("GetVideoComponents", (x, y + 400), size=(300, 90))
     wf.connect(video, "VIDEO", parts, "video")
-    model = wf.add("VInvLoadCogVideoX", (x + 340, y + 40), {"model": model_name} if model_name else None,
-                   size=(340, 110))
+    model = wf.add(loader, (x + 340, y + 40), {"model": model_name} if model_name else None, size=(340, 110))
     enc = wf.add("VInvVAEEncode", (x + 340, y + 200), size=(340, 230))
     wf.connect(model, "model", enc, "model")
     wf.connect(parts, "images", enc, "images")
@@ -260,6 +259,14 @@ def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
             "all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or edit (the "
             "published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
             "(exact) or fresh noise.", (1520, 560), (360, 330))
+    side_by_side(wf, enc, rec, ed, parts, "edit")
+    ids = {"model": model, "parts": parts, "enc": enc, "inv": inv, "rec": rec, "ed": ed, "samp": samp,
+           "src": src, "edit": edit, "guided": guided, "ref": ref}
+    return wf, ids
+
+
+def side_by_side(wf: Workflow, enc: int, rec: int, ed: int, parts: int, prefix: str) -> None:
+    """Source | reconstruction | edit, stitched and saved as one video."""
     wf.group("5. Outputs", 1520, -40, 760, 560, "#3f789e")
     stitch1 = wf.add("ImageStitch", (1540, 40), {"direction": "right", "match_image_size": True, "spacing_width": 0,
                                                   "spacing_color": "white"}, title="Source | reconstruction",
@@ -271,10 +278,7 @@ def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
                      title="Source | reconstruction | edit", size=(300, 150))
     wf.connect(stitch1, "IMAGE", stitch2, "image1")
     wf.connect(ed, "images", stitch2, "image2")
-    save_section(wf, stitch2, "IMAGE", parts, 1880, 40, "vinv/edit_side_by_side", "Save side by side")
-    ids = {"model": model, "parts": parts, "enc": enc, "inv": inv, "rec": rec, "ed": ed, "samp": samp,
-           "src": src, "edit": edit, "guided": guided, "ref": ref}
-    return wf, ids
+    save_section(wf, stitch2, "IMAGE", parts, 1880, 40, f"vinv/{prefix}_side_by_side", "Save side by side")
 
 
 def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
@@ -348,13 +352,70 @@ def i2v_edit(m) -> dict:
     return wf.json()
 
 
+SVD_EDIT_TEMPORAL = False  # chosen by tools/bench_svd_edit.py
+SVD_BUCKET_RIGHT = 127  # the bundled tiny SVD's motion bucket for "moving right" (tools/train_svd_fixture.py)
+
+
+def svd_edit(m) -> dict:
+    """Stable Video Diffusion: invert the source with its own first frame, then propagate an edited
+    first frame through the video while reference attention keeps the source's layout and motion."""
+    wf = Workflow(m)
+    wf.group("1. Source video, model and first frames", -20, -40, 720, 1180)
+    video, parts, model, enc = source_section(wf, model_name="tiny-svd (bundled)", loader="VInvLoadSVD")
+    first_widgets = {"motion_bucket_id": SVD_BUCKET_RIGHT}
+    src = wf.add("VInvSVDEncodeFirstFrame", (340, 480), first_widgets, title="Source first frame", size=(340, 230))
+    wf.connect(model, "model", src, "model")
+    wf.connect(enc, "frames", src, "image")
+    image = wf.add("LoadImage", (0, 740), {"image": "vinv_red_circle_right_first_frame_green.png"},
+                   title="Edited first frame", size=(300, 330))
+    edit = wf.add("VInvSVDEncodeFirstFrame", (340, 760), first_widgets, title="Edited first frame (SVD)",
+                  size=(340, 230))
+    wf.connect(model, "model", edit, "model")
+    wf.connect(image, "IMAGE", edit, "image")
+    wf.note("Both first frames need the same fps, motion bucket and noise augmentation (the tiny SVD reads "
+            "its direction from the motion bucket: left 63, right 127, up 191, down 255). The edited frame "
+            "here is the source's first frame recoloured green in an image editor.", (340, 1010), (340, 120))
+    wf.group("2. Exact inversion", 720, -40, 380, 1180, "#a1309b")
+    inv = wf.add("VInvSVDInvert", (740, 40), size=(340, 330))
+    wf.connect(model, "model", inv, "model")
+    wf.connect(src, "conditioning", inv, "conditioning")
+    wf.connect(enc, "latent", inv, "latent")
+    wf.note("Euler Invert (SVD, exact): 'steps' the Euler grid (sample with the same number); guidance 1 -> 1 "
+            "is the fastest exact inversion (the edit's guidance is set on Guided Sample); 'iterations' and "
+            "'tolerance' refine each inverse step. The node plots the residual of every step.",
+            (740, 400), (340, 170))
+    wf.group("3. Reconstruction (the check)", 1120, -40, 380, 520, "#8a8")
+    samp = wf.add("VInvSVDSample", (1140, 40), title="Euler Sample (reconstruct)", size=(330, 170))
+    wf.connect(model, "model", samp, "model")
+    wf.connect(src, "conditioning", samp, "conditioning")
+    wf.connect(inv, "noise", samp, "latent")
+    rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
+    wf.group("4. Edit with reference attention", 1120, 500, 380, 640, "#b58b2a")
+    ref = wf.add("VInvReferenceAttention", (1140, 560), {"temporal": SVD_EDIT_TEMPORAL}, size=(330, 300))
+    wf.connect(model, "model", ref, "model")
+    wf.connect(inv, "trajectory", ref, "trajectory")
+    guided = wf.add("VInvSVDGuidedSample", (1140, 890), size=(330, 170))
+    wf.connect(ref, "model", guided, "model")
+    wf.connect(edit, "conditioning", guided, "conditioning")
+    ed = decode(wf, model, guided, "latent", 1140, 1080, "Decode edit")
+    wf.note("Reference Attention on SVD: the spatial self-attention of the chosen UNet blocks (and, with "
+            "'temporal', the temporal self-attention paired with them) also attends to the keys and values "
+            "the trajectory gives at the same step. 'weight' a log-bias on the reference (1 = plain "
+            "concatenation); 'start'/'end' the window of steps; the text options do not apply to SVD. Guided "
+            "Sample (SVD): SVD's frame-wise guidance (1 -> 3 is its default) with the edited first frame.",
+            (1520, 1020), (360, 220))
+    side_by_side(wf, enc, rec, ed, parts, "svd_edit")
+    measured_outputs(wf, {"parts": parts, "enc": enc, "rec": rec, "ed": ed, "samp": samp}, "svd_edit")
+    return wf.json()
+
+
 def main() -> None:
     pack = load_pack()
     m = pack.NODE_CLASS_MAPPINGS
     out = ROOT / "workflows"
     out.mkdir(exist_ok=True)
     builds = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
-              "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit}
+              "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit}
     for name, build in builds.items():
         (out / f"{name}.json").write_text(json.dumps(build(m), indent=1) + "\n")
         print(f"wrote workflows/{name}.json")

@@ -65,15 +65,22 @@ def generate(model, firsts: torch.Tensor, buckets: list[int], steps: int, guidan
     f, s = model.native_frames, model.spatial_factor
     out = []
     for i in range(0, len(firsts), chunk):
-        conds = [svd.encode_image(model, firsts[j:j + 1], fps=FPS, motion_bucket_id=buckets[j], seed=seed + j)
-                 for j in range(i, min(i + chunk, len(firsts)))]
-        cond = dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
-                                                for k in ("image_embeds", "image_latents", "added_time_ids")})
-        noise = torch.randn(len(conds), f, model.latent_channels, h // s, w // s,
+        j = min(i + chunk, len(firsts))
+        cond = first_frame_conditioning(model, firsts[i:j], buckets[i:j], seed + i)
+        noise = torch.randn(j - i, f, model.latent_channels, h // s, w // s,
                             generator=torch.Generator().manual_seed(seed + i))
         z = edm.sample(svd.make_denoiser(model, cond, grid, *guidance), noise * grid.init_noise_sigma, grid.sigmas)
-        out.append(svd.decode_video(model, z).numpy().reshape(len(conds), f, h, w, 3))
+        out.append(svd.decode_video(model, z).numpy().reshape(j - i, f, h, w, 3))
     return np.concatenate(out)
+
+
+def first_frame_conditioning(model, firsts: torch.Tensor, buckets: list[int], seed: int) -> svd.Conditioning:
+    """One conditioning row per first frame [N, H, W, 3], each with its own motion bucket (the
+    fixture's direction) and noise-augmentation seed (`seed` + row)."""
+    conds = [svd.encode_image(model, firsts[j:j + 1], fps=FPS, motion_bucket_id=b, seed=seed + j)
+             for j, b in enumerate(buckets)]
+    return dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
+                                            for k in ("image_embeds", "image_latents", "added_time_ids")})
 
 
 def evaluate_generation(model, count: int, seeds: int, steps: int, guidance: tuple[float, float],

@@ -36,7 +36,7 @@ class SVDReferenceOptions:
     blocks: spatial transformer blocks, "all" or indices and ranges like "0-3", "0,2", "4-".
     start, end: fraction of the sampling steps where injection is on (``start <= i/N < end``).
     weight: log-bias ``log(weight)`` on the reference logits; 1 = plain concatenation, 0 = off.
-        Not benchmarked on SVD yet: 1 is the neutral default.
+        On the bundled tiny SVD weights 1 to 8 edit alike (BENCHMARKS.md section 5); 1 is the neutral default.
     temporal: also inject into the temporal self-attention paired with each chosen block.
     rows: inject into "all" CFG rows, or only the "conditional" one (exact under CFG).
     """

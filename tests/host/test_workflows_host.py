@@ -158,3 +158,19 @@ def test_i2v_edit_workflow(comfy, object_info):
     assert float((rec - src).norm() / src.norm()) < 1e-3
     edit = frames_of(comfy, entry, prompt, "Frames: edit")
     assert synthetic.describe(edit)["colour"] == "green"
+
+
+def test_svd_edit_workflow(comfy, object_info):
+    """workflows/svd_edit.json on the bundled tiny SVD: exact reconstruction, and the green first
+    frame propagated through the video with the source's motion."""
+    prompt = api_prompt("svd_edit.json", object_info)
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
+    src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
+    assert float((rec - src).norm() / src.norm()) < 1e-4
+    summary = ui_of(entry, prompt, "VInvSVDInvert", "vinv_trajectory")
+    assert summary["family"] == "svd" and summary["steps"] == 25
+    source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
+    got = synthetic.describe(edit)
+    assert got["colour"] == "green" and got["direction"] == "right", got
+    assert synthetic.mask_iou(edit, source) > 0.5

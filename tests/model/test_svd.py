@@ -17,14 +17,7 @@ from vidinv.models import svd
 FRAMES, HW = 2, 4  # latent frames and latent size of the round trips (8x8 pixels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny UNet's ops are too small for intra-op threads; on a busy machine a second thread
-    only waits for a core (10x slower). Restored after the module."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

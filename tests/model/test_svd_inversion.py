@@ -14,12 +14,7 @@ from vidinv.models import cogvideox, svd
 FRAMES, HW = 2, 4  # latent frames and size (8x8 pixels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from tests.tiny_svd import write_tiny_svd
 STEPS = 8  # 6 is too coarse for the random UNet: one inverse step does not converge in fp32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +75,8 @@ def graph(pack, tmp_path_factory):
 
 
 def test_loader_lists_only_svd_folders(graph):
-    assert graph["options"] == ["tiny-svd-copy", "tiny-svd"]  # models/SVD first, then models/diffusers
+    # the bundled model first, then models/SVD, then models/diffusers
+    assert graph["options"] == ["tiny-svd (bundled)", "tiny-svd-copy", "tiny-svd"]
     assert graph["model"].family == "svd"
 
 
