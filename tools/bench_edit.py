@@ -187,7 +187,8 @@ def run(args) -> dict:
                 "exact + null-text": lambda: inversion.sample(model, edit, exact.noise, steps, g, negative=null),
                 "ours + null-text": lambda: guided(nt, ReferenceOptions(), edit, g, negative=null),
             }
-            rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon), {"edit": kind, "guidance": g},
+            rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),
+                             {"edit": kind, "guidance": g},
                              {name: nt_seconds for name in methods if name.endswith("null-text")})
             results["tables"].append({"edit": kind, "guidance": g, "rows": rows})
 

@@ -100,7 +100,7 @@ def test_vae_reconstructs_heldout_videos(model):
         rec = svd.decode_video(model, svd.encode_video(model, frames)).numpy()
         psnrs.append(synthetic.psnr(rec, frames.numpy()))
         assert synthetic.describe(rec)["colour"] == spec.colour
-    assert np.mean(psnrs) >= 24.0
+    assert np.mean(psnrs) >= 26.0  # the model card's gate (measured: 28.0 dB on these 8)
 
 
 def test_model_card_numbers_are_the_measured_ones():
