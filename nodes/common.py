@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..vidinv import errors
+from ..vidinv.trajectory import FAMILY_NAMES, family_of as family  # noqa: F401 (family: for the nodes)
 
 CATEGORY = "video inversion"
 MODEL = "VINV_MODEL"
@@ -31,14 +32,6 @@ def latent_parts(latent: dict):
     """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one)."""
     meta = latent.get("vinv") or {}
     return latent["samples"], meta.get("image_latents"), int(meta.get("pad_frames", 0))
-
-
-def family(model) -> str:
-    """The family a loaded model value says it is: "cogvideox" or "svd"."""
-    return getattr(model, "family", "cogvideox")
-
-
-FAMILY_NAMES = {"cogvideox": "CogVideoX", "svd": "Stable Video Diffusion"}
 
 
 def require_cogvideox(model, node: str, fix: str) -> None:

@@ -9,11 +9,12 @@ import torch
 from ..vidinv import synthetic
 from ..vidinv.models import cogvideox, svd
 from . import host
+from .common import family
 
 
 def fit_rgb_factors(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [C, 3], b [3]) with rgb ~ z @ W + b at latent resolution."""
-    is_svd = getattr(model, "family", "cogvideox") == "svd"
+    is_svd = family(model) == "svd"
     encode = svd.encode_video if is_svd else cogvideox.encode_video
     m = model.spatial_factor if is_svd else model.size_multiple
     temporal = 1 if is_svd else model.temporal_factor

@@ -31,12 +31,13 @@ def accuracy(preds, specs, key) -> float:
     return float(np.mean([p[key] == getattr(s, key) for p, s in zip(preds, specs)]))
 
 
-def evaluate_vae(model, count: int) -> dict:
+def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvideox.decode_video) -> dict:
+    """VAE round trip of `count` held-out videos (`encode` / `decode`: the model family's)."""
     specs = synthetic.heldout_specs(count)
     psnrs, preds = [], []
     for spec in specs:
         frames = torch.from_numpy(synthetic.render(spec))
-        rec = cogvideox.decode_video(model, cogvideox.encode_video(model, frames)).numpy()
+        rec = decode(model, encode(model, frames)).numpy()
         psnrs.append(synthetic.psnr(rec, frames.numpy()))
         preds.append(synthetic.describe(rec))
     return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs)),

@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.evaluate_fixture import evaluate_vae  # noqa: E402
 from tools.train_svd_fixture import BUCKETS, FPS  # noqa: E402
 from vidinv import edm, synthetic  # noqa: E402
 from vidinv.models import svd  # noqa: E402
@@ -42,19 +43,6 @@ def travel(video: np.ndarray) -> float:
     path = synthetic.centroid_path(video)
     ok = ~np.isnan(path[:, 0])
     return float(np.linalg.norm(path[ok][-1] - path[ok][0])) if ok.sum() >= 2 else 0.0
-
-
-def evaluate_vae(model, count: int) -> dict:
-    specs = synthetic.heldout_specs(count)
-    psnrs, preds = [], []
-    for spec in specs:
-        frames = torch.from_numpy(synthetic.render(spec))
-        rec = svd.decode_video(model, svd.encode_video(model, frames)).numpy()
-        psnrs.append(synthetic.psnr(rec, frames.numpy()))
-        preds.append(synthetic.describe(rec))
-    return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs)),
-            **{f"{k}_acc": accuracy(preds, [getattr(s, k) for s in specs], k)
-               for k in ("shape", "colour", "direction")}}
 
 
 def generate(model, firsts: torch.Tensor, buckets: list[int], steps: int, guidance: tuple[float, float],
@@ -134,7 +122,7 @@ def main(argv=None) -> dict:
     model = svd.load(args.model, "fp32")
     result = {"model": model.describe()}
     if args.only in (None, "vae"):
-        result["vae"] = evaluate_vae(model, args.videos)
+        result["vae"] = evaluate_vae(model, args.videos, svd.encode_video, svd.decode_video)
         print(json.dumps(result["vae"]), flush=True)
     if args.only in (None, "generation"):
         result["generation"] = evaluate_generation(model, args.videos, args.seeds, args.steps,

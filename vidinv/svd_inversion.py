@@ -24,7 +24,7 @@ from . import attention, edm, errors, svd_attention
 from .inversion import Hooks, guarded, solver_settings, start_noise
 from .models import svd
 from .models.cogvideox import on_device
-from .trajectory import DTYPES, Trajectory
+from .trajectory import DTYPES, Trajectory, family_of
 
 
 # ----------------------------------------------------------------------------- options
@@ -85,7 +85,7 @@ def reference_options(options, temporal: bool = False) -> SVDReferenceOptions:
 # ----------------------------------------------------------------------------- checks
 
 def check_model(model) -> None:
-    family = getattr(model, "family", "cogvideox")
+    family = family_of(model)
     if family != "svd":
         raise errors.InputError(f"model {getattr(model, 'name', '?')!r} is a {family} model, "
                                 "not Stable Video Diffusion",

@@ -46,6 +46,11 @@ SIGMA_RTOL = 1e-6  # sigma grids equal up to float32 rounding count as the same 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def family_of(model) -> str:
+    """The family a loaded model value says it is ("cogvideox" or "svd"; CogVideoX values predate the field)."""
+    return getattr(model, "family", "cogvideox")
+
+
 @dataclasses.dataclass(eq=False)
 class Trajectory:
     latents: torch.Tensor  # [T+1, B, F, C, H, W]
@@ -123,7 +128,7 @@ class Trajectory:
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one that made this trajectory."""
-        self.check_family(getattr(model, "family", "cogvideox"))
+        self.check_family(family_of(model))
         if model.fingerprint != self.model_fingerprint:
             raise errors.InputError(
                 f"this trajectory was made with model {self.model_name!r} (fingerprint {self.model_fingerprint}), "
