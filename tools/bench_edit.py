@@ -13,6 +13,8 @@ foreground-mask IoU, centroid path error (px). Methods:
   ground truth     the edited video drawn by the generator, through the VAE: the metrics' ceiling
   sdedit s         the source noised to strength s, then plain sampling of the edit
   exact            exact inversion, plain sampling of the edit (no injection)
+  exact from f     the exact trajectory's latent at fraction f of the steps, plain sampling of the
+                   edit over the rest (SDEdit without fresh noise: how late the edit still redraws)
   ours ...         exact inversion + reference attention (defaults and a sweep)
   ... + NPI        negative-prompt inversion: the source prompt as the negative of the edit
   ... + null-text  null-text inversion (10 iterations per step, optimised for this guidance;
@@ -181,6 +183,8 @@ def run(args) -> dict:
                 "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, g, "fresh"),
                 **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
                 "exact": lambda: inversion.sample(model, edit, exact.noise, steps, g),
+                **{f"exact from {f:g}": (lambda k=round(f * steps): inversion.sample(
+                    model, edit, exact.latent_for_step(k), steps, g, start=k)) for f in args.late},
                 **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in OURS_SWEEP.items()},
                 "exact + NPI": lambda: inversion.sample(model, edit, exact.noise, steps, g, negative=npi),
                 "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
@@ -287,6 +291,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--late", type=float, nargs="+", default=[0.4, 0.8, 0.9],
+                   help="fractions of the steps where the 'exact from' rows start")
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,5 @@
 """The pack in a real ComfyUI over HTTP: registration, the encode/decode workflow, errors."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

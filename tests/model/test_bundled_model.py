@@ -3,7 +3,6 @@ statistics, and meets the quality its model card claims where that is cheap to c
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from tests.conftest import BUNDLED

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from vidinv import attention, inversion
+from vidinv import inversion
 from vidinv.attention import ReferenceOptions, ReferenceSpec
 from vidinv.models import cogvideox
 
