@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inversion import encode_heldout, machine  # noqa: E402
+from tools.bench_inversion import encode_heldout, machine, report  # noqa: E402
 from vidinv import ddim, inversion, nulltext, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
@@ -301,10 +301,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.speed_only:
         args.guidance = []
-    result = run(args)
-    print(markdown(result, ("python tools/bench_edit.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    report(run(args), markdown, "bench_edit.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,15 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def report(result: dict, markdown, script: str, argv, json_path: str | None) -> None:
+    """Print a benchmark's markdown, headed by the command line that ran it, and write the raw
+    results to `json_path` when given."""
+    args = argv if argv is not None else sys.argv[1:]
+    print(markdown(result, f"python tools/{script} {' '.join(args)}".strip()))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+
+
 def markdown(result: dict, command: str) -> str:
     out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
            f"Model: {result['model']}; {result['videos']} held-out videos, fp32.", ""]
@@ -179,11 +188,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
-    result = run(args)
-    command = "python tools/bench_inversion.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(markdown(result, command.strip()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    report(run(args), markdown, "bench_inversion.py", argv, args.json)
 
 
 if __name__ == "__main__":

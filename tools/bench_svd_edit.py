@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools import bench_edit  # noqa: E402
 from tools.bench_edit import edit_rows, edited_spec, reconstruction_rows, score_frames, time_samplers  # noqa: E402
-from tools.bench_inversion import machine  # noqa: E402
+from tools.bench_inversion import machine, report  # noqa: E402
 from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
 from tools.train_svd_fixture import BUCKETS  # noqa: E402
 from vidinv import edm, svd_inversion, synthetic  # noqa: E402
@@ -158,11 +157,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.speed_only:
         args.max_guidance = []
-    result = run(args)
-    print(markdown(result, ("python tools/bench_svd_edit.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])).strip()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    report(run(args), markdown, "bench_svd_edit.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inversion import CountingHooks, machine, markdown, rel_err  # noqa: E402
+from tools.bench_inversion import CountingHooks, machine, markdown, rel_err, report  # noqa: E402
 from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
 from tools.train_svd_fixture import BUCKETS  # noqa: E402
 from vidinv import svd_inversion, synthetic  # noqa: E402
@@ -85,11 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
-    result = run(args)
-    command = "python tools/bench_svd_inversion.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(markdown(result, command.strip()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    report(run(args), markdown, "bench_svd_inversion.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ def check_window_weight_rows(start: float, end: float, weight: float, rows: str)
     if not (weight >= 0.0 and math.isfinite(weight)):
         raise errors.InputError(f"reference weight {weight} must be finite and >= 0",
                                 "Use 1 for plain concatenation, 0 for off, more for stronger.")
+    check_rows(rows)
+
+
+def check_rows(rows: str) -> None:
     if rows not in ROWS:
         raise errors.InputError(f"rows {rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
 
@@ -91,8 +95,7 @@ def check_window_weight_rows(start: float, end: float, weight: float, rows: str)
 def cfg_row_mask(batch: int, use_cfg: bool, rows: str) -> torch.Tensor:
     """Which rows of a denoiser call ([negative x B, positive x B] under CFG, else B) get the
     reference: all, or only the conditional (positive) ones."""
-    if rows not in ROWS:
-        raise errors.InputError(f"rows {rows!r} is not one of {ROWS}", "Pick 'all' or 'conditional'.")
+    check_rows(rows)
     if not use_cfg:
         return torch.ones(batch, dtype=torch.bool)
     return torch.cat([torch.full((batch,), rows == "all"), torch.ones(batch, dtype=torch.bool)])

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import errors
-from .attention import StopReference, attend_reference, cfg_row_mask, parse_blocks
+from .attention import StopReference, attend_reference, cfg_row_mask, check_rows, parse_blocks
 
 # ----------------------------------------------------------------------------- layers
 
@@ -160,7 +160,7 @@ def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.T
     channel records, then return the context that injects the recording into this step's sample
     call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
     layers = frozenset(layers)
-    cfg_row_mask(1, cfg, rows)  # a bad `rows` fails here, before any model call
+    check_rows(rows)  # a bad `rows` fails here, before any model call
 
     def attention(i: int, x: torch.Tensor):
         if weight == 0.0 or (active is not None and not active(i)):
