@@ -101,6 +101,15 @@ def cfg_row_mask(batch: int, use_cfg: bool, rows: str) -> torch.Tensor:
     return torch.cat([torch.full((batch,), rows == "all"), torch.ones(batch, dtype=torch.bool)])
 
 
+def reference_per_cfg_row(sample_cfg: bool, inverted_cfg: bool, rows: str) -> bool:
+    """Whether the source reference needs one row per CFG row (DESIGN fact 5 under CFG): only
+    when the sample runs CFG, every row receives the reference, and the trajectory was inverted
+    under CFG, so that its unconditional row has a trajectory of its own conditioning to
+    duplicate. Otherwise one row per video, shared by the CFG rows, is exact and half the cost."""
+    check_rows(rows)
+    return sample_cfg and inverted_cfg and rows == "all"
+
+
 def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:
     """"all", "3", "0-7", "0,2,4", "10-", "-5" (the first five) -> sorted block indices."""
     spec = str(spec).strip().lower()

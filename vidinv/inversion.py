@@ -141,11 +141,19 @@ def reference_kwargs(model, traj, cond, opts, guidance: float, dynamic_cfg: bool
                      negative: Callable | None = None) -> Callable:
     """``attention_kwargs(t, x)`` for the sample pass: runs this step's reference pass (the
     trajectory latent through the same transformer, stopped after the last injected block)
-    and hands its K/V to the sample pass. Outside the step window it returns None."""
+    and hands its K/V to the sample pass. Outside the step window it returns None.
+
+    With the source conditioning the reference has one row per video, shared by the CFG rows,
+    unless the trajectory was itself inverted under CFG and every row receives the reference:
+    then each CFG row gets its own reference row, made with the embedding that row used at
+    inversion (the source's negative, the source prompt), so that on reconstruction every row
+    attends to duplicates of its own keys (DESIGN fact 5). A shared row would be a duplicate
+    for the conditional row only."""
     blocks = attention.parse_blocks(opts.blocks, int(model.transformer.config.num_layers))
     active = set(opts.active_steps(traj.steps))
     index = {t: i for i, t in enumerate(traj.timesteps)}
     use_cfg = guidance > 1.0
+    per_cfg_row = attention.reference_per_cfg_row(use_cfg, traj.guidance > 1.0, opts.rows)
 
     def kwargs(t: int, x: torch.Tensor):
         i = index[int(t)]
@@ -153,11 +161,13 @@ def reference_kwargs(model, traj, cond, opts, guidance: float, dynamic_cfg: bool
             return None
         b = x.shape[0]
         ref = traj.latent_for_step(i)
-        if opts.reference_text == "source":  # one reference row per video, shared by the CFG rows
+        if opts.reference_text == "source":
             text = traj.embeds.expand(b, -1, -1)
+            if per_cfg_row:  # the rows' order of the sample call: [negative x B, positive x B]
+                text = torch.cat([traj.negative_embeds.expand(b, -1, -1), text])
         else:  # the published recipe: a reference per CFG row, with the prompts being sampled
             text, _ = cogvideox.cfg_rows(cond, guidance, dynamic_cfg, b, None if negative is None else negative(t))
-            ref = ref.repeat(text.shape[0] // b, 1, 1, 1, 1)
+        ref = ref.repeat(text.shape[0] // b, 1, 1, 1, 1)
         rec = attention.Recording(frozenset(blocks), max(blocks), opts.text)
         hooks.before_call()
         try:

@@ -12,8 +12,10 @@ SVD has no RoPE; cross-attention (attn2, one CLIP token) is never touched.
 Layers: every spatial transformer block's ``attn1`` (tokens = one frame's pixels; a frame attends to
 its reference twin frame); optionally the temporal blocks' ``attn1`` too (tokens = one pixel's frames).
 With identical streams the concatenated keys are duplicates with identical values, so the output is
-unchanged for any weight (DESIGN fact 5); under CFG that holds for the conditional rows, so
-``rows="conditional"`` keeps guided reconstruction exact.
+unchanged for any weight (DESIGN fact 5). Under CFG that holds row by row only: each CFG row's
+reference must be made with the conditioning that row had at inversion (`vidinv.svd_inversion`
+builds the reference pass that way), or, with ``rows="conditional"``, only the conditional row
+receives one.
 
 **Per-call state.** ``UNetSpatioTemporalConditionModel.forward`` takes no ``cross_attention_kwargs``
 (diffusers 0.42.1), so state cannot travel with the call. Instead `installed()` creates a `Channel`,
@@ -156,7 +158,7 @@ def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.T
              reference_call: Callable[[torch.Tensor, int], object], weight: float = 1.0, rows: str = "all",
              cfg: bool = False, active: Callable[[int], bool] | None = None):
     """``attention(i, x)`` for `vidinv.models.svd.make_denoiser`: at step i, run the reference pass
-    (``reference_call(reference_latent(i), i)``, the source conditioning's single row) while the
+    (``reference_call(reference_latent(i), i)``: one row per video, or one per CFG row) while the
     channel records, then return the context that injects the recording into this step's sample
     call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
     layers = frozenset(layers)

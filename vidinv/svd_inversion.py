@@ -38,7 +38,7 @@ class SVDReferenceOptions:
     weight: log-bias ``log(weight)`` on the reference logits; 1 = plain concatenation, 0 = off.
         On the bundled tiny SVD weights 1 to 8 edit alike (BENCHMARKS.md section 5); 1 is the neutral default.
     temporal: also inject into the temporal self-attention paired with each chosen block.
-    rows: inject into "all" CFG rows, or only the "conditional" one (exact under CFG).
+    rows: inject into "all" CFG rows, or only the "conditional" one (both exact under CFG).
     """
     blocks: str = "all"
     start: float = 0.0
@@ -228,11 +228,14 @@ def guided_sample(model, cond: svd.Conditioning | None, traj: Trajectory, option
     """Sample the trajectory's grid with the first-frame conditioning `cond` (an edited first
     frame; None = the trajectory's own) while the chosen self-attention layers also attend to
     the K/V of the trajectory latent at each step, recomputed through the same UNet with the
-    trajectory's source conditioning (no guidance, one row per video).
+    trajectory's source conditioning: one row per video, shared by the CFG rows, or, for a
+    trajectory inverted under CFG sampled with CFG into every row, one per CFG row with the
+    conditioning that row used at inversion (zero image conditioning for the unconditional row),
+    so that each row's reference duplicates its own keys on reconstruction (DESIGN fact 5).
 
     `options`: `SVDReferenceOptions`, or CogVideoX's `vidinv.attention.ReferenceOptions` (see
     `reference_options`). With ``start="inverted"`` and the source conditioning this reconstructs
-    as plain sampling does, for any options (under CFG with ``rows="conditional"``)."""
+    as plain sampling does, for any options."""
     hooks = hooks or Hooks()
     check_model(model)
     grid = trajectory_grid(model, traj)
@@ -245,8 +248,12 @@ def guided_sample(model, cond: svd.Conditioning | None, traj: Trajectory, option
     check_guidance(min_guidance, max_guidance)
     layers = opts.layers(model.unet)
     active = set(opts.active_steps(traj.steps))
-    reference_call = guarded(svd.make_denoiser(model, source, grid, 1.0, 1.0), hooks)
+    sample_cfg = svd.uses_cfg(min_guidance, max_guidance)
+    inverted = (traj.conditioning.get("min_guidance", 1.0), traj.conditioning.get("max_guidance", traj.guidance))
+    per_cfg_row = attention.reference_per_cfg_row(sample_cfg, svd.uses_cfg(*inverted), opts.rows)
+    reference_call = guarded(svd.make_denoiser(model, source, grid, *(inverted if per_cfg_row else (1.0, 1.0))),
+                             hooks)
     with svd_attention.installed(model.unet, layers) as channel:
         per_step = svd_attention.per_step(channel, layers, traj.latent_for_step, reference_call, opts.weight,
-                                          opts.rows, svd.uses_cfg(min_guidance, max_guidance), active.__contains__)
+                                          opts.rows, sample_cfg, active.__contains__)
         return run(model, cond, noise, grid, min_guidance, max_guidance, hooks, per_step)

@@ -83,7 +83,9 @@ def test_invert_save_load_sample_reproduces_the_clean_latent(model64, runs, tmp_
     ("plain", svd_inversion.SVDReferenceOptions()),
     ("plain", svd_inversion.SVDReferenceOptions(blocks="0-3", start=0.2, end=0.8, weight=4.0, temporal=True)),
     ("plain", attention.ReferenceOptions(weight=0.5)),  # the CogVideoX node's options carry over
-    ("cfg", svd_inversion.SVDReferenceOptions(weight=2.0, rows="conditional"))])
+    ("cfg", svd_inversion.SVDReferenceOptions(weight=2.0, rows="conditional")),
+    ("cfg", svd_inversion.SVDReferenceOptions(weight=2.0)),  # every CFG row: a reference row each
+    ("cfg", svd_inversion.SVDReferenceOptions(blocks="0-3", weight=4.0, temporal=True))])
 def test_guided_sample_with_the_source_reconstructs(model64, runs, key, options):
     """DESIGN fact 5 through the public glue: the trajectory's own first frame + reference K/V at
     any setting gives the plain reconstruction (to the fp32 storage of the trajectory)."""
@@ -92,6 +94,16 @@ def test_guided_sample_with_the_source_reconstructs(model64, runs, key, options)
     guided = svd_inversion.guided_sample(model64, None, traj, options, lo, hi)
     assert rel(guided, plain) <= 1e-7, rel(guided, plain)  # measured 2e-9 .. 1.3e-8
     assert rel(guided, x0) <= 2 * rel(plain, x0) + 1e-8
+
+
+def test_a_shared_reference_row_breaks_reconstruction_under_cfg(model64, runs, monkeypatch):
+    """The unconditional row (zero image conditioning) attending to the source row's keys is not
+    attending to duplicates of its own: why a CFG trajectory gets a reference row per CFG row."""
+    cond, x0, out = runs
+    traj, plain, (lo, hi) = out["cfg"]
+    monkeypatch.setattr(svd_inversion.attention, "reference_per_cfg_row", lambda *a: False)
+    guided = svd_inversion.guided_sample(model64, None, traj, svd_inversion.SVDReferenceOptions(weight=2.0), lo, hi)
+    assert rel(guided, plain) > 1e-5, rel(guided, plain)
 
 
 def test_guided_sample_with_another_first_frame(model64, runs):

@@ -181,3 +181,60 @@ def test_guided_sample_refuses_unpatched_model(inverted):
     model, cond, _, _ = inverted
     with pytest.raises(errors.InputError, match="Reference Attention"):
         inversion.guided_sample(model, cond)
+
+
+# ----------------------------------------------------------------------------- trajectories inverted under CFG
+
+CFG = 6.0
+
+
+@pytest.fixture(scope="module")
+def inverted_cfg(tiny64):
+    """A trajectory inverted under CFG (guidance 6, with a negative prompt) and its plain round trip."""
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a green square moving left", "a blue circle")
+    x0 = source(model, 3)
+    traj = inversion.invert(model, cond, x0, STEPS, guidance=CFG, iters=30, tol=0, dtype="fp32")
+    plain = inversion.sample(model, cond, traj.noise.double(), STEPS, guidance=CFG)
+    assert rel(plain, x0) < 1e-5, rel(plain, x0)
+    return model, cond, traj, plain
+
+
+@pytest.mark.parametrize("opts", [ReferenceOptions(), ReferenceOptions(weight=1.0, text=True),
+                                  ReferenceOptions(blocks="0", start=0.25, end=0.75, weight=3.0),
+                                  ReferenceOptions(rows="conditional")], ids=str)
+def test_guided_reconstruction_under_cfg(inverted_cfg, opts):
+    """DESIGN fact 5 row by row: a trajectory inverted at guidance 6 and guided-sampled with the
+    source prompt at guidance 6 reconstructs as plain sampling does (each CFG row's reference is
+    made with the conditioning that row had at inversion)."""
+    model, cond, traj, plain = inverted_cfg
+    patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
+    guided = inversion.guided_sample(patched, cond, guidance=CFG)
+    assert rel(guided, plain) < 1e-6, rel(guided, plain)
+
+
+def test_a_shared_reference_row_breaks_reconstruction_under_cfg(inverted_cfg, monkeypatch):
+    """Why the reference needs a row per CFG row there: the unconditional row attending to the
+    source prompt's keys is not attending to duplicates of its own (measured 7e-4 here, 700x the bound)."""
+    model, cond, traj, plain = inverted_cfg
+    monkeypatch.setattr(inversion.attention, "reference_per_cfg_row", lambda *a: False)
+    patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions()))
+    assert rel(inversion.guided_sample(patched, cond, guidance=CFG), plain) > 1e-4
+
+
+@pytest.mark.parametrize("rows,ref_rows", [("all", 2), ("conditional", 1)])
+def test_reference_rows_for_a_cfg_trajectory(inverted_cfg, rows, ref_rows):
+    """A CFG trajectory sampled with CFG into every row: one reference row per CFG row; into the
+    conditional row only, or sampled without CFG: one row."""
+    model, cond, traj, _ = inverted_cfg
+    calls = []
+    handle = model.transformer.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(rows=rows)))
+        inversion.guided_sample(patched, cond, guidance=CFG)
+        inversion.guided_sample(patched, cond, guidance=1.0)
+    finally:
+        handle.remove()
+    # with CFG: a reference pass of ref_rows and a sample pass of 2 rows per step; without: 1 and 1
+    assert calls[:2 * STEPS] == [ref_rows, 2] * STEPS and calls[2 * STEPS:] == [1, 1] * STEPS
