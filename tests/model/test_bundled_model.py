@@ -108,3 +108,14 @@ def test_export_drops_name_or_path_and_keeps_the_card(tmp_path):
         assert "_name_or_path" not in json.loads(cfg.read_text()), cfg
     again = CogVideoXPipeline.from_pretrained(out, dtype=torch.float32)
     assert again.transformer.config.num_layers == pipe.transformer.config.num_layers
+
+
+def test_i2v_folder_carries_the_t2v_vae_and_text_encoder():
+    """The I2V transformer was fine-tuned on the T2V model's VAE latents and T5 embeddings: its
+    copies of those parts (kept so the folder stands alone, see its MODEL_CARD) must not drift."""
+    i2v = BUNDLED.with_name("tiny-cogvideox-i2v")
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        files = sorted(p.relative_to(BUNDLED) for p in (BUNDLED / part).rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(i2v) for p in (i2v / part).rglob("*") if p.is_file())
+        for f in files:
+            assert (BUNDLED / f).read_bytes() == (i2v / f).read_bytes(), f
