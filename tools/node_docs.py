@@ -71,7 +71,7 @@ def pages(pack) -> dict[str, str]:
 def main() -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     wanted = pages(load_pack())
-    for stale in set(p.name for p in DOCS.glob("*.md")) - set(wanted):
+    for stale in {p.name for p in DOCS.glob("*.md")} - set(wanted):
         (DOCS / stale).unlink()
     for name, text in wanted.items():
         (DOCS / name).write_text(text, encoding="utf-8")

@@ -100,6 +100,9 @@ class Browser:
             time.sleep(interval)
         raise TimeoutError(f"page condition not met in {timeout}s: {expression}")
 
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", f"/session/{self.session}/window/rect", {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> Path:
         png = self._call("GET", f"/session/{self.session}/screenshot")
         path.parent.mkdir(parents=True, exist_ok=True)
