@@ -33,15 +33,6 @@ ONLY_THE_GRAPH = (
     " #graph-canvas, .dom-widget, .dom-widget * { visibility: visible !important; }';"
     "document.head.appendChild(st);")
 
-# close the first-run dialogs (templates browser, tours) that may cover the canvas
-CLOSE_DIALOGS = (
-    "for (const d of document.querySelectorAll('[role=dialog], .p-dialog')) {"
-    " d.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));"
-    " for (const x of d.querySelectorAll('button')) {"
-    "  const l = (x.getAttribute('aria-label') || '') + ' ' + (x.className || '');"
-    "  if (/close/i.test(l) || x.querySelector('.pi-times, .icon-\\\\[lucide--x\\\\]')) x.click(); } }"
-    "document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));")
-
 # scale and move the canvas so every node and group fits, then report the canvas's place on the page
 FIT_GRAPH = (
     "const c = window.app.canvas, g = window.app.graph, el = c.canvas;"
@@ -82,7 +73,8 @@ def main() -> None:
                 workflow = json.loads(path.read_text())
                 b.run("await window.app.loadGraphData(arguments[0]); return true;", workflow)
                 assert b.run("return window.app.graph._nodes.length;") == len(workflow["nodes"]), path.name
-                b.run(CLOSE_DIALOGS + ONLY_THE_GRAPH + "return true;")
+                b.close_dialogs()
+                b.run(ONLY_THE_GRAPH + "return true;")
                 time.sleep(1)
                 box = b.run(FIT_GRAPH)
                 time.sleep(1)
