@@ -412,15 +412,29 @@ def export(args) -> None:
     # checkpoint in its stored dtype by default, and the pipelines then feed fp16 text to fp32 models
     pipe.transformer.to(torch.float16)
     pipe.vae.to(torch.float16)
-    keep = [p for p in out.glob("*") if p.name in ("MODEL_CARD.md", "quality.json")]
-    saved = {p.name: p.read_bytes() for p in keep}
+    save_pipeline(pipe, out)
+    log(f"exported to {out}: {folder_mb(out):.1f} MB")
+
+
+def save_pipeline(pipe, out: Path) -> set[str]:
+    """Replace the folder `out` with `pipe` in safetensors, keeping its MODEL_CARD.md and quality.json
+    (returns the names kept). Configs carry no ``_name_or_path``: diffusers records there the
+    folder a module was loaded from, an absolute path of the training machine."""
+    keep = {p.name: p.read_bytes() for p in out.glob("*") if p.name in ("MODEL_CARD.md", "quality.json")}
     if out.exists():
         shutil.rmtree(out)
     pipe.save_pretrained(out, safe_serialization=True)
-    for name, data in saved.items():
+    for cfg in out.glob("*/config.json"):
+        data = json.loads(cfg.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    for name, data in keep.items():
         (out / name).write_bytes(data)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    log(f"exported to {out}: {size / 1e6:.1f} MB")
+    return set(keep)
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
 # ----------------------------------------------------------------------------- entry

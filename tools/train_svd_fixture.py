@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 import types
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.train_fixture import load_ema, log, optimise, to_model_space, train_seed, vae_batch  # noqa: E402
+from tools.train_fixture import (folder_mb, load_ema, log, optimise, save_pipeline, to_model_space,  # noqa: E402
+                                 train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
 
 FRAMES, SIZE = 9, 64  # random_spec needs 4k+1 frames; 9 as the CogVideoX fixture (SVD itself: 14)
@@ -372,19 +372,13 @@ def export(args) -> None:
     # pipeline feeds the CLIP output to the UNet
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
-    keep = {p.name: p.read_bytes() for p in out.glob("*") if p.name in ("MODEL_CARD.md", "quality.json")}
-    if out.exists():
-        shutil.rmtree(out)
-    pipe.save_pretrained(out, safe_serialization=True)
+    kept = save_pipeline(pipe, out)
     index = json.loads((out / "model_index.json").read_text())
     index["feature_extractor"][1] = "CLIPImageProcessor"  # not the torchvision-less fallback's name
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for name, data in keep.items():
-        (out / name).write_bytes(data)
-    if "MODEL_CARD.md" not in keep:
+    if "MODEL_CARD.md" not in kept:
         (out / "MODEL_CARD.md").write_text(model_card(work))
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    log(f"exported to {out}: {size / 1e6:.1f} MB")
+    log(f"exported to {out}: {folder_mb(out):.1f} MB")
 
 
 def model_card(work: Path) -> str:

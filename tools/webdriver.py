@@ -100,6 +100,19 @@ class Browser:
             time.sleep(interval)
         raise TimeoutError(f"page condition not met in {timeout}s: {expression}")
 
+    def close_dialogs(self) -> None:
+        """Close the frontend's first-run dialogs (templates browser, tours) that may cover the canvas."""
+        self.run("for (const d of document.querySelectorAll('[role=dialog], .p-dialog')) {"
+                 " d.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));"
+                 " for (const x of d.querySelectorAll('button')) {"
+                 "  const l = (x.getAttribute('aria-label') || '') + ' ' + (x.className || '');"
+                 "  if (/close/i.test(l) || x.querySelector('.pi-times, .icon-\\[lucide--x\\]')) x.click(); } }"
+                 "document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));"
+                 "return true;")
+
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", f"/session/{self.session}/window/rect", {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> Path:
         png = self._call("GET", f"/session/{self.session}/screenshot")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,13 +59,8 @@ def test_edit_workflow_in_the_browser(comfy):
                          " return p ? {active: p.dataset.active, text: p.textContent} : null; })()", 60)
         assert json.loads(win["active"]) == window["active"]
         # the first-run templates dialog may cover the canvas: close dialogs, centre on DDIM Invert
-        b.run("for (const d of document.querySelectorAll('[role=dialog], .p-dialog')) {"
-              " d.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));"
-              " for (const x of d.querySelectorAll('button')) {"
-              "  const l = (x.getAttribute('aria-label') || '') + ' ' + (x.className || '');"
-              "  if (/close/i.test(l) || x.querySelector('.pi-times, .icon-\\[lucide--x\\]')) x.click(); } }"
-              "document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));"
-              "const n = window.app.graph._nodes.find(n => n.type === 'VInvDDIMInvert');"
+        b.close_dialogs()
+        b.run("const n = window.app.graph._nodes.find(n => n.type === 'VInvDDIMInvert');"
               "const c = window.app.canvas; if (n && c.centerOnNode) c.centerOnNode(n);"
               "c.setDirty(true, true); return true;")
         time.sleep(1)

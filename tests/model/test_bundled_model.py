@@ -75,3 +75,47 @@ def test_vae_reconstructs_heldout_videos(bundled_model):
         psnrs.append(synthetic.psnr(rec, frames.numpy()))
         assert synthetic.describe(rec)["colour"] == spec.colour
     assert np.mean(psnrs) >= 26.0
+
+
+def test_i2v_folder_loads_in_diffusers_pipeline():
+    from diffusers import CogVideoXImageToVideoPipeline
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(BUNDLED.with_name("tiny-cogvideox-i2v"), dtype=torch.float32)
+    assert pipe.transformer.config.in_channels == 2 * pipe.vae.config.latent_channels
+
+
+def test_committed_configs_name_no_training_folder():
+    """diffusers records the folder a module was loaded from as `_name_or_path`; the bundled
+    folders are exported without it (tools/train_fixture.py save_pipeline)."""
+    configs = sorted(BUNDLED.parent.glob("*/*/*config.json"))
+    assert len(configs) >= 12
+    for cfg in configs:
+        assert "_name_or_path" not in json.loads(cfg.read_text()), cfg
+
+
+def test_export_drops_name_or_path_and_keeps_the_card(tmp_path):
+    from diffusers import CogVideoXPipeline
+
+    from tools.train_fixture import save_pipeline
+    pipe = CogVideoXPipeline.from_pretrained(BUNDLED, dtype=torch.float32)
+    assert pipe.vae.config._name_or_path  # what from_pretrained records, and save_pretrained would write
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("card")
+    (out / "stale.txt").write_text("old export")
+    assert save_pipeline(pipe, out) == {"MODEL_CARD.md"}
+    assert (out / "MODEL_CARD.md").read_text() == "card" and not (out / "stale.txt").exists()
+    for cfg in out.glob("*/config.json"):
+        assert "_name_or_path" not in json.loads(cfg.read_text()), cfg
+    again = CogVideoXPipeline.from_pretrained(out, dtype=torch.float32)
+    assert again.transformer.config.num_layers == pipe.transformer.config.num_layers
+
+
+def test_i2v_folder_carries_the_t2v_vae_and_text_encoder():
+    """The I2V transformer was fine-tuned on the T2V model's VAE latents and T5 embeddings: its
+    copies of those parts (kept so the folder stands alone, see its MODEL_CARD) must not drift."""
+    i2v = BUNDLED.with_name("tiny-cogvideox-i2v")
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        files = sorted(p.relative_to(BUNDLED) for p in (BUNDLED / part).rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(i2v) for p in (i2v / part).rglob("*") if p.is_file())
+        for f in files:
+            assert (BUNDLED / f).read_bytes() == (i2v / f).read_bytes(), f
