@@ -87,23 +87,26 @@ def masked_attention(q, k, v, bias):
 
 
 def samplers(model) -> dict:
-    """name -> (ReferenceOptions or None for plain sampling, start)."""
+    """name -> (ReferenceOptions or None for plain sampling, start, the trajectory's inversion
+    guidance: a trajectory inverted under CFG gets a reference row per CFG row)."""
     opts = attention.ReferenceOptions
     return {
-        "plain": (None, "inverted"),
-        "guided (defaults: every block and step)": (opts(), "inverted"),
-        "guided, steps from 30 %": (opts(start=0.3), "inverted"),
-        "guided, first half of the steps": (opts(end=0.5), "inverted"),
-        "guided, blocks of the first half": (opts(blocks=f"-{int(model.tcfg['num_layers']) // 2}"), "inverted"),
-        "published recipe (reference per CFG row)": (opts(reference_text="edit", text=True, weight=1.0), "fresh"),
+        "plain": (None, "inverted", 1.0),
+        "guided (defaults: every block and step)": (opts(), "inverted", 1.0),
+        "guided, steps from 30 %": (opts(start=0.3), "inverted", 1.0),
+        "guided, first half of the steps": (opts(end=0.5), "inverted", 1.0),
+        "guided, blocks of the first half": (opts(blocks=f"-{int(model.tcfg['num_layers']) // 2}"), "inverted", 1.0),
+        "guided, trajectory inverted under CFG (reference per CFG row)": (opts(), "inverted", 6.0),
+        "published recipe (reference per CFG row)": (opts(reference_text="edit", text=True, weight=1.0), "fresh", 1.0),
     }
 
 
 def runners(model, edit, traj, guidance: float) -> dict:
-    def run(opts, start):
+    def run(opts, start, inverted_guidance):
         if opts is None:
             return lambda: inversion.sample(model, edit, traj.noise, traj.steps, guidance)
-        patched = dataclasses.replace(model, reference=attention.ReferenceSpec(traj, opts))
+        source = dataclasses.replace(traj, guidance=inverted_guidance)
+        patched = dataclasses.replace(model, reference=attention.ReferenceSpec(source, opts))
         return lambda: inversion.guided_sample(patched, edit, guidance, start=start)
 
     return {name: run(*spec) for name, spec in samplers(model).items()}
@@ -117,10 +120,11 @@ def step_flops(model, edit, traj, guidance: float) -> dict:
     x = traj.noise
     text, _ = cogvideox.cfg_rows(edit, guidance, False, x.shape[0])
     out = {}
-    for name, (opts, _) in samplers(model).items():
+    for name, (opts, _, inverted_guidance) in samplers(model).items():
         kwargs, active = None, set()
         if opts is not None:
-            kwargs = inversion.reference_kwargs(model, traj, edit, opts, guidance, False, inversion.Hooks())
+            source = dataclasses.replace(traj, guidance=inverted_guidance)
+            kwargs = inversion.reference_kwargs(model, source, edit, opts, guidance, False, inversion.Hooks())
             active = set(opts.active_steps(traj.steps))
         per_kind = {}  # a step costs the same as any other with the window in the same state
         for i, t in enumerate(traj.timesteps):
