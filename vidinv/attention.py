@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import errors
+from .errors import shorten
 
 ROWS = ("all", "conditional")
 REFERENCE_TEXT = ("source", "edit")
@@ -104,11 +105,6 @@ def cfg_row_mask(batch: int, use_cfg: bool, rows: str) -> torch.Tensor:
 
 BLOCKS_MAX_CHARS = 1000  # a list of every block of a 60-block model by index is ~230 characters
 _NUMBER = re.compile(r"[0-9]{1,6}")  # ASCII digits; longer numbers are out of range for any model
-
-
-def shorten(text: str, limit: int = 40) -> str:
-    """`text` for an error message: at most `limit` characters (a hostile field is not echoed whole)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:

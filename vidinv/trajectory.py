@@ -138,6 +138,41 @@ class Trajectory:
             raise errors.InputError(
                 f"trajectory latents have {self.latents.shape[-3]} channels, the model has {model.latent_channels}",
                 "Use the model that made the trajectory.")
+        self.check_shapes(model)
+
+    def check_shapes(self, model) -> None:
+        """The conditioning and padding against the model's own configuration (what a model value
+        does not say is not checked): the embeddings' length and width, the I2V image latents, the
+        padding of CogVideoX 1.5's frame pairs, the latent size against the patch size."""
+        def refuse(problem: str):
+            raise errors.InputError(f"trajectory {self.model_name!r}: {problem}",
+                                    "The file does not match its model; invert the video again with this model.")
+
+        length, width = getattr(model, "max_text_length", None), getattr(model, "text_dim", None)
+        if self.family == "svd":
+            length, width = 1, getattr(model, "embed_dim", None)
+        for key in ("embeds", "null_embeds"):
+            t = getattr(self, key)
+            if t is None:
+                continue
+            for got, want, what in ((t.shape[-2], length, "tokens"), (t.shape[-1], width, "channels")):
+                if want is not None and got != want:
+                    refuse(f"{key} {tuple(t.shape)} has {got} {what}, the model's conditioning has {want}")
+        if self.family == "svd":
+            return
+        i2v = getattr(model, "is_i2v", None)
+        if i2v is not None and i2v != (self.image_latents is not None):
+            refuse("it carries image latents but the model is text-to-video" if not i2v else
+                   "it carries no image latents but the model is image-to-video")
+        p_t = getattr(model, "patch_size_t", None) or 1
+        pad, frames = self.extra.get("pad_frames", 0), self.latents.shape[2]
+        if pad >= p_t or frames % p_t:
+            refuse(f"{frames} latent frames with pad_frames {pad}; the model patches {p_t} frame(s) at a time, so "
+                   f"it pads fewer than {p_t} and needs a multiple of {p_t} frames")
+        patch = getattr(model, "patch_size", None)
+        if patch is not None and (self.latents.shape[-2] % patch or self.latents.shape[-1] % patch):
+            refuse(f"latent size {self.latents.shape[-1]}x{self.latents.shape[-2]} is not a multiple of the "
+                   f"model's patch size {patch}")
 
     def check_grid(self, schedule) -> None:
         """Refuse a grid other than the one inverted on. `schedule`: the model's scheduler config

@@ -159,6 +159,11 @@ class CogVideoX:
         return int(self.transformer.config.max_text_seq_length)
 
     @property
+    def text_dim(self) -> int:
+        """Width of the text embeddings the transformer takes (T5's d_model)."""
+        return int(self.transformer.config.text_embed_dim)
+
+    @property
     def size_multiple(self) -> int:
         """Pixel sizes must be multiples of this (VAE compression x patch size)."""
         return self.spatial_factor * self.patch_size
@@ -442,6 +447,14 @@ def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: i
     return out.to(torch.promote_types(out.dtype, torch.float32))  # at least float32, float64 stays
 
 
+def check_guidance(guidance: float) -> None:
+    """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
+    pack's exact inversion and reference rows are defined for guidance >= 1 only."""
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 1.0):
+        raise errors.InputError(f"guidance {guidance!r} must be a finite number >= 1 (below 1 it would weaken the "
+                                "prompt instead of guiding; 0 ignores it)", "Use 1 for no guidance, or more.")
+
+
 def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, dynamic_cfg: bool = False,
                   steps: int = 50, image_latents: torch.Tensor | None = None,
                   negative: Callable[[int], torch.Tensor] | None = None,
@@ -453,6 +466,8 @@ def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, d
 
     `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion).
     `attention_kwargs(t, x)` may supply per-call attention arguments (reference attention)."""
+    check_guidance(guidance)
+
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         b = x.shape[0]
         scale = guidance_scale_at(guidance, dynamic_cfg, t, steps)
