@@ -97,7 +97,7 @@ def guard(cls, name: str):
 
     @functools.wraps(fn)
     def checked(self, *args, **kwargs):
-        check_numbers(name, cls.INPUT_TYPES(), signature.bind(self, *args, **kwargs).arguments)
+        check_numbers(name, cls.INPUT_TYPES(), signature.bind_partial(self, *args, **kwargs).arguments)
         return fn(self, *args, **kwargs)
 
     checked.vinv_guarded = True

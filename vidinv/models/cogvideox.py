@@ -40,9 +40,13 @@ def config_class(cfg: Path) -> str | None:
     there but cannot be read, or is not a JSON object, raises (OSError / ValueError)."""
     if not cfg.is_file():
         return None
-    data = read_json(cfg)
+    try:
+        data = read_json(cfg)
+    except ValueError as err:
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is not valid JSON ({err})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{cfg.parent.name}/{cfg.name} is JSON {type(data).__name__}, not an object")
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(data), "a number")
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {kind}, not a JSON object")
     return data.get("_class_name")
 
 
