@@ -434,3 +434,93 @@ def test_save_trajectory_prefix_blocked_by_a_file(pack, folders):
     (folders / "output" / "taken").write_text("x")
     with pytest.raises(pack.vidinv.errors.InputError, match="the folder 'taken' cannot be made"):
         pack.NODE_CLASS_MAPPINGS["VInvSaveTrajectory"]().save(make(), "taken/t")
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(pack, tiny_folders, tmp_path_factory):
+    """A 2-step CogVideoX inversion, an I2V model, and a 2-step SVD inversion, through the nodes."""
+    from tests.tiny_svd import write_tiny_svd
+    m, cog, svd_mod = pack.NODE_CLASS_MAPPINGS, pack.vidinv.models.cogvideox, pack.vidinv.models.svd
+    out = {"model": cog.load(tiny_folders["2b"], "fp32"), "i2v": cog.load(tiny_folders["5b-i2v"], "fp32")}
+    out["cond"], = m["VInvEncodeText"]().encode(out["model"], "a red circle", "")["result"]
+    frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    out["latent"], _ = m["VInvVAEEncode"]().encode(out["model"], frames, "trim to 4k+1", "resize and crop", 16, 16,
+                                                   "auto")["result"]
+    out["traj"], out["noise"] = m["VInvDDIMInvert"]().invert(out["model"], out["cond"], out["latent"], 2, 1.0, False,
+                                                             1, 0.0, "anderson", 0.0, "fp32")["result"]
+    out["svd"] = svd_mod.load(write_tiny_svd(tmp_path_factory.mktemp("svd") / "tiny-svd"), "fp32")
+    out["svd_frames"] = torch.rand(3, 8, 8, 3, generator=torch.Generator().manual_seed(1))
+    out["svd_latent"], _ = m["VInvVAEEncode"]().encode(out["svd"], out["svd_frames"], "trim to 4k+1",
+                                                       "resize and crop", 8, 8, "auto")["result"]
+    out["svd_cond"], = m["VInvSVDEncodeFirstFrame"]().encode(out["svd"], out["svd_frames"], 7, 127, 0.02, 0)
+    out["svd_traj"], out["svd_noise"] = m["VInvSVDInvert"]().invert(out["svd"], out["svd_cond"], out["svd_latent"], 2,
+                                                                    1.0, 1.0, 1, 0.0, "fp32")["result"]
+    return out
+
+
+def test_samplers_refuse_another_step_count_than_the_trajectorys(pack, tiny_graph):
+    m, g, ierr = pack.NODE_CLASS_MAPPINGS, tiny_graph, pack.vidinv.errors.InputError
+    sample = m["VInvDDIMSample"]().sample
+    with pytest.raises(ierr, match="DDIM Sample: steps is 3, but the connected trajectory has 2 steps. Set steps to 2"):
+        sample(g["model"], g["cond"], g["latent"], 3, 1.0, False, "conditioning", trajectory=g["traj"])
+    with pytest.raises(ierr, match="steps is 1, but the latent is the noise of a trajectory with 2 steps"):
+        sample(g["model"], g["cond"], g["noise"], 1, 1.0, False, "conditioning")
+    sample(g["model"], g["cond"], g["noise"], 2, 1.0, False, "conditioning", trajectory=g["traj"])
+    sample(g["model"], g["cond"], g["latent"], 3, 1.0, False, "conditioning")  # a plain latent: any count
+    with pytest.raises(ierr, match="Euler Sample \\(SVD\\): steps is 4, but the latent is the noise of a trajectory "
+                                   "with 2 steps"):
+        m["VInvSVDSample"]().sample(g["svd"], g["svd_cond"], g["svd_noise"], 4, 1.0, 1.0)
+
+
+def test_loaded_trajectory_noise_keeps_its_step_count(pack, tiny_graph, folders):
+    m = pack.NODE_CLASS_MAPPINGS
+    saved = m["VInvSaveTrajectory"]().save(tiny_graph["traj"], "t")["ui"]["vinv_saved"][0]
+    _, noise = m["VInvLoadTrajectory"]().load(tiny_graph["model"], f"{saved['filename']} [output]")["result"]
+    assert noise["vinv"]["trajectory_steps"] == 2
+
+
+def test_rgba_frames_at_native_size_encode_as_rgb(pack, tiny_graph):
+    m, g = pack.NODE_CLASS_MAPPINGS, tiny_graph
+    rgb = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    rgba = torch.cat([rgb, torch.rand(5, 16, 16, 1)], dim=-1)
+    enc = m["VInvVAEEncode"]().encode
+    a, _ = enc(g["model"], rgba, "trim to 4k+1", "resize and crop", 16, 16, "auto")["result"]
+    assert torch.equal(a["samples"], g["latent"]["samples"])
+    svd_rgba = torch.cat([g["svd_frames"], torch.ones(3, 8, 8, 1)], dim=-1)
+    b, _ = enc(g["svd"], svd_rgba, "trim to 4k+1", "resize and crop", 8, 8, "auto")["result"]
+    assert torch.equal(b["samples"], g["svd_latent"]["samples"])
+    cond, = m["VInvSVDEncodeFirstFrame"]().encode(g["svd"], svd_rgba, 7, 127, 0.02, 0)
+    assert torch.equal(cond.image_latents, g["svd_cond"].image_latents)
+
+
+def test_empty_batches_are_refused_by_name(pack, tiny_graph):
+    m, g, ierr = pack.NODE_CLASS_MAPPINGS, tiny_graph, pack.vidinv.errors.InputError
+    empty = torch.zeros(0, 8, 8, 3)
+    with pytest.raises(ierr, match="images: the image batch is empty"):
+        m["VInvVAEEncode"]().encode(g["svd"], empty, "trim to 4k+1", "resize and crop", 8, 8, "auto")
+    with pytest.raises(ierr, match="image: the image batch is empty"):
+        m["VInvSVDEncodeFirstFrame"]().encode(g["svd"], empty, 7, 127, 0.02, 0)
+    with pytest.raises(ierr, match="images: the frames are 0x16 pixels"):
+        m["VInvVAEEncode"]().encode(g["model"], torch.zeros(5, 16, 0, 3), "trim to 4k+1", "resize and crop", 0, 0,
+                                    "auto")
+    i2v = g["i2v"]
+    cond, = m["VInvEncodeText"]().encode(i2v, "a red circle", "")["result"]
+    latent, _ = m["VInvVAEEncode"]().encode(i2v, torch.rand(5, 48, 48, 3), "trim to 4k+1", "resize and crop", 0, 0,
+                                            "auto")["result"]
+    traj, _ = m["VInvDDIMInvert"]().invert(i2v, cond, latent, 1, 1.0, False, 0, 0.0, "plain", 0.0, "fp32")["result"]
+    patched, = m["VInvReferenceAttention"]().patch(i2v, traj, "all", 0.0, 1.0, 1.0, False, "all", "source")
+    with pytest.raises(ierr, match="first_frame: the image batch is empty"):
+        m["VInvGuidedSample"]().sample(patched, cond, 1.0, False, "inverted", 0, "conditioning", first_frame=empty)
+
+
+def test_reference_attention_blocks_text_refused_on_the_node(pack, tiny_graph):
+    m, g, ierr = pack.NODE_CLASS_MAPPINGS, tiny_graph, pack.vidinv.errors.InputError
+    layers = int(g["model"].transformer.config.num_layers)
+    for blocks in ("0-99999999999", "0-200000", "5-2", "-0", "-"):
+        with pytest.raises(ierr, match=f"^blocks '{blocks}' .*This model has {layers} blocks") as err:
+            m["VInvReferenceAttention"]().patch(g["model"], g["traj"], blocks, 0.0, 1.0, 1.0, False, "all", "source")
+        assert len(str(err.value)) < 300
+    spatial = len(pack.vidinv.svd_attention.self_attention_layers(g["svd"].unet, "all"))
+    with pytest.raises(ierr, match=f"outside 0..{spatial - 1}. This model has {spatial} blocks"):  # SVD's spatial blocks
+        m["VInvReferenceAttention"]().patch(g["svd"], g["svd_traj"], "0-99999999999", 0.0, 1.0, 1.0, False, "all",
+                                            "source")
