@@ -100,20 +100,19 @@ def annotated_path(name) -> Path:
     string link, not only from the node's list, and must not be a way to probe the disk (absolute
     paths, '..', symlinks leading out, NUL bytes)."""
     kind, rel = split_annotation(name) if isinstance(name, str) else ("input", "")
-    root = directory(kind)
-    path = root / rel if rel and "\0" not in rel else None
+    root, path = directory(kind), None
     try:
-        ok = path is not None and inside(root, path) and path.resolve().is_file()
-        if ok:
-            with open(path.resolve(), "rb"):
+        if rel and "\0" not in rel and inside(root, root / rel):
+            path = (root / rel).resolve()
+            with open(path, "rb"):  # readable, and a file (a folder raises here)
                 pass
     except (OSError, ValueError, RuntimeError):
-        ok = False
-    if not ok:
+        path = None
+    if path is None:
         raise InputError(f"{shorten(name, 80)!r} is not a readable file in ComfyUI's {kind} folder",
                          f"Pick a file from the list: files in ComfyUI's {kind} folder (saved ones are marked "
                          "'[output]'); paths and links that lead outside the folder are refused.")
-    return path.resolve()
+    return path
 
 
 def compute_device() -> torch.device:

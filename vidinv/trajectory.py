@@ -232,7 +232,6 @@ class Trajectory:
     def save(self, path) -> Path:
         from safetensors.torch import save_file
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"latents": self.latents.contiguous(), "embeds": self.embeds.contiguous(),
                    "negative_embeds": self.negative_embeds.contiguous()}
         for name in ("image_latents", "null_embeds"):
@@ -244,6 +243,13 @@ class Trajectory:
         if self.family == "svd":
             meta.update(sigmas=self.sigmas, conditioning=self.conditioning)
         meta.update(format=FORMAT, version=FAMILY_VERSION.get(self.family, VERSION))
+        try:  # what load() would refuse is never written (a NaN, a wrong type)
+            check_fields(json.loads(json.dumps(meta)), path.name)
+            read_tensors(tensors, path.name)
+        except errors.InputError as err:
+            raise errors.InputError(f"the trajectory was not saved: {err.problem}",
+                                    "It holds values no trajectory file may carry; invert the video again.") from err
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
         return path
 
@@ -310,6 +316,11 @@ def read_metadata(raw: str, name: str) -> dict:
         raise errors.InputError(f"{name!r} is format {meta.get('format')!r} version {version!r}, "
                                 f"this pack reads {FORMAT} up to version {VERSION}",
                                 "Update the pack, or save the trajectory again with this version.")
+    return check_fields(meta, name)
+
+
+def check_fields(meta: dict, name: str) -> dict:
+    """`meta`'s fields checked one by one against `FIELDS` / `OPTIONAL_FIELDS`; defaults filled in."""
     fields = {}
     for key, (what, test, *default) in [*FIELDS.items(), *OPTIONAL_FIELDS.items()]:
         if key not in meta:

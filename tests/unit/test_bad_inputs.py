@@ -267,6 +267,22 @@ def test_svd_trajectory_checked_against_the_image_embedding_width():
         make_svd().check_model(model)
 
 
+def test_nan_is_never_written_to_a_trajectory(tmp_path):
+    for change, fragment in ((("guidance", float("nan")), "field 'guidance' must be a finite number"),
+                             (("tolerance", float("inf")), "field 'tolerance' must be a finite number"),
+                             (("residuals", [float("nan")] * 5), "field 'residuals'")):
+        t = make()
+        setattr(t, *change)
+        with pytest.raises(errors.InputError, match="the trajectory was not saved: ") as err:
+            t.save(tmp_path / "sub" / "x.safetensors")
+        assert fragment in str(err.value)
+    t = make()
+    t.latents[2, 0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(errors.InputError, match="not saved: .*tensor 'latents' holds NaN"):
+        t.save(tmp_path / "sub" / "x.safetensors")
+    assert not (tmp_path / "sub").exists()
+
+
 MALFORMED_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
