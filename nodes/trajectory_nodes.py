@@ -9,8 +9,6 @@ from . import host
 from .common import CATEGORY, MODEL, TRAJECTORY, latent_value
 
 SUFFIX = ".safetensors"
-
-
 MAX_PREFIX = 200  # characters: with the numbering the file name stays under every file system's 255
 
 

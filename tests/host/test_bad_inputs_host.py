@@ -84,6 +84,24 @@ def load_graph(file) -> dict:
     return g
 
 
+def svd_graph(sample_steps: int) -> dict:
+    """The bundled tiny SVD: 3 frames at 16x16, a 2-step exact inversion, Euler sampling of its noise."""
+    return {
+        "1": node("VInvLoadSVD", model="tiny-svd (bundled)", precision="fp32", offload="none"),
+        "2": node("LoadImage", image=IMAGE),
+        "3": node("RepeatImageBatch", image=["2", 0], amount=3),
+        "4": node("VInvVAEEncode", model=["1", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
+                  width=16, height=16, tiling="auto"),
+        "5": node("VInvSVDEncodeFirstFrame", model=["1", 0], image=["4", 1], fps=7, motion_bucket_id=127,
+                  noise_aug_strength=0.02, seed=0),
+        "6": node("VInvSVDInvert", model=["1", 0], conditioning=["5", 0], latent=["4", 0], steps=2, min_guidance=1.0,
+                  max_guidance=1.0, iterations=1, tolerance=0.0, trajectory_dtype="fp32"),
+        "7": node("VInvSVDSample", model=["1", 0], conditioning=["5", 0], latent=["6", 1], steps=sample_steps,
+                  min_guidance=1.0, max_guidance=1.0),
+        "8": node("SaveLatent", samples=["7", 0], filename_prefix="never/svd"),
+    }
+
+
 def any_value(graph: dict, nid: str, key: str, value) -> dict:
     """Feed `value` to input `key` of node `nid` through the any-typed node (no widget checks)."""
     graph[f"any-{key}"] = node("VInvTestAny", value=json.dumps(value))
@@ -116,12 +134,8 @@ def saved_hashes(server, entry) -> dict:
 def server(host, tmp_path_factory):
     base = host.base(tmp_path_factory.mktemp("bad-inputs"))
     (base / "custom_nodes" / "vinv_test_any.py").write_text(ANY_NODE)
-    srv = comfy_host.Server(host, base)
-    srv.start()
-    try:
+    with comfy_host.Server(host, base) as srv:
         yield srv
-    finally:
-        srv.stop()
     assert srv.proc.poll() is not None
 
 
@@ -190,6 +204,10 @@ ROWS = [
      "steps is '2', not a finite whole number"),
     ("sample steps differ", lambda g, o: mutate("7", steps=3)(g), "VInvDDIMSample",
      "steps is 3, but the connected trajectory has 2 steps"),
+    ("svd sample steps differ", lambda g, o: svd_graph(3), "VInvSVDSample",
+     "Euler Sample (SVD): steps is 3, but the latent is the noise of a trajectory with 2 steps"),
+    ("svd guidance below 1 link", lambda g, o: any_value(svd_graph(2), "7", "min_guidance", 0.5), "VInvSVDSample",
+     "min_guidance 0.5 is outside 1.0..30.0"),
     ("save absolute", lambda g, o: mutate("13", filename_prefix="/etc/x")(g), "VInvSaveTrajectory",
      "filename_prefix '/etc/x' is an absolute path"),
     ("save NUL", lambda g, o: mutate("13", filename_prefix="a\0b")(g), "VInvSaveTrajectory", "contains a NUL byte"),
