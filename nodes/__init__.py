@@ -1,5 +1,6 @@
 """ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
 from . import host
+from .common import guard
 from .model_nodes import EncodeText, LoadCogVideoX
 from .sampling_nodes import DDIMInvert, DDIMSample, GuidedSample, NullTextInversion, ReferenceAttention
 from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
@@ -28,5 +29,5 @@ NODES = {
     "VInvSVDSample": (SVDSample, "Euler Sample (SVD)"),
     "VInvSVDGuidedSample": (SVDGuidedSample, "Guided Sample (SVD)"),
 }
-NODE_CLASS_MAPPINGS = {key: cls for key, (cls, _) in NODES.items()}
+NODE_CLASS_MAPPINGS = {key: guard(cls, name) for key, (cls, name) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

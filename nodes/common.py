@@ -1,6 +1,10 @@
 """Shared node plumbing: the category root, socket type names, and small helpers."""
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+
 import torch
 
 from ..vidinv import errors
@@ -21,11 +25,26 @@ TOLERANCE = ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "r
                                   "'iterations' refinements on every step."})
 
 
-def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0) -> dict:
+def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0, steps: int | None = None) -> dict:
     """A ComfyUI LATENT: ``samples`` [B, F, C, H, W] (the transformer's layout, scaled) plus
-    what the later stages need under the key ``vinv``."""
-    return {"samples": samples, "vinv": {"model_fingerprint": model.fingerprint, "image_latents": image_latents,
-                                         "pad_frames": pad}}
+    what the later stages need under the key ``vinv``; `steps`: the step count of the trajectory
+    whose noise this is (its sampler must use the same grid)."""
+    meta = {"model_fingerprint": model.fingerprint, "image_latents": image_latents, "pad_frames": pad}
+    if steps is not None:
+        meta["trajectory_steps"] = int(steps)
+    return {"samples": samples, "vinv": meta}
+
+
+def check_steps(node: str, steps: int, latent: dict, trajectory=None) -> None:
+    """A sampler given a trajectory, or a trajectory's noise, samples that trajectory's grid: any
+    other step count starts from noise of the wrong level and does not reconstruct."""
+    want = trajectory.steps if trajectory is not None else (latent.get("vinv") or {}).get("trajectory_steps")
+    if want is not None and steps != want:
+        what = ("the connected trajectory has" if trajectory is not None else
+                "the latent is the noise of a trajectory with")
+        raise errors.InputError(f"{node}: steps is {steps}, but {what} {want} steps",
+                                f"Set steps to {want}: inverted noise reconstructs only on the grid it was inverted "
+                                "on (invert again to use another step count).")
 
 
 def latent_parts(latent: dict):
@@ -40,3 +59,47 @@ def require_cogvideox(model, node: str, fix: str) -> None:
         raise errors.InputError(
             f"{node} works on CogVideoX models only; {getattr(model, 'name', '?')!r} is a "
             f"{FAMILY_NAMES.get(family(model), family(model))} model", fix)
+
+
+GUIDANCE_NOTE = (" Guidance below 1 would weaken the conditioning instead of guiding (0 ignores it); 1 is no "
+                 "guidance.")
+GUIDANCE_INPUTS = ("guidance", "min_guidance", "max_guidance")
+
+
+def check_numbers(node: str, spec: dict, values: dict) -> None:
+    """Every INT / FLOAT input of a node call is a finite number of its kind inside the node's own
+    min..max: widget values are range-checked by ComfyUI, but NaN passes its check and a value
+    that comes through a link is not checked at all."""
+    for section in ("required", "optional"):
+        for key, (kind, *rest) in spec.get(section, {}).items():
+            if kind not in ("INT", "FLOAT") or values.get(key) is None:
+                continue
+            value, opts = values[key], (rest[0] if rest else {})
+            lo, hi = opts.get("min"), opts.get("max")
+            span = f"from {lo} to {hi}" if lo is not None and hi is not None else "in range"
+            number = isinstance(value, int) if kind == "INT" else isinstance(value, (int, float))
+            if isinstance(value, bool) or not number or (kind == "FLOAT" and not math.isfinite(value)):
+                raise errors.InputError(f"{node}: {key} is {errors.shorten(repr(value))}, not a finite "
+                                        f"{'whole ' if kind == 'INT' else ''}number", f"Set {key} to a number {span}.")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise errors.InputError(f"{node}: {key} {value} is outside {lo}..{hi}",
+                                        f"Set {key} to a number {span}." +
+                                        (GUIDANCE_NOTE if key in GUIDANCE_INPUTS and value < 1 else ""))
+
+
+def guard(cls, name: str):
+    """Check every numeric input of node `cls` (display name `name`) before its function runs:
+    the one place where the nodes' numbers are checked (applied to every registered node)."""
+    fn = getattr(cls, cls.FUNCTION)
+    if getattr(fn, "vinv_guarded", False):
+        return cls
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def checked(self, *args, **kwargs):
+        check_numbers(name, cls.INPUT_TYPES(), signature.bind_partial(self, *args, **kwargs).arguments)
+        return fn(self, *args, **kwargs)
+
+    checked.vinv_guarded = True
+    setattr(cls, cls.FUNCTION, checked)
+    return cls

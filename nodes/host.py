@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..vidinv.errors import InputError, shorten
 from ..vidinv.inversion import Hooks
 
 try:  # inside a ComfyUI process
@@ -75,15 +76,43 @@ def directory(kind: str) -> Path:
     return _FALLBACK_DIRS[kind]
 
 
-def annotated_path(name: str) -> Path:
-    """'file [output]' / 'file [input]' / 'file' (input) -> a path, as ComfyUI's loaders read them."""
-    if IN_COMFY:
-        return Path(_fp.get_annotated_filepath(name))
+def split_annotation(name: str) -> tuple[str, str]:
+    """'file [output]' -> ('output', 'file'); 'file [input]' and 'file' -> ('input', 'file')."""
     for kind in ("output", "input"):
         suffix = f" [{kind}]"
         if name.endswith(suffix):
-            return directory(kind) / name[: -len(suffix)]
-    return directory("input") / name
+            return kind, name[: -len(suffix)]
+    return "input", name
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every symlink resolved, lies inside the resolved `root`."""
+    try:
+        return root.resolve() in path.resolve().parents
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop, a name too long
+        return False
+
+
+def annotated_path(name) -> Path:
+    """'file [output]' / 'file [input]' / 'file' (input) -> the real path of a readable file
+    inside that ComfyUI folder, as ComfyUI's loaders name files. Anything else is refused with
+    one message that does not tell missing from unreadable from outside: a name can come from a
+    string link, not only from the node's list, and must not be a way to probe the disk (absolute
+    paths, '..', symlinks leading out, NUL bytes)."""
+    kind, rel = split_annotation(name) if isinstance(name, str) else ("input", "")
+    root, path = directory(kind), None
+    try:
+        if rel and "\0" not in rel and inside(root, root / rel):
+            path = (root / rel).resolve()
+            with open(path, "rb"):  # readable, and a file (a folder raises here)
+                pass
+    except (OSError, ValueError, RuntimeError):
+        path = None
+    if path is None:
+        raise InputError(f"{shorten(name, 80)!r} is not a readable file in ComfyUI's {kind} folder",
+                         f"Pick a file from the list: files in ComfyUI's {kind} folder (saved ones are marked "
+                         "'[output]'); paths and links that lead outside the folder are refused.")
+    return path
 
 
 def compute_device() -> torch.device:

@@ -7,13 +7,13 @@ from ..vidinv import attention, errors, inversion, nulltext, svd_inversion, vide
 from ..vidinv.models import cogvideox
 from ..vidinv.trajectory import DTYPES
 from . import host, svd_nodes
-from .common import (CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, family, latent_parts,
-                     latent_value, require_cogvideox)
+from .common import (CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, check_steps, family,
+                     latent_parts, latent_value, require_cogvideox)
 from .preview import latent_preview
 
 STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
                  "tooltip": "DDIM steps on the model's own grid (trailing spacing for CogVideoX)."})
-GUIDANCE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
+GUIDANCE = ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
                       "tooltip": "Classifier-free guidance scale; 1 = off. Inversion applies the same guidance "
                                  "as sampling, so the round trip stays exact."})
 EDIT_GUIDANCE = ("FLOAT", {**GUIDANCE[1], "default": 5.0,
@@ -86,7 +86,7 @@ class DDIMInvert:
                                 image_latents=image_latents, hooks=progress)
         _, _, pad = latent_parts(latent)
         traj.extra["pad_frames"] = pad
-        noise = latent_value(traj.noise, model, image_latents, pad)
+        noise = latent_value(traj.noise, model, image_latents, pad, traj.steps)
         host.free_memory()
         return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise)}
 
@@ -121,6 +121,7 @@ class DDIMSample:
         samples, image_latents = source_image_latents(model, latent)
         if trajectory is not None:
             trajectory.check_model(model)
+        check_steps("DDIM Sample", steps, latent, trajectory)
         neg = nulltext.negative_for(negative, trajectory)
         progress = host.Progress(steps, latent_preview(model))
         out = inversion.sample(model, conditioning, samples, steps, guidance, dynamic_cfg, image_latents, neg,
@@ -231,7 +232,7 @@ class GuidedSample:
             if not model.is_i2v:
                 raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
                                         "Disconnect first_frame, or load an image-to-video model (CogVideoX-5B-I2V).")
-            video.check_images(first_frame)
+            first_frame = video.check_images(first_frame, "first_frame")
             h, w = (traj.latents.shape[-2] * model.spatial_factor, traj.latents.shape[-1] * model.spatial_factor)
             frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop",
                                       model.required_size)

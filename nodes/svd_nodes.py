@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import errors, svd_inversion
+from ..vidinv import errors, svd_inversion, video
 from ..vidinv.models import cogvideox, svd
 from ..vidinv.trajectory import DTYPES
 from . import host
-from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, latent_parts, latent_value
+from .common import (CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, check_steps, latent_parts,
+                     latent_value)
 from .preview import latent_preview
 
 log = logging.getLogger("vidinv")
 
 STEPS = ("INT", {"default": 25, "min": 1, "max": 1000,
                  "tooltip": "Euler steps on the model's own sigma grid (25 is SVD's default)."})
-MIN_GUIDANCE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
+MIN_GUIDANCE = ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
                           "tooltip": "Guidance of the first frame; it rises linearly to max_guidance at the last "
                                      "frame (SVD's frame-wise CFG). 1 and 1 = no guidance. Inversion applies the "
                                      "same guidance as sampling, so the round trip stays exact."})
@@ -113,7 +114,8 @@ class SVDEncodeFirstFrame:
 
     def encode(self, model, image, fps, motion_bucket_id, noise_aug_strength, seed):
         svd_inversion.check_model(model)
-        cond = svd.encode_image(model, image[:1, ..., :3], fps, motion_bucket_id, noise_aug_strength, seed)
+        frame = video.check_images(image, "image")[:1]
+        cond = svd.encode_image(model, frame, fps, motion_bucket_id, noise_aug_strength, seed)
         host.free_memory()
         return (cond,)
 
@@ -155,7 +157,7 @@ class SVDInvert:
                                     dtype=trajectory_dtype, hooks=progress)
         host.free_memory()
         return {"ui": {"vinv_trajectory": [traj.summary()]},
-                "result": (traj, latent_value(traj.noise, model))}
+                "result": (traj, latent_value(traj.noise, model, steps=traj.steps))}
 
 
 class SVDSample:
@@ -182,6 +184,7 @@ class SVDSample:
 
     def sample(self, model, conditioning, latent, steps, min_guidance, max_guidance):
         cond = svd_conditioning(model, conditioning)
+        check_steps("Euler Sample (SVD)", steps, latent)
         samples, _, _ = latent_parts(latent)
         progress = host.Progress(steps, latent_preview(model))
         out = svd_inversion.sample(model, cond, samples, steps, min_guidance, max_guidance, hooks=progress)

@@ -2,37 +2,56 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..vidinv import errors, trajectory
 from . import host
 from .common import CATEGORY, MODEL, TRAJECTORY, latent_value
 
 SUFFIX = ".safetensors"
+MAX_PREFIX = 200  # characters: with the numbering the file name stays under every file system's 255
 
 
 def trajectory_files() -> list[str]:
     """.safetensors files in the input folder, then those in the output folder (annotated
     ' [output]', as ComfyUI's loaders accept them). Anything that is not a trajectory is refused
-    with the reason when loaded."""
+    with the reason when loaded; symlinks that lead outside their folder are not listed."""
     names = []
     for kind in ("input", "output"):
         root = host.directory(kind)
         if root.is_dir():
-            found = sorted(root.rglob(f"*{SUFFIX}"))
+            found = sorted(p for p in root.rglob(f"*{SUFFIX}") if host.inside(root, p))
             names += [str(p.relative_to(root)) + ("" if kind == "input" else " [output]") for p in found]
     return names
 
 
 def next_path(prefix: str) -> Path:
-    """ComfyUI's numbering: <output>/<prefix>_00001.safetensors, never overwriting."""
+    """ComfyUI's numbering: <output>/<prefix>_00001.safetensors, never overwriting. A prefix that
+    is absolute, leads outside the output folder, holds a NUL byte or is too long is refused."""
     out = host.directory("output")
-    prefix = prefix.strip().lstrip("/") or "trajectories/trajectory"
+    fix = "Use a relative prefix such as 'trajectories/edit'."
+    if not isinstance(prefix, str):
+        raise errors.InputError(f"filename_prefix is {type(prefix).__name__}, not text", fix)
+    prefix = prefix.strip() or "trajectories/trajectory"
+    shown = errors.shorten(prefix)
+    if "\0" in prefix:
+        raise errors.InputError(f"filename_prefix {shown!r} contains a NUL byte", fix)
+    if len(prefix) > MAX_PREFIX:
+        raise errors.InputError(f"filename_prefix {shown!r} is {len(prefix)} characters long (at most {MAX_PREFIX})",
+                                fix)
+    if PurePosixPath(prefix).is_absolute() or PureWindowsPath(prefix).anchor:
+        raise errors.InputError(f"filename_prefix {shown!r} is an absolute path; it is always under ComfyUI's "
+                                "output folder", fix)
     base = (out / prefix).resolve()
     if out.resolve() not in base.parents:
-        raise errors.InputError(f"filename_prefix {prefix!r} points outside the output folder",
-                                "Use a relative prefix such as 'trajectories/edit'.")
-    base.parent.mkdir(parents=True, exist_ok=True)
+        raise errors.InputError(f"filename_prefix {shown!r} points outside the output folder", fix)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        folder = str(base.parent.relative_to(out.resolve()))
+        raise errors.InputError(f"filename_prefix {shown!r}: the folder {folder!r} cannot be made in the output "
+                                f"folder ({err.strerror})",
+                                "Use another prefix (a file of that name may be in the way).") from err
     n = 1 + max([int(p.stem.rsplit("_", 1)[-1]) for p in base.parent.glob(f"{base.name}_*{SUFFIX}")
                  if p.stem.rsplit("_", 1)[-1].isdigit()] or [0])
     return base.parent / f"{base.name}_{n:05d}{SUFFIX}"
@@ -80,15 +99,17 @@ class LoadTrajectory:
 
     @classmethod
     def IS_CHANGED(cls, file, **_):
-        path = host.annotated_path(file)
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else file
+        try:  # only files inside ComfyUI's folders are read; load() refuses the others with the reason
+            return hashlib.sha256(host.annotated_path(file).read_bytes()).hexdigest()
+        except (errors.InputError, OSError):
+            return str(file)
 
     def load(self, model, file):
         traj = trajectory.load(host.annotated_path(file))
         traj.check_model(model)
         traj.check_grid(model.scheduler_config)
         if traj.family == "svd":  # the image latents belong to the conditioning, not to the latent
-            noise = latent_value(traj.noise, model)
+            noise = latent_value(traj.noise, model, steps=traj.steps)
         else:
-            noise = latent_value(traj.noise, model, traj.image_latents, traj.extra.get("pad_frames", 0))
+            noise = latent_value(traj.noise, model, traj.image_latents, traj.extra.get("pad_frames", 0), traj.steps)
         return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise)}

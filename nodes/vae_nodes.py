@@ -48,7 +48,7 @@ class VAEEncodeVideo:
         }}
 
     def encode(self, model, images, frames, size, width, height, tiling):
-        video.check_images(images)
+        images = video.check_images(images)
         if family(model) == "svd":
             return self.encode_svd(model, images, size, width, height)
         clip, note_frames = video.fit_frame_count(images, model.temporal_factor, frames)
@@ -69,7 +69,7 @@ class VAEEncodeVideo:
         video's size, rounded down to the VAE's compression."""
         m = model.spatial_factor
         h, w = images.shape[1:3]
-        clip, note_size = video.fit_size(images[..., :3], height or max(m, h // m * m), width or max(m, w // m * m),
+        clip, note_size = video.fit_size(images, height or max(m, h // m * m), width or max(m, w // m * m),
                                          m, size)
         note = f"{clip.shape[0]} frames used (SVD takes any count); {note_size}"
         log.info("VAE encode: %s", note)

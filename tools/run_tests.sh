@@ -16,5 +16,5 @@ fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check torch==2.13.0
 pip install --quiet --disable-pip-version-check -c <(echo torch==2.13.0) -r requirements.txt \
-  "pytest>=8" "requests>=2.31" "av>=14.2.0"
+  "pytest>=8" "requests>=2.31" "av>=14.2.0" "hypothesis>=6.100"
 exec python -m pytest "$@"

@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 
 from . import errors
+from .errors import shorten
 
 ROWS = ("all", "conditional")
 REFERENCE_TEXT = ("source", "edit")
@@ -110,32 +112,59 @@ def reference_per_cfg_row(sample_cfg: bool, inverted_cfg: bool, rows: str) -> bo
     return sample_cfg and inverted_cfg and rows == "all"
 
 
+BLOCKS_MAX_CHARS = 1000  # a list of every block of a 60-block model by index is ~230 characters
+_NUMBER = re.compile(r"[0-9]{1,6}")  # ASCII digits; longer numbers are out of range for any model
+
+
 def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:
-    """"all", "3", "0-7", "0,2,4", "10-", "-5" (the first five) -> sorted block indices."""
-    spec = str(spec).strip().lower()
-    if spec in ("", "all", "*"):
+    """"all", "3", "0-7", "0,2,4", "10-", "-5" (the first five) -> sorted block indices.
+
+    Ranges are checked by their ends against ``0..num_layers-1`` before any index is made, so a
+    text can name nothing larger than the model; errors name the offending part, never a list of
+    indices."""
+    text = str(spec).strip().lower()
+    if text in ("", "all", "*"):
         return tuple(range(num_layers))
-    out: set[int] = set()
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                lo_i = int(lo) if lo.strip() else 0
-                hi_i = int(hi) if hi.strip() else num_layers - 1
-                if lo.strip() == "" and hi.strip():
-                    hi_i = int(hi) - 1  # "-5": the first five blocks
-                out.update(range(lo_i, hi_i + 1))
-            else:
-                out.add(int(part))
-    except ValueError as err:
-        raise errors.InputError(f"blocks {spec!r} is not a list of block indices or ranges",
-                                "Write 'all', '0-7', '0,2,4' or '10-'.") from err
-    bad = sorted(i for i in out if not 0 <= i < num_layers)
-    if bad or not out:
-        raise errors.InputError(f"blocks {spec!r} names {bad or 'no'} block(s) outside 0..{num_layers - 1}",
-                                f"This model has {num_layers} transformer blocks.")
-    return tuple(sorted(out))
+    last = num_layers - 1
+    fix = f"Write 'all', or indices and ranges within 0..{last} such as '0-{last}', '0,2', '{min(2, last)}-', '-2'."
+
+    def refuse(problem: str):
+        raise errors.InputError(f"blocks {shorten(text)!r} {problem}", f"This model has {num_layers} blocks. {fix}")
+
+    if len(text) > BLOCKS_MAX_CHARS:
+        refuse(f"is {len(text)} characters long (at most {BLOCKS_MAX_CHARS})")
+
+    def number(part: str, token: str, bound: int) -> int:
+        """A block number in 0..bound, or a refusal naming `token` (digits are checked before int())."""
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()):
+            refuse(f"is not a list of block indices or ranges: {shorten(token)!r} is neither")
+        if not _NUMBER.fullmatch(part) or int(part) > bound:
+            refuse(f"names {shorten(part, 12)} in {shorten(token)!r}, outside 0..{bound}")
+        return int(part)
+
+    spans = []
+    for token in text.split(","):
+        token = token.strip()
+        lo, dash, hi = token.partition("-")
+        if not token:
+            refuse("has an empty entry between commas")
+        elif not dash:
+            spans.append((number(token, token, last),) * 2)
+        elif not lo.strip() and not hi.strip():
+            refuse("has a '-' with no numbers; it names no range (write 'all' for every block)")
+        elif not lo.strip():  # "-n": the first n blocks
+            n = number(hi, token, num_layers)
+            if n == 0:
+                refuse(f"has {token!r}: the first 0 blocks, which is none")
+            spans.append((0, n - 1))
+        else:
+            a = number(lo, token, last)
+            b = number(hi, token, last) if hi.strip() else last
+            if b < a:
+                refuse(f"has the range {token!r}, which runs backwards (write {b}-{a})")
+            spans.append((a, b))
+    return tuple(sorted({i for a, b in spans for i in range(a, b + 1)}))
 
 
 # ----------------------------------------------------------------------------- pure math

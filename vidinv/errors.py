@@ -7,3 +7,9 @@ class InputError(ValueError):
     def __init__(self, problem: str, fix: str = ""):
         self.problem, self.fix = problem, fix
         super().__init__(f"{problem}. {fix}".strip() if fix else problem)
+
+
+def shorten(text, limit: int = 40) -> str:
+    """`text` for an error message: at most `limit` characters (a hostile field is never echoed whole)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

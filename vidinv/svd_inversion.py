@@ -103,8 +103,9 @@ def check_inputs(model, cond, latent: torch.Tensor) -> None:
 
 
 def check_guidance(min_guidance: float, max_guidance: float) -> None:
-    if not (math.isfinite(min_guidance) and math.isfinite(max_guidance) and min_guidance >= 0 and max_guidance >= 0):
-        raise errors.InputError(f"guidance {min_guidance} .. {max_guidance} must be finite and >= 0",
+    if not (math.isfinite(min_guidance) and math.isfinite(max_guidance) and min_guidance >= 1 and max_guidance >= 1):
+        raise errors.InputError(f"guidance {min_guidance} .. {max_guidance} must be finite and >= 1 (below 1 it would "
+                                "weaken the first frame instead of guiding)",
                                 "SVD's defaults are min 1, max 3; 1 and 1 is no guidance.")
 
 

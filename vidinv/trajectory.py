@@ -138,6 +138,41 @@ class Trajectory:
             raise errors.InputError(
                 f"trajectory latents have {self.latents.shape[-3]} channels, the model has {model.latent_channels}",
                 "Use the model that made the trajectory.")
+        self.check_shapes(model)
+
+    def check_shapes(self, model) -> None:
+        """The conditioning and padding against the model's own configuration (what a model value
+        does not say is not checked): the embeddings' length and width, the I2V image latents, the
+        padding of CogVideoX 1.5's frame pairs, the latent size against the patch size."""
+        def refuse(problem: str):
+            raise errors.InputError(f"trajectory {self.model_name!r}: {problem}",
+                                    "The file does not match its model; invert the video again with this model.")
+
+        length, width = getattr(model, "max_text_length", None), getattr(model, "text_dim", None)
+        if self.family == "svd":
+            length, width = 1, getattr(model, "embed_dim", None)
+        for key in ("embeds", "null_embeds"):
+            t = getattr(self, key)
+            if t is None:
+                continue
+            for got, want, what in ((t.shape[-2], length, "tokens"), (t.shape[-1], width, "channels")):
+                if want is not None and got != want:
+                    refuse(f"{key} {tuple(t.shape)} has {got} {what}, the model's conditioning has {want}")
+        if self.family == "svd":
+            return
+        i2v = getattr(model, "is_i2v", None)
+        if i2v is not None and i2v != (self.image_latents is not None):
+            refuse("it carries image latents but the model is text-to-video" if not i2v else
+                   "it carries no image latents but the model is image-to-video")
+        p_t = getattr(model, "patch_size_t", None) or 1
+        pad, frames = self.extra.get("pad_frames", 0), self.latents.shape[2]
+        if pad >= p_t or frames % p_t:
+            refuse(f"{frames} latent frames with pad_frames {pad}; the model patches {p_t} frame(s) at a time, so "
+                   f"it pads fewer than {p_t} and needs a multiple of {p_t} frames")
+        patch = getattr(model, "patch_size", None)
+        if patch is not None and (self.latents.shape[-2] % patch or self.latents.shape[-1] % patch):
+            refuse(f"latent size {self.latents.shape[-1]}x{self.latents.shape[-2]} is not a multiple of the "
+                   f"model's patch size {patch}")
 
     def check_grid(self, schedule) -> None:
         """Refuse a grid other than the one inverted on. `schedule`: the model's scheduler config
@@ -197,7 +232,6 @@ class Trajectory:
     def save(self, path) -> Path:
         from safetensors.torch import save_file
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"latents": self.latents.contiguous(), "embeds": self.embeds.contiguous(),
                    "negative_embeds": self.negative_embeds.contiguous()}
         for name in ("image_latents", "null_embeds"):
@@ -209,12 +243,124 @@ class Trajectory:
         if self.family == "svd":
             meta.update(sigmas=self.sigmas, conditioning=self.conditioning)
         meta.update(format=FORMAT, version=FAMILY_VERSION.get(self.family, VERSION))
+        try:  # what load() would refuse is never written (a NaN, a wrong type)
+            check_fields(json.loads(json.dumps(meta)), path.name)
+            read_tensors(tensors, path.name)
+        except errors.InputError as err:
+            raise errors.InputError(f"the trajectory was not saved: {err.problem}",
+                                    "It holds values no trajectory file may carry; invert the video again.") from err
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
         return path
 
 
+def is_number(v) -> bool:
+    """A finite JSON number (booleans are not numbers here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def numbers(test):
+    return lambda v: isinstance(v, list) and all(test(x) for x in v)
+
+
+# the metadata schema: key -> (what the value must be, its test); OPTIONAL_FIELDS have defaults
+FIELDS = {
+    "timesteps": ("a list of finite numbers", numbers(is_number)),
+    "scheduler_config": ("a JSON object", lambda v: isinstance(v, dict)),
+    "model_fingerprint": ("a string", lambda v: isinstance(v, str)),
+    "model_name": ("a string", lambda v: isinstance(v, str)),
+    "prompt": ("a string", lambda v: isinstance(v, str)),
+    "negative_prompt": ("a string", lambda v: isinstance(v, str)),
+    "guidance": ("a finite number >= 0", lambda v: is_number(v) and v >= 0),
+    "dynamic_cfg": ("true or false", lambda v: isinstance(v, bool)),
+    "iterations": ("a whole number >= 0", is_count),
+    "tolerance": ("a finite number >= 0", lambda v: is_number(v) and v >= 0),
+    "residuals": ("a list of finite numbers >= 0", numbers(lambda x: is_number(x) and x >= 0)),
+    "calls": ("a list of whole numbers >= 0", numbers(is_count)),
+}
+OPTIONAL_FIELDS = {  # key -> (what, test, default)
+    "extra": ("a JSON object", lambda v: isinstance(v, dict), {}),
+    "family": ("a string", lambda v: isinstance(v, str), "cogvideox"),
+    "sigmas": ("a list of finite numbers", numbers(is_number), None),
+    "conditioning": ("a JSON object", lambda v: isinstance(v, dict), {}),
+}
+TENSORS = ("latents", "embeds", "negative_embeds")
+OPTIONAL_TENSORS = ("image_latents", "null_embeds")
+
+
+def json_kind(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def describe_value(v) -> str:
+    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else repr(v)
+    return f"{json_kind(v)} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def read_metadata(raw: str, name: str) -> dict:
+    """The trajectory's JSON metadata, checked field by field against the schema; defaults filled in."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise errors.InputError(f"{name!r} has damaged trajectory metadata", "Save the trajectory again.") from err
+    if not isinstance(meta, dict):
+        raise errors.InputError(f"{name!r}: the trajectory metadata is {json_kind(meta)}, not a JSON object",
+                                "Choose a file written by the Save Trajectory node, or save the trajectory again.")
+    version = meta.get("version", -1)
+    if meta.get("format") != FORMAT or not is_count(version) or version > VERSION:
+        raise errors.InputError(f"{name!r} is format {meta.get('format')!r} version {version!r}, "
+                                f"this pack reads {FORMAT} up to version {VERSION}",
+                                "Update the pack, or save the trajectory again with this version.")
+    return check_fields(meta, name)
+
+
+def check_fields(meta: dict, name: str) -> dict:
+    """`meta`'s fields checked one by one against `FIELDS` / `OPTIONAL_FIELDS`; defaults filled in."""
+    fields = {}
+    for key, (what, test, *default) in [*FIELDS.items(), *OPTIONAL_FIELDS.items()]:
+        if key not in meta:
+            if not default:
+                raise errors.InputError(f"{name!r}: the trajectory metadata lacks the field {key!r} ({what})",
+                                        "Save the trajectory again.")
+            fields[key] = default[0]
+            continue
+        if not test(meta[key]):
+            raise errors.InputError(f"{name!r}: the trajectory field {key!r} must be {what}, got "
+                                    f"{describe_value(meta[key])}", "Save the trajectory again.")
+        fields[key] = meta[key]
+    return fields
+
+
+def read_tensors(tensors: dict, name: str) -> dict:
+    """The trajectory's tensors: present, floating point, finite (their shapes: `validate`)."""
+    for key in TENSORS:
+        if key not in tensors:
+            raise errors.InputError(f"{name!r} lacks the tensor {key!r}", "Save the trajectory again.")
+    for key in (*TENSORS, *OPTIONAL_TENSORS):
+        t = tensors.get(key)
+        if t is None:
+            continue
+        if not t.is_floating_point():
+            raise errors.InputError(f"{name!r}: tensor {key!r} is {str(t.dtype).replace('torch.', '')}, a trajectory "
+                                    "holds floating-point tensors (fp32, fp16 or bf16)", "Save the trajectory again.")
+        if t.numel() == 0:
+            raise errors.InputError(f"{name!r}: tensor {key!r} is empty (shape {tuple(t.shape)})",
+                                    "Save the trajectory again.")
+        if not torch.isfinite(t).all():
+            raise errors.InputError(f"{name!r}: tensor {key!r} holds NaN or infinite values",
+                                    "The inversion that wrote it diverged or the file was altered; invert again.")
+    return {k: tensors.get(k) for k in (*TENSORS, *OPTIONAL_TENSORS)}
+
+
 def load(path) -> Trajectory:
-    """Read a trajectory file, refusing missing, corrupt and foreign files with a reason."""
+    """Read a trajectory file, refusing missing, corrupt, foreign and malformed files with a reason:
+    every metadata field and tensor is checked against the schema (`FIELDS`, `TENSORS`) and the
+    whole against itself (`validate`); `Trajectory.check_model` checks it against a model."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
@@ -230,46 +376,55 @@ def load(path) -> Trajectory:
     if raw is None:
         raise errors.InputError(f"{path.name!r} is a safetensors file but not a trajectory (no 'vidinv' metadata)",
                                 "Choose a file written by the Save Trajectory node.")
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:
-        raise errors.InputError(f"{path.name!r} has damaged trajectory metadata", "Save the trajectory again.") from err
-    if meta.get("format") != FORMAT or int(meta.get("version", -1)) > VERSION:
-        raise errors.InputError(f"{path.name!r} is format {meta.get('format')!r} version {meta.get('version')}, "
-                                f"this pack reads {FORMAT} up to version {VERSION}",
-                                "Update the pack, or save the trajectory again with this version.")
-    for name in ("latents", "embeds", "negative_embeds"):
-        if name not in tensors:
-            raise errors.InputError(f"{path.name!r} lacks the tensor {name!r}", "Save the trajectory again.")
-    traj = Trajectory(latents=tensors["latents"], embeds=tensors["embeds"], negative_embeds=tensors["negative_embeds"],
-                      image_latents=tensors.get("image_latents"), null_embeds=tensors.get("null_embeds"),
-                      **{k: meta[k] for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
-                                              "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
-                                              "tolerance", "residuals", "calls")},
-                      extra=meta.get("extra", {}), family=meta.get("family", "cogvideox"),
-                      sigmas=meta.get("sigmas"), conditioning=meta.get("conditioning", {}))
+    fields = read_metadata(raw, path.name)
+    traj = Trajectory(**read_tensors(tensors, path.name), **fields)
     validate(traj, path.name)
     return traj
 
 
 def validate(traj: Trajectory, source: str = "trajectory") -> None:
-    """Internal consistency: one latent per grid point plus the clean one, 6-D latents."""
-    if traj.latents.dim() != 6:
-        raise errors.InputError(f"{source}: latents must be [T+1, B, F, C, H, W], got {tuple(traj.latents.shape)}",
-                                "Save the trajectory again.")
-    if traj.latents.shape[0] != len(traj.timesteps) + 1:
-        raise errors.InputError(f"{source}: {traj.latents.shape[0]} latents for {len(traj.timesteps)} timesteps "
-                                "(need one more latent than timesteps)", "Save the trajectory again.")
-    if traj.null_embeds is not None and traj.null_embeds.shape[0] != len(traj.timesteps):
-        raise errors.InputError(f"{source}: {traj.null_embeds.shape[0]} null-text embeddings for "
-                                f"{len(traj.timesteps)} steps", "Run null-text inversion again.")
+    """Internal consistency: one latent per grid point plus the clean one, 6-D latents, the
+    conditioning tensors' shapes, one residual and call count per step, the padding."""
+    def refuse(problem: str, fix: str = "Save the trajectory again."):
+        raise errors.InputError(f"{source}: {problem}", fix)
+
+    lat = traj.latents
+    if lat.dim() != 6:
+        refuse(f"latents must be [T+1, B, F, C, H, W], got {tuple(lat.shape)}")
+    steps = len(traj.timesteps)
+    if lat.shape[0] != steps + 1:
+        refuse(f"{lat.shape[0]} latents for {steps} timesteps (need one more latent than timesteps)")
+    if steps == 0:
+        refuse("the trajectory has no steps")
+    if traj.embeds.dim() != 3 or traj.embeds.shape[0] not in (1, lat.shape[1]):
+        refuse(f"embeds must be [1 or B={lat.shape[1]}, L, D], got {tuple(traj.embeds.shape)}")
+    if traj.negative_embeds.shape != traj.embeds.shape:
+        refuse(f"negative_embeds {tuple(traj.negative_embeds.shape)} must have the shape of embeds "
+               f"{tuple(traj.embeds.shape)}")
+    if traj.null_embeds is not None and traj.null_embeds.shape[0] != steps:
+        refuse(f"{traj.null_embeds.shape[0]} null-text embeddings for {steps} steps", "Run null-text inversion again.")
+    if traj.null_embeds is not None and (traj.null_embeds.dim() != 4 or
+                                         traj.null_embeds.shape[2:] != traj.embeds.shape[1:]):
+        refuse(f"null_embeds must be [T, 1, L, D] = [{steps}, 1, {', '.join(map(str, traj.embeds.shape[1:]))}], got "
+               f"{tuple(traj.null_embeds.shape)}", "Run null-text inversion again.")
+    for key in ("residuals", "calls"):
+        if len(getattr(traj, key)) != steps:
+            refuse(f"{len(getattr(traj, key))} {key} for {steps} steps (one per step)")
+    pad = traj.extra.get("pad_frames", 0)
+    if not (is_count(pad) and pad < lat.shape[2]):
+        refuse(f"extra.pad_frames must be a whole number from 0 to {lat.shape[2] - 1} (fewer than the "
+               f"{lat.shape[2]} latent frames), got {describe_value(pad)}")
     if traj.family not in FAMILY_VERSION:
         raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(FAMILY_VERSION)}",
                                 "Update the pack, or save the trajectory again.")
     if traj.family == "cogvideox":
         if traj.sigmas is not None:
-            raise errors.InputError(f"{source}: a CogVideoX trajectory carries no sigma grid",
-                                    "Save the trajectory again.")
+            refuse("a CogVideoX trajectory carries no sigma grid")
+        if not all(isinstance(t, int) for t in traj.timesteps):
+            refuse("a CogVideoX trajectory's timesteps must be whole numbers")
+        if traj.image_latents is not None and traj.image_latents.shape != lat.shape[1:]:
+            refuse(f"image_latents must be [B, F, C, H, W] = {tuple(lat.shape[1:])} like the latents, got "
+                   f"{tuple(traj.image_latents.shape)}")
         return
     sig = traj.sigmas
     if sig is None or len(sig) != len(traj.timesteps) + 1:
@@ -283,3 +438,16 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
         raise errors.InputError(f"{source}: an SVD trajectory needs the source's first-frame latent [B, C, h, w] and "
                                 f"its conditioning values (missing: {', '.join(missing) or 'image_latents'})",
                                 "Save the trajectory again.")
+    b, _, c, h, w = lat.shape[1:]
+    if traj.image_latents.shape != (b, c, h, w):
+        refuse(f"image_latents must be [B, C, h, w] = {(b, c, h, w)} like the latents, got "
+               f"{tuple(traj.image_latents.shape)}")
+    ids = traj.conditioning["added_time_ids"]
+    if not (isinstance(ids, list) and len(ids) == b and all(isinstance(r, list) and len(r) == 3 and
+                                                             all(map(is_number, r)) for r in ids)):
+        refuse(f"conditioning.added_time_ids must be {b} row(s) of 3 numbers, got {describe_value(ids)}")
+    for key in SVD_CONDITIONING[1:]:
+        value = traj.conditioning[key]
+        if not (is_count(value) if key in ("fps", "motion_bucket_id", "seed") else is_number(value) and value >= 0):
+            refuse(f"conditioning.{key} must be a {'whole' if key in ('fps', 'motion_bucket_id', 'seed') else ''} "
+                   f"number >= 0, got {describe_value(value)}".replace("a  number", "a number"))

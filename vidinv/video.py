@@ -13,11 +13,28 @@ FRAME_POLICIES = ("trim to 4k+1", "error")
 SIZE_POLICIES = ("resize and crop", "stretch", "error")
 
 
-def check_images(frames) -> None:
+def check_images(frames, what: str = "images") -> torch.Tensor:
+    """IMAGE frames ``[N, H, W, 3 or 4]`` with at least one frame of at least one pixel, as RGB
+    (an alpha channel is dropped: video models take colour only)."""
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] not in (3, 4):
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise errors.InputError(f"expected IMAGE frames [N, H, W, 3], got {shape}",
+        raise errors.InputError(f"{what}: expected IMAGE frames [N, H, W, 3], got {shape}",
                                 "Connect video frames, for example from Get Video Components.")
+    n, h, w, _ = frames.shape
+    if n == 0:
+        raise errors.InputError(f"{what}: the image batch is empty (0 frames)",
+                                "Connect at least one frame (check the node that selects or trims the frames).")
+    if h == 0 or w == 0:
+        raise errors.InputError(f"{what}: the frames are {w}x{h} pixels (zero-size)",
+                                "Connect frames with at least one pixel in each side.")
+    if not frames.is_floating_point():
+        dtype = str(frames.dtype).replace("torch.", "")
+        raise errors.InputError(f"{what}: IMAGE frames must be floating point 0..1, got {dtype}",
+                                "Connect frames from a ComfyUI image node.")
+    if not torch.isfinite(frames).all():
+        raise errors.InputError(f"{what}: the frames hold NaN or infinite pixel values",
+                                "Check the node that made the frames.")
+    return frames[..., :3]
 
 
 def fit_frame_count(frames: torch.Tensor, temporal_factor: int, policy: str = "trim to 4k+1",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -22,6 +24,7 @@ from .rope import rotary_table
 
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+log = logging.getLogger("vidinv")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -32,27 +35,52 @@ def read_json(path: Path) -> dict:
         return json.load(f)
 
 
+def config_class(cfg: Path) -> str | None:
+    """``_class_name`` of a model config file; None when there is no such file. A file that is
+    there but cannot be read, or is not a JSON object, raises (OSError / ValueError)."""
+    if not cfg.is_file():
+        return None
+    try:
+        data = read_json(cfg)
+    except ValueError as err:
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(data), "a number")
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {kind}, not a JSON object")
+    return data.get("_class_name")
+
+
 def is_model_folder(path) -> bool:
     """A folder counts when ``transformer/config.json`` names CogVideoXTransformer3DModel."""
-    cfg = Path(path) / "transformer" / "config.json"
-    try:
-        return read_json(cfg).get("_class_name") == TRANSFORMER_CLASS
-    except (OSError, ValueError):
-        return False
+    return config_class(Path(path) / "transformer" / "config.json") == TRANSFORMER_CLASS
+
+
+@functools.lru_cache(maxsize=1024)
+def skip_folder(path: str, reason: str) -> None:
+    """Log once (per folder and reason) that a folder was left out of the model list."""
+    log.warning("vidinv: skipped model folder %s: %s", path, reason)
 
 
 def find_model_folders(roots, accept=None) -> dict[str, Path]:
     """Model folders directly under each root, keyed by folder name (first root wins). `accept`
-    decides what counts as a model folder (default: a CogVideoX folder)."""
+    decides what counts as a model folder (default: a CogVideoX folder). A folder (or root) that
+    cannot be read, whatever the reason, is skipped and logged once: one broken download must not
+    take the loader away from every other model."""
     accept = accept or is_model_folder
     found: dict[str, Path] = {}
     for root in roots:
         root = Path(root)
-        if not root.is_dir():
+        try:
+            children = sorted(root.iterdir()) if root.is_dir() else []
+        except Exception as err:  # noqa: BLE001 - any unreadable root is skipped, never fatal
+            skip_folder(str(root), f"{type(err).__name__}: {err}")
             continue
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and accept(child) and child.name not in found:
-                found[child.name] = child
+        for child in children:
+            try:
+                if child.name not in found and child.is_dir() and accept(child):
+                    found[child.name] = child
+            except Exception as err:  # noqa: BLE001 - any unreadable folder is skipped, never fatal
+                skip_folder(str(child), f"{type(err).__name__}: {err}")
     return found
 
 
@@ -66,9 +94,18 @@ def check_model_folder(path: Path) -> None:
             f"{path.name!r} is not a complete diffusers CogVideoX folder: missing {', '.join(missing)}",
             f"A CogVideoX folder holds {', '.join(SUBFOLDERS)} and model_index.json; download the whole "
             "repository (for example THUDM/CogVideoX-2b), not only the transformer.")
-    if not is_model_folder(path):
+    if not readable_check(is_model_folder, path, "transformer/config.json"):
         raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
                                 "Choose a CogVideoX model folder.")
+
+
+def readable_check(check, path: Path, what: str):
+    """``check(path)``, with an unreadable or malformed config file refused as bad input."""
+    try:
+        return check(path)
+    except (OSError, ValueError) as err:
+        raise errors.InputError(f"{path.name!r}: {what} cannot be read ({err})",
+                                "Download the model folder again.") from err
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -124,6 +161,11 @@ class CogVideoX:
     @property
     def max_text_length(self) -> int:
         return int(self.transformer.config.max_text_seq_length)
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the text embeddings the transformer takes (T5's d_model)."""
+        return int(self.transformer.config.text_embed_dim)
 
     @property
     def size_multiple(self) -> int:
@@ -409,6 +451,14 @@ def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: i
     return out.to(torch.promote_types(out.dtype, torch.float32))  # at least float32, float64 stays
 
 
+def check_guidance(guidance: float) -> None:
+    """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
+    pack's exact inversion and reference rows are defined for guidance >= 1 only."""
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 1.0):
+        raise errors.InputError(f"guidance {guidance!r} must be a finite number >= 1 (below 1 it would weaken the "
+                                "prompt instead of guiding; 0 ignores it)", "Use 1 for no guidance, or more.")
+
+
 def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, dynamic_cfg: bool = False,
                   steps: int = 50, image_latents: torch.Tensor | None = None,
                   negative: Callable[[int], torch.Tensor] | None = None,
@@ -420,6 +470,8 @@ def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, d
 
     `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion).
     `attention_kwargs(t, x)` may supply per-call attention arguments (reference attention)."""
+    check_guidance(guidance)
+
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         b = x.shape[0]
         scale = guidance_scale_at(guidance, dynamic_cfg, t, steps)

@@ -38,10 +38,7 @@ WEIGHTED = ("unet", "vae", "image_encoder")
 
 def is_model_folder(path) -> bool:
     """A folder counts when ``unet/config.json`` names UNetSpatioTemporalConditionModel."""
-    try:
-        return read_json(Path(path) / "unet" / "config.json").get("_class_name") == UNET_CLASS
-    except (OSError, ValueError):
-        return False
+    return cogvideox.config_class(Path(path) / "unet" / "config.json") == UNET_CLASS
 
 
 def find_model_folders(roots) -> dict[str, Path]:
@@ -71,12 +68,13 @@ def check_model_folder(path: Path) -> None:
             f"{path.name!r} is not a complete diffusers Stable Video Diffusion folder: missing {', '.join(missing)}",
             f"An SVD folder holds {', '.join(FILES)} and model_index.json; download the whole repository "
             "(for example stabilityai/stable-video-diffusion-img2vid-xt), not only the UNet.")
-    if not is_model_folder(path):
+    if not cogvideox.readable_check(is_model_folder, path, "unet/config.json"):
         raise errors.InputError(f"{path.name!r}: unet/config.json does not name {UNET_CLASS}",
                                 "Choose a Stable Video Diffusion model folder.")
-    index = path / "model_index.json"
-    if index.is_file() and read_json(index).get("_class_name") not in (None, PIPELINE_CLASS):
-        raise errors.InputError(f"{path.name!r}: model_index.json names {read_json(index).get('_class_name')!r}, "
+    index = cogvideox.readable_check(lambda p: cogvideox.config_class(p / "model_index.json"), path,
+                                     "model_index.json")
+    if index not in (None, PIPELINE_CLASS):
+        raise errors.InputError(f"{path.name!r}: model_index.json names {index!r}, "
                                 f"not {PIPELINE_CLASS}", "Choose a Stable Video Diffusion model folder.")
 
 
