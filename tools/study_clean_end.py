@@ -24,12 +24,15 @@ from tests.tiny_models import write_tiny_model
 from vidinv import ddim, inversion, synthetic
 from vidinv.models import cogvideox
 
-VARIANTS = {  # name: (memory, refinements) -- 200 is the node's cap, 303 what the 50-step pool leaves
-    "anderson 5, cap 200 (node)": (5, 200),
-    "anderson 5, cap 303": (5, 303),
-    "anderson 10, cap 200": (10, 200),
-    "anderson 20, cap 200": (20, 200),
-    "plain, cap 200": (0, 200),
+VARIANTS = {  # name: (memory, refinements, damping; None = the node's automatic choice)
+    # 200 is the node's per-step cap, 303 what the 50-step pool would leave the clean end without it
+    "anderson 5, cap 200 (node)": (5, 200, None),
+    "anderson 5, cap 303": (5, 303, None),
+    "anderson 10, cap 200": (10, 200, None),
+    "anderson 20, cap 200": (20, 200, None),
+    "plain, cap 200": (0, 200, None),
+    "anderson 5, cap 200, damping 1": (5, 200, 1.0),
+    "anderson 10, cap 303": (10, 303, None),
 }
 
 
@@ -64,18 +67,20 @@ def latents_for(model, count: int):
     return x0, img
 
 
-def study(model, steps: int, tol: float, count: int) -> list[str]:
+def study(model, steps: int, tol: float, count: int, guidances=(1.0, 6.0), variants=()) -> list[str]:
     cond = cogvideox.encode_text(model, "a red circle moving right", "")
     x0, img = latents_for(model, count)
     schedule = ddim.schedule_from_config(model.scheduler_config)
     t, p = ddim.grid(schedule, steps)[-1]
     a, b = ddim.coefficients(schedule, t, p)
     rows = []
-    for guidance in (1.0, 6.0):
+    for guidance in guidances:
         den = cogvideox.make_denoiser(model, cond, guidance, False, steps, img)
-        damping = inversion.auto_damping(guidance)
-        for name, (memory, refinements) in VARIANTS.items():
+        for name, (memory, refinements, damping) in VARIANTS.items():
+            if variants and name not in variants:
+                continue
             start = time.perf_counter()
+            damping = damping or inversion.auto_damping(guidance)
             _, st = ddim.invert_step(x0, den, t, a, b, refinements, tol, damping, memory)
             reached = next((k + 2 for k, r in enumerate(st.history) if r <= tol), None)
             rows.append(f"| {model.name} | {guidance:g} | {name} | {st.residual:.2e} | "
@@ -91,6 +96,9 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--constructed", action="store_true", help="only the constructed (deeper, scaled) models")
+    ap.add_argument("--bundled", action="store_true", help="only the bundled models")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 6.0])
+    ap.add_argument("--variants", nargs="*", default=[], help="names from VARIANTS (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(__file__).resolve().parents[1]
@@ -102,11 +110,13 @@ def main() -> None:
     models += [deeper(random5b, 4, 1.0), deeper(random5b, 4, 20.0), deeper(bundled, 3, 10.0)]
     if args.constructed:
         models = models[-3:]
+    if args.bundled:
+        models = models[:2]
     print(f"clean-end step of a {args.steps}-step grid, tolerance {args.tol:g}, {args.videos} videos per batch")
     print("| model | guidance | solver, refinements | residual | calls to the tolerance | s |")
     print("|---|---|---|---|---|---|")
     for model in models:
-        study(model, args.steps, args.tol, args.videos)
+        study(model, args.steps, args.tol, args.videos, args.guidance, args.variants)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
     return best_x, InverseStats(residual, calls, history)
 
 
-def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters: int | None = None) -> int:
+def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters: int) -> int:
     """Refinements allowed at inversion step k (cleanest first).
 
     With a tolerance the budget is pooled: the whole inversion may make ``steps * (1 + iters)``
@@ -221,15 +221,17 @@ def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters
     still to come. The stiff clean end (inverted first) thus gets many iterations without
     starving the steps after it (a reserve of 4 let a 6-step inversion spend 106 of its 126 calls
     on the first step and leave the next at a residual of 8e-3), and easy steps stop at the
-    tolerance. Without a tolerance every step makes exactly `iters` refinements. `max_iters` (None:
-    none) caps one step on top of the pool; a cap of 200 left the clean end of the bundled I2V model
-    at guidance 6 at 1.3e-4 with the pool still holding calls, which reach 1e-5 at 248
-    (tools/study_clean_end.py)."""
+    tolerance. Without a tolerance every step makes exactly `iters` refinements. `max_iters` caps
+    one step on top of the pool. Lifting the cap (200) is no better split: it lets the bundled I2V
+    model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos), but on the bundled T2V model
+    at guidance 6 (8 videos) the clean end spends all 305 calls it may take, still ends at 9e-4, and
+    the steps after it, held to their reserve, end above the tolerance too: round trip 2.4e-3
+    instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py --methods default)."""
     if tol <= 0:
         return iters
     reserve = (steps - k - 1) * max(1, (1 + iters) // 2)
     left = steps * (1 + iters) - used - reserve - 1  # minus this step's first call
-    return max(0, left if max_iters is None else min(max_iters, left))
+    return max(0, min(max_iters, left))
 
 
 def _anderson(xs: list[torch.Tensor], fs: list[torch.Tensor], damping: float) -> torch.Tensor:
@@ -289,12 +291,12 @@ def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,
 
 
 def invert(denoise: Denoiser, x0: torch.Tensor, schedule: Schedule, steps: int, iters: int = 10,
-           tol: float = 0.0, damping: float = 1.0, memory: int = 5, max_iters: int | None = None,
+           tol: float = 0.0, damping: float = 1.0, memory: int = 5, max_iters: int = 200,
            callback: Callable[[dict], None] | None = None) -> tuple[list[torch.Tensor], list[InverseStats]]:
     """Exact DDIM inversion: x_0 -> x_T through every grid point, cleanest first.
 
     `iters` refinements per step on average (see `step_budget`: with a tolerance, stiff steps
-    borrow what easy steps leave, up to `max_iters` if given).
+    borrow what easy steps leave, up to `max_iters`).
 
     Returns the latents ``[x_0, x_1, ..., x_T]`` (float32, or float64 if given; x_k sits at the
     k-th grid timestep counted from the clean end) and the per-step convergence stats. `callback` receives

@@ -257,12 +257,3 @@ def test_a_non_finite_model_output_stops_sampling_at_its_step():
     with pytest.raises(errors.InputError, match=rf"sampling step 5 of 6 \(timestep {t}\) gave a non-finite latent"):
         ddim.sample(poisoned(toy_denoiser(), t), x, sch, 6)
 
-
-def test_the_clean_end_may_spend_the_whole_pool_by_default():
-    """Issue 22: no fixed per-step cap on top of the pool (200 left a stiff clean end short of the
-    tolerance with calls unspent); the reserve for later steps still holds."""
-    steps, iters = 50, 10
-    assert ddim.step_budget(steps, 0, iters, 0, 1e-5) == steps * (1 + iters) - 49 * 5 - 1 == 304
-    assert ddim.step_budget(steps, 0, iters, 0, 1e-5, 200) == 200
-    used = 1 + ddim.step_budget(steps, 0, iters, 0, 1e-5)
-    assert ddim.step_budget(steps, 1, iters, used, 1e-5) == 4  # the next step keeps its half average
