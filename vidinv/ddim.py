@@ -167,7 +167,8 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
        sampler step from it lands on x_p with error ``a * residual`` at most.
 
     ``iters=0`` is the naive inverse (its residual is that of x_p). A non-finite model output ends
-    the refinement with a non-finite residual, for the caller to report. The model is always called at the noisier timestep t.
+    the refinement with a non-finite residual, for the caller to report. The model is always called
+    at the noisier timestep t.
     Near the clean end a trained model makes G stiff (the last sampling step is the model's own
     x0 prediction, flat along noise directions): plain iteration crawls there.
     """
@@ -269,6 +270,7 @@ def check_invertible(schedule: Schedule, steps: int) -> None:
                 f"inversion step {i + 1} of {steps} (timestep {p} -> {t}) cannot be inverted: the sampler step "
                 "there ignores its input latent (one step from zero signal is the model's clean prediction alone)",
                 "Invert with 2 or more steps.")
+
 
 def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,
            callback: Callable[[dict], None] | None = None, start: int = 0) -> torch.Tensor:

@@ -146,10 +146,11 @@ class Trajectory:
         if self.family == "cogvideox":
             other = "plain" if self.extra.get("memory", 5) else "anderson"
             solver = f", or the other solver ('{other}')"
-        return (f"{len(bad)} of {self.steps} inversion steps ended above the tolerance {tol:g}: {'; '.join(items)}{more}. "
-                "Sampling reproduces those steps' inputs only to within their residuals, so this round trip is less "
-                "exact than the tolerance promises. Raise 'iterations' (the budget is steps x (1 + iterations) model "
-                f"calls, pooled so the stiff clean end can borrow), use more steps (smaller, less stiff steps){solver}.")
+        return (f"{len(bad)} of {self.steps} inversion steps ended above the tolerance {tol:g}: "
+                f"{'; '.join(items)}{more}. Sampling reproduces those steps' inputs only to within their residuals, "
+                "so this round trip is less exact than the tolerance promises. Raise 'iterations' (the budget is "
+                "steps x (1 + iterations) model calls, pooled so the stiff clean end can borrow), use more steps "
+                f"(smaller, less stiff steps){solver}.")
 
     # -- checks
     def check_family(self, family: str) -> None:
@@ -291,10 +292,11 @@ def load(path) -> Trajectory:
 
 def steps_above(residuals, tolerance: float) -> list[int]:
     """Indices of the steps whose residual is not within a positive tolerance (an unmeasured, NaN
-    residual of an older file counts as above). Tolerance 0 asks for fixed iterations: none."""
-    if not tolerance > 0:
+    residual of an older file counts as above). Tolerance 0 asks for fixed iterations: none. Values
+    that are not numbers are left to `validate` and the loader's checks to refuse."""
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0 and isinstance(residuals, (list, tuple))):
         return []
-    return [k for k, r in enumerate(residuals) if not float(r) <= tolerance]
+    return [k for k, r in enumerate(residuals) if not (isinstance(r, (int, float)) and r <= tolerance)]
 
 
 def validate(traj: Trajectory, source: str = "trajectory") -> None:
