@@ -85,6 +85,13 @@ function showTrajectory(node, summary) {
   canvas.height = PLOT_H;
   canvas.dataset.residuals = JSON.stringify(summary.residuals);
   el.append(text, canvas);
+  if (summary.warning) {
+    const warn = document.createElement("div");
+    warn.className = "vinv-warning";
+    warn.style.color = "#f96";
+    warn.textContent = summary.warning;
+    el.append(warn);
+  }
   drawResiduals(canvas, summary.residuals);
 }
 

@@ -128,6 +128,8 @@ def run(args) -> dict:
             fresh = inversion.sample(model, cond, noise, steps, guidance)
             rows = []
             for name, runner in methods(guidance).items():
+                if args.methods and name not in args.methods:
+                    continue
                 counter = [0]
                 start = time.time()
                 back, traj = runner(model, cond, x0, steps, guidance, counter)
@@ -187,6 +189,7 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 6.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--methods", nargs="*", default=[], help="only these rows (e.g. default); all when empty")
     args = p.parse_args(argv)
     report(run(args), markdown, "bench_inversion.py", argv, args.json)
 

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from . import errors
+
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
 
@@ -137,7 +139,8 @@ def step(x: torch.Tensor, out: torch.Tensor, a: float, b: float) -> torch.Tensor
 @dataclasses.dataclass
 class InverseStats:
     """How one inverse step converged. `residual` is the largest per-video ``|G(x) - x| / |G(x)|``
-    of the returned iterates' predecessors; `history` the same for every evaluated iterate."""
+    of the returned iterates' predecessors (x_p itself when no refinement was made); `history` the
+    same for every refined iterate."""
     residual: float
     calls: int
     history: list[float]
@@ -163,7 +166,9 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
     4. Return, per video, ``G(x)`` of the evaluated iterate with the smallest residual: the
        sampler step from it lands on x_p with error ``a * residual`` at most.
 
-    ``iters=0`` is the naive inverse. The model is always called at the noisier timestep t.
+    ``iters=0`` is the naive inverse (its residual is that of x_p). A non-finite model output ends
+    the refinement with a non-finite residual, for the caller to report. The model is always called
+    at the noisier timestep t.
     Near the clean end a trained model makes G stiff (the last sampling step is the model's own
     x0 prediction, flat along noise directions): plain iteration crawls there.
     """
@@ -174,6 +179,7 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
         return (x_p - b * denoise(x, t).to(x_p.dtype)) / a
 
     x = g(x_p)
+    naive = _rel_rows(x - x_p, x)  # the residual of x_p, whose G(x_p) is the first iterate
     calls, history = 1, []
     xs, fs = [], []  # Anderson memory: iterates and residuals G(x) - x
     since = [0] * batch  # per video: the first memory entry still valid
@@ -188,7 +194,7 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
         best_x[better] = gx[better]
         worse = (r > best_r) & torch.isfinite(best_r)
         best_r = torch.minimum(best_r, r)
-        if float(r.max()) <= tol:
+        if float(r.max()) <= tol or not bool(torch.isfinite(r).all()):
             break
         xs.append(x)
         fs.append(f)
@@ -201,7 +207,9 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t: int, a: float, b: float
         x = torch.stack([_anderson([h[k] for h in xs[since[k]:]], [h[k] for h in fs[since[k]:]], damping)
                          if memory > 0 and len(xs) - since[k] > 1 else x[k] + damping * f[k]
                          for k in range(batch)])
-    residual = float(best_r.max()) if history else math.nan
+    residual = float((best_r if history else naive).max())
+    if not bool(torch.isfinite(best_x).all()):
+        residual = math.nan
     return best_x, InverseStats(residual, calls, history)
 
 
@@ -214,7 +222,12 @@ def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters
     still to come. The stiff clean end (inverted first) thus gets many iterations without
     starving the steps after it (a reserve of 4 let a 6-step inversion spend 106 of its 126 calls
     on the first step and leave the next at a residual of 8e-3), and easy steps stop at the
-    tolerance. Without a tolerance every step makes exactly `iters` refinements."""
+    tolerance. Without a tolerance every step makes exactly `iters` refinements. `max_iters` caps
+    one step on top of the pool. Lifting the cap (200) is no better split: it lets the bundled I2V
+    model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos), but on the bundled T2V model
+    at guidance 6 (8 videos) the clean end spends all 305 calls it may take, still ends at 9e-4, and
+    the steps after it, held to their reserve, end above the tolerance too: round trip 2.4e-3
+    instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py --methods default)."""
     if tol <= 0:
         return iters
     reserve = (steps - k - 1) * max(1, (1 + iters) // 2)
@@ -235,6 +248,30 @@ def _anderson(xs: list[torch.Tensor], fs: list[torch.Tensor], damping: float) ->
 
 # ----------------------------------------------------------------------------- loops
 
+NONFINITE_FIX = ("The model's output was NaN or infinite there: check that the input latent is finite, use fp32 "
+                 "precision, a lower guidance, or more steps.")
+
+
+def require_finite(x: torch.Tensor, what: str, i: int, steps: int, where: str, residual: float = 0.0) -> None:
+    """Stop with the step where a latent (or an inverse step's residual) stopped being finite:
+    NaN is never returned as a result."""
+    bad = "latent" if not bool(torch.isfinite(x).all()) else "residual" if not math.isfinite(residual) else None
+    if bad:
+        raise errors.InputError(f"{what} step {i + 1} of {steps} ({where}) gave a non-finite {bad}", NONFINITE_FIX)
+
+
+def check_invertible(schedule: Schedule, steps: int) -> None:
+    """An inverse step solves ``x_t = (x_p - b out(x_t)) / a``: with a = 0 the sampler step is the
+    model's clean prediction alone (a single step from a zero-terminal-SNR start), which no noise
+    maps back from. Refused before any model call."""
+    for i, (t, p) in enumerate(reversed(grid(schedule, steps))):
+        if not coefficients(schedule, t, p)[0] > 0.0:
+            raise errors.InputError(
+                f"inversion step {i + 1} of {steps} (timestep {p} -> {t}) cannot be inverted: the sampler step "
+                "there ignores its input latent (one step from zero signal is the model's clean prediction alone)",
+                "Invert with 2 or more steps.")
+
+
 def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,
            callback: Callable[[dict], None] | None = None, start: int = 0) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0) from noise `x` at the first grid point.
@@ -249,6 +286,7 @@ def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,
         x_t = x
         out = working(denoise(x_t, t))
         x = step(x_t, out, a, b)
+        require_finite(x, "sampling", i, steps, f"timestep {t}")
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": predict_x0(schedule, x_t, out, t)})
     return x
@@ -264,13 +302,16 @@ def invert(denoise: Denoiser, x0: torch.Tensor, schedule: Schedule, steps: int, 
 
     Returns the latents ``[x_0, x_1, ..., x_T]`` (float32, or float64 if given; x_k sits at the
     k-th grid timestep counted from the clean end) and the per-step convergence stats. `callback` receives
-    ``{"i", "t", "x", "stats"}`` after each step."""
+    ``{"i", "t", "x", "stats"}`` after each step. A step that cannot be inverted is refused before any
+    model call, and a non-finite latent or residual stops the inversion at its step (InputError)."""
     latents, stats = [working(x0)], []
+    check_invertible(schedule, steps)
     used = 0
     for i, (t, p) in enumerate(reversed(grid(schedule, steps))):
         a, b = coefficients(schedule, t, p)
         budget = step_budget(steps, i, iters, used, tol, max_iters)
         x, st = invert_step(latents[-1], denoise, t, a, b, budget, tol, damping, memory)
+        require_finite(x, "inversion", i, steps, f"timestep {p} -> {t}", st.residual)
         used += st.calls
         latents.append(x)
         stats.append(st)

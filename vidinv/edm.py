@@ -144,6 +144,7 @@ def sample(denoise: Denoiser, x: torch.Tensor, sigmas, callback: Callable[[dict]
         a, b = coefficients(sigmas[i], sigmas[i + 1])
         d = ddim.working(denoise(x, i))
         x = ddim.step(x, d, a, b)
+        ddim.require_finite(x, "sampling", i, len(sigmas) - 1, f"sigma {sigmas[i]:.4g}")
         if callback is not None:
             callback({"i": i, "sigma": sigmas[i], "x": x, "denoised": d})
     return x
@@ -158,7 +159,8 @@ def invert(denoise: Denoiser, x0: torch.Tensor, sigmas, iters: int = 10, tol: fl
     `iters`, `tol`, `max_iters` budget the refinements as in `vidinv.ddim.invert` (`ddim.step_budget`).
 
     Returns the latents ``[x_0, x_1, ..., x_N]`` (x_k sits at ``sigmas[N - k]``; float32, or float64 if
-    given) and the per-step convergence stats. `callback` receives ``{"i", "sigma", "x", "stats"}``."""
+    given) and the per-step convergence stats. `callback` receives ``{"i", "sigma", "x", "stats"}``.
+    A non-finite latent or residual stops the inversion at its step (InputError)."""
     if prediction_type not in PREDICTIONS:
         raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTIONS}")
     steps = len(sigmas) - 1
@@ -174,6 +176,7 @@ def invert(denoise: Denoiser, x0: torch.Tensor, sigmas, iters: int = 10, tol: fl
 
         budget = ddim.step_budget(steps, k, iters, used, tol, max_iters)
         x, st = ddim.invert_step(latents[-1], network_part, i, a + b * skip, b, budget, tol, damping, memory)
+        ddim.require_finite(x, "inversion", k, steps, f"sigma {sigmas[i + 1]:.4g} -> {sigma:.4g}", st.residual)
         used += st.calls
         latents.append(x)
         stats.append(st)

@@ -10,6 +10,7 @@ class InputError(ValueError):
 
 
 def shorten(text, limit: int = 40) -> str:
-    """`text` for an error message: at most `limit` characters (a hostile field is never echoed whole)."""
-    text = str(text)
+    """`text` for an error message: at most `limit` characters, unprintable ones shown as '?' (a
+    hostile field is never echoed whole, nor grown by escapes)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -95,7 +95,7 @@ def invert(model, cond, latent: torch.Tensor, steps: int = 50, guidance: float =
     check_image_latents(model, image_latents)
     damping = solver_settings(damping, guidance, dtype)
     schedule = ddim.schedule_from_config(model.scheduler_config)
-    ddim.timesteps(schedule, steps)  # validates steps before any model call
+    ddim.check_invertible(schedule, steps)  # validates steps before any model call
     denoise = guarded(cogvideox.make_denoiser(model, cond, guidance, dynamic_cfg, steps, image_latents), hooks)
 
     def after(info):

@@ -121,6 +121,7 @@ def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float
                 u_out = cogvideox.transformer_call(model, x, uncond, t, traj.image_latents)
                 x = (a * x + bb * (u_out + w * (c_out - u_out))).float()
                 loss_value = float(torch.nn.functional.mse_loss(x, target))
+            ddim.require_finite(x, "null-text inversion", i, traj.steps, f"timestep {t}", loss_value)
             nulls.append(uncond.cpu())
             losses.append(loss_value)
             hooks.after_step(i, traj.steps, {"t": t, "loss": loss_value})

@@ -23,7 +23,9 @@ Two model families share the value (`family`):
 Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``. CogVideoX
 trajectories are written as format version 1 (what every earlier version of the pack reads and
 writes); SVD trajectories as version 2, so an older pack refuses them instead of misreading them.
-Files without a ``family`` are CogVideoX.
+Files without a ``family`` are CogVideoX. ``above_tolerance`` (the inversion steps, cleanest first and
+counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
+ignore; files without it get it from their residuals and tolerance, so neither version changes.
 """
 from __future__ import annotations
 
@@ -74,6 +76,11 @@ class Trajectory:
     family: str = "cogvideox"  # or "svd"
     sigmas: list[float] | None = None  # SVD: the Euler grid, noisiest first, T+1 values ending at 0
     conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: SVD_CONDITIONING values
+    above_tolerance: list[int] | None = None  # inversion steps (cleanest first) above `tolerance`; None: derive
+
+    def __post_init__(self):
+        if self.above_tolerance is None:
+            self.above_tolerance = steps_above(self.residuals, self.tolerance)
 
     # -- derived
     @property
@@ -110,11 +117,40 @@ class Trajectory:
             "residuals": [float(r) for r in self.residuals], "calls": list(self.calls),
             "model": self.model_name, "prompt": self.prompt,
             "null_text": self.null_embeds is not None, "family": self.family,
+            "above_tolerance": [{"step": k + 1, "residual": float(self.residuals[k]), "calls": int(self.calls[k])}
+                                for k in self.above_tolerance],
+            "warning": self.tolerance_warning(),
         }
         if self.family == "svd":
             out.update(sigma_max=self.sigmas[0], sigma_min=min(s for s in self.sigmas if s > 0),
                        **{k: self.conditioning.get(k) for k in SVD_CONDITIONING if k != "added_time_ids"})
         return out
+
+    def step_place(self, k: int) -> str:
+        """Where inversion step k (cleanest first) lands: the grid point its latent sits at."""
+        i = self.steps - 1 - k
+        return f"sigma {self.sigmas[i]:.4g}" if self.family == "svd" else f"timestep {self.timesteps[i]}"
+
+    def tolerance_warning(self, shown: int = 4) -> str:
+        """What to tell the user when steps ended above the tolerance ("" when none did): which,
+        by how much, what it means for the round trip, and what to change."""
+        bad = self.above_tolerance
+        if not bad:
+            return ""
+        tol = self.tolerance
+        items = [f"step {k + 1} (to {self.step_place(k)}) at {self.residuals[k]:.2g}"
+                 + (f" = {self.residuals[k] / tol:.0f}x" if math.isfinite(self.residuals[k]) else "")
+                 + f" after {self.calls[k]} calls" for k in bad[:shown]]
+        more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+        solver = ""
+        if self.family == "cogvideox":
+            other = "plain" if self.extra.get("memory", 5) else "anderson"
+            solver = f", or the other solver ('{other}')"
+        return (f"{len(bad)} of {self.steps} inversion steps ended above the tolerance {tol:g}: "
+                f"{'; '.join(items)}{more}. Sampling reproduces those steps' inputs only to within their residuals, "
+                "so this round trip is less exact than the tolerance promises. Raise 'iterations' (the budget is "
+                "steps x (1 + iterations) model calls, pooled so the stiff clean end can borrow), use more steps "
+                f"(smaller, less stiff steps){solver}.")
 
     # -- checks
     def check_family(self, family: str) -> None:
@@ -239,7 +275,8 @@ class Trajectory:
                 tensors[name] = getattr(self, name).contiguous()
         meta = {k: getattr(self, k) for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
                                               "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
-                                              "tolerance", "residuals", "calls", "extra", "family")}
+                                              "tolerance", "residuals", "calls", "extra", "family",
+                                              "above_tolerance")}
         if self.family == "svd":
             meta.update(sigmas=self.sigmas, conditioning=self.conditioning)
         meta.update(format=FORMAT, version=FAMILY_VERSION.get(self.family, VERSION))
@@ -287,6 +324,8 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
     "family": ("a string", lambda v: isinstance(v, str), "cogvideox"),
     "sigmas": ("a list of finite numbers", numbers(is_number), None),
     "conditioning": ("a JSON object", lambda v: isinstance(v, dict), {}),
+    "above_tolerance": ("a list of step indices", lambda v: isinstance(v, list) and all(type(k) is int for k in v),
+                        None),  # None: derived from the residuals (files written before the key)
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
 OPTIONAL_TENSORS = ("image_latents", "null_embeds")
@@ -382,6 +421,15 @@ def load(path) -> Trajectory:
     return traj
 
 
+def steps_above(residuals, tolerance: float) -> list[int]:
+    """Indices of the steps whose residual is not within a positive tolerance (an unmeasured, NaN
+    residual of an older file counts as above). Tolerance 0 asks for fixed iterations: none. Values
+    that are not numbers are left to `validate` and the loader's checks to refuse."""
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0 and isinstance(residuals, (list, tuple))):
+        return []
+    return [k for k, r in enumerate(residuals) if not (isinstance(r, (int, float)) and r <= tolerance)]
+
+
 def validate(traj: Trajectory, source: str = "trajectory") -> None:
     """Internal consistency: one latent per grid point plus the clean one, 6-D latents, the
     conditioning tensors' shapes, one residual and call count per step, the padding."""
@@ -414,6 +462,10 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if not (is_count(pad) and pad < lat.shape[2]):
         refuse(f"extra.pad_frames must be a whole number from 0 to {lat.shape[2] - 1} (fewer than the "
                f"{lat.shape[2]} latent frames), got {describe_value(pad)}")
+    n = min(len(traj.timesteps), len(traj.residuals), len(traj.calls))
+    if not (isinstance(traj.above_tolerance, list)
+            and all(type(k) is int and 0 <= k < n for k in traj.above_tolerance)):
+        refuse(f"'above_tolerance' is {str(traj.above_tolerance)[:40]}, not a list of step indices 0..{n - 1}")
     if traj.family not in FAMILY_VERSION:
         raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(FAMILY_VERSION)}",
                                 "Update the pack, or save the trajectory again.")

@@ -523,7 +523,7 @@ def test_empty_batches_are_refused_by_name(pack, tiny_graph):
     cond, = m["VInvEncodeText"]().encode(i2v, "a red circle", "")["result"]
     latent, _ = m["VInvVAEEncode"]().encode(i2v, torch.rand(5, 48, 48, 3), "trim to 4k+1", "resize and crop", 0, 0,
                                             "auto")["result"]
-    traj, _ = m["VInvDDIMInvert"]().invert(i2v, cond, latent, 1, 1.0, False, 0, 0.0, "plain", 0.0, "fp32")["result"]
+    traj, _ = m["VInvDDIMInvert"]().invert(i2v, cond, latent, 2, 1.0, False, 0, 0.0, "plain", 0.0, "fp32")["result"]
     patched, = m["VInvReferenceAttention"]().patch(i2v, traj, "all", 0.0, 1.0, 1.0, False, "all", "source")
     with pytest.raises(ierr, match="first_frame: the image batch is empty"):
         m["VInvGuidedSample"]().sample(patched, cond, 1.0, False, "inverted", 0, "conditioning", first_frame=empty)

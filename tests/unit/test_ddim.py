@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, DDIMScheduler
 
-from vidinv import ddim
+from vidinv import ddim, errors
 
 COG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
            rescale_betas_zero_snr=True, snr_shift_scale=3.0, timestep_spacing="trailing", set_alpha_to_one=True,
@@ -167,8 +167,11 @@ def test_early_stop_on_tolerance_counts_calls():
     x_p = torch.randn(4, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     _, st = ddim.invert_step(x_p, den, t, a, b, iters=50, tol=1e-4)
     assert st.residual <= 1e-4 and st.calls == 1 + len(st.history) and st.calls < 20
-    _, naive = ddim.invert_step(x_p, den, t, a, b, iters=0)
-    assert naive.calls == 1 and math.isnan(naive.residual)
+    naive_x, naive = ddim.invert_step(x_p, den, t, a, b, iters=0)
+    # no refinement: the residual is that of x_p (whose G is the returned iterate), never NaN
+    assert naive.calls == 1 and naive.history == []
+    assert naive.residual == pytest.approx(float(ddim._rel_rows(naive_x - x_p, naive_x).max()), rel=1e-12)
+    assert naive.residual > 1e-4
 
 
 def test_pooled_budget_keeps_the_average_and_feeds_the_stiff_end():
@@ -192,3 +195,65 @@ def test_pooled_inversion_spends_where_it_is_stiff():
     lat, stats = ddim.invert(den, x0, sch, 20, iters=8, tol=1e-11, damping=1.0)
     assert sum(s.calls for s in stats) <= 20 * 9
     assert float((ddim.sample(den, lat[-1], sch, 20) - x0).norm() / x0.norm()) < 1e-9
+
+
+def counting(den):
+    calls = []
+
+    def wrapped(x, t):
+        calls.append(t)
+        return den(x, t)
+    return wrapped, calls
+
+
+def test_one_step_from_zero_snr_is_refused_before_any_model_call():
+    """One step from a zero-terminal-SNR start is x_0 = the model's clean prediction (a = 0): no
+    noise maps back, so the inversion refuses it instead of returning inf/NaN."""
+    sch = ddim.schedule_from_config(COG)
+    assert ddim.coefficients(sch, *ddim.grid(sch, 1)[0])[0] == 0.0
+    den, calls = counting(toy_denoiser())
+    x0 = torch.randn(2, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for memory in (0, 5):
+        with pytest.raises(errors.InputError, match="2 or more steps"):
+            ddim.invert(den, x0, sch, 1, iters=10, memory=memory)
+    assert calls == []
+    assert torch.isfinite(ddim.sample(den, x0, sch, 1)).all()  # sampling one step is fine
+    gentle = toy_denoiser(scale=0.2)  # two steps invert (the clean end's contraction is |b| / a x 0.2 = 0.6)
+    lat, _ = ddim.invert(gentle, x0, sch, 2, iters=60, tol=1e-13)
+    assert float((ddim.sample(gentle, lat[-1], sch, 2) - x0).norm() / x0.norm()) < 1e-10
+
+
+def test_one_step_is_exact_where_the_schedule_keeps_signal():
+    sch = ddim.schedule_from_config(SD)
+    den = toy_denoiser()
+    x0 = torch.randn(3, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lat, stats = ddim.invert(den, x0, sch, 1, iters=30, tol=1e-13)
+    assert stats[0].residual <= 1e-13
+    assert float((ddim.sample(den, lat[-1], sch, 1) - x0).norm() / x0.norm()) < 1e-10
+
+
+def poisoned(den, bad_t):
+    def wrapped(x, t):
+        out = den(x, t)
+        return out * math.nan if t == bad_t else out
+    return wrapped
+
+
+@pytest.mark.parametrize("memory", [0, 5])
+@pytest.mark.parametrize("iters", [0, 3])
+def test_a_non_finite_model_output_stops_the_inversion_at_its_step(memory, iters):
+    sch = ddim.schedule_from_config(COG)
+    grid = list(reversed(ddim.grid(sch, 6)))  # cleanest first: inversion step k inverts grid[k]
+    den = poisoned(toy_denoiser(), grid[2][0])
+    x0 = torch.randn(2, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(errors.InputError, match=rf"inversion step 3 of 6 \(timestep {grid[2][1]} -> {grid[2][0]}\)"):
+        ddim.invert(den, x0, sch, 6, iters=iters, memory=memory, tol=1e-9)
+
+
+def test_a_non_finite_model_output_stops_sampling_at_its_step():
+    sch = ddim.schedule_from_config(COG)
+    t = ddim.timesteps(sch, 6)[4]
+    x = torch.randn(2, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(errors.InputError, match=rf"sampling step 5 of 6 \(timestep {t}\) gave a non-finite latent"):
+        ddim.sample(poisoned(toy_denoiser(), t), x, sch, 6)
+

@@ -147,3 +147,27 @@ def test_skip_split_is_well_conditioned_where_the_plain_form_diverges():
     skip = edm.c_skip(sigma)
     # skip-split factor b |c_out c_in| |dF| / (a + b c_skip), with |dF| ~ 1
     assert b * abs(edm.c_out(sigma) * edm.c_in(sigma)) / (a + b * skip) < 0.05
+
+
+def test_one_step_inverts_and_a_non_finite_output_stops_at_its_step():
+    """One Euler step (sigma_max -> 0) is invertible in the skip-split form (a' = c_skip > 0); a
+    NaN from the model is an error naming the step, in inversion and in sampling."""
+    from vidinv import errors
+    data = Mixture(dim=2 * 3 * 4)
+    x0 = data.sample(3).view(3, 2, 3, 2, 2)
+    grid = edm.grid_from_config(SCHEDULER, 1)
+    latents, stats = edm.invert(lambda x, i: data(x, grid.sigmas[i]), x0, grid.sigmas, iters=20, tol=1e-12)
+    assert math.isfinite(stats[0].residual) and torch.isfinite(latents[-1]).all()
+    back = edm.sample(lambda x, i: data(x, grid.sigmas[i]), latents[-1], grid.sigmas)
+    assert float((back - x0).norm() / x0.norm()) <= max(1e-6, 10 * stats[0].residual)
+
+    grid = edm.grid_from_config(SCHEDULER, 8)
+
+    def poisoned(x, i):
+        return data(x, grid.sigmas[i]) * (math.nan if i == 5 else 1.0)
+
+    # inversion step k (cleanest first) calls the model at grid point 7 - k: point 5 is step 3
+    with pytest.raises(errors.InputError, match=r"inversion step 3 of 8 .* non-finite"):
+        edm.invert(poisoned, x0, grid.sigmas, iters=4, tol=1e-9)
+    with pytest.raises(errors.InputError, match=r"sampling step 6 of 8 .* non-finite latent"):
+        edm.sample(poisoned, torch.randn_like(x0) * grid.init_noise_sigma, grid.sigmas)

@@ -183,6 +183,19 @@ def test_guided_sample_refuses_unpatched_model(inverted):
         inversion.guided_sample(model, cond)
 
 
+def test_one_step_inversion_is_refused_and_one_step_sampling_works(tiny64):
+    """Issue 17: steps = 1 (the node allows it) is a single jump from zero signal to the model's
+    clean prediction on CogVideoX's zero-terminal-SNR schedule; inverting it is refused up front."""
+    from vidinv import errors
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    x0 = source(model)
+    for memory in (0, 5):
+        with pytest.raises(errors.InputError, match="cannot be inverted.*2 or more steps"):
+            inversion.invert(model, cond, x0, 1, iters=10, memory=memory)
+    assert torch.isfinite(inversion.sample(model, cond, x0, 1)).all()
+
+
 # ----------------------------------------------------------------------------- trajectories inverted under CFG
 
 CFG = 6.0

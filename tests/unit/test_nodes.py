@@ -111,3 +111,19 @@ def test_first_frame_on_a_text_to_video_model_is_refused(pack, graph):
                                                               "inverted", 0, "conditioning",
                                                               first_frame=torch.rand(1, 48, 48, 3))
 
+
+
+def test_invert_node_says_when_steps_stop_above_the_tolerance(pack, graph):
+    """Issue 22: one refinement per step cannot reach 1e-9 in fp32; the summary names the steps."""
+    m = pack.NODE_CLASS_MAPPINGS
+    inv = m["VInvDDIMInvert"]().invert(graph["model"], graph["cond"], graph["latent"], 4, 1.0, False, 1, 1e-9,
+                                       "plain", 1.0, "fp32")
+    summary = inv["ui"]["vinv_trajectory"][0]
+    traj = inv["result"][0]
+    assert traj.above_tolerance and traj.above_tolerance == [k for k, r in enumerate(traj.residuals) if r > 1e-9]
+    assert [a["step"] for a in summary["above_tolerance"]] == [k + 1 for k in traj.above_tolerance]
+    assert summary["warning"].startswith(f"{len(traj.above_tolerance)} of 4 inversion steps ended above the tolerance")
+    assert "'anderson'" in summary["warning"]
+    graph_above = [k + 1 for k, r in enumerate(graph["summary"]["residuals"]) if r > 1e-7]  # the graph's own run
+    assert [a["step"] for a in graph["summary"]["above_tolerance"]] == graph_above
+    assert bool(graph["summary"]["warning"]) == bool(graph_above)

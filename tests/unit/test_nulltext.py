@@ -59,3 +59,13 @@ def test_null_text_refuses_bad_inputs(setup):
     cfg_traj = inversion.invert(model, cond, x0, STEPS, 3.0, iters=1)
     with pytest.raises(errors.InputError, match="pivots on a guidance-1 inversion"):
         nulltext.null_text_inversion(model, cfg_traj, 6.0)
+
+
+def test_null_text_stops_at_the_step_that_turns_non_finite(setup):
+    import dataclasses
+    model, _, _, traj = setup
+    latents = traj.latents.clone()
+    latents[STEPS - 2] = float("nan")  # the target of sampling step 2
+    bad = dataclasses.replace(traj, latents=latents)
+    with pytest.raises(errors.InputError, match=r"null-text inversion step 2 of 6 .* non-finite"):
+        nulltext.null_text_inversion(model, bad, 6.0, iters=1, tol=0, checkpoint=False)

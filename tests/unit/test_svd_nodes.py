@@ -164,3 +164,14 @@ def test_latent_preview_fits_for_svd(pack, graph):
     """The sampler's preview map (built when the host shows previews) works for SVD's VAE."""
     weight, bias = pack.nodes.preview.fit_rgb_factors(graph["model"])
     assert weight.shape == (4, 3) and bias.shape == (3,) and torch.isfinite(weight).all()
+
+
+def test_svd_invert_node_says_when_steps_stop_above_the_tolerance(pack, graph):
+    m = pack.NODE_CLASS_MAPPINGS
+    inv = m["VInvSVDInvert"]().invert(graph["model"], graph["cond"], graph["latent"], 4, 1.0, 1.0, 0, 1e-9, "fp32")
+    summary = inv["ui"]["vinv_trajectory"][0]
+    assert [a["step"] for a in summary["above_tolerance"]] == [1, 2, 3, 4]  # no refinement at all
+    assert summary["warning"].startswith("4 of 4 inversion steps ended above the tolerance 1e-09: step 1 (to sigma")
+    graph_above = [k + 1 for k, r in enumerate(graph["summary"]["residuals"]) if r > 1e-7]  # the graph's own run
+    assert [a["step"] for a in graph["summary"]["above_tolerance"]] == graph_above
+    assert bool(graph["summary"]["warning"]) == bool(graph_above)

@@ -214,3 +214,46 @@ def test_inconsistent_svd_files(tmp_path):
               metadata={"vidinv": json.dumps({"format": trajectory.FORMAT, "version": 3})})
     with pytest.raises(errors.InputError, match="version 3.*up to version 2"):
         trajectory.load(p)
+
+
+def test_steps_above_the_tolerance_are_recorded_saved_and_explained(tmp_path):
+    """Issue 22: an inversion that stops short of its tolerance says which steps, by how much and
+    what to change; the record survives save/load; files without it (older packs) derive it."""
+    import dataclasses
+    t = dataclasses.replace(make(steps=5), residuals=[3.9e-4, 2e-5, 1e-6, 1e-6, 2e-3],
+                            calls=[201, 40, 3, 3, 1], above_tolerance=None)
+    assert t.above_tolerance == [0, 1, 4]
+    s = t.summary()
+    assert [a["step"] for a in s["above_tolerance"]] == [1, 2, 5] and s["above_tolerance"][0]["calls"] == 201
+    w = s["warning"]
+    assert w.startswith("3 of 5 inversion steps ended above the tolerance 1e-05: step 1 (to timestep "
+                        f"{t.timesteps[-1]}) at 0.00039 = 39x after 201 calls; step 2")
+    assert "'iterations'" in w and "more steps" in w and "'plain'" in w
+    loaded = trajectory.load(t.save(tmp_path / "t.safetensors"))
+    assert loaded.above_tolerance == [0, 1, 4] and json.dumps(loaded.summary()) == json.dumps(s)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["vidinv"])
+    assert meta["above_tolerance"] == [0, 1, 4] and meta["version"] == 1  # an optional key: v1 readers ignore it
+    old = trajectory.load(write_v1(t, tmp_path / "v1.safetensors"))
+    assert old.above_tolerance == [0, 1, 4] and old.summary()["warning"] == w
+    assert make().summary()["warning"] == "" and make().above_tolerance == []
+    fixed = dataclasses.replace(t, tolerance=0.0, above_tolerance=None)  # no tolerance: fixed iterations asked
+    assert fixed.above_tolerance == [] and fixed.summary()["warning"] == ""
+
+
+def test_svd_warning_names_sigmas_and_no_solver_choice():
+    import dataclasses
+    t = dataclasses.replace(make_svd(steps=4), residuals=[1e-6, 1e-6, 1e-6, 0.18], calls=[2, 2, 2, 200],
+                            above_tolerance=None)
+    w = t.tolerance_warning()
+    assert t.above_tolerance == [3] and f"step 4 (to sigma {t.sigmas[0]:.4g}) at 0.18 = 18000x" in w
+    assert "solver" not in w
+
+
+@pytest.mark.parametrize("bad", [[7], ["0"], [True], "0", {"0": 1}])
+def test_malformed_above_tolerance_is_refused(tmp_path, bad):
+    t = make()
+    t.above_tolerance = bad
+    with pytest.raises(errors.InputError, match="'above_tolerance'"):
+        trajectory.load(t.save(tmp_path / "t.safetensors"))

@@ -379,9 +379,31 @@ def unscale_latents(model: CogVideoX, z: torch.Tensor) -> torch.Tensor:
     return z * model.scaling_factor if invert else z / model.scaling_factor
 
 
+def frames_for_latents(model: CogVideoX, latent_frames: int) -> int:
+    """The frame count that encodes to `latent_frames`: the first latent frame holds the first video
+    frame alone, every later one `temporal_factor` frames (4k+1 -> k+1)."""
+    return (latent_frames - 1) * model.temporal_factor + 1
+
+
+def decodable(z: torch.Tensor) -> torch.Tensor:
+    """`z` (``[B, C, F, h, w]``, the VAE's layout) with a latent count the VAE decodes as it encodes.
+
+    `AutoencoderKLCogVideoX._decode` runs its causal decoder on chunks of two latent frames, the odd
+    remainder going to the first chunk, with the convolution cache carried between chunks. Its temporal
+    upsampler keeps the first frame of a chunk single only when the chunk's length is odd (and above 1),
+    so an odd count decodes to 4k+1 frames, latent 0 to the one frame it encodes, while an even count
+    (5 or 13 frames encode to 2 or 4 latents) doubles latent 0 like every other and comes back as 4k+4
+    frames, all of them shifted and mixed with a spurious leading group. Repeating the last latent frame
+    makes the count odd: every chunk before the last is then the chunk diffusers decodes for the odd
+    prefix (the decoder is causal, so those frames are exactly its frames), and the last chunk is that
+    latent twice, whose group-norm statistics are its own. The repeat's frames are cut by the caller."""
+    return torch.cat([z, z[:, :, -1:]], dim=2) if z.shape[2] % 2 == 0 else z
+
+
 @torch.no_grad()
 def decode_video(model: CogVideoX, latents: torch.Tensor, tiling: str = "auto") -> torch.Tensor:
-    """Latent ``[B, F, C, h, w]`` -> IMAGE frames ``[B*N, H, W, 3]`` float32 in 0..1."""
+    """Latent ``[B, F, C, h, w]`` -> IMAGE frames ``[B*N, H, W, 3]`` float32 in 0..1, N = 4(F-1)+1:
+    the count the video was encoded from, for an even F too (see `decodable`)."""
     if latents.dim() != 5 or latents.shape[2] != model.latent_channels:
         raise errors.InputError(
             f"latent of shape {tuple(latents.shape)} is not [B, F, {model.latent_channels}, H, W] for "
@@ -392,7 +414,8 @@ def decode_video(model: CogVideoX, latents: torch.Tensor, tiling: str = "auto") 
     with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
         for z in latents:  # one video at a time keeps peak memory at one video
             z = unscale_latents(model, z.unsqueeze(0)).permute(0, 2, 1, 3, 4)
-            video = vae.decode(z.to(model.device, model.dtype)).sample  # [1, 3, N, H, W]
+            n = frames_for_latents(model, z.shape[2])
+            video = vae.decode(decodable(z).to(model.device, model.dtype)).sample[:, :, :n]  # [1, 3, N, H, W]
             check_tiled_size(video.shape[-2:], (h, w), "frames")
             out.append(((video.float().cpu()[0] + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0))
     return torch.cat(out)
