@@ -2,7 +2,8 @@
 
     python3 tools/demo.py [--out demo-output] [--workflow workflows/api/edit.json]
 
-Needs only Python 3 and pip: builds (or reuses) the ComfyUI host in .host/, starts it on
+Needs only Python 3 and pip: builds (or reuses) the ComfyUI host in .host/ (or uses the tree
+VIDINV_COMFYUI names, see tools/comfy_host.py), starts it on
 127.0.0.1, queues workflows/api/edit.json (the API form of workflows/edit.json, what the editor's
 Queue button sends for it), waits, and leaves in --out:
   source.mp4, reconstruction.mp4, edit.mp4, side_by_side.mp4, side_by_side.gif, metrics.txt
@@ -35,7 +36,7 @@ def seconds_of(entry: dict) -> float:
 
 
 def run_workflow(args) -> None:
-    host = comfy_host.Host(Path(args.host_dir)).build()
+    host = comfy_host.configured(Path(args.host_dir)).build()
     base = host.base(Path(args.host_dir) / "demo-base")
     out_dir = Path(args.out).resolve()
     if out_dir.exists():
