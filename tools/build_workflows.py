@@ -11,7 +11,8 @@ does not list (app/custom_node_manager.py globs ``*/workflows/*.json``).
 Our nodes' sockets and widget order come from the node classes themselves (an input with a widget
 spec, a combo list or a default, is a widget; the browser test holds this against the frontend); the
 few core nodes used are described below as ComfyUI 0.3.75 declares them. Every node gets an
-explicit title (core display names differ between ComfyUI versions) and every knob a note.
+explicit title (core display names differ between versions: 0.33.0 renamed ImageStitch and
+SaveLatent) and every knob a note.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ CORE = {
     "CreateVideo": Shape("Create Video", [("images", "IMAGE"), ("audio", "AUDIO")], ["fps"], [("VIDEO", "VIDEO")], {}),
     "SaveVideo": Shape("Save Video", [("video", "VIDEO")], ["filename_prefix", "format", "codec"], [], {}),
     "SaveImage": Shape("Save Image", [("images", "IMAGE")], ["filename_prefix"], [], {}),
-    "SaveLatent": Shape("Save Latent", [("samples", "LATENT")], ["filename_prefix"], [], {}),
+    "SaveLatent": Shape("SaveLatent", [("samples", "LATENT")], ["filename_prefix"], [], {}),
     "LoadImage": Shape("Load Image", [], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")], {"image": ["image"]}),
     "ImageStitch": Shape("Image Stitch", [("image1", "IMAGE"), ("image2", "IMAGE")],
                          ["direction", "match_image_size", "spacing_width", "spacing_color"], [("IMAGE", "IMAGE")], {}),
