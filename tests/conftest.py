@@ -78,13 +78,13 @@ def tiny64(tiny_folders):
 @pytest.fixture(scope="session")
 def host():
     from tools import comfy_host
-    return comfy_host.Host().build()
+    return comfy_host.configured().build()
 
 
 @pytest.fixture(scope="session")
 def comfy(host, tmp_path_factory):
-    """One ComfyUI 0.3.75 server (built from PyPI, cached in .host/) for the session, stopped by
-    its PID whatever happens."""
+    """One ComfyUI server for the session, stopped by its PID whatever happens: 0.3.75 built from
+    PyPI (cached in .host/), or the tree VIDINV_COMFYUI names (tools/comfy_host.py)."""
     from tools import comfy_host
     base = host.base(tmp_path_factory.mktemp("comfy-base"))
     server = comfy_host.Server(host, base)

@@ -1,9 +1,18 @@
-"""Write the example workflows in ComfyUI's UI format (nodes, links, groups, widgets_values).
+"""Write the example workflows in ComfyUI's two formats from one description of each graph:
+the UI format the editor loads (nodes, links, groups, widgets_values) in workflows/, and the API
+format its Queue button sends to ``POST /prompt`` in workflows/api/ (what the host tests and the
+demo queue; the browser test checks that the frontend's own prompt equals it).
 
-    python tools/build_workflows.py        # -> workflows/*.json
+    python tools/build_workflows.py        # -> workflows/*.json, workflows/api/*.json
 
-Our nodes' sockets and widget order come from the node classes themselves; the few core nodes
-used are described below as ComfyUI 0.3.75 declares them. Every knob gets a note.
+ComfyUI lists a pack's workflows/*.json as templates; the API files sit one folder down, which it
+does not list (app/custom_node_manager.py globs ``*/workflows/*.json``).
+
+Our nodes' sockets and widget order come from the node classes themselves (an input with a widget
+spec, a combo list or a default, is a widget; the browser test holds this against the frontend); the
+few core nodes used are described below as ComfyUI 0.3.75 declares them. Every node gets an
+explicit title (core display names differ between versions: 0.33.0 renamed ImageStitch and
+SaveLatent) and every knob a note.
 """
 from __future__ import annotations
 
@@ -11,22 +20,34 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+API = WORKFLOWS / "api"
 
-# core nodes: (socket inputs, widget inputs in order, outputs, extra stored values after a widget)
+
+class Shape(NamedTuple):
+    title: str  # the display name: the node's title in the editor and its _meta title in the API form
+    sockets: list  # [(name, type)]: inputs fed only by links
+    widgets: list  # [name] in the editor's order
+    outputs: list  # [(name, type)]
+    extras: dict  # {widget: [values]}: what the editor stores after a widget's own value
+
+
+# core nodes, as ComfyUI 0.3.75 declares them (LoadVideo/LoadImage store their upload button's value)
 CORE = {
-    "LoadVideo": ([], ["file"], [("VIDEO", "VIDEO")], {"file": ["image"]}),
-    "GetVideoComponents": ([("video", "VIDEO")], [], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], {}),
-    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], ["fps"], [("VIDEO", "VIDEO")], {}),
-    "SaveVideo": ([("video", "VIDEO")], ["filename_prefix", "format", "codec"], [], {}),
-    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], [], {}),
-    "SaveLatent": ([("samples", "LATENT")], ["filename_prefix"], [], {}),
-    "LoadImage": ([], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")], {"image": ["image"]}),
-    "ImageStitch": ([("image1", "IMAGE"), ("image2", "IMAGE")],
-                    ["direction", "match_image_size", "spacing_width", "spacing_color"], [("IMAGE", "IMAGE")], {}),
+    "LoadVideo": Shape("Load Video", [], ["file"], [("VIDEO", "VIDEO")], {"file": ["image"]}),
+    "GetVideoComponents": Shape("Get Video Components", [("video", "VIDEO")], [],
+                                [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], {}),
+    "CreateVideo": Shape("Create Video", [("images", "IMAGE"), ("audio", "AUDIO")], ["fps"], [("VIDEO", "VIDEO")], {}),
+    "SaveVideo": Shape("Save Video", [("video", "VIDEO")], ["filename_prefix", "format", "codec"], [], {}),
+    "SaveImage": Shape("Save Image", [("images", "IMAGE")], ["filename_prefix"], [], {}),
+    "SaveLatent": Shape("SaveLatent", [("samples", "LATENT")], ["filename_prefix"], [], {}),
+    "LoadImage": Shape("Load Image", [], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")], {"image": ["image"]}),
+    "ImageStitch": Shape("Image Stitch", [("image1", "IMAGE"), ("image2", "IMAGE")],
+                         ["direction", "match_image_size", "spacing_width", "spacing_color"], [("IMAGE", "IMAGE")], {}),
 }
-WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
 def load_pack():
@@ -38,34 +59,40 @@ def load_pack():
     return mod
 
 
-def describe(node_type: str, mappings: dict):
-    """(sockets [(name, type)], widgets [name], outputs [(name, type)], extras {widget: [values]})."""
+def has_widget_spec(spec) -> bool:
+    """A combo list, or options with a default: what the editor draws as a widget."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return isinstance(spec[0], list) or ("default" in opts and not opts.get("forceInput"))
+
+
+def describe(node_type: str, pack) -> Shape:
     if node_type in CORE:
         return CORE[node_type]
-    cls = mappings[node_type]
+    cls = pack.NODE_CLASS_MAPPINGS[node_type]
     sockets, widgets, extras = [], [], {}
     for section in ("required", "optional"):
         for name, spec in cls.INPUT_TYPES().get(section, {}).items():
-            kind = spec[0]
-            if isinstance(kind, list) or kind in WIDGET_KINDS:
+            if has_widget_spec(spec):
                 widgets.append(name)
-                if kind == "INT" and name in ("seed", "noise_seed"):  # the editor's "control after generate"
+                if name in ("seed", "noise_seed"):  # the editor's "control after generate" value
                     extras[name] = ["fixed"]
             else:
-                sockets.append((name, kind))
+                sockets.append((name, spec[0]))
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    return sockets, widgets, list(zip(names, cls.RETURN_TYPES)), extras
+    return Shape(pack.NODE_DISPLAY_NAME_MAPPINGS[node_type], sockets, widgets, list(zip(names, cls.RETURN_TYPES)),
+                 extras)
 
 
 class Workflow:
-    def __init__(self, mappings: dict):
-        self.mappings = mappings
+    def __init__(self, pack):
+        self.pack = pack
         self.nodes, self.links, self.groups = [], [], []
+        self.widgets: dict[int, dict] = {}  # node id -> {widget: value}, for the API form
 
     def add(self, node_type: str, pos, widgets: dict | None = None, title: str | None = None, size=(320, 120),
             mode: int = 0) -> int:
-        sockets, names, outputs, extras = describe(node_type, self.mappings)
-        cls = self.mappings.get(node_type)
+        shape = describe(node_type, self.pack)
+        cls = self.pack.NODE_CLASS_MAPPINGS.get(node_type)
         defaults = {}
         if cls is not None:
             for section in ("required", "optional"):
@@ -74,25 +101,32 @@ class Workflow:
                     first = spec[0][0] if isinstance(spec[0], list) and spec[0] else None
                     defaults[name] = opts.get("default", first)
         widgets = widgets or {}
-        unknown = set(widgets) - set(names)
+        unknown = set(widgets) - set(shape.widgets)
         if unknown:
             raise KeyError(f"{node_type} has no widgets {unknown}")
-        values = []
-        for name in names:
+        chosen, values = {}, []
+        for name in shape.widgets:
             value = widgets.get(name, defaults.get(name))
             if value is None:
                 raise ValueError(f"{node_type}.{name} needs an explicit value")
-            values.append(value)
-            values += extras.get(name, [])
-        node = {"id": len(self.nodes) + 1, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
-                "order": len(self.nodes), "mode": mode,
-                "inputs": [{"name": n, "type": t, "link": None} for n, t in sockets],
-                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+            chosen[name] = value
+            values += [value, *shape.extras.get(name, [])]
+        node = {"id": len(self.nodes) + 1, "type": node_type, "title": title or shape.title, "pos": list(pos),
+                "size": list(size), "flags": {}, "order": len(self.nodes), "mode": mode,
+                "inputs": [{"name": n, "type": t, "link": None} for n, t in shape.sockets],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
+                            for i, (n, t) in enumerate(shape.outputs)],
                 "properties": {"Node name for S&R": node_type}, "widgets_values": values}
-        if title:
-            node["title"] = title
         self.nodes.append(node)
+        self.widgets[node["id"]] = chosen
         return node["id"]
+
+    def set_mode(self, node_types: set, mode: int) -> "Workflow":
+        """Mute (2) or enable (0) every node of these types, as Ctrl+M does."""
+        for node in self.nodes:
+            if node["type"] in node_types:
+                node["mode"] = mode
+        return self
 
     def note(self, text: str, pos, size=(320, 160)) -> int:
         node = {"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
@@ -120,6 +154,26 @@ class Workflow:
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": self.groups, "config": {},
                 "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+
+    def api(self) -> dict:
+        """The API form of the graph: what the editor's Queue button sends for it. Notes and muted
+        nodes are not sent; a widget fed by a link sends the link."""
+        live = {n["id"] for n in self.nodes if n["type"] != "Note" and n["mode"] == 0}
+        prompt = {}
+        for node in self.nodes:
+            if node["id"] not in live:
+                if node["mode"] not in (0, 2):
+                    raise ValueError(f"node {node['id']}: only enabled (0) and muted (2) nodes are described")
+                continue
+            inputs = dict(self.widgets[node["id"]])
+            for inp in node["inputs"]:
+                if inp["link"] is not None:
+                    _, src, slot, *_ = self.links[inp["link"] - 1]
+                    if src not in live:
+                        raise ValueError(f"{node['title']}.{inp['name']} is fed by a muted node")
+                    inputs[inp["name"]] = [str(src), slot]
+            prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"], "_meta": {"title": node["title"]}}
+        return prompt
 
 
 SAMPLE = "vinv_red_circle_right.mp4"
@@ -151,8 +205,8 @@ def save_section(wf: Workflow, images_node: int, images_output: str, parts: int,
     return create, save
 
 
-def encode_decode(m) -> dict:
-    wf = Workflow(m)
+def encode_decode(pack) -> Workflow:
+    wf = Workflow(pack)
     wf.group("1. Source video and model", -20, -40, 720, 560)
     video, parts, model, enc = source_section(wf)
     wf.group("2. Decode and save", 720, -40, 760, 560, "#8a8")
@@ -167,7 +221,7 @@ def encode_decode(m) -> dict:
             "'size' fits the frames to width x height (0 = the model's native size; multiples of 16 for "
             "CogVideoX); 'tiling' saves memory on large frames.\n\nThe PNG frames are lossless, for measuring.",
             (0, 560), (700, 170))
-    return wf.json()
+    return wf
 
 
 def text_section(wf: Workflow, model: int, x, y, prompt: str, title: str) -> int:
@@ -199,8 +253,8 @@ INVERT_NOTE = ("DDIM Invert (exact): 'steps' is the DDIM grid (sample with the s
                "the residual of every step.")
 
 
-def reconstruct(m) -> dict:
-    wf = Workflow(m)
+def reconstruct(pack) -> Workflow:
+    wf = Workflow(pack)
     wf.group("1. Source video, model and prompt", -20, -40, 720, 800)
     video, parts, model, enc = source_section(wf)
     cond = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
@@ -222,11 +276,11 @@ def reconstruct(m) -> dict:
     wf.note("DDIM Sample uses the same steps, guidance and prompt as the inversion: the result equals the "
             "source latent up to the residuals plotted on DDIM Invert. Left: the frames that were encoded; "
             "right: the reconstruction.", (1140, 400), (330, 150))
-    return wf.json()
+    return wf
 
 
-def edit_graph(m, model_name: str | None = None) -> tuple[Workflow, dict]:
-    wf = Workflow(m)
+def edit_graph(pack, model_name: str | None = None) -> tuple[Workflow, dict]:
+    wf = Workflow(pack)
     wf.group("1. Source video, model and prompts", -20, -40, 720, 1040)
     video, parts, model, enc = source_section(wf, model_name=model_name)
     src = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
@@ -297,18 +351,18 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
         save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
 
 
-def edit(m) -> dict:
-    wf, ids = edit_graph(m)
+def edit(pack) -> Workflow:
+    wf, ids = edit_graph(pack)
     measured_outputs(wf, ids, "edit")
-    return wf.json()
+    return wf
 
 
 SAVED_TRAJECTORY = "trajectories/red_circle_00001.safetensors [output]"
 
 
-def trajectory_save_load(m) -> dict:
+def trajectory_save_load(pack) -> Workflow:
     """Run 1 inverts and saves; run 2 (muted at first) loads the file and samples it."""
-    wf = Workflow(m)
+    wf = Workflow(pack)
     wf.group("Shared: source, model, prompt", -20, -40, 720, 800)
     video, parts, model, enc = source_section(wf)
     cond = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
@@ -333,13 +387,13 @@ def trajectory_save_load(m) -> dict:
             "Trajectory', unmute the nodes of this group (Ctrl+M), pick the file in Load Trajectory (saved files "
             "are listed with '[output]'), and queue. A file made by another model or on another grid is refused "
             "with the reason.", (1500, 400), (360, 220))
-    return wf.json()
+    return wf
 
 
-def i2v_edit(m) -> dict:
+def i2v_edit(pack) -> Workflow:
     """Image-to-video editing: the source's first frame conditions the inversion and the reference
     stream; an edited first frame (here: recoloured) conditions the edit."""
-    wf, ids = edit_graph(m, model_name="tiny-cogvideox-i2v (bundled)")
+    wf, ids = edit_graph(pack, model_name="tiny-cogvideox-i2v (bundled)")
     first = wf.add("LoadImage", (740, 1060), {"image": "vinv_red_circle_right_first_frame_green.png"},
                    title="Edited first frame", size=(300, 330))
     wf.connect(first, "IMAGE", ids["guided"], "first_frame")
@@ -349,17 +403,17 @@ def i2v_edit(m) -> dict:
             "'first_frame' takes an edited first frame (here recoloured green in an image editor) and propagates "
             "the edit through the video; without it the source's first frame conditions the edit.",
             (740, 1410), (360, 200))
-    return wf.json()
+    return wf
 
 
 SVD_EDIT_TEMPORAL = False  # chosen by tools/bench_svd_edit.py
 SVD_BUCKET_RIGHT = 127  # the bundled tiny SVD's motion bucket for "moving right" (tools/train_svd_fixture.py)
 
 
-def svd_edit(m) -> dict:
+def svd_edit(pack) -> Workflow:
     """Stable Video Diffusion: invert the source with its own first frame, then propagate an edited
     first frame through the video while reference attention keeps the source's layout and motion."""
-    wf = Workflow(m)
+    wf = Workflow(pack)
     wf.group("1. Source video, model and first frames", -20, -40, 720, 1180)
     video, parts, model, enc = source_section(wf, model_name="tiny-svd (bundled)", loader="VInvLoadSVD")
     first_widgets = {"motion_bucket_id": SVD_BUCKET_RIGHT}
@@ -406,19 +460,25 @@ def svd_edit(m) -> dict:
             (1520, 1020), (360, 220))
     side_by_side(wf, enc, rec, ed, parts, "svd_edit")
     measured_outputs(wf, {"parts": parts, "enc": enc, "rec": rec, "ed": ed, "samp": samp}, "svd_edit")
-    return wf.json()
+    return wf
+
+
+BUILDS = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
+          "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit}
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=1) + "\n"
 
 
 def main() -> None:
     pack = load_pack()
-    m = pack.NODE_CLASS_MAPPINGS
-    out = ROOT / "workflows"
-    out.mkdir(exist_ok=True)
-    builds = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
-              "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit}
-    for name, build in builds.items():
-        (out / f"{name}.json").write_text(json.dumps(build(m), indent=1) + "\n")
-        print(f"wrote workflows/{name}.json")
+    API.mkdir(parents=True, exist_ok=True)
+    for name, build in BUILDS.items():
+        wf = build(pack)
+        (WORKFLOWS / f"{name}.json").write_text(dumps(wf.json()))
+        (API / f"{name}.json").write_text(dumps(wf.api()))
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
 
 
 if __name__ == "__main__":

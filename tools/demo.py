@@ -1,10 +1,11 @@
 """The main job: run the example edit workflow in a real ComfyUI on the bundled model.
 
-    python3 tools/demo.py [--out demo-output] [--workflow workflows/edit.json]
+    python3 tools/demo.py [--out demo-output] [--workflow workflows/api/edit.json]
 
-Needs only Python 3 and pip: builds (or reuses) the ComfyUI host in .host/, starts it on
-127.0.0.1, queues workflows/edit.json (converted from UI to API format with the server's
-/object_info), waits, and leaves in --out:
+Needs only Python 3 and pip: builds (or reuses) the ComfyUI host in .host/ (or uses the tree
+VIDINV_COMFYUI names, see tools/comfy_host.py), starts it on
+127.0.0.1, queues workflows/api/edit.json (the API form of workflows/edit.json, what the editor's
+Queue button sends for it), waits, and leaves in --out:
   source.mp4, reconstruction.mp4, edit.mp4, side_by_side.mp4, side_by_side.gif, metrics.txt
 The last line printed is the metrics line: round-trip error, edit attribute hit, seconds.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import comfy_host, workflow_api  # noqa: E402  (stdlib only)
+from tools import comfy_host  # noqa: E402  (stdlib only)
 
 
 def by_title(prompt: dict, entry: dict, title: str) -> dict:
@@ -35,7 +36,7 @@ def seconds_of(entry: dict) -> float:
 
 
 def run_workflow(args) -> None:
-    host = comfy_host.Host(Path(args.host_dir)).build()
+    host = comfy_host.configured(Path(args.host_dir)).build()
     base = host.base(Path(args.host_dir) / "demo-base")
     out_dir = Path(args.out).resolve()
     if out_dir.exists():
@@ -45,9 +46,7 @@ def run_workflow(args) -> None:
     if comfy_output.exists():
         shutil.rmtree(comfy_output)
     with comfy_host.Server(host, base) as server:
-        info = server.get("/object_info", timeout=120)
-        workflow = json.loads(Path(args.workflow).read_text())
-        prompt = workflow_api.convert(workflow, info)
+        prompt = json.loads(Path(args.workflow).read_text())
         print(f"[demo] queued {Path(args.workflow).name} on {server.url}", flush=True)
         entry = server.run(prompt, timeout=1800)
         if entry["status"]["status_str"] != "success":
@@ -111,7 +110,8 @@ def metrics(job_path: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "demo-output"))
-    p.add_argument("--workflow", default=str(ROOT / "workflows" / "edit.json"))
+    p.add_argument("--workflow", default=str(ROOT / "workflows" / "api" / "edit.json"),
+                   help="an API-form prompt with the node titles of workflows/edit.json")
     p.add_argument("--host-dir", default=str(comfy_host.DEFAULT_HOST_DIR))
     p.add_argument("--metrics", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

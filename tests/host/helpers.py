@@ -2,19 +2,22 @@
 import json
 from pathlib import Path
 
-from tools import workflow_api
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_workflow(name: str) -> dict:
+    """A workflow of workflows/ in the editor's UI format."""
     return json.loads((ROOT / "workflows" / name).read_text())
 
 
-def api_prompt(name: str, object_info: dict, overrides: dict | None = None) -> dict:
-    """A workflow from workflows/ in API format; overrides are {(title or type, input): value}."""
-    prompt = workflow_api.convert(load_workflow(name), object_info)
-    for (who, key), value in (overrides or {}).items():
+def api_prompt(name: str, overrides: dict | None = None) -> dict:
+    """The shipped API form of a workflow (workflows/api/, written by tools/build_workflows.py next
+    to the UI form); overrides are {(title or type, input): value}."""
+    return override(json.loads((ROOT / "workflows" / "api" / name).read_text()), overrides or {}, name)
+
+
+def override(prompt: dict, overrides: dict, name: str = "the prompt") -> dict:
+    for (who, key), value in overrides.items():
         hits = [n for n in prompt.values() if who in (n["class_type"], n["_meta"]["title"])]
         assert hits, f"no node {who!r} in {name}"
         for n in hits:

@@ -45,8 +45,8 @@ def read_frames(comfy, images: list[dict]) -> np.ndarray:
                      for im in images])
 
 
-def test_encode_decode_workflow_saves_video(comfy, object_info):
-    prompt = api_prompt("encode_decode.json", object_info)
+def test_encode_decode_workflow_saves_video(comfy):
+    prompt = api_prompt("encode_decode.json")
     entry = comfy.run(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     videos = outputs_of(entry, "SaveVideo", prompt)[0]["images"]
@@ -57,7 +57,7 @@ def test_encode_decode_workflow_saves_video(comfy, object_info):
     assert synthetic.describe(frames) == {"shape": "circle", "colour": "red", "direction": "right"}
 
 
-def test_vae_round_trip_through_the_host_matches_the_fixture(comfy, object_info):
+def test_vae_round_trip_through_the_host_matches_the_fixture(comfy):
     """The held-out set through LoadVideo -> VAE encode -> decode -> lossless PNGs reaches the
     PSNR the fixture's model card reports (within 0.5 dB)."""
     quality = json.loads((ROOT / "assets" / "tiny-cogvideox" / "quality.json").read_text())["vae"]
@@ -67,7 +67,7 @@ def test_vae_round_trip_through_the_host_matches_the_fixture(comfy, object_info)
         name = f"heldout_{i:03d}.mp4"
         frames = synthetic.render(spec)
         write_mp4(comfy.base / "input" / name, frames)
-        prompt = api_prompt("encode_decode.json", object_info, {("LoadVideo", "file"): name})
+        prompt = api_prompt("encode_decode.json", {("LoadVideo", "file"): name})
         entry = comfy.run(prompt)
         assert entry["status"]["status_str"] == "success", entry["status"]
         psnrs.append(synthetic.psnr(read_frames(comfy, outputs_of(entry, "SaveImage", prompt)[0]["images"]), frames))
@@ -82,25 +82,25 @@ def execution_error(comfy, prompt):
     return err
 
 
-def test_unknown_model_is_refused_before_running(comfy, object_info):
-    prompt = api_prompt("encode_decode.json", object_info, {("VInvLoadCogVideoX", "model"): "CogVideoX-nope"})
+def test_unknown_model_is_refused_before_running(comfy):
+    prompt = api_prompt("encode_decode.json", {("VInvLoadCogVideoX", "model"): "CogVideoX-nope"})
     status, body = comfy.queue(prompt)
     assert status == 400
     details = json.dumps(body["node_errors"])
     assert "CogVideoX-nope" in details and "not in" in details
 
 
-def test_too_few_frames_is_a_readable_node_error(comfy, object_info):
+def test_too_few_frames_is_a_readable_node_error(comfy):
     write_mp4(comfy.base / "input" / "three_frames.mp4", synthetic.render(synthetic.random_spec(5))[:3])
-    prompt = api_prompt("encode_decode.json", object_info, {("LoadVideo", "file"): "three_frames.mp4"})
+    prompt = api_prompt("encode_decode.json", {("LoadVideo", "file"): "three_frames.mp4"})
     err = execution_error(comfy, prompt)
     assert err["node_type"] == "VInvVAEEncode"
     assert err["exception_message"].startswith("the video has 3 frame(s); this model needs at least 5")
     assert "Traceback" not in err["exception_message"]
 
 
-def test_size_the_model_cannot_take_is_a_readable_node_error(comfy, object_info):
-    prompt = api_prompt("encode_decode.json", object_info, {("VInvVAEEncode", "width"): 40})
+def test_size_the_model_cannot_take_is_a_readable_node_error(comfy):
+    prompt = api_prompt("encode_decode.json", {("VInvVAEEncode", "width"): 40})
     err = execution_error(comfy, prompt)
     assert err["node_type"] == "VInvVAEEncode"
     assert "size 40x64 is not a positive multiple of 16" in err["exception_message"]

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from tests.host.helpers import api_prompt, load_workflow, outputs_of
-from tools import comfy_host, workflow_api
+from tests.conftest import load_pack
+from tests.host.helpers import api_prompt, outputs_of
+from tools import build_workflows, comfy_host
 from vidinv import synthetic
 
 pytestmark = pytest.mark.host
@@ -31,8 +32,8 @@ def ui_of(entry, prompt, class_type, key):
 
 
 @pytest.fixture(scope="module")
-def edit_run(comfy, object_info):
-    prompt = api_prompt("edit.json", object_info)
+def edit_run(comfy):
+    prompt = api_prompt("edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
     return prompt, entry
@@ -57,48 +58,39 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
         assert (comfy.base / "output" / item["subfolder"] / item["filename"]).stat().st_size > 0
 
 
-def test_second_run_is_identical(comfy, object_info, edit_run):
+def test_second_run_is_identical(comfy, edit_run):
     """Nothing leaks between runs: the same graph again (nothing cached: new seed-free node ids
     are not needed, ComfyUI re-executes after a cache flush) gives the same edit."""
     prompt, entry = edit_run
     first = frames_of(comfy, entry, prompt, "Frames: edit")
     comfy.post("/free", {"unload_models": True, "free_memory": True})
-    again = api_prompt("edit.json", object_info, {("Frames: edit", "filename_prefix"): "vinv/edit_again"})
+    again = api_prompt("edit.json", {("Frames: edit", "filename_prefix"): "vinv/edit_again"})
     entry2 = comfy.run(again, timeout=900)
     assert entry2["status"]["status_str"] == "success"
     assert np.array_equal(frames_of(comfy, entry2, again, "Frames: edit"), first)
 
 
-def test_reconstruct_workflow(comfy, object_info):
-    prompt = api_prompt("reconstruct.json", object_info)
+def test_reconstruct_workflow(comfy):
+    prompt = api_prompt("reconstruct.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
     assert outputs_of(entry, "SaveVideo", prompt)[0]["images"]
 
 
-def set_mode(workflow, types, mode):
-    for node in workflow["nodes"]:
-        if node["type"] in types:
-            node["mode"] = mode
-    return workflow
-
-
-def test_trajectory_save_then_load_in_a_second_run(comfy, object_info):
-    wf = load_workflow("trajectory_save_load.json")
-    run1 = workflow_api.convert(wf, object_info)
+def test_trajectory_save_then_load_in_a_second_run(comfy):
+    run1 = api_prompt("trajectory_save_load.json")
     entry1 = comfy.run(run1, timeout=900)
     assert entry1["status"]["status_str"] == "success", comfy_host.execution_error(entry1)
     saved = outputs_of(entry1, "VInvSaveTrajectory", run1)[0]["vinv_saved"][0]
     path = comfy.base / "output" / saved["subfolder"] / saved["filename"]
     assert path.is_file() and saved["filename"] == "red_circle_00001.safetensors"
-    # run 2: the muted group on, inversion and saving off
-    wf2 = set_mode(set_mode(load_workflow("trajectory_save_load.json"), {"VInvDDIMInvert", "VInvSaveTrajectory"}, 2),
-                   {"VInvLoadTrajectory", "VInvDDIMSample", "VInvVAEDecode", "SaveImage"}, 0)
-    info = comfy.get("/object_info/VInvLoadTrajectory")
-    run2 = workflow_api.convert(wf2, {**object_info, **info})
+    # run 2, as the workflow's note tells the user: the muted group on, inversion and saving off
+    wf = build_workflows.trajectory_save_load(load_pack())
+    wf.set_mode({"VInvDDIMInvert", "VInvSaveTrajectory"}, 2)
+    run2 = wf.set_mode({"VInvLoadTrajectory", "VInvDDIMSample", "VInvVAEDecode", "SaveImage"}, 0).api()
     entry2 = comfy.run(run2, timeout=900)
     assert entry2["status"]["status_str"] == "success", comfy_host.execution_error(entry2)
-    frames = frames_of(comfy, entry2, run2, "SaveImage")
+    frames = frames_of(comfy, entry2, run2, "Save Image")
     assert synthetic.describe(frames) == {"shape": "circle", "colour": "red", "direction": "right"}
 
 
@@ -134,8 +126,8 @@ def test_load_trajectory_refuses_bad_files_with_a_reason(comfy):
     assert "this trajectory was made with model 'tiny-cogvideox (bundled)'" in err["exception_message"]
 
 
-def test_guided_sample_without_reference_attention_is_a_readable_error(comfy, object_info):
-    prompt = api_prompt("edit.json", object_info)
+def test_guided_sample_without_reference_attention_is_a_readable_error(comfy):
+    prompt = api_prompt("edit.json")
     guided = next(k for k, v in prompt.items() if v["class_type"] == "VInvGuidedSample")
     loader = next(k for k, v in prompt.items() if v["class_type"] == "VInvLoadCogVideoX")
     prompt[guided]["inputs"]["model"] = [loader, 0]
@@ -144,14 +136,14 @@ def test_guided_sample_without_reference_attention_is_a_readable_error(comfy, ob
     assert err["exception_message"].startswith("Guided Sample needs a model patched with a trajectory")
 
 
-def test_bad_reference_blocks_is_a_readable_error(comfy, object_info):
-    prompt = api_prompt("edit.json", object_info, {("VInvReferenceAttention", "blocks"): "0-99"})
+def test_bad_reference_blocks_is_a_readable_error(comfy):
+    prompt = api_prompt("edit.json", {("VInvReferenceAttention", "blocks"): "0-99"})
     err = error_of(comfy, prompt)
     assert err["node_type"] == "VInvReferenceAttention" and "outside 0..7" in err["exception_message"]
 
 
-def test_i2v_edit_workflow(comfy, object_info):
-    prompt = api_prompt("i2v_edit.json", object_info)
+def test_i2v_edit_workflow(comfy):
+    prompt = api_prompt("i2v_edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
     src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
@@ -160,10 +152,10 @@ def test_i2v_edit_workflow(comfy, object_info):
     assert synthetic.describe(edit)["colour"] == "green"
 
 
-def test_svd_edit_workflow(comfy, object_info):
+def test_svd_edit_workflow(comfy):
     """workflows/svd_edit.json on the bundled tiny SVD: exact reconstruction, and the green first
     frame propagated through the video with the source's motion."""
-    prompt = api_prompt("svd_edit.json", object_info)
+    prompt = api_prompt("svd_edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
     src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
