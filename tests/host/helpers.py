@@ -27,3 +27,29 @@ def override(prompt: dict, overrides: dict, name: str = "the prompt") -> dict:
 
 def outputs_of(entry: dict, class_type: str, prompt: dict) -> list[dict]:
     return [out for nid, out in entry["outputs"].items() if prompt[nid]["class_type"] == class_type]
+
+
+def node(class_type: str, **inputs) -> dict:
+    """One API-form node, titled by its class."""
+    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": class_type}}
+
+
+def svd_round_trip(model: str, image: str, size: int, steps: int, iterations: int, tolerance: float,
+                   sample_steps: int | None = None) -> dict:
+    """Nodes "1".."7" of an SVD graph: Load SVD, three copies of `image` VAE-encoded at size x size,
+    the first frame encoded, Euler Invert (exact) and Euler Sample of its noise."""
+    return {
+        "1": node("VInvLoadSVD", model=model, precision="fp32", offload="none"),
+        "2": node("LoadImage", image=image),
+        "3": node("RepeatImageBatch", image=["2", 0], amount=3),
+        "4": node("VInvVAEEncode", model=["1", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
+                  width=size, height=size, tiling="auto"),
+        "5": node("VInvSVDEncodeFirstFrame", model=["1", 0], image=["4", 1], fps=7, motion_bucket_id=127,
+                  noise_aug_strength=0.02, seed=0),
+        "6": node("VInvSVDInvert", model=["1", 0], conditioning=["5", 0], latent=["4", 0], steps=steps,
+                  min_guidance=1.0, max_guidance=1.0, iterations=iterations, tolerance=tolerance,
+                  trajectory_dtype="fp32"),
+        "7": node("VInvSVDSample", model=["1", 0], conditioning=["5", 0], latent=["6", 1],
+                  steps=steps if sample_steps is None else sample_steps, min_guidance=1.0, max_guidance=1.0),
+    }
+

@@ -11,6 +11,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tests.host.helpers import node, svd_round_trip
 from tools import comfy_host
 
 pytestmark = pytest.mark.host
@@ -38,10 +39,6 @@ class VInvTestAny:
 
 NODE_CLASS_MAPPINGS = {"VInvTestAny": VInvTestAny}
 '''
-
-
-def node(class_type, **inputs):
-    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": class_type}}
 
 
 def good_graph(tag: str) -> dict:
@@ -87,17 +84,7 @@ def load_graph(file) -> dict:
 def svd_graph(sample_steps: int) -> dict:
     """The bundled tiny SVD: 3 frames at 16x16, a 2-step exact inversion, Euler sampling of its noise."""
     return {
-        "1": node("VInvLoadSVD", model="tiny-svd (bundled)", precision="fp32", offload="none"),
-        "2": node("LoadImage", image=IMAGE),
-        "3": node("RepeatImageBatch", image=["2", 0], amount=3),
-        "4": node("VInvVAEEncode", model=["1", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
-                  width=16, height=16, tiling="auto"),
-        "5": node("VInvSVDEncodeFirstFrame", model=["1", 0], image=["4", 1], fps=7, motion_bucket_id=127,
-                  noise_aug_strength=0.02, seed=0),
-        "6": node("VInvSVDInvert", model=["1", 0], conditioning=["5", 0], latent=["4", 0], steps=2, min_guidance=1.0,
-                  max_guidance=1.0, iterations=1, tolerance=0.0, trajectory_dtype="fp32"),
-        "7": node("VInvSVDSample", model=["1", 0], conditioning=["5", 0], latent=["6", 1], steps=sample_steps,
-                  min_guidance=1.0, max_guidance=1.0),
+        **svd_round_trip("tiny-svd (bundled)", IMAGE, 16, 2, 1, 0.0, sample_steps),
         "8": node("SaveLatent", samples=["7", 0], filename_prefix="never/svd"),
     }
 

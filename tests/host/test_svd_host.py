@@ -8,6 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.tiny_svd import write_tiny_svd
+from tests.host.helpers import node, svd_round_trip
 from tools import comfy_host
 
 pytestmark = pytest.mark.host
@@ -23,20 +24,8 @@ def svd_folder(comfy):
 
 
 def graph(model: str) -> dict:
-    def node(class_type, **inputs):
-        return {"class_type": class_type, "inputs": inputs, "_meta": {"title": class_type}}
     return {
-        "1": node("VInvLoadSVD", model=model, precision="fp32", offload="none"),
-        "2": node("LoadImage", image=IMAGE),
-        "3": node("RepeatImageBatch", image=["2", 0], amount=3),
-        "4": node("VInvVAEEncode", model=["1", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
-                  width=8, height=8, tiling="auto"),
-        "5": node("VInvSVDEncodeFirstFrame", model=["1", 0], image=["4", 1], fps=7, motion_bucket_id=127,
-                  noise_aug_strength=0.02, seed=0),
-        "6": node("VInvSVDInvert", model=["1", 0], conditioning=["5", 0], latent=["4", 0], steps=8, min_guidance=1.0,
-                  max_guidance=1.0, iterations=30, tolerance=1e-7, trajectory_dtype="fp32"),
-        "7": node("VInvSVDSample", model=["1", 0], conditioning=["5", 0], latent=["6", 1], steps=8, min_guidance=1.0,
-                  max_guidance=1.0),
+        **svd_round_trip(model, IMAGE, 8, 8, 30, 1e-7),
         "8": node("VInvReferenceAttention", model=["1", 0], trajectory=["6", 0], blocks="all", start=0.0, end=1.0,
                   weight=2.0, reference_text=False, rows="all", reference_conditioning="source"),
         "9": node("VInvSVDGuidedSample", model=["8", 0], min_guidance=1.0, max_guidance=1.0, start="inverted", seed=0,
