@@ -14,3 +14,9 @@ def shorten(text, limit: int = 40) -> str:
     hostile field is never echoed whole, nor grown by escapes)."""
     text = "".join(c if c.isprintable() else "?" for c in str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_kind(v) -> str:
+    """What a decoded JSON value is, in words ("a list", "null", ...), for messages about files."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")

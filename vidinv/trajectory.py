@@ -331,14 +331,9 @@ TENSORS = ("latents", "embeds", "negative_embeds")
 OPTIONAL_TENSORS = ("image_latents", "null_embeds")
 
 
-def json_kind(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number")
-
-
 def describe_value(v) -> str:
     text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else repr(v)
-    return f"{json_kind(v)} ({text if len(text) <= 40 else text[:37] + '...'})"
+    return f"{errors.json_kind(v)} ({errors.shorten(text)})"
 
 
 def read_metadata(raw: str, name: str) -> dict:
@@ -348,7 +343,7 @@ def read_metadata(raw: str, name: str) -> dict:
     except ValueError as err:
         raise errors.InputError(f"{name!r} has damaged trajectory metadata", "Save the trajectory again.") from err
     if not isinstance(meta, dict):
-        raise errors.InputError(f"{name!r}: the trajectory metadata is {json_kind(meta)}, not a JSON object",
+        raise errors.InputError(f"{name!r}: the trajectory metadata is {errors.json_kind(meta)}, not a JSON object",
                                 "Choose a file written by the Save Trajectory node, or save the trajectory again.")
     version = meta.get("version", -1)
     if meta.get("format") != FORMAT or not is_count(version) or version > VERSION:

@@ -45,8 +45,7 @@ def config_class(cfg: Path) -> str | None:
     except ValueError as err:
         raise ValueError(f"{cfg.parent.name}/{cfg.name} is not valid JSON ({err})") from err
     if not isinstance(data, dict):
-        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(data), "a number")
-        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {kind}, not a JSON object")
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {errors.json_kind(data)}, not a JSON object")
     return data.get("_class_name")
 
 
