@@ -1,8 +1,8 @@
 """ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
 from . import host
 from .common import guard
-from .model_nodes import EncodeText, LoadCogVideoX
-from .sampling_nodes import DDIMInvert, DDIMSample, GuidedSample, NullTextInversion, ReferenceAttention
+from .cogvideox_nodes import DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion
+from .pipeline_nodes import GuidedSample, ReferenceAttention
 from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
 from .trajectory_nodes import LoadTrajectory, SaveTrajectory
 from .vae_nodes import VAEDecodeVideo, VAEEncodeVideo

@@ -8,7 +8,6 @@ import math
 import torch
 
 from ..vidinv import errors
-from ..vidinv.trajectory import FAMILY_NAMES, family_of as family  # noqa: F401 (family: for the nodes)
 
 CATEGORY = "video inversion"
 MODEL = "VINV_MODEL"
@@ -51,14 +50,6 @@ def latent_parts(latent: dict):
     """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one)."""
     meta = latent.get("vinv") or {}
     return latent["samples"], meta.get("image_latents"), int(meta.get("pad_frames", 0))
-
-
-def require_cogvideox(model, node: str, fix: str) -> None:
-    """Refuse a model of another family on a CogVideoX-only node, before any work starts."""
-    if family(model) != "cogvideox":
-        raise errors.InputError(
-            f"{node} works on CogVideoX models only; {getattr(model, 'name', '?')!r} is a "
-            f"{FAMILY_NAMES.get(family(model), family(model))} model", fix)
 
 
 GUIDANCE_NOTE = (" Guidance below 1 would weaken the conditioning instead of guiding (0 ignores it); 1 is no "

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..vidinv.errors import InputError, shorten
-from ..vidinv.inversion import Hooks
+from ..vidinv.hooks import Hooks
 
 try:  # inside a ComfyUI process
     import comfy.model_management as _mm

@@ -6,25 +6,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..vidinv import synthetic
-from ..vidinv.models import cogvideox, svd
+from ..vidinv import families, synthetic
 from . import host
-from .common import family
 
 
 def fit_rgb_factors(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [C, 3], b [3]) with rgb ~ z @ W + b at latent resolution."""
-    is_svd = family(model) == "svd"
-    encode = svd.encode_video if is_svd else cogvideox.encode_video
-    m = model.spatial_factor if is_svd else model.size_multiple
-    temporal = 1 if is_svd else model.temporal_factor
+    fam = families.of(model)
+    m, temporal = model.size_multiple, model.temporal_factor
     size = max(4 * m, 64)
-    frames = 5 if is_svd else temporal + 1  # the synthetic renderer draws 4k+1 frames
+    frames = 5  # the synthetic renderer draws 4k+1 frames; 2 latent frames for CogVideoX's 4x temporal VAE
     zs, rgbs = [], []
     for seed in range(4):
         spec = synthetic.random_spec(seed, frames, size, size, colour=list(synthetic.COLOURS)[seed])
         clip = torch.from_numpy(synthetic.render(spec))
-        z = encode(model, clip)[0]  # [F, C, h, w]
+        z = fam.encode_video(model, clip)[0]  # [F, C, h, w]
         f, c, h, w = z.shape
         small = torch.nn.functional.adaptive_avg_pool2d(clip.permute(0, 3, 1, 2), (h, w))  # [N, 3, h, w]
         small = small[::temporal][:f]

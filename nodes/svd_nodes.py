@@ -1,17 +1,20 @@
-"""Stable Video Diffusion: load a folder, encode the first frame, exact Euler inversion, Euler
-sampling and guided sampling with SVD's frame-wise guidance. The shared nodes (VAE, Reference
-Attention, Guided Sample, trajectories) dispatch on the model's family; these hold SVD's own inputs."""
+"""Stable Video Diffusion's own nodes: load a folder, encode the first frame, exact Euler inversion,
+Euler sampling and guided sampling with SVD's frame-wise guidance. They read SVD's inputs into the
+shared values and run the shared node bodies of `pipeline_nodes`; the shared nodes (VAE, Reference
+Attention, Guided Sample, trajectories) take SVD models as they are."""
 from __future__ import annotations
 
 import logging
 
-from ..vidinv import errors, svd_inversion, video
-from ..vidinv.models import cogvideox, svd
-from ..vidinv.trajectory import DTYPES
+from ..vidinv import errors, families, video
+from ..vidinv.family import Guidance
+from ..vidinv.models import svd
+from ..vidinv.models.loading import DTYPES
+from ..vidinv.solver import Solver
+from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
-from .common import (CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY, check_steps, latent_parts,
-                     latent_value)
-from .preview import latent_preview
+from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
+from .pipeline_nodes import SEED, run_guided, run_invert, run_sample
 
 log = logging.getLogger("vidinv")
 
@@ -38,12 +41,8 @@ def available_models() -> dict:
     return models
 
 
-def svd_conditioning(model, conditioning):
-    svd_inversion.check_model(model)
-    if not isinstance(conditioning, svd.Conditioning):
-        raise errors.InputError("the conditioning is not an SVD first-frame conditioning (a text conditioning?)",
-                                "Connect Encode First Frame (SVD) made with the same model.")
-    return conditioning
+def require_svd(model, node: str) -> None:
+    families.require(model, svd.FAMILY.name, node, "Load a Stable Video Diffusion folder for the SVD nodes.")
 
 
 class LoadSVD:
@@ -64,7 +63,7 @@ class LoadSVD:
                 "tooltip": "A diffusers Stable Video Diffusion folder (models/SVD/<name> or models/diffusers/<name>, "
                            "e.g. stable-video-diffusion-img2vid-xt); 'tiny-svd (bundled)' is the pack's tiny "
                            "trained SVD (64x64, 9 frames, direction = motion bucket)."}),
-            "precision": (list(cogvideox.DTYPES), {
+            "precision": (list(DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
                                               "models; fp16 for SVD on GPUs."}),
             "offload": (["none", "cpu"], {
@@ -113,7 +112,7 @@ class SVDEncodeFirstFrame:
         }}
 
     def encode(self, model, image, fps, motion_bucket_id, noise_aug_strength, seed):
-        svd_inversion.check_model(model)
+        require_svd(model, "Encode First Frame (SVD)")
         frame = video.check_images(image, "image")[:1]
         cond = svd.encode_image(model, frame, fps, motion_bucket_id, noise_aug_strength, seed)
         host.free_memory()
@@ -143,21 +142,16 @@ class SVDInvert:
             "max_guidance": MAX_GUIDANCE,
             "iterations": ITERATIONS,
             "tolerance": TOLERANCE,
-            "trajectory_dtype": (list(DTYPES), {"default": "fp32",
+            "trajectory_dtype": (list(STORAGE_DTYPES), {"default": "fp32",
                                                 "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
                                                            "halve the memory; fp32 keeps the round trip exact)."}),
         }}
 
     def invert(self, model, conditioning, latent, steps, min_guidance, max_guidance, iterations, tolerance,
                trajectory_dtype):
-        cond = svd_conditioning(model, conditioning)
-        samples, _, _ = latent_parts(latent)
-        progress = host.Progress(steps)
-        traj = svd_inversion.invert(model, cond, samples, steps, min_guidance, max_guidance, iterations, tolerance,
-                                    dtype=trajectory_dtype, hooks=progress)
-        host.free_memory()
-        return {"ui": {"vinv_trajectory": [traj.summary()]},
-                "result": (traj, latent_value(traj.noise, model, steps=traj.steps))}
+        require_svd(model, "Euler Invert (SVD)")
+        return run_invert(model, conditioning, latent, steps, Guidance(max_guidance, first=min_guidance),
+                          Solver(iterations, tolerance), trajectory_dtype)
 
 
 class SVDSample:
@@ -183,13 +177,9 @@ class SVDSample:
         }}
 
     def sample(self, model, conditioning, latent, steps, min_guidance, max_guidance):
-        cond = svd_conditioning(model, conditioning)
-        check_steps("Euler Sample (SVD)", steps, latent)
-        samples, _, _ = latent_parts(latent)
-        progress = host.Progress(steps, latent_preview(model))
-        out = svd_inversion.sample(model, cond, samples, steps, min_guidance, max_guidance, hooks=progress)
-        host.free_memory()
-        return (latent_value(out, model),)
+        require_svd(model, "Euler Sample (SVD)")
+        return run_sample("Euler Sample (SVD)", model, conditioning, latent, steps,
+                          Guidance(max_guidance, first=min_guidance))
 
 
 class SVDGuidedSample:
@@ -211,30 +201,12 @@ class SVDGuidedSample:
             "start": (["inverted", "fresh"], {"default": "inverted",
                                               "tooltip": "Start from the trajectory's inverted noise, or from "
                                                          "fresh noise."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
-                             "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."}),
+            "seed": SEED,
         }, "optional": {
             "conditioning": (CONDITIONING, {"tooltip": "An edited first frame from Encode First Frame (SVD); "
                                                        "unconnected = the trajectory's source first frame."}),
         }}
 
     def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None):
-        return guided_sample(model, conditioning, min_guidance, max_guidance, start, seed)
-
-
-def guided_sample(model, conditioning, min_guidance, max_guidance, start, seed) -> dict:
-    """The SVD branch of Guided Sample (shared node) and Guided Sample (SVD)."""
-    svd_inversion.check_model(model)
-    spec = model.reference
-    if spec is None:
-        raise errors.InputError("Guided Sample needs a model patched with a trajectory",
-                                "Connect the output of the Reference Attention node to its model input.")
-    cond = None if conditioning is None else svd_conditioning(model, conditioning)
-    traj, opts = spec.trajectory, spec.options
-    progress = host.Progress(traj.steps, latent_preview(model))
-    out = svd_inversion.guided_sample(model, cond, traj, opts, min_guidance, max_guidance, start, seed,
-                                      hooks=progress)
-    window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
-              "weight": opts.weight}
-    host.free_memory()
-    return {"ui": {"vinv_guidance": [window]}, "result": (latent_value(out, model),)}
+        require_svd(model, "Guided Sample (SVD)")
+        return run_guided(model, conditioning, Guidance(max_guidance, first=min_guidance), start, seed)

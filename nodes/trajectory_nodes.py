@@ -6,7 +6,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..vidinv import errors, trajectory
 from . import host
-from .common import CATEGORY, MODEL, TRAJECTORY, latent_value
+from .common import CATEGORY, MODEL, TRAJECTORY
+from .pipeline_nodes import trajectory_noise
 
 SUFFIX = ".safetensors"
 MAX_PREFIX = 200  # characters: with the numbering the file name stays under every file system's 255
@@ -108,8 +109,4 @@ class LoadTrajectory:
         traj = trajectory.load(host.annotated_path(file))
         traj.check_model(model)
         traj.check_grid(model.scheduler_config)
-        if traj.family == "svd":  # the image latents belong to the conditioning, not to the latent
-            noise = latent_value(traj.noise, model, steps=traj.steps)
-        else:
-            noise = latent_value(traj.noise, model, traj.image_latents, traj.extra.get("pad_frames", 0), traj.steps)
-        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise)}
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}

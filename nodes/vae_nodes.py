@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import video
-from ..vidinv.models import cogvideox, svd
+from ..vidinv import families, video
 from . import host
-from .common import CATEGORY, MODEL, family, latent_parts, latent_value
+from .common import CATEGORY, MODEL, latent_parts, latent_value
 
 log = logging.getLogger("vidinv")
 TILING = ("auto", "on", "off")
@@ -49,33 +48,11 @@ class VAEEncodeVideo:
 
     def encode(self, model, images, frames, size, width, height, tiling):
         images = video.check_images(images)
-        if family(model) == "svd":
-            return self.encode_svd(model, images, size, width, height)
-        clip, note_frames = video.fit_frame_count(images, model.temporal_factor, frames)
-        nh, nw = model.native_size
-        clip, note_size = video.fit_size(clip, height or nh, width or nw, model.size_multiple, size,
-                                         model.required_size)
-        log.info("VAE encode: %s; %s", note_frames, note_size)
-        z = cogvideox.encode_video(model, clip, tiling)
-        z, pad = cogvideox.pad_latent_frames(model, z)
-        image_latents = cogvideox.encode_image_latents(model, clip, z.shape[1], tiling) if model.is_i2v else None
-        host.free_memory()
-        return {"ui": {"text": [f"{note_frames}; {note_size}"]},
-                "result": (latent_value(z, model, image_latents, pad), clip)}
-
-    @staticmethod
-    def encode_svd(model, images, size, width, height):
-        """Stable Video Diffusion: every frame (no temporal compression, no padding); 0 keeps the
-        video's size, rounded down to the VAE's compression."""
-        m = model.spatial_factor
-        h, w = images.shape[1:3]
-        clip, note_size = video.fit_size(images, height or max(m, h // m * m), width or max(m, w // m * m),
-                                         m, size)
-        note = f"{clip.shape[0]} frames used (SVD takes any count); {note_size}"
+        z, image_latents, pad, clip, note = families.of(model).encode_frames(model, images, frames, size, width,
+                                                                             height, tiling)
         log.info("VAE encode: %s", note)
-        z = svd.encode_video(model, clip)
         host.free_memory()
-        return {"ui": {"text": [note]}, "result": (latent_value(z, model), clip)}
+        return {"ui": {"text": [note]}, "result": (latent_value(z, model, image_latents, pad), clip)}
 
 
 class VAEDecodeVideo:
@@ -97,9 +74,6 @@ class VAEDecodeVideo:
 
     def decode(self, model, latent, tiling):
         samples, _, pad = latent_parts(latent)
-        if family(model) == "svd":
-            frames = svd.decode_video(model, samples[:, pad:])
-        else:
-            frames = cogvideox.decode_video(model, samples[:, pad:], tiling)
+        frames = families.of(model).decode(model, samples[:, pad:], tiling)
         host.free_memory()
         return (frames,)

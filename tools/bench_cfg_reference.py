@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from tools.bench_edit import time_samplers  # noqa: E402
 from tools.bench_inversion import encode_heldout, machine, rel_err, report  # noqa: E402
-from vidinv import attention, inversion  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv import attention, pipeline  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
@@ -41,19 +42,19 @@ def run(args) -> dict:
     specs, x0 = encode_heldout(model, args.videos)
     cond = cogvideox.encode_text(model, [s.caption for s in specs])
     g = args.guidance
-    traj = inversion.invert(model, cond, x0, args.steps, guidance=g)
+    traj = pipeline.invert(model, cond, x0, args.steps, guidance=Guidance(g))
 
     def guided(opts, shared=False):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
 
         def go():
             if not shared:
-                return inversion.guided_sample(patched, cond, guidance=g)
+                return pipeline.guided_sample(patched, cond, guidance=Guidance(g))
             with mock.patch.object(attention, "reference_per_cfg_row", lambda *a: False):
-                return inversion.guided_sample(patched, cond, guidance=g)
+                return pipeline.guided_sample(patched, cond, guidance=Guidance(g))
         return go
 
-    samplers = {"plain": lambda: inversion.sample(model, cond, traj.noise, args.steps, guidance=g),
+    samplers = {"plain": lambda: pipeline.sample(model, cond, traj.noise, args.steps, guidance=Guidance(g)),
                 "guided": guided(ReferenceOptions()),
                 "guided rows=cond": guided(ReferenceOptions(rows="conditional")),
                 "shared row": guided(ReferenceOptions(), shared=True)}

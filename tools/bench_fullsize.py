@@ -17,6 +17,7 @@ FLOP ratio is what the time ratio tends to. ``--smoke`` runs the timing code on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidinv import attention, ddim, inversion  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv import attention, ddim, pipeline  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
 
@@ -104,10 +106,10 @@ def samplers(model) -> dict:
 def runners(model, edit, traj, guidance: float) -> dict:
     def run(opts, start, inverted_guidance):
         if opts is None:
-            return lambda: inversion.sample(model, edit, traj.noise, traj.steps, guidance)
+            return lambda: pipeline.sample(model, edit, traj.noise, traj.steps, guidance=Guidance(guidance))
         source = dataclasses.replace(traj, guidance=inverted_guidance)
-        patched = dataclasses.replace(model, reference=attention.ReferenceSpec(source, opts))
-        return lambda: inversion.guided_sample(patched, edit, guidance, start=start)
+        patched = pipeline.with_reference(model, source, opts)
+        return lambda: pipeline.guided_sample(patched, edit, guidance=Guidance(guidance), start=start)
 
     return {name: run(*spec) for name, spec in samplers(model).items()}
 
@@ -117,21 +119,29 @@ def step_flops(model, edit, traj, guidance: float) -> dict:
     sample pass (CFG rows) plus, where the window is on, the reference pass."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    fam = cogvideox.FAMILY
     x = traj.noise
     text, _ = cogvideox.cfg_rows(edit, guidance, False, x.shape[0])
+    grid = fam.grid(model, traj.steps)
     out = {}
     for name, (opts, _, inverted_guidance) in samplers(model).items():
-        kwargs, active = None, set()
+        source, active, layers, call = traj, set(), (), None
         if opts is not None:
             source = dataclasses.replace(traj, guidance=inverted_guidance)
-            kwargs = inversion.reference_kwargs(model, source, edit, opts, guidance, False, inversion.Hooks())
+            layers = fam.reference_layers(model, opts)
             active = set(opts.active_steps(traj.steps))
+            per_cfg_row = attention.reference_per_cfg_row(guidance > 1.0, inverted_guidance > 1.0, opts.rows)
+            call = fam.reference_call(model, source, grid, edit, Guidance(guidance), opts, per_cfg_row, None)
         per_kind = {}  # a step costs the same as any other with the window in the same state
         for i, t in enumerate(traj.timesteps):
             if (i in active) not in per_kind:
-                with FlopCounterMode(display=False) as counter, attention.installed(model.transformer):
-                    cogvideox.transformer_call(model, torch.cat([x, x]), text, t, None,
-                                               None if kwargs is None else kwargs(t, x))
+                with FlopCounterMode(display=False) as counter, \
+                        attention.installed(model.transformer, fam.reference_processors(model, layers)) as channel:
+                    ctx = None if opts is None else attention.per_step(
+                        channel, layers, source.latent_for_step, call, opts.weight, opts.rows, guidance > 1.0,
+                        active.__contains__, opts.text)(i, x)
+                    with ctx or contextlib.nullcontext():
+                        cogvideox.transformer_call(model, torch.cat([x, x]), text, t, None)
                 per_kind[i in active] = counter.get_total_flops()
         total = sum(per_kind[i in active] for i in range(traj.steps))
         out[name] = total / traj.steps

@@ -34,7 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidinv import inversion, nulltext, synthetic  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv.solver import Solver  # noqa: E402
+from vidinv.hooks import Hooks  # noqa: E402
+from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
@@ -66,19 +69,19 @@ def npi_round_trip(model, cond, x0, steps, guidance, counter, null_lr=None):
     """Negative-prompt (null_lr None) or null-text inversion (10 iterations per step at learning
     rate null_lr) around an exact guidance-1 pivot."""
     hooks = CountingHooks(counter)
-    traj = inversion.invert(model, cond, x0, steps, 1.0, iters=10, tol=1e-5, hooks=hooks)
+    traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5), hooks=hooks)
     mode = "source prompt"
     if null_lr is not None:
         traj = nulltext.null_text_inversion(model, traj, guidance, iters=10, lr=null_lr, hooks=hooks)
         mode = "null-text"
-    back = inversion.sample(model, cond, traj.noise, steps, guidance, negative=nulltext.negative_for(mode, traj))
+    back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(guidance), negative=nulltext.negative_for(mode, traj))
     return back, traj
 
 
 def ours_round_trip(model, cond, x0, steps, guidance, iters, memory, tol, counter):
     hooks = CountingHooks(counter)
-    traj = inversion.invert(model, cond, x0, steps, guidance, iters=iters, tol=tol, memory=memory, hooks=hooks)
-    back = inversion.sample(model, cond, traj.noise, steps, guidance)
+    traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(guidance), settings=Solver(iters=iters, tol=tol, memory=memory), hooks=hooks)
+    back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(guidance))
     return back, traj
 
 
@@ -97,7 +100,7 @@ def methods(guidance: float) -> dict:
     return out
 
 
-class CountingHooks(inversion.Hooks):
+class CountingHooks(Hooks):
     def __init__(self, counter):
         self.counter = counter
 
@@ -125,7 +128,7 @@ def run(args) -> dict:
     tables = []
     for steps in args.steps:
         for guidance in args.guidance:
-            fresh = inversion.sample(model, cond, noise, steps, guidance)
+            fresh = pipeline.sample(model, cond, noise, steps, guidance=Guidance(guidance))
             rows = []
             for name, runner in methods(guidance).items():
                 if args.methods and name not in args.methods:

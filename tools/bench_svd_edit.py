@@ -36,38 +36,40 @@ from tools.bench_edit import edit_rows, edited_spec, reconstruction_rows, score_
 from tools.bench_inversion import machine, report  # noqa: E402
 from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
 from tools.train_svd_fixture import BUCKETS  # noqa: E402
-from vidinv import edm, svd_inversion, synthetic  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv.solver import Solver  # noqa: E402
+from vidinv import pipeline, synthetic  # noqa: E402
+from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.models import svd  # noqa: E402
-from vidinv.svd_inversion import SVDReferenceOptions  # noqa: E402
 
 OURS_SWEEP = {
-    "ours w=1": SVDReferenceOptions(weight=1.0),
-    "ours w=2": SVDReferenceOptions(weight=2.0),
-    "ours w=4": SVDReferenceOptions(weight=4.0),
-    "ours w=8": SVDReferenceOptions(weight=8.0),
-    "ours w=1 + temporal": SVDReferenceOptions(weight=1.0, temporal=True),
-    "ours w=4 + temporal": SVDReferenceOptions(weight=4.0, temporal=True),
-    "ours w=4 start=0.3": SVDReferenceOptions(weight=4.0, start=0.3),
-    "ours w=4 end=0.5": SVDReferenceOptions(weight=4.0, end=0.5),
-    "ours w=4 cond-rows": SVDReferenceOptions(weight=4.0, rows="conditional"),
+    "ours w=1": ReferenceOptions(weight=1.0),
+    "ours w=2": ReferenceOptions(weight=2.0),
+    "ours w=4": ReferenceOptions(weight=4.0),
+    "ours w=8": ReferenceOptions(weight=8.0),
+    "ours w=1 + temporal": ReferenceOptions(weight=1.0, temporal=True),
+    "ours w=4 + temporal": ReferenceOptions(weight=4.0, temporal=True),
+    "ours w=4 start=0.3": ReferenceOptions(weight=4.0, start=0.3),
+    "ours w=4 end=0.5": ReferenceOptions(weight=4.0, end=0.5),
+    "ours w=4 cond-rows": ReferenceOptions(weight=4.0, rows="conditional"),
 }
-SPEED = {"guided w=4": SVDReferenceOptions(weight=4.0),
-         "guided w=4 + temporal": SVDReferenceOptions(weight=4.0, temporal=True),
-         "guided w=4 end=0.5": SVDReferenceOptions(weight=4.0, end=0.5)}
+SPEED = {"guided w=4": ReferenceOptions(weight=4.0),
+         "guided w=4 + temporal": ReferenceOptions(weight=4.0, temporal=True),
+         "guided w=4 end=0.5": ReferenceOptions(weight=4.0, end=0.5)}
 
 
 def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     """Noise the clean latent to the grid's sigma at `strength` and sample the rest of the grid."""
-    grid = svd_inversion.grid_for(model, steps)
+    grid = svd.grid_for(model, steps)
     start = min(steps - 1, int(round(steps * (1 - strength))))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    sub = edm.Grid(grid.sigmas[start:], grid.timesteps[start:], grid.prediction_type, grid.init_noise_sigma)
-    return svd_inversion.run(model, cond, x0 + grid.sigmas[start] * noise, sub, *guidance, svd_inversion.Hooks())
+    return pipeline.sample(model, cond, x0 + grid.sigmas[start] * noise, steps,
+                           guidance=Guidance(guidance[1], first=guidance[0]), start=start)
 
 
 def fresh(model, cond, x0, steps, guidance, seed=0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    return svd_inversion.sample(model, cond, noise * svd_inversion.initial_sigma(model, steps), steps, *guidance)
+    return pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps, guidance=Guidance(guidance[1], first=guidance[0]))
 
 
 def run(args) -> dict:
@@ -90,20 +92,20 @@ def run(args) -> dict:
     src = conditioning(videos)
     steps, g1 = args.steps, (1.0, 1.0)
     start = time.time()
-    exact = svd_inversion.invert(model, src, x0, steps, *g1, iters=10, tol=1e-5)
+    exact = pipeline.invert(model, src, x0, steps, guidance=Guidance(g1[1], first=g1[0]), settings=Solver(iters=10, tol=1e-5))
     invert_seconds = time.time() - start
-    naive = svd_inversion.invert(model, src, x0, steps, *g1, iters=0)
+    naive = pipeline.invert(model, src, x0, steps, guidance=Guidance(g1[1], first=g1[0]), settings=Solver(iters=0))
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps,
                "inversion": {"seconds": invert_seconds, "calls_per_step": float(np.mean(exact.calls)),
                              "max_residual": float(max(exact.residuals))}, "tables": []}
 
     def guided(cond, opts, guidance):
-        return svd_inversion.guided_sample(model, cond, exact, opts, *guidance)
+        return pipeline.guided_sample(pipeline.with_reference(model, exact, opts), cond, guidance=Guidance(guidance[1], first=guidance[0]))
 
-    recon_rows = {"naive plain": svd_inversion.sample(model, src, naive.noise, steps, *g1),
-                  "exact plain": svd_inversion.sample(model, src, exact.noise, steps, *g1),
-                  "ours w=4": guided(src, SVDReferenceOptions(weight=4.0), g1),
-                  "ours w=4 + temporal": guided(src, SVDReferenceOptions(weight=4.0, temporal=True), g1)}
+    recon_rows = {"naive plain": pipeline.sample(model, src, naive.noise, steps, guidance=Guidance(g1[1], first=g1[0])),
+                  "exact plain": pipeline.sample(model, src, exact.noise, steps, guidance=Guidance(g1[1], first=g1[0])),
+                  "ours w=4": guided(src, ReferenceOptions(weight=4.0), g1),
+                  "ours w=4 + temporal": guided(src, ReferenceOptions(weight=4.0, temporal=True), g1)}
     results["reconstruction"] = reconstruction_rows(recon_rows, x0, recon, decode)
 
     for kind in ("colour", "shape"):
@@ -116,8 +118,8 @@ def run(args) -> dict:
                 "ground truth (VAE)": lambda: torch.cat([svd.encode_video(model, v) for v in target_videos]),
                 "fresh noise": lambda: fresh(model, edit, x0, steps, g),
                 **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
-                "naive": lambda: svd_inversion.sample(model, edit, naive.noise, steps, *g),
-                "exact": lambda: svd_inversion.sample(model, edit, exact.noise, steps, *g),
+                "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, guidance=Guidance(g[1], first=g[0])),
+                "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g[1], first=g[0])),
                 **{name: (lambda o=o: guided(edit, o, g)) for name, o in OURS_SWEEP.items()},
             }
             rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, kind, recon),
@@ -127,7 +129,7 @@ def run(args) -> dict:
     # speed and memory: plain vs guided with CFG on
     edit = conditioning([torch.from_numpy(synthetic.render(edited_spec(s, "colour"))) for s in specs])
     g = (args.min_guidance, args.speed_guidance)
-    timing = time_samplers({"plain": lambda: svd_inversion.sample(model, edit, exact.noise, steps, *g),
+    timing = time_samplers({"plain": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g[1], first=g[0])),
                             **{n: (lambda o=o: guided(edit, o, g)) for n, o in SPEED.items()}}, args.repeats)
     results["speed"] = {"guidance": list(g), "repeats": args.repeats, "samplers": timing}
     return results

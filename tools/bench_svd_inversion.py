@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 from tools.bench_inversion import CountingHooks, machine, markdown, rel_err, report  # noqa: E402
 from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
 from tools.train_svd_fixture import BUCKETS  # noqa: E402
-from vidinv import svd_inversion, synthetic  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv.solver import Solver  # noqa: E402
+from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.models import svd  # noqa: E402
 
 METHODS = {**{f"plain {k}": (k, 0, 0.0) for k in (0, 1, 3, 10)},
@@ -52,14 +54,13 @@ def run(args) -> dict:
     for steps in args.steps:
         for gmax in args.max_guidance:
             g = (args.min_guidance, gmax)
-            fresh = svd_inversion.sample(model, cond, noise * svd_inversion.initial_sigma(model, steps), steps, *g)
+            fresh = pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps, guidance=Guidance(g[1], first=g[0]))
             rows = []
             for name, (iters, memory, tol) in METHODS.items():
                 counter = [0]
                 start = time.time()
-                traj = svd_inversion.invert(model, cond, x0, steps, *g, iters=iters, tol=tol, memory=memory,
-                                            hooks=CountingHooks(counter))
-                back = svd_inversion.sample(model, cond, traj.noise, steps, *g)
+                traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(g[1], first=g[0]), settings=Solver(iters=iters, tol=tol, memory=memory), hooks=CountingHooks(counter))
+                back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(g[1], first=g[0]))
                 seconds = time.time() - start
                 errs = rel_err(back, x0)
                 frames = svd.decode_video(model, back).numpy().reshape(recon.shape)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tests.tiny_models import write_tiny_model
-from vidinv import ddim, inversion, synthetic
+from vidinv import ddim, solver, synthetic
 from vidinv.models import cogvideox
 
 VARIANTS = {  # name: (memory, refinements, damping; None = the node's automatic choice)
@@ -80,8 +80,8 @@ def study(model, steps: int, tol: float, count: int, guidances=(1.0, 6.0), varia
             if variants and name not in variants:
                 continue
             start = time.perf_counter()
-            damping = damping or inversion.auto_damping(guidance)
-            _, st = ddim.invert_step(x0, den, t, a, b, refinements, tol, damping, memory)
+            damping = damping or solver.auto_damping(guidance > 1.0)
+            _, st = solver.invert_step(x0, den, t, a, b, refinements, tol, damping, memory)
             reached = next((k + 2 for k, r in enumerate(st.history) if r <= tol), None)
             rows.append(f"| {model.name} | {guidance:g} | {name} | {st.residual:.2e} | "
                         f"{reached if reached else f'not in {st.calls}'} | {time.perf_counter() - start:.0f} |")

@@ -1,19 +1,25 @@
-"""Reference attention for CogVideoX: the sample's queries also attend to the keys and values
-that the inversion trajectory produces at the same timestep.
+"""Reference attention, one mechanism for every model family: the sample's queries also attend to
+the keys and values that the inversion trajectory produces at the same step.
 
-At each guided step the trajectory latent for that step runs through the same transformer
-(the *reference pass*, with the conditioning used at inversion); the processors record each
-injected block's keys and values and the pass stops after the last injected block. The sample
-pass (all CFG rows in one call) then attends to ``[own K/V ; reference K/V]``. Nothing is cached
-beyond the current step.
+At each guided step the trajectory latent for that step runs through the same network (the
+*reference pass*, with the conditioning used at inversion); the installed processors of the chosen
+attention layers record their keys and values, and the pass stops once the last of them has
+recorded. The sample pass (all CFG rows in one call) then attends to ``[own K/V ; reference K/V]``
+with ``log(weight)`` on the reference logits (weight 1 = plain concatenation, 0 = off). Nothing is
+cached beyond the current step. With identical streams the concatenated keys are duplicates with
+identical values, so the output is unchanged for any weight (DESIGN fact 5); under CFG that holds
+row by row only, so each CFG row's reference is made with the conditioning that row had at
+inversion (`reference_per_cfg_row`).
 
-RoPE is applied per group (DESIGN fact 4): the reference's image keys are rotated with the
-same table as the sample's own, so a token and its reference twin share a position; text
-tokens are never rotated. With identical streams the concatenated keys are duplicates with
-identical values, so the output is unchanged for any weight (DESIGN fact 5).
+A family supplies the processors (`vidinv.models.cogvideox_attention`: joint text-image attention
+with RoPE per token group, DESIGN fact 4; `vidinv.models.svd_attention`: the UNet's self-attention)
+for the layers it chooses; everything else is here.
 
-Processors are installed only inside `installed()` and the originals are restored in
-``finally``; per-call state travels in ``attention_kwargs["reference"]``, never on the model.
+**Per-call state.** Processors hold a `Channel`, and ``channel.using(state)`` sets the state for
+exactly one network call (reset in ``finally``): a `Recording` for a reference pass, an `Injection`
+for a sample pass, nothing for plain attention. Nothing is written on the model; `installed()`
+swaps the processors in for one block and restores the originals in ``finally`` (success, error or
+interrupt).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +53,11 @@ class ReferenceOptions:
     rows: inject into "all" CFG rows, or only the "conditional" one.
     reference_text: the reference pass uses the "source" conditioning (the inversion's) or the
         "edit" conditioning being sampled (the published recipe).
+    temporal: Stable Video Diffusion: also inject into the temporal self-attention paired with each
+        chosen block (CogVideoX's attention is already spatio-temporal).
+
+    Each family checks the parts it has (`Family.reference_options`): text and "edit" apply to text
+    families only, temporal to SVD only.
 
     Defaults (weight 4, text off) come from the edit benchmark on the bundled model (BENCHMARKS.md):
     with the reference's text the source colour leaks into colour edits; a stronger pull keeps
@@ -58,6 +70,7 @@ class ReferenceOptions:
     text: bool = False
     rows: str = "all"
     reference_text: str = "source"
+    temporal: bool = False
 
     def block_indices(self, num_layers: int) -> tuple[int, ...]:
         return parse_blocks(self.blocks, num_layers)
@@ -169,21 +182,6 @@ def parse_blocks(spec: str, num_layers: int) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------------------- pure math
 
-def rotate_image_tokens(x: torch.Tensor, table, text_len: int) -> torch.Tensor:
-    """Apply RoPE to the image tokens ``x[:, :, text_len:]`` of ``[B, heads, L, d]``; text
-    tokens are left as they are. `table` None (CogVideoX-2B) means no rotation."""
-    if table is None:
-        return x
-    from diffusers.models.embeddings import apply_rotary_emb
-    return torch.cat([x[:, :, :text_len], apply_rotary_emb(x[:, :, text_len:], table)], dim=2)
-
-
-def rotate_reference(k_ref: torch.Tensor, table, text_len: int) -> torch.Tensor:
-    """Rotate the reference group's image keys with the sample's own table: a token and its
-    reference twin sit at the same position (the per-group RoPE of DESIGN fact 4)."""
-    return rotate_image_tokens(k_ref, table, text_len)
-
-
 def key_bias(own_text: int, own_len: int, ref_len: int, weight: float, balance_text: bool) -> torch.Tensor:
     """Additive logit bias per key over ``[own keys ; ref keys]`` (float64, ``[own_len + ref_len]``):
     ``log(weight)`` on the reference keys and, with `balance_text`, ``log(1 + weight)`` on the
@@ -239,86 +237,107 @@ def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: t
 # ----------------------------------------------------------------------------- per-call state
 
 class StopReference(Exception):
-    """Raised by the last injected block of a reference pass: nothing after it is needed."""
+    """Raised by the last recording layer of a reference pass: nothing after it is needed."""
 
 
 @dataclasses.dataclass(eq=False)
 class Recording:
-    """attention_kwargs["reference"] for a reference pass: collects pre-RoPE K/V per block."""
-    blocks: frozenset
-    last: int
-    text: bool
-    kv: dict = dataclasses.field(default_factory=dict)  # block -> (k, v, text_len)
+    """State of a reference pass: collects K/V ``[N, heads, L, d]`` per layer name, with the number
+    of text tokens at their front (`text`: a joint text-image layer also records its text tokens)."""
+    layers: frozenset
+    text: bool = False
+    kv: dict = dataclasses.field(default_factory=dict)  # layer -> (k, v, text_len)
+
+    def record(self, name: str, k: torch.Tensor, v: torch.Tensor, text_len: int = 0) -> None:
+        """Keep this layer's K/V; stop the pass once every chosen layer has recorded."""
+        self.kv[name] = (k, v, text_len)
+        if len(self.kv) == len(self.layers):
+            raise StopReference
 
 
 @dataclasses.dataclass(eq=False)
 class Injection:
-    """attention_kwargs["reference"] for the sample pass: the recorded K/V of this step."""
+    """State of a sample pass: the recorded K/V of this step."""
     recording: Recording
-    rows: torch.Tensor  # [B] bool: rows that receive the reference
+    rows: torch.Tensor  # [R] bool: which latent rows of the call receive the reference
     weight: float
 
 
-class ReferenceAttnProcessor:
-    """CogVideoX joint attention (text and image tokens in one sequence) that can record or
-    inject reference keys and values. Holds only its block index; all state comes per call."""
+class Channel:
+    """Where the installed processors look for the current call's state (None = plain attention)."""
 
-    def __init__(self, index: int):
-        self.index = index
+    def __init__(self):
+        self.state = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None,
-                 reference=None):
-        if attention_mask is not None:
-            raise NotImplementedError("CogVideoX attention takes no mask; reference attention does not add one")
-        text_len = encoder_hidden_states.size(1)
-        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        b, n, _ = x.shape
-        heads = attn.heads
-        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
-        d = k.shape[-1] // heads
-        q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+    @contextlib.contextmanager
+    def using(self, state):
+        if self.state is not None:
+            raise RuntimeError("reference attention state is already set: calls do not nest")
+        self.state = state
+        try:
+            yield state
+        finally:
+            self.state = None
 
-        if isinstance(reference, Recording) and self.index in reference.blocks:
-            keep = slice(None) if reference.text else slice(text_len, None)
-            reference.kv[self.index] = (k[:, :, keep], v[:, :, keep], text_len if reference.text else 0)
-            if self.index == reference.last:
-                raise StopReference
+    def recording(self, name: str) -> Recording | None:
+        """The current Recording if it wants layer `name`."""
+        state = self.state
+        return state if isinstance(state, Recording) and name in state.layers else None
 
-        q = rotate_image_tokens(q, image_rotary_emb, text_len)
-        k = rotate_image_tokens(k, image_rotary_emb, text_len)
-        if isinstance(reference, Injection) and self.index in reference.recording.kv:
-            k_ref, v_ref, ref_text = reference.recording.kv[self.index]
-            k_ref = rotate_reference(k_ref, image_rotary_emb, ref_text)
-            out = attend_reference(q, k, v, k_ref, v_ref, reference.rows, text_len, reference.weight,
-                                   not reference.recording.text)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, heads * d)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out[:, text_len:], out[:, :text_len]
+    def injection(self, name: str) -> Injection | None:
+        """The current Injection if it holds K/V for layer `name` and is on (weight > 0)."""
+        state = self.state
+        ok = isinstance(state, Injection) and state.weight > 0 and name in state.recording.kv
+        return state if ok else None
+
+
+Processors = Callable[[Channel], dict]  # channel -> {processor name: processor reading that channel}
 
 
 @contextlib.contextmanager
-def installed(transformer):
-    """Swap reference processors into every attention layer for the duration of the block;
-    the model's own processors come back in ``finally`` (success, error or interrupt)."""
-    saved = transformer.attn_processors
-    ours = {}
-    for name in saved:
-        parts = name.split(".")
-        if parts[0] != "transformer_blocks":
-            raise errors.InputError(f"unexpected attention layer {name!r}",
-                                    "Reference attention supports CogVideoX transformers only.")
-        ours[name] = ReferenceAttnProcessor(int(parts[1]))
-    transformer.set_attn_processor(ours)
+def installed(module, processors: Processors):
+    """Swap reference processors into `module` (a diffusers model) for the duration of the block and
+    yield their `Channel`; `processors(channel)` makes them (a family's, for its chosen layers). The
+    model's own processors come back in ``finally``."""
+    channel = Channel()
+    ours = processors(channel)
+    saved = module.attn_processors
+    unknown = [n for n in ours if n not in saved]
+    if unknown:
+        raise errors.InputError(f"no attention layer {unknown[0]!r} in this model", "Choose layers of this model.")
+    module.set_attn_processor({**saved, **ours})
     try:
-        yield
+        yield channel
     finally:
-        transformer.set_attn_processor(saved)
+        module.set_attn_processor(saved)
+
+
+# ----------------------------------------------------------------------------- one guided step
+
+def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.Tensor],
+             reference_call: Callable[[torch.Tensor, int], object], weight: float = 1.0, rows: str = "all",
+             cfg: bool = False, active: Callable[[int], bool] | None = None, text: bool = False):
+    """``attention(i, x)`` for a family's denoiser: at step i, run the reference pass
+    (``reference_call(reference_latent(i), i)``: one row per video, or one per CFG row) while the
+    channel records, then return the context that injects the recording into this step's sample
+    call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
+    layers = frozenset(layers)
+    check_rows(rows)  # a bad `rows` fails here, before any model call
+
+    def attention(i: int, x: torch.Tensor):
+        if weight == 0.0 or (active is not None and not active(i)):
+            return None
+        rec = Recording(layers, text)
+        with channel.using(rec):
+            try:
+                reference_call(reference_latent(i), i)
+            except StopReference:
+                pass
+        if set(rec.kv) != set(layers):
+            raise RuntimeError(f"the reference pass recorded {len(rec.kv)} of {len(layers)} layers")
+        return channel.using(Injection(rec, cfg_row_mask(x.shape[0], cfg, rows), weight))
+
+    return attention
 
 
 # ----------------------------------------------------------------------------- the patch value

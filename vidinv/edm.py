@@ -30,7 +30,7 @@ where a = 0 and ``x_0 = D(x_1; sigma_1)``.
 
 **The inverse.** Writing ``D(x) = c_skip x + R(x)`` (R = c_out F, the network's part), the step is
 ``x_{i+1} = (a + b c_skip) x_i + b R(x_i)``: the same affine form as a DDIM step, so
-`vidinv.ddim.invert_step` solves it with ``a' = a + b c_skip`` and ``out = R``. Moving the skip term to
+`vidinv.solver.invert_step` solves it with ``a' = a + b c_skip`` and ``out = R``. Moving the skip term to
 the left is what makes the fixed point well conditioned: the Jacobian of
 ``G(x) = (x_{i+1} - b R(x)) / a'`` is ``b c_out c_in dF / a'``, only the network's own sensitivity,
 whereas the naive ``G(x) = (x_{i+1} - b D(x)) / a`` has Jacobian about ``-(sigma_i / sigma_{i+1} - 1)``
@@ -51,7 +51,7 @@ from typing import Callable
 
 import torch
 
-from . import ddim
+from . import solver
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 PREDICTIONS = ("v_prediction", "epsilon")
@@ -80,7 +80,7 @@ def model_time(sigma: float) -> float:
 
 def denoised(x: torch.Tensor, out: torch.Tensor, sigma: float, prediction_type: str = "v_prediction") -> torch.Tensor:
     """D = c_skip x + c_out F: the clean latent that the network output F implies at sigma."""
-    return c_skip(sigma, prediction_type) * ddim.working(x) + c_out(sigma, prediction_type) * ddim.working(out)
+    return c_skip(sigma, prediction_type) * solver.working(x) + c_out(sigma, prediction_type) * solver.working(out)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -130,56 +130,47 @@ def coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
     return a, 1.0 - a
 
 
-# ----------------------------------------------------------------------------- loops
+# ----------------------------------------------------------------------------- the grid for the loops
+
+def steps_grid(sigmas, prediction_type: str = "v_prediction", timesteps=None,
+               init_noise_sigma: float = 1.0) -> solver.Grid:
+    """The Euler steps on `sigmas` as affine steps for `vidinv.solver`: model output = D, skip term
+    c_skip (the split form of the module docstring), clean estimate D itself."""
+    if prediction_type not in PREDICTIONS:
+        raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTIONS}")
+    points = []
+    for i in range(len(sigmas) - 1):
+        sigma, nxt = sigmas[i], sigmas[i + 1]
+        a, b = coefficients(sigma, nxt)
+        points.append(solver.Step(a, b, c_skip(sigma, prediction_type), (0.0, 1.0), {"sigma": sigma},
+                                  f"sigma {sigma:.4g}", f"sigma {nxt:.4g} -> {sigma:.4g}"))
+    times = tuple(timesteps) if timesteps is not None else tuple(range(len(points)))
+    return solver.Grid("euler", tuple(points), times, prediction_type, float(init_noise_sigma),
+                       tuple(float(s) for s in sigmas))
+
+
+def sampler_grid(grid: Grid) -> solver.Grid:
+    return steps_grid(grid.sigmas, grid.prediction_type, grid.timesteps, grid.init_noise_sigma)
+
 
 def sample(denoise: Denoiser, x: torch.Tensor, sigmas, callback: Callable[[dict], None] | None = None,
            start: int = 0) -> torch.Tensor:
     """Deterministic Euler sampling (Karras et al. 2022, Algorithm 1 without the Heun correction;
-    diffusers' `EulerDiscreteScheduler.step` with s_churn = 0) from `x` at ``sigmas[start]``.
+    diffusers' `EulerDiscreteScheduler.step` with s_churn = 0) from `x` at ``sigmas[start]``
+    (`vidinv.solver.sample`).
 
     `x` is unscaled: pure noise enters as ``noise * grid.init_noise_sigma``. `callback` receives
     ``{"i", "sigma", "x", "denoised"}`` after each step."""
-    x = ddim.working(x)
-    for i in range(start, len(sigmas) - 1):
-        a, b = coefficients(sigmas[i], sigmas[i + 1])
-        d = ddim.working(denoise(x, i))
-        x = ddim.step(x, d, a, b)
-        ddim.require_finite(x, "sampling", i, len(sigmas) - 1, f"sigma {sigmas[i]:.4g}")
-        if callback is not None:
-            callback({"i": i, "sigma": sigmas[i], "x": x, "denoised": d})
-    return x
+    return solver.sample(denoise, x, steps_grid(sigmas), callback, start)
 
 
 def invert(denoise: Denoiser, x0: torch.Tensor, sigmas, iters: int = 10, tol: float = 0.0, damping: float = 1.0,
            memory: int = 5, max_iters: int = 200, prediction_type: str = "v_prediction",
-           callback: Callable[[dict], None] | None = None) -> tuple[list[torch.Tensor], list[ddim.InverseStats]]:
-    """Exact inversion of `sample`: x_0 at ``sigmas[-1]`` -> x_N at ``sigmas[0]``, cleanest first.
-
-    Each step is solved by `vidinv.ddim.invert_step` in the skip-split form of the module docstring;
-    `iters`, `tol`, `max_iters` budget the refinements as in `vidinv.ddim.invert` (`ddim.step_budget`).
+           callback: Callable[[dict], None] | None = None) -> tuple[list[torch.Tensor], list[solver.InverseStats]]:
+    """Exact inversion of `sample`: x_0 at ``sigmas[-1]`` -> x_N at ``sigmas[0]``, cleanest first
+    (`vidinv.solver.invert` in the skip-split form of the module docstring).
 
     Returns the latents ``[x_0, x_1, ..., x_N]`` (x_k sits at ``sigmas[N - k]``; float32, or float64 if
-    given) and the per-step convergence stats. `callback` receives ``{"i", "sigma", "x", "stats"}``.
-    A non-finite latent or residual stops the inversion at its step (InputError)."""
-    if prediction_type not in PREDICTIONS:
-        raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTIONS}")
-    steps = len(sigmas) - 1
-    latents, stats = [ddim.working(x0)], []
-    used = 0
-    for k, i in enumerate(reversed(range(steps))):
-        sigma = sigmas[i]
-        a, b = coefficients(sigma, sigmas[i + 1])
-        skip = c_skip(sigma, prediction_type)
-
-        def network_part(x: torch.Tensor, i: int, skip: float = skip) -> torch.Tensor:
-            return ddim.working(denoise(x, i)) - skip * ddim.working(x)  # R(x) = D(x) - c_skip x
-
-        budget = ddim.step_budget(steps, k, iters, used, tol, max_iters)
-        x, st = ddim.invert_step(latents[-1], network_part, i, a + b * skip, b, budget, tol, damping, memory)
-        ddim.require_finite(x, "inversion", k, steps, f"sigma {sigmas[i + 1]:.4g} -> {sigma:.4g}", st.residual)
-        used += st.calls
-        latents.append(x)
-        stats.append(st)
-        if callback is not None:
-            callback({"i": k, "sigma": sigma, "x": x, "stats": st})
-    return latents, stats
+    given) and the per-step convergence stats. `callback` receives ``{"i", "sigma", "x", "stats"}``."""
+    return solver.invert(denoise, x0, steps_grid(sigmas, prediction_type),
+                         solver.Solver(iters, tol, memory, damping, max_iters), callback)

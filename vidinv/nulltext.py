@@ -15,9 +15,10 @@ from typing import Callable
 
 import torch
 
-from . import ddim, errors
-from .inversion import Hooks
+from . import ddim, errors, solver
+from .hooks import Hooks
 from .models import cogvideox
+from .models.loading import on_device
 
 NEGATIVE_MODES = ("conditioning", "source prompt", "null-text")
 
@@ -93,7 +94,7 @@ def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float
     uncond = traj.negative_embeds.expand(b, -1, -1).clone().to(model.device, torch.float32)
     x = traj.noise.to(model.device)
     nulls, losses = [], []
-    with cogvideox.on_device(model.transformer, model), checkpointing(model.transformer, checkpoint):
+    with on_device(model.transformer, model), checkpointing(model.transformer, checkpoint):
         for i, (t, p) in enumerate(ddim.grid(schedule, traj.steps)):
             a, bb = ddim.coefficients(schedule, t, p)
             w = cogvideox.guidance_scale_at(guidance, traj.dynamic_cfg, t, traj.steps)
@@ -121,7 +122,7 @@ def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float
                 u_out = cogvideox.transformer_call(model, x, uncond, t, traj.image_latents)
                 x = (a * x + bb * (u_out + w * (c_out - u_out))).float()
                 loss_value = float(torch.nn.functional.mse_loss(x, target))
-            ddim.require_finite(x, "null-text inversion", i, traj.steps, f"timestep {t}", loss_value)
+            solver.require_finite(x, "null-text inversion", i, traj.steps, f"timestep {t}", loss_value)
             nulls.append(uncond.cpu())
             losses.append(loss_value)
             hooks.after_step(i, traj.steps, {"t": t, "loss": loss_value})

@@ -6,23 +6,24 @@ grid timestep counted from the clean end. The value also carries the grid, the c
 and guidance used, the scheduler config, the model's fingerprint and per-step convergence, so
 a sampler can refuse a trajectory that does not belong to its model or grid.
 
-Two model families share the value (`family`):
+Every model family shares the value (`family`, see `vidinv.families`); what a field holds is the
+family's (`vidinv.family.Family.trajectory_fields`), and the family checks its own fields:
 
 - ``"cogvideox"``: `timesteps` are the DDIM grid's integer timesteps; `embeds` / `negative_embeds`
   the text conditioning; `image_latents` ``[B, F, C, H, W]`` for I2V models; `sigmas` None.
-- ``"svd"`` (Stable Video Diffusion, `vidinv.svd_inversion`): `sigmas` is the Euler grid, T+1 values
-  noisiest first ending at the clean end (0), latents[k] sits at ``sigmas[T - k]`` (unscaled,
-  ``x = clean + sigma * noise``); `timesteps` are the T model-time values the UNet is called with
-  (``0.25 log sigma``, as `vidinv.edm.Grid.timesteps`). `embeds` are the source's CLIP image
-  embeddings ``[B, 1, D]``, `negative_embeds` the unconditional row (zeros, as SVD's CFG),
-  `image_latents` the first frame's VAE latent ``[B, C, h, w]`` (noise-augmented, unscaled),
-  `conditioning` the plain values (``added_time_ids``, ``fps``, ``motion_bucket_id``,
+- ``"svd"`` (Stable Video Diffusion): `sigmas` is the Euler grid, T+1 values noisiest first ending at
+  the clean end (0), latents[k] sits at ``sigmas[T - k]`` (unscaled, ``x = clean + sigma * noise``);
+  `timesteps` are the T model-time values the UNet is called with (``0.25 log sigma``). `embeds` are
+  the source's CLIP image embeddings ``[B, 1, D]``, `negative_embeds` the unconditional row (zeros, as
+  SVD's CFG), `image_latents` the first frame's VAE latent ``[B, C, h, w]`` (noise-augmented,
+  unscaled), `conditioning` the plain values (``added_time_ids``, ``fps``, ``motion_bucket_id``,
   ``noise_aug_strength``, ``seed``, ``min_guidance``, ``max_guidance``); `guidance` is the max
   guidance. Prompts are empty.
 
-Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``. CogVideoX
-trajectories are written as format version 1 (what every earlier version of the pack reads and
-writes); SVD trajectories as version 2, so an older pack refuses them instead of misreading them.
+Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``, written as the
+family's format version (`Family.trajectory_version`): CogVideoX as version 1 (what every earlier
+version of the pack reads and writes), SVD as version 2, so an older pack refuses them instead of
+misreading them.
 Files without a ``family`` are CogVideoX. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
 ignore; files without it get it from their residuals and tolerance, so neither version changes.
@@ -36,21 +37,12 @@ from pathlib import Path
 
 import torch
 
-from . import ddim, edm, errors
+from . import ddim, edm, errors, families, solver
+from .errors import describe_value, is_count, is_number
 
 FORMAT = "vidinv.trajectory"
-VERSION = 2  # the newest version this pack reads; files are written with FAMILY_VERSION
-FAMILY_VERSION = {"cogvideox": 1, "svd": 2}
-FAMILY_NAMES = {"cogvideox": "CogVideoX", "svd": "Stable Video Diffusion"}
-SVD_CONDITIONING = ("added_time_ids", "fps", "motion_bucket_id", "noise_aug_strength", "seed",
-                    "min_guidance", "max_guidance")
-SIGMA_RTOL = 1e-6  # sigma grids equal up to float32 rounding count as the same grid
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def family_of(model) -> str:
-    """The family a loaded model value says it is ("cogvideox" or "svd"; CogVideoX values predate the field)."""
-    return getattr(model, "family", "cogvideox")
+VERSION = max(f.trajectory_version for f in families.FAMILIES.values())  # the newest version this pack reads
+STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,9 +65,9 @@ class Trajectory:
     image_latents: torch.Tensor | None = None  # [B, F, C, H, W] for I2V models
     null_embeds: torch.Tensor | None = None  # [T, 1, L, D] from null-text inversion, noisiest first
     extra: dict = dataclasses.field(default_factory=dict)
-    family: str = "cogvideox"  # or "svd"
+    family: str = families.DEFAULT  # a name in `vidinv.families`
     sigmas: list[float] | None = None  # SVD: the Euler grid, noisiest first, T+1 values ending at 0
-    conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: SVD_CONDITIONING values
+    conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: its first-frame values (svd.CONDITIONING_KEYS)
     above_tolerance: list[int] | None = None  # inversion steps (cleanest first) above `tolerance`; None: derive
 
     def __post_init__(self):
@@ -106,7 +98,7 @@ class Trajectory:
 
     @property
     def family_name(self) -> str:
-        return FAMILY_NAMES.get(self.family, self.family)
+        return families.display_name(self.family)
 
     def summary(self) -> dict:
         """Plain numbers for the UI and logs."""
@@ -121,15 +113,12 @@ class Trajectory:
                                 for k in self.above_tolerance],
             "warning": self.tolerance_warning(),
         }
-        if self.family == "svd":
-            out.update(sigma_max=self.sigmas[0], sigma_min=min(s for s in self.sigmas if s > 0),
-                       **{k: self.conditioning.get(k) for k in SVD_CONDITIONING if k != "added_time_ids"})
+        out.update(families.get(self.family).trajectory_summary(self))
         return out
 
     def step_place(self, k: int) -> str:
         """Where inversion step k (cleanest first) lands: the grid point its latent sits at."""
-        i = self.steps - 1 - k
-        return f"sigma {self.sigmas[i]:.4g}" if self.family == "svd" else f"timestep {self.timesteps[i]}"
+        return families.get(self.family).step_place(self, self.steps - 1 - k)
 
     def tolerance_warning(self, shown: int = 4) -> str:
         """What to tell the user when steps ended above the tolerance ("" when none did): which,
@@ -143,7 +132,7 @@ class Trajectory:
                  + f" after {self.calls[k]} calls" for k in bad[:shown]]
         more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
         solver = ""
-        if self.family == "cogvideox":
+        if families.get(self.family).solver_choice:
             other = "plain" if self.extra.get("memory", 5) else "anderson"
             solver = f", or the other solver ('{other}')"
         return (f"{len(bad)} of {self.steps} inversion steps ended above the tolerance {tol:g}: "
@@ -158,13 +147,13 @@ class Trajectory:
         if family != self.family:
             raise errors.InputError(
                 f"this is a {self.family_name} trajectory (made with {self.model_name!r}), but it was given to a "
-                f"{FAMILY_NAMES.get(family, family)} model or sampler",
+                f"{families.display_name(family)} model or sampler",
                 f"Sample it with the {self.family_name} model that inverted it, or invert the video again with "
                 "this model.")
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one that made this trajectory."""
-        self.check_family(family_of(model))
+        self.check_family(families.name_of(model))
         if model.fingerprint != self.model_fingerprint:
             raise errors.InputError(
                 f"this trajectory was made with model {self.model_name!r} (fingerprint {self.model_fingerprint}), "
@@ -184,9 +173,11 @@ class Trajectory:
             raise errors.InputError(f"trajectory {self.model_name!r}: {problem}",
                                     "The file does not match its model; invert the video again with this model.")
 
-        length, width = getattr(model, "max_text_length", None), getattr(model, "text_dim", None)
-        if self.family == "svd":
-            length, width = 1, getattr(model, "embed_dim", None)
+        families.get(self.family).check_trajectory(self, model, refuse)
+
+    def check_embeds(self, length: int | None, width: int | None, refuse) -> None:
+        """The conditioning embeddings' (and null-text embeddings') tokens and channels against what
+        the model takes (None: not known, not checked)."""
         for key in ("embeds", "null_embeds"):
             t = getattr(self, key)
             if t is None:
@@ -194,75 +185,24 @@ class Trajectory:
             for got, want, what in ((t.shape[-2], length, "tokens"), (t.shape[-1], width, "channels")):
                 if want is not None and got != want:
                     refuse(f"{key} {tuple(t.shape)} has {got} {what}, the model's conditioning has {want}")
-        if self.family == "svd":
-            return
-        i2v = getattr(model, "is_i2v", None)
-        if i2v is not None and i2v != (self.image_latents is not None):
-            refuse("it carries image latents but the model is text-to-video" if not i2v else
-                   "it carries no image latents but the model is image-to-video")
-        p_t = getattr(model, "patch_size_t", None) or 1
-        pad, frames = self.extra.get("pad_frames", 0), self.latents.shape[2]
-        if pad >= p_t or frames % p_t:
-            refuse(f"{frames} latent frames with pad_frames {pad}; the model patches {p_t} frame(s) at a time, so "
-                   f"it pads fewer than {p_t} and needs a multiple of {p_t} frames")
-        patch = getattr(model, "patch_size", None)
-        if patch is not None and (self.latents.shape[-2] % patch or self.latents.shape[-1] % patch):
-            refuse(f"latent size {self.latents.shape[-1]}x{self.latents.shape[-2]} is not a multiple of the "
-                   f"model's patch size {patch}")
 
-    def check_grid(self, schedule) -> None:
-        """Refuse a grid other than the one inverted on. `schedule`: the model's scheduler config
-        (a dict, either family), a `ddim.Schedule` (CogVideoX) or an `edm.Grid` (SVD)."""
+    def check_grid(self, schedule) -> solver.Grid:
+        """Refuse a grid other than the one inverted on; return the grid to sample this trajectory on.
+        `schedule`: the model's scheduler config (a dict), or a grid value (`solver.Grid`,
+        `ddim.Schedule`, `edm.Grid`)."""
+        fam = families.get(self.family)
         config = schedule if isinstance(schedule, dict) else None
         if config is not None:
-            schedule = self.svd_grid(config) if self.family == "svd" else ddim.schedule_from_config(config)
-        self.check_family("svd" if isinstance(schedule, edm.Grid) else "cogvideox")
-        if self.family == "svd":
-            self.check_sigmas(schedule, config)
-            return
-        expected = ddim.timesteps(schedule, self.steps)
-        if expected != list(self.timesteps):
-            raise errors.InputError(
-                f"the trajectory's {self.steps}-step grid {self.timesteps[:3]}... does not match the model's "
-                f"{expected[:3]}...", "The scheduler config differs from the one used at inversion; invert again.")
-
-    def svd_grid(self, config: dict) -> edm.Grid:
-        """The Euler grid that `config` (an SVD scheduler config) gives for this trajectory's steps."""
-        try:
-            return edm.grid_from_config(config, self.steps)
-        except ValueError as err:
-            raise errors.InputError(f"the model's scheduler cannot make this trajectory's {self.steps}-step grid "
-                                    f"({err})",
-                                    "Use the model that made the trajectory.") from err
-
-    def check_sigmas(self, grid: edm.Grid, config: dict | None = None) -> None:
-        """The SVD grid: step count, prediction type, sigmas and model times (up to float32 rounding)."""
-        def fix():
-            ours, theirs = self.scheduler_config, config or {}
-            changed = [f"{k} {ours.get(k)!r} -> {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
-                       if config is not None and not k.startswith("_") and ours.get(k) != theirs.get(k)]
-            where = f" (changed settings: {', '.join(changed)})" if changed else ""
-            return (f"The model's scheduler config differs from the one used at inversion{where}; sample with the "
-                    "model that made the trajectory, or invert again with this one.")
-
-        if grid.steps != self.steps:
-            raise errors.InputError(f"the trajectory has {self.steps} steps, the grid given has {grid.steps}",
-                                    "Sample with the trajectory's own step count.")
-        prediction = self.scheduler_config.get("prediction_type", "epsilon")
-        if grid.prediction_type != prediction:
-            raise errors.InputError(f"the trajectory was inverted with {prediction!r} outputs, the model's scheduler "
-                                    f"says {grid.prediction_type!r}", fix())
-
-        def span(sigmas):
-            return f"sigma {sigmas[0]:.6g} .. {min(s for s in sigmas if s > 0):.6g}, then {sigmas[-1]:.6g}"
-
-        for what, ours, theirs in (("sigma", self.sigmas, grid.sigmas), ("model time", self.timesteps, grid.timesteps)):
-            for k, (a, b) in enumerate(zip(ours, theirs)):
-                if not math.isclose(a, b, rel_tol=SIGMA_RTOL, abs_tol=0.0):
-                    raise errors.InputError(
-                        f"the trajectory's {self.steps}-step grid ({span(self.sigmas)}) does not match the model's "
-                        f"({span(grid.sigmas)}): {what} at step {k} is {a:.9g} in the trajectory, {b:.9g} for the "
-                        "model", fix())
+            grid = fam.grid_from_config(config, self.steps)
+        elif isinstance(schedule, ddim.Schedule):
+            grid = ddim.sampler_grid(schedule, self.steps)
+        elif isinstance(schedule, edm.Grid):
+            grid = edm.sampler_grid(schedule)
+        else:
+            grid = schedule
+        if grid.kind != fam.grid_kind:  # a grid of another family's sampler
+            self.check_family(next((f.name for f in families.FAMILIES.values() if f.grid_kind == grid.kind), grid.kind))
+        return fam.check_trajectory_grid(self, grid, config)
 
     # -- storage
     def save(self, path) -> Path:
@@ -277,9 +217,11 @@ class Trajectory:
                                               "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
                                               "tolerance", "residuals", "calls", "extra", "family",
                                               "above_tolerance")}
-        if self.family == "svd":
-            meta.update(sigmas=self.sigmas, conditioning=self.conditioning)
-        meta.update(format=FORMAT, version=FAMILY_VERSION.get(self.family, VERSION))
+        if self.sigmas is not None:
+            meta["sigmas"] = self.sigmas
+        if self.conditioning:
+            meta["conditioning"] = self.conditioning
+        meta.update(format=FORMAT, version=families.get(self.family).trajectory_version)
         try:  # what load() would refuse is never written (a NaN, a wrong type)
             check_fields(json.loads(json.dumps(meta)), path.name)
             read_tensors(tensors, path.name)
@@ -289,15 +231,6 @@ class Trajectory:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
         return path
-
-
-def is_number(v) -> bool:
-    """A finite JSON number (booleans are not numbers here)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def numbers(test):
@@ -321,7 +254,7 @@ FIELDS = {
 }
 OPTIONAL_FIELDS = {  # key -> (what, test, default)
     "extra": ("a JSON object", lambda v: isinstance(v, dict), {}),
-    "family": ("a string", lambda v: isinstance(v, str), "cogvideox"),
+    "family": ("a string", lambda v: isinstance(v, str), families.DEFAULT),
     "sigmas": ("a list of finite numbers", numbers(is_number), None),
     "conditioning": ("a JSON object", lambda v: isinstance(v, dict), {}),
     "above_tolerance": ("a list of step indices", lambda v: isinstance(v, list) and all(type(k) is int for k in v),
@@ -329,11 +262,6 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
 OPTIONAL_TENSORS = ("image_latents", "null_embeds")
-
-
-def describe_value(v) -> str:
-    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else repr(v)
-    return f"{errors.json_kind(v)} ({errors.shorten(text)})"
 
 
 def read_metadata(raw: str, name: str) -> dict:
@@ -444,12 +372,12 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if traj.negative_embeds.shape != traj.embeds.shape:
         refuse(f"negative_embeds {tuple(traj.negative_embeds.shape)} must have the shape of embeds "
                f"{tuple(traj.embeds.shape)}")
-    if traj.null_embeds is not None and traj.null_embeds.shape[0] != steps:
-        refuse(f"{traj.null_embeds.shape[0]} null-text embeddings for {steps} steps", "Run null-text inversion again.")
-    if traj.null_embeds is not None and (traj.null_embeds.dim() != 4 or
-                                         traj.null_embeds.shape[2:] != traj.embeds.shape[1:]):
+    nulls = traj.null_embeds
+    if nulls is not None and nulls.dim() == 4 and nulls.shape[0] != steps:
+        refuse(f"{nulls.shape[0]} null-text embeddings for {steps} steps", "Run null-text inversion again.")
+    if nulls is not None and (nulls.dim() != 4 or nulls.shape[2:] != traj.embeds.shape[1:]):
         refuse(f"null_embeds must be [T, 1, L, D] = [{steps}, 1, {', '.join(map(str, traj.embeds.shape[1:]))}], got "
-               f"{tuple(traj.null_embeds.shape)}", "Run null-text inversion again.")
+               f"{tuple(nulls.shape)}", "Run null-text inversion again.")
     for key in ("residuals", "calls"):
         if len(getattr(traj, key)) != steps:
             refuse(f"{len(getattr(traj, key))} {key} for {steps} steps (one per step)")
@@ -461,40 +389,7 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if not (isinstance(traj.above_tolerance, list)
             and all(type(k) is int and 0 <= k < n for k in traj.above_tolerance)):
         refuse(f"'above_tolerance' is {str(traj.above_tolerance)[:40]}, not a list of step indices 0..{n - 1}")
-    if traj.family not in FAMILY_VERSION:
-        raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(FAMILY_VERSION)}",
+    if traj.family not in families.FAMILIES:
+        raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(families.FAMILIES)}",
                                 "Update the pack, or save the trajectory again.")
-    if traj.family == "cogvideox":
-        if traj.sigmas is not None:
-            refuse("a CogVideoX trajectory carries no sigma grid")
-        if not all(isinstance(t, int) for t in traj.timesteps):
-            refuse("a CogVideoX trajectory's timesteps must be whole numbers")
-        if traj.image_latents is not None and traj.image_latents.shape != lat.shape[1:]:
-            refuse(f"image_latents must be [B, F, C, H, W] = {tuple(lat.shape[1:])} like the latents, got "
-                   f"{tuple(traj.image_latents.shape)}")
-        return
-    sig = traj.sigmas
-    if sig is None or len(sig) != len(traj.timesteps) + 1:
-        raise errors.InputError(f"{source}: an SVD trajectory needs {len(traj.timesteps) + 1} sigmas (one per latent), "
-                                f"got {'none' if sig is None else len(sig)}", "Save the trajectory again.")
-    if any(not a > b for a, b in zip(sig, sig[1:])) or sig[-1] < 0:
-        raise errors.InputError(f"{source}: the sigmas {sig[:2]}...{sig[-2:]} do not decrease to >= 0",
-                                "Save the trajectory again.")
-    missing = [k for k in SVD_CONDITIONING if k not in traj.conditioning]
-    if missing or traj.image_latents is None or traj.image_latents.dim() != 4:
-        raise errors.InputError(f"{source}: an SVD trajectory needs the source's first-frame latent [B, C, h, w] and "
-                                f"its conditioning values (missing: {', '.join(missing) or 'image_latents'})",
-                                "Save the trajectory again.")
-    b, _, c, h, w = lat.shape[1:]
-    if traj.image_latents.shape != (b, c, h, w):
-        refuse(f"image_latents must be [B, C, h, w] = {(b, c, h, w)} like the latents, got "
-               f"{tuple(traj.image_latents.shape)}")
-    ids = traj.conditioning["added_time_ids"]
-    if not (isinstance(ids, list) and len(ids) == b and all(isinstance(r, list) and len(r) == 3 and
-                                                             all(map(is_number, r)) for r in ids)):
-        refuse(f"conditioning.added_time_ids must be {b} row(s) of 3 numbers, got {describe_value(ids)}")
-    for key in SVD_CONDITIONING[1:]:
-        value = traj.conditioning[key]
-        if not (is_count(value) if key in ("fps", "motion_bucket_id", "seed") else is_number(value) and value >= 0):
-            refuse(f"conditioning.{key} must be a {'whole' if key in ('fps', 'motion_bucket_id', 'seed') else ''} "
-                   f"number >= 0, got {describe_value(value)}".replace("a  number", "a number"))
+    families.get(traj.family).validate_trajectory(traj, refuse)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from tests.conftest import BUNDLED
-from vidinv import inversion, synthetic
+from vidinv.family import Guidance
+from vidinv import pipeline, synthetic
 from vidinv.models import cogvideox
 
 # Pinned when the weights were committed (tools/train_fixture.py export): prompt, seed, 20 steps,
@@ -42,7 +43,7 @@ def pinned_sample(model):
     cond = cogvideox.encode_text(model, "a yellow triangle moving down")
     h, w = model.native_size
     noise = torch.randn(1, 3, model.latent_channels, h // 8, w // 8, generator=torch.Generator().manual_seed(1234))
-    return inversion.sample(model, cond, noise, 20, 5.0)
+    return pipeline.sample(model, cond, noise, 20, guidance=Guidance(5.0))
 
 
 def test_reproduces_pinned_sampling_statistics(bundled_model):

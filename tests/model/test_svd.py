@@ -11,8 +11,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from tests.tiny_svd import write_tiny_svd
-from vidinv import attention, edm, errors, svd_attention
-from vidinv.models import svd
+from vidinv import attention, edm, errors
+from vidinv.models import svd, svd_attention
 
 FRAMES, HW = 2, 4  # latent frames and latent size of the round trips (8x8 pixels)
 
@@ -148,7 +148,7 @@ def test_layer_selection(model64):
     with pytest.raises(errors.InputError, match="outside 0..6"):
         svd_attention.self_attention_layers(model64.unet, "9")
     with pytest.raises(errors.InputError, match="no attention layer"):
-        with svd_attention.installed(model64.unet, ["nope.attn1.processor"]):
+        with attention.installed(model64.unet, svd_attention.processors(["nope.attn1.processor"])):
             pass
 
 
@@ -159,7 +159,7 @@ def test_processor_without_state_equals_diffusers(model64, inverted):
     den = svd.make_denoiser(model64, cond, grid, 1.0, 3.0)
     plain = den(x, 3)
     before = dict(model64.unet.attn_processors)
-    with svd_attention.installed(model64.unet, all_layers(model64, temporal=True)):
+    with attention.installed(model64.unet, svd_attention.processors(all_layers(model64, temporal=True))):
         ours = den(x, 3)
     assert torch.allclose(ours, plain, rtol=0, atol=1e-12)
     after = model64.unet.attn_processors
@@ -168,9 +168,9 @@ def test_processor_without_state_equals_diffusers(model64, inverted):
 
 def guided(model, cond, grid, lo, hi, x_ref, layers, weight, rows, x=None, i=3):
     """D at step i with reference attention recorded from `x_ref` (the source's single row)."""
-    with svd_attention.installed(model.unet, layers) as channel:
+    with attention.installed(model.unet, svd_attention.processors(layers)) as channel:
         ref_call = svd.make_denoiser(model, cond, grid, 1.0, 1.0)
-        attn = svd_attention.per_step(channel, layers, lambda _: x_ref, ref_call, weight, rows,
+        attn = attention.per_step(channel, layers, lambda _: x_ref, ref_call, weight, rows,
                                       svd.uses_cfg(lo, hi))
         return svd.make_denoiser(model, cond, grid, lo, hi, attention=attn)(x_ref if x is None else x, i)
 
@@ -204,9 +204,9 @@ def test_the_invariance_is_not_vacuous(model64, inverted):
 
 def guided_sample(model, cond, grid, lo, hi, latents, layers, weight, rows):
     n = grid.steps
-    with svd_attention.installed(model.unet, layers) as channel:
+    with attention.installed(model.unet, svd_attention.processors(layers)) as channel:
         ref_call = svd.make_denoiser(model, cond, grid, 1.0, 1.0)
-        attn = svd_attention.per_step(channel, layers, lambda i: latents[n - i], ref_call, weight, rows,
+        attn = attention.per_step(channel, layers, lambda i: latents[n - i], ref_call, weight, rows,
                                       svd.uses_cfg(lo, hi))
         return edm.sample(svd.make_denoiser(model, cond, grid, lo, hi, attention=attn), latents[-1], grid.sigmas)
 
@@ -231,8 +231,8 @@ def test_reference_pass_stops_after_the_last_recorded_layer(model64, inverted):
     hooks += [b.register_forward_pre_hook(lambda *a: seen.append("up")) for b in model64.unet.up_blocks]
     first = all_layers(model64)[:1]  # down_blocks.0: nothing after it is needed
     try:
-        with svd_attention.installed(model64.unet, first) as channel:
-            rec = svd_attention.Recording(frozenset(first))
+        with attention.installed(model64.unet, svd_attention.processors(first)) as channel:
+            rec = attention.Recording(frozenset(first))
             with channel.using(rec), pytest.raises(attention.StopReference):
                 svd.make_denoiser(model64, cond, grid)(latent(14), 3)
             assert channel.state is None
@@ -252,10 +252,10 @@ def test_processors_restored_after_an_exception(model64, inverted):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        with svd_attention.installed(model64.unet, layers) as channel:
+        with attention.installed(model64.unet, svd_attention.processors(layers)) as channel:
             assert all(isinstance(model64.unet.attn_processors[n], svd_attention.ReferenceSelfAttnProcessor)
                        for n in layers)
-            with channel.using(svd_attention.Recording(frozenset(layers))):
+            with channel.using(attention.Recording(frozenset(layers))):
                 svd.make_denoiser(model64, cond, grid, attention=boom)(latent(15), 2)
     after = model64.unet.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
@@ -308,5 +308,5 @@ def test_bad_inputs_say_what_to_do(model32, model64):
     with pytest.raises(errors.InputError, match="another model"):
         svd.check_latent(model32, latent().float(), dataclasses.replace(cond, model_fingerprint="0" * 16))
     with pytest.raises(errors.InputError, match="not one of"):
-        svd_attention.cfg_row_mask(1, True, "uncond")
-    assert np.array_equal(svd_attention.cfg_row_mask(2, True, "conditional").numpy(), [False, False, True, True])
+        attention.cfg_row_mask(1, True, "uncond")
+    assert np.array_equal(attention.cfg_row_mask(2, True, "conditional").numpy(), [False, False, True, True])

@@ -1,4 +1,4 @@
-"""The SVD library glue (vidinv.svd_inversion) on the tiny random SVD folder in float64: inversion
+"""The pipeline (vidinv.pipeline) with Stable Video Diffusion on the tiny random SVD folder in float64: inversion
 into the shared TRAJECTORY value, save/load, sampling back, guided sampling with reference
 attention (duplicate-key invariance end to end), edited first frames, hooks, and the errors."""
 import dataclasses
@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from tests.tiny_svd import write_tiny_svd
-from vidinv import attention, ddim, edm, errors, svd_inversion, trajectory
-from vidinv.inversion import Hooks
+from vidinv.family import Guidance
+from vidinv.solver import Solver
+from vidinv.attention import ReferenceOptions
+from vidinv import attention, ddim, edm, errors, families, pipeline, trajectory
+from vidinv.hooks import Hooks
 from vidinv.models import cogvideox, svd
 
 FRAMES, HW = 2, 4  # latent frames and size (8x8 pixels)
@@ -41,8 +44,8 @@ def runs(model64):
     x0 = torch.randn(1, FRAMES, 4, HW, HW, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     out = {}
     for key, steps, lo, hi, iters, tol in [("plain", 14, 1.0, 1.0, 10, 1e-10), ("cfg", 10, 1.0, 3.0, 20, 1e-8)]:
-        traj = svd_inversion.invert(model64, cond, x0, steps, lo, hi, iters=iters, tol=tol)
-        out[key] = (traj, svd_inversion.sample(model64, cond, traj.noise, steps, lo, hi), (lo, hi))
+        traj = pipeline.invert(model64, cond, x0, steps, guidance=Guidance(hi, first=lo), settings=Solver(iters=iters, tol=tol))
+        out[key] = (traj, pipeline.sample(model64, cond, traj.noise, steps, guidance=Guidance(hi, first=lo)), (lo, hi))
     return cond, x0, out
 
 
@@ -59,7 +62,7 @@ def test_trajectory_carries_the_svd_grid_and_source(model64, runs):
                                  "motion_bucket_id": 127, "noise_aug_strength": pytest.approx(0.02), "seed": 0,
                                  "min_guidance": 1.0, "max_guidance": 3.0}
     assert max(traj.residuals) <= 1e-8 and len(traj.calls) == 10
-    src = svd_inversion.source_conditioning(traj)
+    src = svd.source_conditioning(traj)
     assert torch.equal(src.added_time_ids, cond.added_time_ids) and src.model_fingerprint == model64.fingerprint
 
 
@@ -75,23 +78,23 @@ def test_invert_save_load_sample_reproduces_the_clean_latent(model64, runs, tmp_
     assert loaded.family == "svd" and loaded.sigmas == traj.sigmas and loaded.conditioning == traj.conditioning
     loaded.check_model(model64)
     loaded.check_grid(model64.scheduler_config)
-    again = svd_inversion.sample(model64, svd_inversion.source_conditioning(loaded), loaded.noise, loaded.steps, lo, hi)
+    again = pipeline.sample(model64, svd.source_conditioning(loaded), loaded.noise, loaded.steps, guidance=Guidance(hi, first=lo))
     assert torch.equal(again, back)
 
 
 @pytest.mark.parametrize("key,options", [
-    ("plain", svd_inversion.SVDReferenceOptions()),
-    ("plain", svd_inversion.SVDReferenceOptions(blocks="0-3", start=0.2, end=0.8, weight=4.0, temporal=True)),
+    ("plain", ReferenceOptions(weight=1.0)),
+    ("plain", ReferenceOptions(blocks="0-3", start=0.2, end=0.8, weight=4.0, temporal=True)),
     ("plain", attention.ReferenceOptions(weight=0.5)),  # the CogVideoX node's options carry over
-    ("cfg", svd_inversion.SVDReferenceOptions(weight=2.0, rows="conditional")),
-    ("cfg", svd_inversion.SVDReferenceOptions(weight=2.0)),  # every CFG row: a reference row each
-    ("cfg", svd_inversion.SVDReferenceOptions(blocks="0-3", weight=4.0, temporal=True))])
+    ("cfg", ReferenceOptions(weight=2.0, rows="conditional")),
+    ("cfg", ReferenceOptions(weight=2.0)),  # every CFG row: a reference row each
+    ("cfg", ReferenceOptions(blocks="0-3", weight=4.0, temporal=True))])
 def test_guided_sample_with_the_source_reconstructs(model64, runs, key, options):
     """DESIGN fact 5 through the public glue: the trajectory's own first frame + reference K/V at
     any setting gives the plain reconstruction (to the fp32 storage of the trajectory)."""
     cond, x0, out = runs
     traj, plain, (lo, hi) = out[key]
-    guided = svd_inversion.guided_sample(model64, None, traj, options, lo, hi)
+    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, options), None, guidance=Guidance(hi, first=lo))
     assert rel(guided, plain) <= 1e-7, rel(guided, plain)  # measured 2e-9 .. 1.3e-8
     assert rel(guided, x0) <= 2 * rel(plain, x0) + 1e-8
 
@@ -101,8 +104,8 @@ def test_a_shared_reference_row_breaks_reconstruction_under_cfg(model64, runs, m
     attending to duplicates of its own: why a CFG trajectory gets a reference row per CFG row."""
     cond, x0, out = runs
     traj, plain, (lo, hi) = out["cfg"]
-    monkeypatch.setattr(svd_inversion.attention, "reference_per_cfg_row", lambda *a: False)
-    guided = svd_inversion.guided_sample(model64, None, traj, svd_inversion.SVDReferenceOptions(weight=2.0), lo, hi)
+    monkeypatch.setattr(pipeline.attention, "reference_per_cfg_row", lambda *a: False)
+    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=2.0)), None, guidance=Guidance(hi, first=lo))
     assert rel(guided, plain) > 1e-5, rel(guided, plain)
 
 
@@ -110,11 +113,11 @@ def test_guided_sample_with_another_first_frame(model64, runs):
     cond, x0, out = runs
     traj, plain, _ = out["plain"]
     edit = svd.encode_image(model64, first_frame(3))
-    guided = svd_inversion.guided_sample(model64, edit, traj, svd_inversion.SVDReferenceOptions(weight=2.0))
-    unguided = svd_inversion.sample(model64, edit, traj.noise, traj.steps)
+    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=2.0)), edit)
+    unguided = pipeline.sample(model64, edit, traj.noise, traj.steps)
     assert rel(guided, x0) > 1e-2 and rel(guided, unguided) > 1e-3  # the edit and the reference both act
     assert rel(guided, x0) < rel(unguided, x0)  # the reference pulls towards the source
-    fresh = svd_inversion.guided_sample(model64, edit, traj, None, start="fresh", seed=1)
+    fresh = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), edit, start="fresh", seed=1)
     assert fresh.shape == x0.shape and torch.isfinite(fresh).all()
 
 
@@ -136,8 +139,8 @@ def test_hooks_see_every_unet_call_and_step(model64, runs):
     handle = model64.unet.register_forward_pre_hook(lambda *a: unet_calls.append(1))
     hooks = Counting()
     try:
-        opts = svd_inversion.SVDReferenceOptions(start=0.5)
-        svd_inversion.guided_sample(model64, cond, traj, opts, hooks=hooks)
+        opts = ReferenceOptions(start=0.5, weight=1.0)
+        pipeline.guided_sample(pipeline.with_reference(model64, traj, opts), cond, hooks=hooks)
     finally:
         handle.remove()
     active = len(opts.active_steps(traj.steps))
@@ -158,7 +161,7 @@ def test_hooks_see_every_unet_call_and_step(model64, runs):
 
     before = dict(model64.unet.attn_processors)
     with pytest.raises(Interrupt):
-        svd_inversion.guided_sample(model64, cond, traj, None, hooks=Stop())
+        pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), cond, hooks=Stop())
     after = model64.unet.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
 
@@ -180,7 +183,7 @@ def cogvideox_trajectory(steps=3):
 
 def test_trajectories_of_the_other_family_are_refused(model64, runs):
     with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):
-        svd_inversion.guided_sample(model64, None, cogvideox_trajectory())
+        pipeline.guided_sample(pipeline.with_reference(model64, cogvideox_trajectory(), ReferenceOptions(weight=1.0)), None)
     # and an SVD trajectory on the CogVideoX path (what its nodes call before sampling)
     traj = runs[2]["plain"][0]
     cog = dataclasses.replace(model64, family="cogvideox", name="tiny-cogvideox")
@@ -189,16 +192,16 @@ def test_trajectories_of_the_other_family_are_refused(model64, runs):
     with pytest.raises(errors.InputError, match="Stable Video Diffusion trajectory.*given to a CogVideoX"):
         traj.check_grid(ddim.schedule_from_config(cogvideox_trajectory().scheduler_config))
     with pytest.raises(errors.InputError, match="not Stable Video Diffusion"):
-        svd_inversion.sample(cog, runs[0], traj.noise, traj.steps)
+        families.require(cog, svd.FAMILY.name, "Euler Sample (SVD)", "")  # what the SVD nodes call first
 
 
 def test_trajectory_from_another_model_or_grid_is_refused(model64, runs):
     traj = runs[2]["plain"][0]
     with pytest.raises(errors.InputError, match="fingerprint"):
-        svd_inversion.guided_sample(dataclasses.replace(model64, fingerprint="0" * 16, name="other"), None, traj)
+        pipeline.guided_sample(pipeline.with_reference(dataclasses.replace(model64, fingerprint="0" * 16, name="other"), traj, ReferenceOptions(weight=1.0)), None)
     shifted = dataclasses.replace(model64, scheduler_config=dict(model64.scheduler_config, sigma_max=80.0))
     with pytest.raises(errors.InputError, match="changed settings: sigma_max 700.0 -> 80.0"):
-        svd_inversion.guided_sample(shifted, None, traj)
+        pipeline.guided_sample(pipeline.with_reference(shifted, traj, ReferenceOptions(weight=1.0)), None)
 
 
 def test_bad_inputs_are_refused_before_any_model_call(model64, runs):
@@ -207,35 +210,35 @@ def test_bad_inputs_are_refused_before_any_model_call(model64, runs):
     handle = model64.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with pytest.raises(errors.InputError, match=r"is not \[B, F, 4, H, W\]"):
-            svd_inversion.invert(model64, cond, x0[:, :, :3], 4)
+            pipeline.invert(model64, cond, x0[:, :, :3], 4)
         with pytest.raises(errors.InputError, match=r"is not \[B, F, 4, H, W\]"):
-            svd_inversion.invert(model64, cond, x0[0], 4)
+            pipeline.invert(model64, cond, x0[0], 4)
         with pytest.raises(errors.InputError, match="encoded by another model"):
-            svd_inversion.invert(model64, dataclasses.replace(cond, model_fingerprint="0" * 16), x0, 4)
+            pipeline.invert(model64, dataclasses.replace(cond, model_fingerprint="0" * 16), x0, 4)
         e = torch.zeros(1, 3, 8)
         text = cogvideox.Conditioning("a red circle", "", e, e, model64.fingerprint)
         with pytest.raises(errors.InputError, match="cogvideox.Conditioning, not an SVD first-frame"):
-            svd_inversion.invert(model64, text, x0, 4)
+            pipeline.invert(model64, text, x0, 4)
         with pytest.raises(errors.InputError, match="no 0-step Euler grid"):
-            svd_inversion.invert(model64, cond, x0, 0)
+            pipeline.invert(model64, cond, x0, 0)
         with pytest.raises(errors.InputError, match="trajectory dtype"):
-            svd_inversion.invert(model64, cond, x0, 4, dtype="fp64")
+            pipeline.invert(model64, cond, x0, 4, dtype="fp64")
         with pytest.raises(errors.InputError, match="guidance"):
-            svd_inversion.sample(model64, cond, x0, 4, 1.0, float("nan"))
+            pipeline.sample(model64, cond, x0, 4, guidance=Guidance(float("nan"), first=1.0))
         traj = out["plain"][0]
         with pytest.raises(errors.InputError, match="'text' does not apply to Stable Video Diffusion"):
-            svd_inversion.guided_sample(model64, None, traj, attention.ReferenceOptions(text=True))
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, attention.ReferenceOptions(text=True)), None)
         with pytest.raises(errors.InputError, match="reference_text 'edit' does not apply"):
-            svd_inversion.guided_sample(model64, None, traj, attention.ReferenceOptions(reference_text="edit"))
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, attention.ReferenceOptions(reference_text="edit")), None)
         with pytest.raises(errors.InputError, match="outside 0..6"):
-            svd_inversion.guided_sample(model64, None, traj, svd_inversion.SVDReferenceOptions(blocks="7"))
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(blocks="7", weight=1.0)), None)
         with pytest.raises(errors.InputError, match="step window"):
-            svd_inversion.guided_sample(model64, None, traj, svd_inversion.SVDReferenceOptions(start=0.9, end=0.1))
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(start=0.9, end=0.1, weight=1.0)), None)
         with pytest.raises(errors.InputError, match="'inverted' or 'fresh'"):
-            svd_inversion.guided_sample(model64, None, traj, start="noise")
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), None, start="noise")
         big = svd.encode_image(model64, torch.rand(1, 12, 12, 3))
         with pytest.raises(errors.InputError, match="first frame is 12x12 pixels, the video 8x8"):
-            svd_inversion.guided_sample(model64, big, traj)
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), big)
     finally:
         handle.remove()
     assert calls == []

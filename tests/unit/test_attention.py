@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
 from vidinv import attention, errors
 from vidinv.attention import ReferenceOptions, parse_blocks
-from vidinv.models import cogvideox
+from vidinv.models import cogvideox, cogvideox_attention
 
 VARIANTS = ["2b", "5b", "1.5"]
 
@@ -88,25 +88,35 @@ def test_processor_without_reference_equals_diffusers(tiny64, variant):
     cond = cogvideox.encode_text(model, "a red circle moving right")
     x = latent(model)
     ref = cogvideox.transformer_call(model, x, cond.embeds, 500)
-    with attention.installed(model.transformer):
+    with attention.installed(model.transformer, every_block(model)):
         ours = cogvideox.transformer_call(model, x, cond.embeds, 500)
     assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
     assert all(isinstance(p, CogVideoXAttnProcessor2_0) for p in model.transformer.attn_processors.values())
 
 
+def every_block(model):
+    return cogvideox_attention.processors(model.transformer, range(int(model.transformer.config.num_layers)))
+
+
+def record(model, channel, rec, x, text, t):
+    """A reference pass of x through the transformer while `channel` records into `rec`."""
+    with channel.using(rec):
+        try:
+            cogvideox.transformer_call(model, x, text, t)
+        except attention.StopReference:
+            pass
+
+
 def duplicate_call(model, x, text, t, opts, use_cfg=False):
     """Record K/V from x itself, then inject them into the same x: must equal plain attention."""
     blocks = opts.block_indices(int(model.transformer.config.num_layers))
-    rec = attention.Recording(frozenset(blocks), max(blocks), opts.text)
+    rec = attention.Recording(frozenset(blocks), opts.text)
     rows = attention.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
-    with attention.installed(model.transformer):
-        try:
-            cogvideox.transformer_call(model, x, text, t, attention_kwargs={"reference": rec})
-        except attention.StopReference:
-            pass
+    with attention.installed(model.transformer, every_block(model)) as channel:
+        record(model, channel, rec, x, text, t)
         assert set(rec.kv) == set(blocks)
-        return cogvideox.transformer_call(model, x, text, t,
-                                          attention_kwargs={"reference": attention.Injection(rec, rows, opts.weight)})
+        with channel.using(attention.Injection(rec, rows, opts.weight)):
+            return cogvideox.transformer_call(model, x, text, t)
 
 
 OPTION_GRID = [ReferenceOptions(blocks=b, weight=w, text=tx)
@@ -131,14 +141,11 @@ def test_duplicate_keys_differ_when_the_reference_differs(tiny64):
     x, other = latent(model, seed=1), latent(model, seed=2)
     opts = ReferenceOptions()
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), max(blocks), True)
-    with attention.installed(model.transformer):
-        try:
-            cogvideox.transformer_call(model, other, cond.embeds, 700, attention_kwargs={"reference": rec})
-        except attention.StopReference:
-            pass
-        out = cogvideox.transformer_call(model, x, cond.embeds, 700, attention_kwargs={
-            "reference": attention.Injection(rec, torch.ones(1, dtype=torch.bool), 1.0)})
+    rec = attention.Recording(frozenset(blocks), True)
+    with attention.installed(model.transformer, every_block(model)) as channel:
+        record(model, channel, rec, other, cond.embeds, 700)
+        with channel.using(attention.Injection(rec, torch.ones(1, dtype=torch.bool), 1.0)):
+            out = cogvideox.transformer_call(model, x, cond.embeds, 700)
     plain = cogvideox.transformer_call(model, x, cond.embeds, 700)
     assert (out - plain).abs().max() > 1e-3
 
@@ -158,9 +165,10 @@ def test_wrong_rope_placement_is_caught(tiny64, monkeypatch, wrong):
     def shifted(k_ref, table, text_len):  # positions of the next frame, as a concatenated sequence would get
         cos, sin = table
         per_frame = cos.shape[0] // x.shape[1]
-        return attention.rotate_image_tokens(k_ref, (cos.roll(per_frame, 0), sin.roll(per_frame, 0)), text_len)
+        return cogvideox_attention.rotate_image_tokens(k_ref, (cos.roll(per_frame, 0), sin.roll(per_frame, 0)),
+                                                       text_len)
 
-    monkeypatch.setattr(attention, "rotate_reference", {"unrotated": unrotated, "shifted": shifted}[wrong])
+    monkeypatch.setattr(cogvideox_attention, "rotate_reference", {"unrotated": unrotated, "shifted": shifted}[wrong])
     broken = duplicate_call(model, x, cond.embeds, 600, ReferenceOptions())
     assert (broken - plain).abs().max() > 1e-4
 
@@ -175,14 +183,11 @@ def test_cfg_rows_conditional_only_is_invariant(tiny64):
     # the reference recorded from the conditional row, injected only there
     opts = ReferenceOptions(rows="conditional")
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), max(blocks), True)
-    with attention.installed(model.transformer):
-        try:
-            cogvideox.transformer_call(model, x, cond.embeds, 400, attention_kwargs={"reference": rec})
-        except attention.StopReference:
-            pass
-        out = cogvideox.transformer_call(model, rows_x, text, 400, attention_kwargs={
-            "reference": attention.Injection(rec, attention.cfg_row_mask(1, True, "conditional"), 1.0)})
+    rec = attention.Recording(frozenset(blocks), True)
+    with attention.installed(model.transformer, every_block(model)) as channel:
+        record(model, channel, rec, x, cond.embeds, 400)
+        with channel.using(attention.Injection(rec, attention.cfg_row_mask(1, True, "conditional"), 1.0)):
+            out = cogvideox.transformer_call(model, rows_x, text, 400)
     assert torch.allclose(out, plain, rtol=0, atol=1e-10)
 
 
@@ -193,10 +198,10 @@ def test_reference_pass_stops_after_last_injected_block(tiny64):
     hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append(i))
              for i, b in enumerate(model.transformer.transformer_blocks)]
     try:
-        rec = attention.Recording(frozenset({0}), 0, True)
-        with attention.installed(model.transformer):
+        rec = attention.Recording(frozenset({0}), True)
+        with attention.installed(model.transformer, every_block(model)) as channel, channel.using(rec):
             with pytest.raises(attention.StopReference):
-                cogvideox.transformer_call(model, latent(model), cond.embeds, 500, attention_kwargs={"reference": rec})
+                cogvideox.transformer_call(model, latent(model), cond.embeds, 500)
     finally:
         for h in hooks:
             h.remove()
@@ -207,8 +212,8 @@ def test_processors_restored_after_error(tiny64):
     model = tiny64("5b")
     before = dict(model.transformer.attn_processors)
     with pytest.raises(RuntimeError, match="boom"):
-        with attention.installed(model.transformer):
-            assert all(isinstance(p, attention.ReferenceAttnProcessor)
+        with attention.installed(model.transformer, every_block(model)):
+            assert all(isinstance(p, cogvideox_attention.ReferenceAttnProcessor)
                        for p in model.transformer.attn_processors.values())
             raise RuntimeError("boom")
     after = model.transformer.attn_processors

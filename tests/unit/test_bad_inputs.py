@@ -61,7 +61,7 @@ def test_blocks_huge_range_is_refused_at_once():
 
 def test_svd_blocks_are_bounded_by_its_spatial_blocks(tmp_path):
     from tests.tiny_svd import write_tiny_svd
-    from vidinv import svd_attention
+    from vidinv.models import svd_attention
     unet = svd.load(write_tiny_svd(tmp_path / "tiny-svd")).unet
     spatial = len(svd_attention.self_attention_layers(unet, "all"))
     with pytest.raises(errors.InputError, match=f"outside 0..{spatial - 1}.*has {spatial} blocks"):
@@ -339,9 +339,8 @@ def test_guidance_below_one_refused_by_the_library():
     for g in (0.0, 0.5, float("nan"), float("inf")):
         with pytest.raises(errors.InputError, match="must be a finite number >= 1"):
             cogvideox.check_guidance(g)
-    from vidinv import svd_inversion
     with pytest.raises(errors.InputError, match="must be finite and >= 1"):
-        svd_inversion.check_guidance(0.5, 3.0)
+        svd.check_guidance(0.5, 3.0)
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -536,7 +535,7 @@ def test_reference_attention_blocks_text_refused_on_the_node(pack, tiny_graph):
         with pytest.raises(ierr, match=f"^blocks '{blocks}' .*This model has {layers} blocks") as err:
             m["VInvReferenceAttention"]().patch(g["model"], g["traj"], blocks, 0.0, 1.0, 1.0, False, "all", "source")
         assert len(str(err.value)) < 300
-    spatial = len(pack.vidinv.svd_attention.self_attention_layers(g["svd"].unet, "all"))
+    spatial = len(pack.vidinv.models.svd_attention.self_attention_layers(g["svd"].unet, "all"))
     with pytest.raises(ierr, match=f"outside 0..{spatial - 1}. This model has {spatial} blocks"):  # SVD's spatial blocks
         m["VInvReferenceAttention"]().patch(g["svd"], g["svd_traj"], "0-99999999999", 0.0, 1.0, 1.0, False, "all",
                                             "source")

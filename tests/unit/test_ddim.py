@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, DDIMScheduler
 
-from vidinv import ddim, errors
+from vidinv import ddim, errors, solver
 
 COG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
            rescale_betas_zero_snr=True, snr_shift_scale=3.0, timestep_spacing="trailing", set_alpha_to_one=True,
@@ -127,7 +127,7 @@ def test_invert_step_exact_in_float64():
     x_p = torch.randn(8, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     for memory in (0, 5):
-        x_t, st = ddim.invert_step(x_p, den, t, a, b, iters=40, tol=0, memory=memory, damping=1.0)
+        x_t, st = solver.invert_step(x_p, den, t, a, b, iters=40, tol=0, memory=memory, damping=1.0)
         resid = float(((a * x_t + b * den(x_t, t)) - x_p).norm() / x_p.norm())
         assert resid < 1e-12, (memory, resid, st.history[-3:])
 
@@ -154,8 +154,8 @@ def test_anderson_beats_plain_iteration_on_a_stiff_map():
         return x @ m
 
     x_p = torch.randn(4, 64, generator=g, dtype=torch.float64)
-    _, plain = ddim.invert_step(x_p, den, t, a, b, iters=10, memory=0, damping=1.0)
-    _, anderson = ddim.invert_step(x_p, den, t, a, b, iters=10, memory=5, damping=1.0)
+    _, plain = solver.invert_step(x_p, den, t, a, b, iters=10, memory=0, damping=1.0)
+    _, anderson = solver.invert_step(x_p, den, t, a, b, iters=10, memory=5, damping=1.0)
     assert anderson.residual < plain.residual / 10
 
 
@@ -165,12 +165,12 @@ def test_early_stop_on_tolerance_counts_calls():
     t, p = ddim.grid(sch, 50)[0]
     a, b = ddim.coefficients(sch, t, p)
     x_p = torch.randn(4, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    _, st = ddim.invert_step(x_p, den, t, a, b, iters=50, tol=1e-4)
+    _, st = solver.invert_step(x_p, den, t, a, b, iters=50, tol=1e-4)
     assert st.residual <= 1e-4 and st.calls == 1 + len(st.history) and st.calls < 20
-    naive_x, naive = ddim.invert_step(x_p, den, t, a, b, iters=0)
+    naive_x, naive = solver.invert_step(x_p, den, t, a, b, iters=0)
     # no refinement: the residual is that of x_p (whose G is the returned iterate), never NaN
     assert naive.calls == 1 and naive.history == []
-    assert naive.residual == pytest.approx(float(ddim._rel_rows(naive_x - x_p, naive_x).max()), rel=1e-12)
+    assert naive.residual == pytest.approx(float(solver._rel_rows(naive_x - x_p, naive_x).max()), rel=1e-12)
     assert naive.residual > 1e-4
 
 
@@ -178,13 +178,13 @@ def test_pooled_budget_keeps_the_average_and_feeds_the_stiff_end():
     """With a tolerance the clean end may borrow, but leaves half the average to every later step;
     the total never exceeds steps * (1 + iters)."""
     steps, iters = 50, 10
-    first = ddim.step_budget(steps, 0, iters, 0, 1e-5, 200)
+    first = solver.step_budget(steps, 0, iters, 0, 1e-5, 200)
     assert first == min(200, steps * (1 + iters) - 49 * 5 - 1)  # half the average kept for each later step
-    assert ddim.step_budget(6, 0, 20, 0, 1e-7, 200) == 6 * 21 - 5 * 10 - 1  # few steps: no starving the rest
-    assert ddim.step_budget(steps, 0, iters, 0, 0.0, 200) == iters  # no tolerance: fixed
+    assert solver.step_budget(6, 0, 20, 0, 1e-7, 200) == 6 * 21 - 5 * 10 - 1  # few steps: no starving the rest
+    assert solver.step_budget(steps, 0, iters, 0, 0.0, 200) == iters  # no tolerance: fixed
     used = 0
     for k in range(steps):  # worst case: every step spends its whole allowance
-        used += 1 + ddim.step_budget(steps, k, iters, used, 1e-5, 200)
+        used += 1 + solver.step_budget(steps, k, iters, used, 1e-5, 200)
     assert used <= steps * (1 + iters)
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 
 from tests.tiny_svd import SCHEDULER
-from vidinv import ddim, edm
+from vidinv import edm, solver
 
 
 def karras(n, lo=0.002, hi=700.0, rho=7.0):
@@ -52,7 +52,7 @@ def test_preconditioning_matches_scheduler_step():
         d = edm.denoised(x, f, sigma)
         assert torch.allclose(pred, d.float(), rtol=1e-5, atol=1e-5)
         a, b = edm.coefficients(sigma, nxt)
-        assert torch.allclose(prev, ddim.step(x, d, a, b), rtol=1e-5, atol=1e-5 * float(x.abs().max()))
+        assert torch.allclose(prev, solver.step(x, d, a, b), rtol=1e-5, atol=1e-5 * float(x.abs().max()))
         x = prev
 
 

@@ -4,7 +4,10 @@ import dataclasses
 import pytest
 import torch
 
-from vidinv import inversion
+from vidinv.family import Guidance
+from vidinv.solver import Solver
+from vidinv.hooks import Hooks
+from vidinv import pipeline
 from vidinv.attention import ReferenceOptions, ReferenceSpec
 from vidinv.models import cogvideox
 
@@ -36,7 +39,7 @@ def test_round_trip_exact_in_float64(tiny64, variant):
         x0 = torch.randn(1, 2, model.latent_channels, h, w, generator=torch.Generator().manual_seed(0),
                          dtype=torch.float64)
     img = image_latents(model, x0)
-    traj = inversion.invert(model, cond, x0, STEPS, iters=10, tol=0, image_latents=img, dtype="fp32")
+    traj = pipeline.invert(model, cond, x0, STEPS, settings=Solver(iters=10, tol=0), dtype="fp32", image_latents=img)
     assert traj.latents.shape == (STEPS + 1, *x0.shape) and traj.latents.dtype == torch.float32
     assert len(traj.residuals) == STEPS and all(c == 11 for c in traj.calls)
     # the bound in float64: sample from the float64 noise the solver returned
@@ -44,7 +47,7 @@ def test_round_trip_exact_in_float64(tiny64, variant):
     schedule = ddim.schedule_from_config(model.scheduler_config)
     den = cogvideox.make_denoiser(model, cond, 1.0, False, EXACT_STEPS, img)
     lat, stats = ddim.invert(den, x0, schedule, EXACT_STEPS, iters=10)
-    back = inversion.sample(model, cond, lat[-1], EXACT_STEPS, image_latents=img)
+    back = pipeline.sample(model, cond, lat[-1], EXACT_STEPS, image_latents=img)
     assert back.dtype == torch.float64
     assert rel(back, x0) < 1e-8, [s.history[-1] for s in stats]
 
@@ -67,8 +70,7 @@ def test_sampler_matches_the_diffusers_pipeline(tiny_folders):
     pipe = CogVideoXPipeline.from_pretrained(tiny_folders["5b"], dtype=torch.float32)
     model = cogvideox.load(tiny_folders["5b"], "fp32")
     noise = torch.randn(1, 2, model.latent_channels, 6, 6, generator=torch.Generator().manual_seed(5))
-    ours = inversion.sample(model, cogvideox.encode_text(model, "a red circle moving right", "blue"), noise,
-                            steps=6, guidance=4.0)
+    ours = pipeline.sample(model, cogvideox.encode_text(model, "a red circle moving right", "blue"), noise, 6, guidance=Guidance(4.0))
     theirs = pipe(prompt="a red circle moving right", negative_prompt="blue", num_frames=5, height=48, width=48,
                   num_inference_steps=6, guidance_scale=4.0, latents=noise.clone(), output_type="latent",
                   max_sequence_length=model.max_text_length).frames
@@ -80,8 +82,8 @@ def inverted(tiny64):
     model = tiny64("5b")
     cond = cogvideox.encode_text(model, "a green square moving left")
     x0 = source(model, 2)
-    traj = inversion.invert(model, cond, x0, STEPS, iters=12, tol=0, dtype="fp32")
-    plain = inversion.sample(model, cond, traj.noise.double(), STEPS)
+    traj = pipeline.invert(model, cond, x0, STEPS, settings=Solver(iters=12, tol=0), dtype="fp32")
+    plain = pipeline.sample(model, cond, traj.noise.double(), STEPS)
     return model, cond, traj, plain
 
 
@@ -101,7 +103,7 @@ def test_guided_reconstruction_keeps_the_plain_bound(inverted, opts):
     reconstructs exactly as well as plain sampling does."""
     model, cond, traj, plain = inverted
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-    guided = inversion.guided_sample(patched, cond)
+    guided = pipeline.guided_sample(patched, cond)
     x0 = traj.clean.double()
     bound = max(rel(plain, x0), 1e-9)
     assert rel(guided, x0) <= 10 * bound + 1e-6, (rel(guided, x0), bound)
@@ -111,9 +113,9 @@ def test_guided_reconstruction_keeps_the_plain_bound(inverted, opts):
 def test_guided_sampling_changes_an_edit(inverted):
     model, cond, traj, _ = inverted
     edit = cogvideox.encode_text(model, "a red circle moving right")
-    plain_edit = inversion.sample(model, edit, traj.noise, STEPS)
+    plain_edit = pipeline.sample(model, edit, traj.noise, STEPS)
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions()))
-    guided_edit = inversion.guided_sample(patched, edit)
+    guided_edit = pipeline.guided_sample(patched, edit)
     assert rel(guided_edit, plain_edit) > 1e-4
     # and pulls it towards the source
     assert rel(guided_edit, traj.clean) < rel(plain_edit, traj.clean)
@@ -124,8 +126,8 @@ def test_two_runs_identical_and_model_untouched(inverted):
     before = dict(model.transformer.attn_processors)
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(text=False)))
     edit = cogvideox.encode_text(model, "a red circle moving right")
-    a = inversion.guided_sample(patched, edit, guidance=2.0)
-    b = inversion.guided_sample(patched, edit, guidance=2.0)
+    a = pipeline.guided_sample(patched, edit, guidance=Guidance(2.0))
+    b = pipeline.guided_sample(patched, edit, guidance=Guidance(2.0))
     assert torch.equal(a, b)
     assert model.reference is None
     assert all(model.transformer.attn_processors[k] is v for k, v in before.items())
@@ -140,7 +142,7 @@ def test_processors_restored_after_interrupt(inverted, when):
     model, cond, traj, _ = inverted
     before = dict(model.transformer.attn_processors)
 
-    class Hooks(inversion.Hooks):
+    class Stop(Hooks):
         calls = 0
 
         def before_call(self):
@@ -154,10 +156,10 @@ def test_processors_restored_after_interrupt(inverted, when):
 
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions()))
     with pytest.raises(Interrupt):
-        inversion.guided_sample(patched, cond, hooks=Hooks())
+        pipeline.guided_sample(patched, cond, hooks=Stop())
     assert all(model.transformer.attn_processors[k] is v for k, v in before.items())
     # and the model still samples plainly afterwards
-    assert rel(inversion.sample(model, cond, traj.noise.double(), STEPS), traj.clean.double()) < 1e-6
+    assert rel(pipeline.sample(model, cond, traj.noise.double(), STEPS), traj.clean.double()) < 1e-6
 
 
 def test_reference_pass_once_per_step_shared_by_cfg_rows(inverted):
@@ -169,7 +171,7 @@ def test_reference_pass_once_per_step_shared_by_cfg_rows(inverted):
     try:
         opts = ReferenceOptions(start=0.0, end=0.5)
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        inversion.guided_sample(patched, cond, guidance=3.0)
+        pipeline.guided_sample(patched, cond, guidance=Guidance(3.0))
     finally:
         handle.remove()
     active = len(opts.active_steps(STEPS))
@@ -180,7 +182,7 @@ def test_guided_sample_refuses_unpatched_model(inverted):
     from vidinv import errors
     model, cond, _, _ = inverted
     with pytest.raises(errors.InputError, match="Reference Attention"):
-        inversion.guided_sample(model, cond)
+        pipeline.guided_sample(model, cond)
 
 
 def test_one_step_inversion_is_refused_and_one_step_sampling_works(tiny64):
@@ -192,8 +194,8 @@ def test_one_step_inversion_is_refused_and_one_step_sampling_works(tiny64):
     x0 = source(model)
     for memory in (0, 5):
         with pytest.raises(errors.InputError, match="cannot be inverted.*2 or more steps"):
-            inversion.invert(model, cond, x0, 1, iters=10, memory=memory)
-    assert torch.isfinite(inversion.sample(model, cond, x0, 1)).all()
+            pipeline.invert(model, cond, x0, 1, settings=Solver(iters=10, memory=memory))
+    assert torch.isfinite(pipeline.sample(model, cond, x0, 1)).all()
 
 
 # ----------------------------------------------------------------------------- trajectories inverted under CFG
@@ -207,8 +209,8 @@ def inverted_cfg(tiny64):
     model = tiny64("5b")
     cond = cogvideox.encode_text(model, "a green square moving left", "a blue circle")
     x0 = source(model, 3)
-    traj = inversion.invert(model, cond, x0, STEPS, guidance=CFG, iters=30, tol=0, dtype="fp32")
-    plain = inversion.sample(model, cond, traj.noise.double(), STEPS, guidance=CFG)
+    traj = pipeline.invert(model, cond, x0, STEPS, guidance=Guidance(CFG), settings=Solver(iters=30, tol=0), dtype="fp32")
+    plain = pipeline.sample(model, cond, traj.noise.double(), STEPS, guidance=Guidance(CFG))
     assert rel(plain, x0) < 1e-5, rel(plain, x0)
     return model, cond, traj, plain
 
@@ -222,7 +224,7 @@ def test_guided_reconstruction_under_cfg(inverted_cfg, opts):
     made with the conditioning that row had at inversion)."""
     model, cond, traj, plain = inverted_cfg
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-    guided = inversion.guided_sample(patched, cond, guidance=CFG)
+    guided = pipeline.guided_sample(patched, cond, guidance=Guidance(CFG))
     assert rel(guided, plain) < 1e-6, rel(guided, plain)
 
 
@@ -230,9 +232,9 @@ def test_a_shared_reference_row_breaks_reconstruction_under_cfg(inverted_cfg, mo
     """Why the reference needs a row per CFG row there: the unconditional row attending to the
     source prompt's keys is not attending to duplicates of its own (measured 7e-4 here, 700x the bound)."""
     model, cond, traj, plain = inverted_cfg
-    monkeypatch.setattr(inversion.attention, "reference_per_cfg_row", lambda *a: False)
+    monkeypatch.setattr(pipeline.attention, "reference_per_cfg_row", lambda *a: False)
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions()))
-    assert rel(inversion.guided_sample(patched, cond, guidance=CFG), plain) > 1e-4
+    assert rel(pipeline.guided_sample(patched, cond, guidance=Guidance(CFG)), plain) > 1e-4
 
 
 @pytest.mark.parametrize("rows,ref_rows", [("all", 2), ("conditional", 1)])
@@ -245,8 +247,8 @@ def test_reference_rows_for_a_cfg_trajectory(inverted_cfg, rows, ref_rows):
         lambda mod, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
     try:
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(rows=rows)))
-        inversion.guided_sample(patched, cond, guidance=CFG)
-        inversion.guided_sample(patched, cond, guidance=1.0)
+        pipeline.guided_sample(patched, cond, guidance=Guidance(CFG))
+        pipeline.guided_sample(patched, cond, guidance=Guidance(1.0))
     finally:
         handle.remove()
     # with CFG: a reference pass of ref_rows and a sample pass of 2 rows per step; without: 1 and 1

@@ -86,11 +86,11 @@ def test_i2v_image_latents_and_1_5_padding(tiny_folders):
 
 
 def test_i2v_without_image_latents_is_refused(tiny_folders):
-    from vidinv import inversion
+    from vidinv import pipeline
     i2v = cogvideox.load(tiny_folders["5b-i2v"])
     cond = cogvideox.encode_text(i2v, "a red circle")
     with pytest.raises(errors.InputError, match="image-to-video"):
-        inversion.invert(i2v, cond, torch.randn(1, 2, 6, 6, 6), 4)
+        pipeline.invert(i2v, cond, torch.randn(1, 2, 6, 6, 6), 4)
 
 
 def test_pipeline_loads_tiny_folders(tiny_folders):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vidinv import ddim, errors, trajectory
+from vidinv import ddim, edm, errors, trajectory
 from vidinv.trajectory import Trajectory
 
 CFG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -189,7 +189,7 @@ def test_families_refuse_each_other():
     with pytest.raises(errors.InputError, match="Stable Video Diffusion trajectory.*given to a CogVideoX"):
         svd_t.check_model(FakeModel("svd1"))
     with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):
-        cog_t.check_grid(svd_t.svd_grid(svd_config()))
+        cog_t.check_grid(edm.grid_from_config(svd_config(), svd_t.steps))
     model = FakeModel("abc")
     model.family = "svd"
     with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):

@@ -9,78 +9,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import hashlib
-import json
-import logging
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
-from .. import errors
+from .. import ddim, errors, solver, video
+from ..family import Guidance
+from . import cogvideox_attention, loading
+from .loading import dtype_kwarg, on_device
 from .rope import rotary_table
 
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-log = logging.getLogger("vidinv")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- folders
 
-def read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def config_class(cfg: Path) -> str | None:
-    """``_class_name`` of a model config file; None when there is no such file. A file that is
-    there but cannot be read, or is not a JSON object, raises (OSError / ValueError)."""
-    if not cfg.is_file():
-        return None
-    try:
-        data = read_json(cfg)
-    except ValueError as err:
-        raise ValueError(f"{cfg.parent.name}/{cfg.name} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {errors.json_kind(data)}, not a JSON object")
-    return data.get("_class_name")
-
-
 def is_model_folder(path) -> bool:
     """A folder counts when ``transformer/config.json`` names CogVideoXTransformer3DModel."""
-    return config_class(Path(path) / "transformer" / "config.json") == TRANSFORMER_CLASS
+    return loading.names_class(path, "transformer/config.json", TRANSFORMER_CLASS)
 
 
-@functools.lru_cache(maxsize=1024)
-def skip_folder(path: str, reason: str) -> None:
-    """Log once (per folder and reason) that a folder was left out of the model list."""
-    log.warning("vidinv: skipped model folder %s: %s", path, reason)
+def find_model_folders(roots) -> dict[str, Path]:
+    """CogVideoX folders directly under each root, keyed by folder name (first root wins)."""
+    return loading.find_model_folders(roots, is_model_folder)
 
 
-def find_model_folders(roots, accept=None) -> dict[str, Path]:
-    """Model folders directly under each root, keyed by folder name (first root wins). `accept`
-    decides what counts as a model folder (default: a CogVideoX folder). A folder (or root) that
-    cannot be read, whatever the reason, is skipped and logged once: one broken download must not
-    take the loader away from every other model."""
-    accept = accept or is_model_folder
-    found: dict[str, Path] = {}
-    for root in roots:
-        root = Path(root)
-        try:
-            children = sorted(root.iterdir()) if root.is_dir() else []
-        except Exception as err:  # noqa: BLE001 - any unreadable root is skipped, never fatal
-            skip_folder(str(root), f"{type(err).__name__}: {err}")
-            continue
-        for child in children:
-            try:
-                if child.name not in found and child.is_dir() and accept(child):
-                    found[child.name] = child
-            except Exception as err:  # noqa: BLE001 - any unreadable folder is skipped, never fatal
-                skip_folder(str(child), f"{type(err).__name__}: {err}")
-    return found
+skip_folder = loading.skip_folder  # the scan's once-per-folder log (tests clear its cache)
 
 
 def check_model_folder(path: Path) -> None:
@@ -93,18 +50,9 @@ def check_model_folder(path: Path) -> None:
             f"{path.name!r} is not a complete diffusers CogVideoX folder: missing {', '.join(missing)}",
             f"A CogVideoX folder holds {', '.join(SUBFOLDERS)} and model_index.json; download the whole "
             "repository (for example THUDM/CogVideoX-2b), not only the transformer.")
-    if not readable_check(is_model_folder, path, "transformer/config.json"):
+    if not loading.readable_check(is_model_folder, path, "transformer/config.json"):
         raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
                                 "Choose a CogVideoX model folder.")
-
-
-def readable_check(check, path: Path, what: str):
-    """``check(path)``, with an unreadable or malformed config file refused as bad input."""
-    try:
-        return check(path)
-    except (OSError, ValueError) as err:
-        raise errors.InputError(f"{path.name!r}: {what} cannot be read ({err})",
-                                "Download the model folder again.") from err
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -197,18 +145,8 @@ class CogVideoX:
 
 def fingerprint(path: Path, transformer) -> str:
     """Identifies a model cheaply: its configs and a few bytes of a few weights."""
-    h = hashlib.sha256()
-    for sub in ("transformer", "scheduler", "vae"):
-        for name in ("config.json", "scheduler_config.json"):
-            f = path / sub / name
-            if f.is_file():
-                h.update(json.dumps({k: v for k, v in read_json(f).items() if not k.startswith("_")},
-                                    sort_keys=True).encode())
-    params = list(transformer.named_parameters())
-    for name, p in params[:2] + params[-2:]:
-        h.update(name.encode())
-        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return loading.fingerprint([path / sub / name for sub in ("transformer", "scheduler", "vae")
+                                for name in ("config.json", "scheduler_config.json")], transformer)
 
 
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> CogVideoX:
@@ -219,9 +157,7 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
 
     path = Path(path)
     check_model_folder(path)
-    if dtype not in DTYPES:
-        raise errors.InputError(f"precision {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, bf16 or fp16.")
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = loading.check_dtype(dtype)
     device = torch.device(device or "cpu")
     offload_device = torch.device(offload_device or device)
     import diffusers
@@ -233,7 +169,7 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
         path / "text_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     sched = path / "scheduler" / "scheduler_config.json"
-    scheduler_config = read_json(sched)
+    scheduler_config = loading.read_json(sched)
     for m in (transformer, vae, text_encoder):
         m.eval().requires_grad_(False).to(offload_device)
     model = CogVideoX(name or path.name, str(path), transformer, vae, text_encoder, tokenizer, scheduler_config,
@@ -244,24 +180,6 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
             f"{model.latent_channels} latent channels (text-to-video) nor twice that (image-to-video)",
             "The transformer and the VAE of this folder do not belong together.")
     return model
-
-
-def dtype_kwarg(version: str, renamed_in: tuple[int, int], dtype: torch.dtype) -> dict:
-    """diffusers and transformers renamed ``torch_dtype`` to ``dtype``; pass the one this version
-    understands (no deprecation warnings on new versions, still working on old ones)."""
-    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    return {"dtype": dtype} if major_minor >= renamed_in else {"torch_dtype": dtype}
-
-
-@contextlib.contextmanager
-def on_device(module: torch.nn.Module, model: CogVideoX):
-    """Run `module` on the compute device; move it back to the offload device afterwards."""
-    module.to(model.device)
-    try:
-        yield module
-    finally:
-        if model.offload_device != model.device:
-            module.to(model.offload_device)
 
 
 # ----------------------------------------------------------------------------- text
@@ -450,7 +368,7 @@ def cfg_rows(cond: Conditioning, guidance: float, dynamic: bool, batch: int,
 
 
 def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: int,
-                     image_latents: torch.Tensor | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
+                     image_latents: torch.Tensor | None = None) -> torch.Tensor:
     """One transformer evaluation on latent rows `x` ``[R, F, C, h, w]`` with text rows; the
     RoPE table is built for this latent size; I2V image latents go on the channel axis.
     Returns the model output in float32 (float64 for a float64 model) on the compute device."""
@@ -469,7 +387,7 @@ def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: i
         ofs = inp.new_full((rows,), 2.0)
     timestep = torch.full((rows,), int(t), device=model.device, dtype=torch.long)
     out = tr(hidden_states=inp, encoder_hidden_states=text.to(model.device, model.dtype), timestep=timestep,
-             ofs=ofs, image_rotary_emb=rope, attention_kwargs=attention_kwargs, return_dict=False)[0]
+             ofs=ofs, image_rotary_emb=rope, return_dict=False)[0]
     return out.to(torch.promote_types(out.dtype, torch.float32))  # at least float32, float64 stays
 
 
@@ -484,14 +402,15 @@ def check_guidance(guidance: float) -> None:
 def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, dynamic_cfg: bool = False,
                   steps: int = 50, image_latents: torch.Tensor | None = None,
                   negative: Callable[[int], torch.Tensor] | None = None,
-                  attention_kwargs: Callable[[int, torch.Tensor], dict | None] | None = None,
+                  attention: Callable[[int, torch.Tensor], ContextManager | None] | None = None,
                   ) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``denoise(x, t)`` for the samplers: batches the CFG rows into one transformer call and
     combines them ``u + s (c - u)``; the same callable serves sampling and inversion, so
     guidance is identical in both directions. Inputs and outputs are float32 on the CPU.
 
     `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion).
-    `attention_kwargs(t, x)` may supply per-call attention arguments (reference attention)."""
+    `attention(t, x)` may return a context manager entered around this step's transformer call
+    (how `vidinv.attention` hands per-call state to its processors)."""
     check_guidance(guidance)
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -499,11 +418,217 @@ def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, d
         scale = guidance_scale_at(guidance, dynamic_cfg, t, steps)
         text, use_cfg = cfg_rows(cond, guidance, dynamic_cfg, b, None if negative is None else negative(t))
         rows = torch.cat([x, x]) if use_cfg else x
-        kwargs = attention_kwargs(t, x) if attention_kwargs is not None else None
-        out = transformer_call(model, rows, text, t, image_latents, kwargs)
+        ctx = attention(t, x) if attention is not None else None
+        with ctx or contextlib.nullcontext():
+            out = transformer_call(model, rows, text, t, image_latents)
         if use_cfg:
             u, c = out.chunk(2)
             out = u + scale * (c - u)
         return out.cpu()
 
     return denoise
+
+
+# ----------------------------------------------------------------------------- checks before any model call
+
+def check_latent(model: CogVideoX, latent: torch.Tensor) -> None:
+    if latent.dim() != 5:
+        raise errors.InputError(f"latent must be [B, F, C, H, W], got shape {tuple(latent.shape)}",
+                                "Connect the output of this pack's VAE Encode node.")
+    c = latent.shape[2]
+    if c != model.latent_channels:
+        raise errors.InputError(f"latent has {c} channels, {model.name} works on {model.latent_channels}",
+                                "Encode the video with the same model's VAE.")
+    p_t = model.patch_size_t or 1
+    if latent.shape[1] % p_t:
+        raise errors.InputError(f"{latent.shape[1]} latent frames do not divide into the model's temporal patches of "
+                                f"{p_t}", "Encode the video with this pack's VAE Encode node (it pads the frames).")
+    p = model.patch_size
+    if latent.shape[-1] % p or latent.shape[-2] % p:
+        raise errors.InputError(f"latent size {latent.shape[-1]}x{latent.shape[-2]} is not a multiple of the "
+                                f"patch size {p}", "Resize the video to a multiple of "
+                                f"{model.size_multiple} pixels before encoding.")
+
+
+def check_conditioning(model: CogVideoX, cond: Conditioning) -> None:
+    if not isinstance(cond, Conditioning):
+        raise errors.InputError(f"the conditioning is {type(cond).__name__}, not a text conditioning",
+                                "Encode the prompt with Encode Text (CogVideoX) and the same model.")
+    if cond.model_fingerprint != model.fingerprint:
+        raise errors.InputError("the conditioning was encoded by another model's text encoder",
+                                "Encode the prompt with the model you sample with.")
+
+
+def check_image_latents(model: CogVideoX, image_latents) -> None:
+    if model.is_i2v and image_latents is None:
+        raise errors.InputError(f"{model.name} is an image-to-video model: the latent carries no image conditioning",
+                                "Encode the video with this pack's VAE Encode node and this model.")
+
+
+# ----------------------------------------------------------------------------- the family
+
+class CogVideoXFamily:
+    """CogVideoX behind the model-family interface (`vidinv.family.Family`): DDIM on the model's
+    timestep grid, text conditioning, joint text-image attention with RoPE for the reference."""
+    name = "cogvideox"
+    display_name = "CogVideoX"
+    trajectory_version = 1  # what every version of the pack reads and writes
+    text_conditioned = True
+    grid_kind = "ddim"  # `vidinv.solver.Grid.kind` of its sampler
+    solver_choice = True
+
+    # -- model and VAE
+    def network(self, model: CogVideoX) -> torch.nn.Module:
+        return model.transformer
+
+    def encode_frames(self, model, images, frames, size, width, height, tiling):
+        """4k+1 frames fitted to the model's size grid; 1.5's frame pairs padded; I2V's first frame
+        encoded as the image conditioning."""
+        clip, note_frames = video.fit_frame_count(images, model.temporal_factor, frames)
+        nh, nw = model.native_size
+        clip, note_size = video.fit_size(clip, height or nh, width or nw, model.size_multiple, size,
+                                         model.required_size)
+        z, pad = pad_latent_frames(model, encode_video(model, clip, tiling))
+        image_latents = encode_image_latents(model, clip, z.shape[1], tiling) if model.is_i2v else None
+        return z, image_latents, pad, clip, f"{note_frames}; {note_size}"
+
+    def encode_video(self, model, frames):
+        return encode_video(model, frames)
+
+    def decode(self, model, latents, tiling="auto"):
+        return decode_video(model, latents, tiling)
+
+    # -- sampling
+    def grid(self, model, steps):
+        return self.grid_from_config(model.scheduler_config, steps)
+
+    def grid_from_config(self, config, steps):
+        return ddim.sampler_grid(ddim.schedule_from_config(config), steps)
+
+    def check_inputs(self, model, cond, latent, image_latents):
+        check_latent(model, latent)
+        check_conditioning(model, cond)
+        check_image_latents(model, image_latents)
+
+    def check_guidance(self, guidance):
+        check_guidance(guidance.scale)
+        if guidance.first is not None and guidance.first != guidance.scale:
+            raise errors.InputError(f"first-frame guidance {guidance.first} is Stable Video Diffusion's frame-wise "
+                                    "guidance; CogVideoX takes one scale", "Give one guidance scale.")
+
+    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None):
+        index = {t: i for i, t in enumerate(grid.timesteps)}
+        by_t = None if attention is None else (lambda t, x: attention(index[int(t)], x))
+        den = make_denoiser(model, cond, guidance.scale, guidance.dynamic, grid.steps, image_latents, negative, by_t)
+        return solver.at(den, grid.timesteps)
+
+    # -- trajectories
+    def trajectory_fields(self, model, cond, guidance, grid, image_latents):
+        return dict(prompt=cond.prompt, negative_prompt=cond.negative_prompt, embeds=cond.embeds,
+                    negative_embeds=cond.negative_embeds, guidance=float(guidance.scale),
+                    dynamic_cfg=bool(guidance.dynamic), image_latents=None if image_latents is None
+                    else image_latents.float())
+
+    def trajectory_guidance(self, traj):
+        return Guidance(traj.guidance, traj.dynamic_cfg)
+
+    def source_conditioning(self, traj):
+        return Conditioning(traj.prompt, traj.negative_prompt, traj.embeds, traj.negative_embeds,
+                            traj.model_fingerprint)
+
+    def edit_conditioning(self, model, traj, cond):
+        if cond is None:
+            raise errors.InputError("CogVideoX's guided sampling needs a conditioning",
+                                    "Connect Encode Text (CogVideoX) with the edited prompt.")
+        return cond
+
+    def check_trajectory_grid(self, traj, grid, config):
+        expected = list(grid.timesteps)
+        if expected != list(traj.timesteps):
+            raise errors.InputError(
+                f"the trajectory's {traj.steps}-step grid {traj.timesteps[:3]}... does not match the model's "
+                f"{expected[:3]}...", "The scheduler config differs from the one used at inversion; invert again.")
+        return grid
+
+    def check_trajectory(self, traj, model, refuse):
+        traj.check_embeds(getattr(model, "max_text_length", None), getattr(model, "text_dim", None), refuse)
+        i2v = getattr(model, "is_i2v", None)
+        if i2v is not None and i2v != (traj.image_latents is not None):
+            refuse("it carries image latents but the model is text-to-video" if not i2v else
+                   "it carries no image latents but the model is image-to-video")
+        p_t = getattr(model, "patch_size_t", None) or 1
+        pad, frames = traj.extra.get("pad_frames", 0), traj.latents.shape[2]
+        if pad >= p_t or frames % p_t:
+            refuse(f"{frames} latent frames with pad_frames {pad}; the model patches {p_t} frame(s) at a time, so "
+                   f"it pads fewer than {p_t} and needs a multiple of {p_t} frames")
+        patch = getattr(model, "patch_size", None)
+        if patch is not None and (traj.latents.shape[-2] % patch or traj.latents.shape[-1] % patch):
+            refuse(f"latent size {traj.latents.shape[-1]}x{traj.latents.shape[-2]} is not a multiple of the "
+                   f"model's patch size {patch}")
+
+    def validate_trajectory(self, traj, refuse):
+        if traj.sigmas is not None:
+            refuse("a CogVideoX trajectory carries no sigma grid")
+        if not all(isinstance(t, int) for t in traj.timesteps):
+            refuse("a CogVideoX trajectory's timesteps must be whole numbers")
+        lat = traj.latents
+        if traj.image_latents is not None and traj.image_latents.shape != lat.shape[1:]:
+            refuse(f"image_latents must be [B, F, C, H, W] = {tuple(lat.shape[1:])} like the latents, got "
+                   f"{tuple(traj.image_latents.shape)}")
+
+    def trajectory_summary(self, traj):
+        return {}
+
+    def step_place(self, traj, i):
+        return f"timestep {traj.timesteps[i]}"
+
+    def latent_extras(self, traj):
+        return traj.image_latents, int(traj.extra.get("pad_frames", 0))
+
+    def first_frame_latents(self, model, traj, first_frame):
+        """An edited first frame for an I2V edit, fitted to the trajectory's size and encoded as the
+        image conditioning (None: the source's)."""
+        if first_frame is None:
+            return None
+        if not model.is_i2v:
+            raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
+                                    "Disconnect first_frame, or load an image-to-video model (CogVideoX-5B-I2V).")
+        first_frame = video.check_images(first_frame, "first_frame")
+        h, w = traj.latents.shape[-2] * model.spatial_factor, traj.latents.shape[-1] * model.spatial_factor
+        frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop", model.required_size)
+        return encode_image_latents(model, frame, traj.latents.shape[2])
+
+    # -- reference attention
+    def reference_options(self, options):
+        if options.temporal:
+            raise errors.InputError("'temporal' applies to Stable Video Diffusion only (CogVideoX's attention "
+                                    "is already spatio-temporal)", "Turn 'temporal' off for CogVideoX.")
+        return options
+
+    def check_reference(self, model, options):
+        options.validate(int(model.transformer.config.num_layers))
+
+    def reference_layers(self, model, options):
+        return options.block_indices(int(model.transformer.config.num_layers))
+
+    def reference_processors(self, model, layers):
+        return cogvideox_attention.processors(model.transformer, layers)
+
+    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative):
+        """The reference pass: the trajectory latent through the same transformer with the source
+        prompt, one row per video, or, with `per_cfg_row`, the source's negative and the source prompt
+        (the rows' order of the sample call: [negative x B, positive x B]); with reference_text
+        "edit" (the published recipe) with the prompts being sampled, per CFG row."""
+        def call(ref: torch.Tensor, i: int):
+            t, b = grid.timesteps[i], ref.shape[0]
+            if options.reference_text == "source":
+                text = traj.embeds.expand(b, -1, -1)
+                if per_cfg_row:
+                    text = torch.cat([traj.negative_embeds.expand(b, -1, -1), text])
+            else:
+                text, _ = cfg_rows(cond, guidance.scale, guidance.dynamic, b, None if negative is None else negative(t))
+            return transformer_call(model, ref.repeat(text.shape[0] // b, 1, 1, 1, 1), text, t, traj.image_latents)
+        return call
+
+
+FAMILY = CogVideoXFamily()

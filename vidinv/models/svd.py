@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
+import math
 from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
 
-from .. import edm, errors
-from . import cogvideox
-from .cogvideox import DTYPES, dtype_kwarg, on_device, read_json
+from .. import edm, errors, video
+from ..family import Guidance
+from ..attention import check_window_weight_rows
+from . import loading, svd_attention
+from .loading import dtype_kwarg, on_device, read_json
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
 UNET_CLASS = "UNetSpatioTemporalConditionModel"
@@ -38,12 +39,12 @@ WEIGHTED = ("unet", "vae", "image_encoder")
 
 def is_model_folder(path) -> bool:
     """A folder counts when ``unet/config.json`` names UNetSpatioTemporalConditionModel."""
-    return cogvideox.config_class(Path(path) / "unet" / "config.json") == UNET_CLASS
+    return loading.names_class(path, "unet/config.json", UNET_CLASS)
 
 
 def find_model_folders(roots) -> dict[str, Path]:
     """SVD folders directly under each root, keyed by folder name (first root wins)."""
-    return cogvideox.find_model_folders(roots, is_model_folder)
+    return loading.find_model_folders(roots, is_model_folder)
 
 
 def weights_variant(folder: Path) -> str | None:
@@ -68,10 +69,10 @@ def check_model_folder(path: Path) -> None:
             f"{path.name!r} is not a complete diffusers Stable Video Diffusion folder: missing {', '.join(missing)}",
             f"An SVD folder holds {', '.join(FILES)} and model_index.json; download the whole repository "
             "(for example stabilityai/stable-video-diffusion-img2vid-xt), not only the UNet.")
-    if not cogvideox.readable_check(is_model_folder, path, "unet/config.json"):
+    if not loading.readable_check(is_model_folder, path, "unet/config.json"):
         raise errors.InputError(f"{path.name!r}: unet/config.json does not name {UNET_CLASS}",
                                 "Choose a Stable Video Diffusion model folder.")
-    index = cogvideox.readable_check(lambda p: cogvideox.config_class(p / "model_index.json"), path,
+    index = loading.readable_check(lambda p: loading.config_class(p / "model_index.json"), path,
                                      "model_index.json")
     if index not in (None, PIPELINE_CLASS):
         raise errors.InputError(f"{path.name!r}: model_index.json names {index!r}, "
@@ -111,6 +112,16 @@ class SVD:
         return float(self.vae.config.scaling_factor)
 
     @property
+    def size_multiple(self) -> int:
+        """Pixel sizes must be multiples of this (the VAE's compression; the UNet takes any size)."""
+        return self.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame: SVD's VAE encodes frame by frame."""
+        return 1
+
+    @property
     def native_frames(self) -> int:
         """The frame count the UNet was trained for (14 for SVD, 25 for SVD-XT); others run too."""
         return int(self.unet.config.num_frames)
@@ -140,20 +151,12 @@ class SVD:
 
 def fingerprint(path: Path, unet) -> str:
     """Identifies a model cheaply: its configs and a few bytes of a few UNet weights."""
-    h = hashlib.sha256()
-    for sub, name in FILES.items():
-        cfg = {k: v for k, v in read_json(path / sub / name).items() if not k.startswith("_")}
-        h.update(json.dumps(cfg, sort_keys=True).encode())
-    params = list(unet.named_parameters())
-    for name, p in params[:2] + params[-2:]:
-        h.update(name.encode())
-        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return loading.fingerprint([path / sub / name for sub, name in FILES.items()], unet)
 
 
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> SVD:
     """Load a diffusers Stable Video Diffusion folder. Modules rest on `offload_device` and move to
-    `device` for the stage that uses them (`vidinv.models.cogvideox.on_device`)."""
+    `device` for the stage that uses them (`vidinv.models.loading.on_device`)."""
     import diffusers
     import transformers
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
@@ -162,10 +165,8 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
 
     path = Path(path)
     check_model_folder(path)
-    if dtype not in DTYPES:
-        raise errors.InputError(f"precision {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, bf16 or fp16.")
+    torch_dtype = loading.check_dtype(dtype)
     variants = {sub: weights_variant(path / sub) for sub in WEIGHTED}
-    torch_dtype = DTYPES[dtype]
     device = torch.device(device or "cpu")
     offload_device = torch.device(offload_device or device)
     d_kw = dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype)
@@ -265,8 +266,8 @@ def decode_video(model: SVD, latents: torch.Tensor, decode_chunk_size: int = 14)
                                 f"for {model.name}'s VAE", "Decode with the model that made the latent.")
     out = []
     with on_device(model.vae, model) as vae:
-        for video in latents:
-            z = video / model.scaling_factor
+        for one in latents:
+            z = one / model.scaling_factor
             for part in z.split(max(1, int(decode_chunk_size))):
                 frames = vae.decode(part.to(model.device, model.dtype), num_frames=part.shape[0]).sample
                 out.append(((frames.float().cpu() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
@@ -417,3 +418,244 @@ def make_denoiser(model: SVD, cond: Conditioning, grid: edm.Grid, min_guidance: 
         return d.cpu()
 
     return denoise
+
+
+# ----------------------------------------------------------------------------- checks before any model call
+
+CONDITIONING_KEYS = ("added_time_ids", "fps", "motion_bucket_id", "noise_aug_strength", "seed",
+                     "min_guidance", "max_guidance")  # what an SVD trajectory's `conditioning` holds
+SIGMA_RTOL = 1e-6  # sigma grids equal up to float32 rounding count as the same grid
+
+
+def check_inputs(model: SVD, cond, latent: torch.Tensor) -> None:
+    """The latent ``[B, F, C, h, w]`` and the first-frame conditioning, before any model call."""
+    if not isinstance(cond, Conditioning):
+        kind = f"{type(cond).__module__.rsplit('.', 1)[-1]}.{type(cond).__name__}"
+        raise errors.InputError(f"the conditioning is {kind}, not an SVD first-frame conditioning",
+                                "Encode the first frame with the SVD image encode node of the same model.")
+    check_latent(model, latent, cond)
+
+
+def check_guidance(min_guidance: float, max_guidance: float) -> None:
+    if not (math.isfinite(min_guidance) and math.isfinite(max_guidance) and min_guidance >= 1 and max_guidance >= 1):
+        raise errors.InputError(f"guidance {min_guidance} .. {max_guidance} must be finite and >= 1 (below 1 it would "
+                                "weaken the first frame instead of guiding)",
+                                "SVD's defaults are min 1, max 3; 1 and 1 is no guidance.")
+
+
+def grid_for(model: SVD, steps: int) -> edm.Grid:
+    try:
+        return edm.grid_from_config(model.scheduler_config, int(steps))
+    except ValueError as err:
+        raise errors.InputError(f"{model.name}: no {steps}-step Euler grid ({err})",
+                                "Pick a step count between 1 and the model's training timesteps "
+                                "(25 is SVD's).") from err
+
+
+def initial_sigma(model: SVD, steps: int) -> float:
+    """The scale of fresh unit noise at the grid's start (the scheduler's ``init_noise_sigma``)."""
+    return grid_for(model, steps).init_noise_sigma
+
+
+def source_conditioning(traj) -> Conditioning:
+    """The first-frame conditioning a trajectory was inverted with (its reference passes use it)."""
+    traj.check_family(FAMILY.name)
+    c = traj.conditioning
+    return Conditioning(traj.embeds.float(), traj.image_latents.float(),
+                        torch.tensor(c["added_time_ids"], dtype=torch.float32), int(c["fps"]),
+                        int(c["motion_bucket_id"]), float(c["noise_aug_strength"]), int(c["seed"]),
+                        traj.model_fingerprint)
+
+
+# ----------------------------------------------------------------------------- the family
+
+class SVDFamily:
+    """Stable Video Diffusion behind the model-family interface (`vidinv.family.Family`): Euler on
+    the EDM sigma grid, first-frame conditioning with frame-wise guidance, the UNet's self-attention
+    for the reference."""
+    name = "svd"
+    display_name = "Stable Video Diffusion"
+    trajectory_version = 2  # so that a pack from before SVD refuses the file instead of misreading it
+    text_conditioned = False
+    grid_kind = "euler"  # `vidinv.solver.Grid.kind` of its sampler
+    solver_choice = False
+
+    # -- model and VAE
+    def network(self, model: SVD) -> torch.nn.Module:
+        return model.unet
+
+    def encode_frames(self, model, images, frames, size, width, height, tiling):
+        """Every frame (no temporal compression, no padding); 0 keeps the video's size, rounded down
+        to the VAE's compression."""
+        m = model.spatial_factor
+        h, w = images.shape[1:3]
+        clip, note_size = video.fit_size(images, height or max(m, h // m * m), width or max(m, w // m * m), m, size)
+        note = f"{clip.shape[0]} frames used (SVD takes any count); {note_size}"
+        return encode_video(model, clip), None, 0, clip, note
+
+    def encode_video(self, model, frames):
+        return encode_video(model, frames)
+
+    def decode(self, model, latents, tiling="auto"):
+        return decode_video(model, latents)
+
+    # -- sampling
+    def grid(self, model, steps):
+        return edm.sampler_grid(grid_for(model, steps))
+
+    def grid_from_config(self, config, steps):
+        try:
+            return edm.sampler_grid(edm.grid_from_config(config, steps))
+        except ValueError as err:
+            raise errors.InputError(f"the model's scheduler cannot make this trajectory's {steps}-step grid "
+                                    f"({err})", "Use the model that made the trajectory.") from err
+
+    def check_inputs(self, model, cond, latent, image_latents):
+        check_inputs(model, cond, latent)
+        if image_latents is not None:
+            raise errors.InputError("the latent carries CogVideoX image-to-video conditioning, which SVD does not take",
+                                    "Encode the video with this SVD model's VAE.")
+
+    def check_guidance(self, guidance):
+        if guidance.dynamic:
+            raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; it does not apply to Stable "
+                                    "Video Diffusion", "Turn dynamic_cfg off, or use Guided Sample (SVD) for SVD's "
+                                    "frame-wise min/max guidance.")
+        check_guidance(guidance.first_scale, guidance.scale)
+
+    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None):
+        if negative is not None:
+            raise errors.InputError("SVD's unconditional branch is a zero image conditioning; it takes no negative",
+                                    "Set negative to 'conditioning' for SVD.")
+        return make_denoiser(model, cond, grid, guidance.first_scale, guidance.scale, attention)
+
+    # -- trajectories
+    def trajectory_fields(self, model, cond, guidance, grid, image_latents):
+        return dict(prompt="", negative_prompt="", embeds=cond.image_embeds.float(),
+                    negative_embeds=torch.zeros_like(cond.image_embeds, dtype=torch.float32),
+                    guidance=float(guidance.scale), dynamic_cfg=False, image_latents=cond.image_latents.float(),
+                    conditioning={"added_time_ids": cond.added_time_ids.tolist(), "fps": cond.fps,
+                                  "motion_bucket_id": cond.motion_bucket_id,
+                                  "noise_aug_strength": cond.noise_aug_strength, "seed": cond.seed,
+                                  "min_guidance": float(guidance.first_scale), "max_guidance": float(guidance.scale)})
+
+    def trajectory_guidance(self, traj):
+        c = traj.conditioning
+        return Guidance(c.get("max_guidance", traj.guidance), first=c.get("min_guidance", 1.0))
+
+    def source_conditioning(self, traj):
+        return source_conditioning(traj)
+
+    def edit_conditioning(self, model, traj, cond):
+        return source_conditioning(traj) if cond is None else cond
+
+    def check_trajectory_grid(self, traj, grid, config):
+        """Step count, prediction type, sigmas and model times (up to float32 rounding); returns the
+        trajectory's own grid (its stored sigmas and model times)."""
+        def fix():
+            ours, theirs = traj.scheduler_config, config or {}
+            changed = [f"{k} {ours.get(k)!r} -> {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                       if config is not None and not k.startswith("_") and ours.get(k) != theirs.get(k)]
+            where = f" (changed settings: {', '.join(changed)})" if changed else ""
+            return (f"The model's scheduler config differs from the one used at inversion{where}; sample with the "
+                    "model that made the trajectory, or invert again with this one.")
+
+        if grid.steps != traj.steps:
+            raise errors.InputError(f"the trajectory has {traj.steps} steps, the grid given has {grid.steps}",
+                                    "Sample with the trajectory's own step count.")
+        prediction = traj.scheduler_config.get("prediction_type", "epsilon")
+        if grid.prediction_type != prediction:
+            raise errors.InputError(f"the trajectory was inverted with {prediction!r} outputs, the model's scheduler "
+                                    f"says {grid.prediction_type!r}", fix())
+
+        def span(sigmas):
+            return f"sigma {sigmas[0]:.6g} .. {min(s for s in sigmas if s > 0):.6g}, then {sigmas[-1]:.6g}"
+
+        for what, ours, theirs in (("sigma", traj.sigmas, grid.sigmas), ("model time", traj.timesteps, grid.timesteps)):
+            for k, (a, b) in enumerate(zip(ours, theirs)):
+                if not math.isclose(a, b, rel_tol=SIGMA_RTOL, abs_tol=0.0):
+                    raise errors.InputError(
+                        f"the trajectory's {traj.steps}-step grid ({span(traj.sigmas)}) does not match the model's "
+                        f"({span(grid.sigmas)}): {what} at step {k} is {a:.9g} in the trajectory, {b:.9g} for the "
+                        "model", fix())
+        return edm.steps_grid(traj.sigmas, grid.prediction_type, traj.timesteps, grid.init_noise_sigma)
+
+    def check_trajectory(self, traj, model, refuse):
+        traj.check_embeds(1, getattr(model, "embed_dim", None), refuse)
+
+    def validate_trajectory(self, traj, refuse):
+        lat, sig = traj.latents, traj.sigmas
+        if sig is None or len(sig) != len(traj.timesteps) + 1:
+            refuse(f"an SVD trajectory needs {len(traj.timesteps) + 1} sigmas (one per latent), "
+                   f"got {'none' if sig is None else len(sig)}")
+        if any(not a > b for a, b in zip(sig, sig[1:])) or sig[-1] < 0:
+            refuse(f"the sigmas {sig[:2]}...{sig[-2:]} do not decrease to >= 0")
+        missing = [k for k in CONDITIONING_KEYS if k not in traj.conditioning]
+        if missing or traj.image_latents is None or traj.image_latents.dim() != 4:
+            refuse("an SVD trajectory needs the source's first-frame latent [B, C, h, w] and its conditioning values "
+                   f"(missing: {', '.join(missing) or 'image_latents'})")
+        b, _, c, h, w = lat.shape[1:]
+        if traj.image_latents.shape != (b, c, h, w):
+            refuse(f"image_latents must be [B, C, h, w] = {(b, c, h, w)} like the latents, got "
+                   f"{tuple(traj.image_latents.shape)}")
+        ids = traj.conditioning["added_time_ids"]
+        if not (isinstance(ids, list) and len(ids) == b and all(isinstance(r, list) and len(r) == 3 and
+                                                                 all(map(errors.is_number, r)) for r in ids)):
+            refuse(f"conditioning.added_time_ids must be {b} row(s) of 3 numbers, got {errors.describe_value(ids)}")
+        for key in CONDITIONING_KEYS[1:]:
+            value = traj.conditioning[key]
+            whole = key in ("fps", "motion_bucket_id", "seed")
+            if not (errors.is_count(value) if whole else errors.is_number(value) and value >= 0):
+                refuse(f"conditioning.{key} must be a {'whole ' if whole else ''}number >= 0, got "
+                       f"{errors.describe_value(value)}")
+
+    def trajectory_summary(self, traj):
+        return dict(sigma_max=traj.sigmas[0], sigma_min=min(s for s in traj.sigmas if s > 0),
+                    **{k: traj.conditioning.get(k) for k in CONDITIONING_KEYS if k != "added_time_ids"})
+
+    def step_place(self, traj, i):
+        return f"sigma {traj.sigmas[i]:.4g}"
+
+    def latent_extras(self, traj):
+        return None, 0  # the image latents belong to the conditioning, not to the latent
+
+    def first_frame_latents(self, model, traj, first_frame):
+        if first_frame is not None:
+            raise errors.InputError("first_frame is for CogVideoX image-to-video models; Stable Video Diffusion "
+                                    "takes its edited first frame as the conditioning",
+                                    "Encode the edited frame with Encode First Frame (SVD), connect it to "
+                                    "conditioning, and disconnect first_frame.")
+        return None
+
+    # -- reference attention
+    def reference_options(self, options):
+        if options.text:
+            raise errors.InputError(
+                "reference 'text' does not apply to Stable Video Diffusion: its self-attention holds image tokens only "
+                "(the one CLIP image token is in cross-attention, which reference attention leaves alone)",
+                "Turn 'text' off for SVD.")
+        if options.reference_text != "source":
+            raise errors.InputError(
+                f"reference_text {options.reference_text!r} does not apply to Stable Video Diffusion: its reference "
+                "pass always uses the trajectory's source first frame", "Set reference_text to 'source' for SVD.")
+        return options
+
+    def check_reference(self, model, options):
+        check_window_weight_rows(options.start, options.end, options.weight, options.rows)
+        self.reference_layers(model, options)
+
+    def reference_layers(self, model, options):
+        return svd_attention.self_attention_layers(model.unet, options.blocks, options.temporal)
+
+    def reference_processors(self, model, layers):
+        return svd_attention.processors(layers)
+
+    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative):
+        """The reference pass: the trajectory latent through the same UNet with the source's first
+        frame, without guidance (one row per video), or with the inversion's guidance when
+        `per_cfg_row` (its unconditional row: zero image conditioning)."""
+        inverted = self.trajectory_guidance(traj) if per_cfg_row else Guidance()
+        return make_denoiser(model, source_conditioning(traj), grid, inverted.first_scale, inverted.scale)
+
+
+FAMILY = SVDFamily()

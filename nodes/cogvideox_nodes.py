@@ -1,0 +1,212 @@
+"""CogVideoX's own nodes: load a model folder, encode text, exact DDIM inversion, plain DDIM sampling,
+null-text inversion. The shared nodes (VAE, Reference Attention, Guided Sample, trajectories) are in
+`pipeline_nodes`, `vae_nodes` and `trajectory_nodes`."""
+from __future__ import annotations
+
+import logging
+
+from ..vidinv import errors, families, nulltext
+from ..vidinv.family import Guidance
+from ..vidinv.models import cogvideox
+from ..vidinv.models.loading import DTYPES
+from ..vidinv.solver import Solver
+from ..vidinv.trajectory import STORAGE_DTYPES
+from . import host
+from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
+from .pipeline_nodes import DYNAMIC, GUIDANCE, NEGATIVE, run_invert, run_sample
+
+log = logging.getLogger("vidinv")
+FAMILY = cogvideox.FAMILY.name
+STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
+                 "tooltip": "DDIM steps on the model's own grid (trailing spacing for CogVideoX)."})
+SVD_SAMPLING = ("For Stable Video Diffusion use Euler Invert (SVD, exact) and Euler Sample (SVD), or Reference "
+                "Attention + Guided Sample.")
+
+
+def available_models() -> dict:
+    """The bundled tiny models first (the default), then folders under models/CogVideo and
+    models/diffusers."""
+    models = {name: path for name, path in host.BUNDLED_MODELS.items() if path.is_dir()}
+    models.update(cogvideox.find_model_folders(host.model_roots()))
+    return models
+
+
+class LoadCogVideoX:
+    DESCRIPTION = ("Loads a CogVideoX model from a diffusers-format folder (transformer, VAE, T5 text encoder, "
+                   "tokenizer, scheduler). Folders are found under models/CogVideo and models/diffusers.")
+    CATEGORY = f"{CATEGORY}/model"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded model with its configs; later nodes read every shape from it.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (list(available_models()), {
+                "tooltip": "A diffusers CogVideoX folder (models/CogVideo/<name> or models/diffusers/<name>), "
+                           "or the tiny model bundled with the pack."}),
+            "precision": (list(DTYPES), {
+                "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
+                                              "models; bf16 for CogVideoX-5B, fp16 for 2B on GPUs."}),
+            "offload": (["none", "cpu"], {
+                "default": "none", "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it "
+                                              "to the GPU only while it runs (slower, far less VRAM)."}),
+        }}
+
+    def load(self, model, precision, offload):
+        folders = available_models()
+        if model not in folders:
+            raise errors.InputError(f"model {model!r} was not found", "Put the folder under models/CogVideo and "
+                                    "refresh the node list.")
+        offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
+        m = cogvideox.load(folders[model], precision, host.compute_device(), offload_dev, name=model)
+        log.info("loaded %s", m.describe())
+        return (m,)
+
+
+class EncodeText:
+    DESCRIPTION = "Encodes a prompt and a negative prompt with the model's T5, padded to the model's text length."
+    CATEGORY = f"{CATEGORY}/model"
+    RETURN_TYPES = (CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("Prompt and negative embeddings for sampling and inversion.",)
+    FUNCTION = "encode"
+    OUTPUT_NODE = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model whose text encoder to use."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a red circle moving right",
+                                  "tooltip": "What the video shows. For inversion: describe the source video."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                           "tooltip": "The unconditional branch of classifier-free guidance."}),
+        }}
+
+    def encode(self, model, prompt, negative_prompt):
+        families.require(model, FAMILY, "Encode Text", "Stable Video Diffusion is conditioned on an image, not text: use "
+                          "Encode First Frame (SVD).")
+        cond = cogvideox.encode_text(model, prompt, negative_prompt)
+        ui = {}
+        if cond.truncated:
+            warning = (f"Prompt longer than {model.max_text_length} tokens; cut: " +
+                       " | ".join(repr(t) for t in cond.truncated))
+            log.warning(warning)
+            ui = {"text": [warning]}
+        return {"ui": ui, "result": (cond,)}
+
+
+class DDIMInvert:
+    DESCRIPTION = ("Exact DDIM inversion: solves each inverse step by fixed-point iteration (Anderson-"
+                   "accelerated) so that sampling the result returns the input. Emits the whole trajectory.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY, "LATENT")
+    RETURN_NAMES = ("trajectory", "noise")
+    OUTPUT_TOOLTIPS = ("Every latent from clean to noise, with the grid, conditioning and convergence.",
+                       "The inverted noise (the trajectory's last latent).")
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model to invert with (sample with the same one)."}),
+            "conditioning": (CONDITIONING, {"tooltip": "Describe the source video; guided sampling uses it as "
+                                                       "the reference conditioning."}),
+            "latent": ("LATENT", {"tooltip": "The source video latent from VAE Encode."}),
+            "steps": STEPS,
+            "guidance": GUIDANCE,
+            "dynamic_cfg": DYNAMIC,
+            "iterations": ITERATIONS,
+            "tolerance": TOLERANCE,
+            "solver": (["anderson", "plain"], {"default": "anderson",
+                                               "tooltip": "Anderson acceleration (safeguarded) converges where the "
+                                                          "model is stiff (near the clean end); plain is textbook."}),
+            "damping": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                  "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 "
+                                             "without guidance, 0.5 with CFG (which makes undamped steps overshoot "
+                                             "near the clean end)."}),
+            "trajectory_dtype": (list(STORAGE_DTYPES), {"default": "fp32",
+                                                "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
+                                                           "halve the memory; fp32 keeps the round trip exact)."}),
+        }}
+
+    def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
+               damping, trajectory_dtype):
+        families.require(model, FAMILY, "DDIM Invert", SVD_SAMPLING)
+        settings = Solver(iterations, tolerance, memory=5 if solver == "anderson" else 0, damping=damping or None)
+        return run_invert(model, conditioning, latent, steps, Guidance(guidance, dynamic_cfg), settings,
+                          trajectory_dtype)
+
+
+class DDIMSample:
+    DESCRIPTION = ("Plain deterministic DDIM sampling (eta = 0) from a latent, e.g. the inverted noise: the "
+                   "round-trip reference. With a trajectory connected it can use its null-text embeddings or "
+                   "the source prompt as the negative (negative-prompt inversion).")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The sampled clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model to sample with."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The prompt to sample (the source prompt reconstructs)."}),
+            "latent": ("LATENT", {"tooltip": "Starting noise, e.g. DDIM Invert's noise output."}),
+            "steps": STEPS,
+            "guidance": GUIDANCE,
+            "dynamic_cfg": DYNAMIC,
+            "negative": NEGATIVE,
+        }, "optional": {
+            "trajectory": (TRAJECTORY, {"tooltip": "The inversion's trajectory, for the 'source prompt' and "
+                                                   "'null-text' negatives."}),
+        }}
+
+    def sample(self, model, conditioning, latent, steps, guidance, dynamic_cfg, negative, trajectory=None):
+        families.require(model, FAMILY, "DDIM Sample", SVD_SAMPLING)
+        return run_sample("DDIM Sample", model, conditioning, latent, steps, Guidance(guidance, dynamic_cfg), negative,
+                          trajectory)
+
+
+class NullTextInversion:
+    DESCRIPTION = ("Null-text inversion: keeps a guidance-1 trajectory as the pivot and optimises the "
+                   "unconditional embedding of every step so that sampling with guidance > 1 follows it. The "
+                   "embeddings are stored in the trajectory (and saved with it); pick negative 'null-text' when "
+                   "sampling, with the same guidance.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY,)
+    RETURN_NAMES = ("trajectory",)
+    OUTPUT_TOOLTIPS = ("The trajectory with its per-step null-text embeddings.",)
+    FUNCTION = "optimise"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "A guidance-1 trajectory from DDIM Invert."}),
+            "guidance": ("FLOAT", {"default": 6.0, "min": 1.01, "max": 30.0, "step": 0.1,
+                                   "tooltip": "The guidance you will sample with."}),
+            "iterations": ("INT", {"default": 10, "min": 1, "max": 200,
+                                   "tooltip": "Adam steps per timestep (each a forward and backward pass)."}),
+            "learning_rate": ("FLOAT", {"default": 0.05, "min": 1e-5, "max": 1.0, "step": 0.001,
+                                        "tooltip": "Adam learning rate on the embedding (0.05 reconstructed best "
+                                                   "on the bundled model; 0.01 was 8x worse)."}),
+            "tolerance": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
+                                    "tooltip": "Stop a step early once the MSE to the pivot latent is below this."}),
+            "gradient_checkpointing": (["auto", "on", "off"], {
+                "default": "auto", "tooltip": "Recompute activations in the backward pass to save memory "
+                                              "('auto': on for GPUs)."}),
+        }}
+
+    def optimise(self, model, trajectory, guidance, iterations, learning_rate, tolerance, gradient_checkpointing):
+        families.require(model, FAMILY, "Null-Text Inversion",
+                          "Null-text inversion optimises text embeddings; Stable Video Diffusion has none. Invert "
+                          "SVD under guidance with Euler Invert (SVD, exact) instead: it is exact at any guidance.")
+        checkpoint = None if gradient_checkpointing == "auto" else gradient_checkpointing == "on"
+        progress = host.Progress(trajectory.steps)
+        traj = nulltext.null_text_inversion(model, trajectory, guidance, iterations, learning_rate, tolerance,
+                                            checkpoint, hooks=progress)
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj,)}

@@ -1,0 +1,163 @@
+"""The nodes every model family shares (Reference Attention, Guided Sample), and the bodies of the
+invert and sample nodes, written once over `vidinv.pipeline`; the family nodes only read their own
+inputs into the shared values (`Guidance`, `Solver`)."""
+from __future__ import annotations
+
+from ..vidinv import attention, errors, families, nulltext, pipeline
+from ..vidinv.family import Guidance
+from ..vidinv.solver import Solver
+from . import host
+from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, check_steps, latent_parts, latent_value
+from .preview import latent_preview
+
+GUIDANCE = ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                      "tooltip": "Classifier-free guidance scale; 1 = off. Inversion applies the same guidance "
+                                 "as sampling, so the round trip stays exact."})
+EDIT_GUIDANCE = ("FLOAT", {**GUIDANCE[1], "default": 5.0,
+                           "tooltip": "Classifier-free guidance of the edit (5 was best on the edit benchmark); with "
+                                      "the source prompt, 1 reconstructs exactly (so does any guidance with negative 'source prompt')."})
+DYNAMIC = ("BOOLEAN", {"default": False,
+                       "tooltip": "CogVideoX's dynamic CFG (the diffusers pipeline's formula), a function of the "
+                                  "timestep: identical in both directions."})
+NEGATIVE = (list(nulltext.NEGATIVE_MODES), {
+    "default": "conditioning",
+    "tooltip": "The unconditional branch of CFG: the conditioning's own negative prompt; the trajectory's source "
+               "prompt (negative-prompt inversion: CFG reconstruction without optimisation); or the trajectory's "
+               "null-text embeddings (run Null-Text Inversion first, with the same guidance)."})
+START = (["inverted", "fresh"], {"default": "inverted",
+                                 "tooltip": "Start from the trajectory's inverted noise, or from fresh noise (the "
+                                            "published recipe)."})
+SEED = ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."})
+
+
+def trajectory_noise(traj, model) -> dict:
+    """A trajectory's noise as a LATENT, with what rides along for its family (I2V image latents, padding)."""
+    image_latents, pad = families.of(traj).latent_extras(traj)
+    return latent_value(traj.noise, model, image_latents, pad, traj.steps)
+
+
+def run_invert(model, conditioning, latent: dict, steps: int, guidance: Guidance, settings: Solver,
+               dtype: str) -> dict:
+    """The body of every Invert node: invert, show the trajectory summary, return it and its noise."""
+    samples, image_latents, pad = latent_parts(latent)
+    progress = host.Progress(steps)
+    traj = pipeline.invert(model, conditioning, samples, steps, guidance, settings, dtype, image_latents, progress,
+                           pad)
+    host.free_memory()
+    return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}
+
+
+def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidance: Guidance,
+               negative: str = "conditioning", trajectory=None) -> tuple:
+    """The body of every plain Sample node: the step count checked against the noise's trajectory."""
+    samples, image_latents, pad = latent_parts(latent)
+    if trajectory is not None:
+        trajectory.check_model(model)
+    check_steps(node, steps, latent, trajectory)
+    neg = nulltext.negative_for(negative, trajectory)
+    progress = host.Progress(steps, latent_preview(model))
+    out = pipeline.sample(model, conditioning, samples, steps, guidance, image_latents, neg, hooks=progress)
+    host.free_memory()
+    return (latent_value(out, model, image_latents, pad),)
+
+
+def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
+               first_frame=None) -> dict:
+    """The body of every Guided Sample node; the panel shows the injection window."""
+    spec = model.reference
+    if spec is None:
+        raise errors.InputError("Guided Sample needs a model patched with a trajectory",
+                                "Connect the output of the Reference Attention node to its model input.")
+    traj, opts = spec.trajectory, spec.options
+    fam = families.of(model)
+    if negative != "conditioning" and not fam.text_conditioned:
+        raise errors.InputError(f"negative {negative!r} needs text embeddings; {fam.display_name}'s unconditional "
+                                "branch is not a prompt", "Set negative to 'conditioning' for this model.")
+    neg = nulltext.negative_for(negative, traj)
+    image_latents = fam.first_frame_latents(model, traj, first_frame)
+    progress = host.Progress(traj.steps, latent_preview(model))
+    out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress)
+    window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
+              "weight": opts.weight}
+    host.free_memory()
+    return {"ui": {"vinv_guidance": [window]},
+            "result": (latent_value(out, model, *fam.latent_extras(traj)),)}
+
+
+class ReferenceAttention:
+    DESCRIPTION = ("Patches a copy of the model so that guided sampling attends to the trajectory's keys and "
+                   "values at each step (RoPE applied per token group). The input model is not changed.")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A copy of the model carrying the trajectory and options; only Guided Sample uses them.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = attention.ReferenceOptions()
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "From DDIM Invert or Load Trajectory."}),
+            "blocks": ("STRING", {"default": d.blocks,
+                                  "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
+            "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
+                                "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
+            "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
+                              "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
+            "weight": ("FLOAT", {"default": d.weight, "min": 0.0, "max": 20.0, "step": 0.1,
+                                 "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, "
+                                            "0 = off, more = stronger pull to the source."}),
+            "reference_text": ("BOOLEAN", {"default": d.text,
+                                           "tooltip": "Also attend to the reference's text tokens (the source "
+                                                      "prompt). Off keeps the text's share of attention."}),
+            "rows": (list(attention.ROWS), {"default": d.rows,
+                                            "tooltip": "Inject into all CFG rows, or only the conditional one "
+                                                       "(keeps CFG reconstruction exact)."}),
+            "reference_conditioning": (list(attention.REFERENCE_TEXT), {
+                "default": d.reference_text,
+                "tooltip": "'source': reference pass with the inversion's prompt, once per step for all rows. "
+                           "'edit': with the prompts being sampled, per CFG row (the published recipe). "
+                           "Stable Video Diffusion: 'source' only."}),
+        }, "optional": {
+            "temporal": ("BOOLEAN", {"default": d.temporal,
+                                     "tooltip": "Stable Video Diffusion only: also inject into the temporal "
+                                                "self-attention paired with each chosen block (blocks count SVD's "
+                                                "spatial transformer blocks). CogVideoX: leave off."}),
+        }}
+
+    def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning,
+              temporal=False):
+        opts = attention.ReferenceOptions(blocks, start, end, weight, reference_text, rows, reference_conditioning,
+                                          temporal)
+        return (pipeline.with_reference(model, trajectory, opts),)
+
+
+class GuidedSample:
+    DESCRIPTION = ("Samples the trajectory's grid with a new prompt while the patched attention keeps the source's "
+                   "layout and motion. Starts from the inverted noise (or fresh noise, to compare).")
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "A model from Reference Attention."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The edited prompt (the source prompt reconstructs)."}),
+            "guidance": ("FLOAT", {**EDIT_GUIDANCE[1], "tooltip": EDIT_GUIDANCE[1]["tooltip"] + " Stable Video "
+                         "Diffusion: the same scale on every frame (Guided Sample (SVD) has SVD's min/max)."}),
+            "dynamic_cfg": DYNAMIC,
+            "start": START,
+            "seed": SEED,
+            "negative": NEGATIVE,
+        }, "optional": {
+            "first_frame": ("IMAGE", {"tooltip": "Image-to-video models only: an edited first frame to condition "
+                                                 "the edit on (the source's first frame is used otherwise)."}),
+        }}
+
+    def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None):
+        return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame)

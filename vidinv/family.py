@@ -1,0 +1,139 @@
+"""The model-family interface: everything the one pipeline (`vidinv.pipeline`), the trajectory
+(`vidinv.trajectory`) and the shared nodes need from a family of video diffusion models. A family is
+one module under `vidinv.models` with one object satisfying `Family`, registered in `vidinv.families`;
+adding a family is that module and its nodes (docs/design.md, "Adding a family").
+
+Values that cross the interface and belong to no family live here too: `Guidance`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ContextManager, Protocol
+
+import torch
+
+from .solver import Denoiser, Grid
+
+Attention = Callable[[int, torch.Tensor], "ContextManager | None"]  # per-step context of a sample call
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance, one value for every family; each family checks the parts it has.
+
+    scale: the guidance scale (1 = off); SVD: the last frame's scale.
+    dynamic: CogVideoX's dynamic CFG (a function of the timestep).
+    first: SVD's frame-wise guidance, the first frame's scale (rising linearly to `scale`);
+        None = `scale` on every frame.
+    """
+    scale: float = 1.0
+    dynamic: bool = False
+    first: float | None = None
+
+    @property
+    def first_scale(self) -> float:
+        """The first frame's scale (`scale` when the guidance is the same on every frame)."""
+        return self.scale if self.first is None else self.first
+
+    @property
+    def uses_cfg(self) -> bool:
+        """CFG rows are batched when any scale exceeds 1 (as the diffusers pipelines decide)."""
+        return max(self.scale, self.first_scale) > 1.0
+
+
+class Family(Protocol):
+    """One model family: CogVideoX (`vidinv.models.cogvideox.FAMILY`), Stable Video Diffusion
+    (`vidinv.models.svd.FAMILY`). A loaded model value names its family in ``model.family``; a
+    trajectory in ``traj.family``. Tensors cross as latents ``[B, F, C, H, W]``, scaled by the VAE."""
+
+    name: str  # stored in trajectories and model values ("cogvideox")
+    display_name: str  # for messages ("CogVideoX")
+    trajectory_version: int  # the trajectory file version this family's trajectories are written as
+    text_conditioned: bool  # whether the conditioning is a prompt (negative prompts, null-text apply)
+    grid_kind: str  # `vidinv.solver.Grid.kind` of its sampler ("ddim", "euler")
+    solver_choice: bool  # whether its Invert node lets the user pick the solver (for hints)
+
+    # -- model
+    def network(self, model) -> torch.nn.Module:
+        """The denoising network (what moves to the compute device for a sampling loop)."""
+
+    # -- VAE
+    def encode_frames(self, model, images: torch.Tensor, frames: str, size: str, width: int, height: int,
+                      tiling: str) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor, str]:
+        """IMAGE frames -> (latent, image latents or None, padded frames, the frames encoded, a note)."""
+
+    def encode_video(self, model, frames: torch.Tensor) -> torch.Tensor:
+        """IMAGE frames already fitted to the model -> latent ``[1, F, C, h, w]``."""
+
+    def decode(self, model, latents: torch.Tensor, tiling: str = "auto") -> torch.Tensor:
+        """Latent ``[B, F, C, h, w]`` -> IMAGE frames ``[B*N, H, W, 3]``."""
+
+    # -- sampling
+    def grid(self, model, steps: int) -> Grid:
+        """The model's own `steps`-step sampling grid (InputError for a step count it cannot make)."""
+
+    def check_inputs(self, model, cond, latent: torch.Tensor, image_latents: torch.Tensor | None) -> None:
+        """The latent, conditioning and image latents against the model, before any model call."""
+
+    def check_guidance(self, guidance: Guidance) -> None:
+        """Refuse the parts of `guidance` this family does not have."""
+
+    def denoiser(self, model, cond, guidance: Guidance, grid: Grid, image_latents: torch.Tensor | None = None,
+                 negative: Callable | None = None, attention: Attention | None = None) -> Denoiser:
+        """``denoise(x, i)`` for step i of `grid` with CFG batched into one network call; the same
+        callable serves sampling and inversion. `negative(t)`: per-step unconditional embeddings
+        (text families); `attention(i, x)`: a context entered around step i's network call."""
+
+    # -- trajectories
+    def trajectory_fields(self, model, cond, guidance: Guidance, grid: Grid,
+                          image_latents: torch.Tensor | None) -> dict:
+        """The `Trajectory` fields that record this family's conditioning, guidance and grid."""
+
+    def trajectory_guidance(self, traj) -> Guidance:
+        """The guidance a trajectory was inverted with."""
+
+    def source_conditioning(self, traj):
+        """The conditioning a trajectory was inverted with (its reference passes use it)."""
+
+    def grid_from_config(self, config: dict, steps: int) -> Grid:
+        """The grid a scheduler config gives (a trajectory is checked against its model's)."""
+
+    def check_trajectory_grid(self, traj, grid: Grid, config: dict | None) -> None:
+        """Refuse a grid other than the trajectory's own (`config`: the model's, for the message)."""
+
+    def check_trajectory(self, traj, model, refuse: Callable[[str], None]) -> None:
+        """The trajectory's conditioning and padding against the model's configuration."""
+
+    def validate_trajectory(self, traj, refuse: Callable[[str], None]) -> None:
+        """The family's own fields of a trajectory, against themselves (at load and save)."""
+
+    def trajectory_summary(self, traj) -> dict:
+        """Plain numbers for the UI beyond the common ones."""
+
+    def latent_extras(self, traj) -> tuple[torch.Tensor | None, int]:
+        """(image latents, padded frames) that ride with a trajectory's noise as a LATENT."""
+
+    def first_frame_latents(self, model, traj, first_frame: torch.Tensor | None) -> torch.Tensor | None:
+        """An edited first frame (IMAGE) encoded as the image latents a guided sample is conditioned on
+        (None: the source's); refused by families without them."""
+
+    def edit_conditioning(self, model, traj, cond):
+        """The conditioning a guided sample uses (`cond`, or the trajectory's source where allowed)."""
+
+    # -- reference attention
+    def reference_options(self, options):
+        """`vidinv.attention.ReferenceOptions` with this family's parts checked (and defaults filled)."""
+
+    def check_reference(self, model, options) -> None:
+        """The options against the model (window, weight, rows, layers), before any sampling."""
+
+    def reference_layers(self, model, options) -> tuple:
+        """Keys of the attention layers that receive the reference (their K/V are recorded under them)."""
+
+    def reference_processors(self, model, layers) -> Callable:
+        """``processors(channel) -> {processor name: processor}`` for those layers (`vidinv.attention.installed`)."""
+
+    def reference_call(self, model, traj, grid: Grid, cond, guidance: Guidance, options, per_cfg_row: bool,
+                       negative: Callable | None) -> Callable[[torch.Tensor, int], object]:
+        """``call(x_ref, i)``: one reference pass of the trajectory latent at step i through the
+        network (one row per video, or one per CFG row when `per_cfg_row`)."""

@@ -1,0 +1,119 @@
+"""Plumbing every model family shares: diffusers folders (configs, the model-folder scan), dtypes,
+fingerprints and moving a module to the compute device for one stage. No family lives here."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .. import errors
+
+log = logging.getLogger("vidinv")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- folders
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def config_class(cfg: Path) -> str | None:
+    """``_class_name`` of a model config file; None when there is no such file. A file that is
+    there but cannot be read, or is not a JSON object, raises (OSError / ValueError)."""
+    if not cfg.is_file():
+        return None
+    try:
+        data = read_json(cfg)
+    except ValueError as err:
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg.parent.name}/{cfg.name} is {errors.json_kind(data)}, not a JSON object")
+    return data.get("_class_name")
+
+
+def names_class(path, config: str, class_name: str) -> bool:
+    """Whether the config file `config` (relative to the folder) names `class_name`."""
+    return config_class(Path(path) / config) == class_name
+
+
+@functools.lru_cache(maxsize=1024)
+def skip_folder(path: str, reason: str) -> None:
+    """Log once (per folder and reason) that a folder was left out of the model list."""
+    log.warning("vidinv: skipped model folder %s: %s", path, reason)
+
+
+def find_model_folders(roots: Iterable, accept: Callable[[Path], bool]) -> dict[str, Path]:
+    """Model folders directly under each root for which `accept` holds, keyed by folder name (first
+    root wins). A folder (or root) that cannot be read, whatever the reason, is skipped and logged
+    once: one broken download must not take the loader away from every other model."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        root = Path(root)
+        try:
+            children = sorted(root.iterdir()) if root.is_dir() else []
+        except Exception as err:  # noqa: BLE001 - any unreadable root is skipped, never fatal
+            skip_folder(str(root), f"{type(err).__name__}: {err}")
+            continue
+        for child in children:
+            try:
+                if child.name not in found and child.is_dir() and accept(child):
+                    found[child.name] = child
+            except Exception as err:  # noqa: BLE001 - any unreadable folder is skipped, never fatal
+                skip_folder(str(child), f"{type(err).__name__}: {err}")
+    return found
+
+
+def readable_check(check, path: Path, what: str):
+    """``check(path)``, with an unreadable or malformed config file refused as bad input."""
+    try:
+        return check(path)
+    except (OSError, ValueError) as err:
+        raise errors.InputError(f"{path.name!r}: {what} cannot be read ({err})",
+                                "Download the model folder again.") from err
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise errors.InputError(f"precision {dtype!r} is not one of {', '.join(DTYPES)}", "Pick fp32, bf16 or fp16.")
+    return DTYPES[dtype]
+
+
+def dtype_kwarg(version: str, renamed_in: tuple[int, int], dtype: torch.dtype) -> dict:
+    """diffusers and transformers renamed ``torch_dtype`` to ``dtype``; pass the one this version
+    understands (no deprecation warnings on new versions, still working on old ones)."""
+    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return {"dtype": dtype} if major_minor >= renamed_in else {"torch_dtype": dtype}
+
+
+def fingerprint(configs: Iterable[Path], network: torch.nn.Module) -> str:
+    """Identifies a model cheaply: its config files (those that exist) and a few bytes of a few
+    weights of its denoising network."""
+    h = hashlib.sha256()
+    for f in configs:
+        if f.is_file():
+            h.update(json.dumps({k: v for k, v in read_json(f).items() if not k.startswith("_")},
+                                sort_keys=True).encode())
+    params = list(network.named_parameters())
+    for name, p in params[:2] + params[-2:]:
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, model):
+    """Run `module` on ``model.device``; move it back to ``model.offload_device`` afterwards."""
+    module.to(model.device)
+    try:
+        yield module
+    finally:
+        if model.offload_device != model.device:
+            module.to(model.offload_device)

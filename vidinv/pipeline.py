@@ -1,0 +1,170 @@
+"""Inversion, sampling and guided sampling for a loaded model of any family: the loops of
+`vidinv.solver` driven by the family's denoiser (`vidinv.family.Family`), the inversion recorded as a
+TRAJECTORY, guided sampling with reference K/V (`vidinv.attention`). Written once; no family is named
+here and no ComfyUI either.
+
+`hooks` (`vidinv.hooks.Hooks`) is how a host follows along: ``before_call()`` before every network
+call (reference passes included), ``after_step(i, total, info)`` after every step.
+
+Latents are ``[B, F, C, H, W]``, scaled by the VAE; the noise a sampler starts from is the latent at
+the grid's first point (a trajectory's noise goes in as it is; fresh unit noise is multiplied by the
+grid's ``init_noise_sigma``, as the pipelines do).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import attention, errors, families, solver
+from .attention import ReferenceOptions, ReferenceSpec
+from .family import Guidance
+from .hooks import Hooks, guarded
+from .models.loading import DTYPES, on_device
+from .trajectory import STORAGE_DTYPES, Trajectory
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in STORAGE_DTYPES:
+        raise errors.InputError(f"trajectory dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}",
+                                "Pick fp32, fp16 or bf16.")
+    return DTYPES[dtype]
+
+
+def prepare(model, cond, latent: torch.Tensor, guidance: Guidance, image_latents):
+    """The family, after checking the inputs and the guidance before any model call."""
+    fam = families.of(model)
+    fam.check_inputs(model, cond, latent, image_latents)
+    fam.check_guidance(guidance)
+    return fam
+
+
+@torch.no_grad()
+def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = Guidance(),
+           settings: solver.Solver = solver.Solver(), dtype: str = "fp32", image_latents: torch.Tensor | None = None,
+           hooks: Hooks | None = None, pad_frames: int = 0) -> Trajectory:
+    """Exact inversion of `latent` on the model's `steps`-step grid into a Trajectory, with the same
+    guidance as sampling will use (the round trip stays exact under CFG).
+
+    At most ``1 + settings.iters`` model calls per step on average, pooled across steps with a
+    tolerance (`vidinv.solver.step_budget`). `image_latents`: CogVideoX I2V's conditioning, carried by
+    the latent; `pad_frames`: frames the VAE Encode node padded (kept with the trajectory)."""
+    hooks = hooks or Hooks()
+    fam = prepare(model, cond, latent, guidance, image_latents)
+    settings = settings.resolved(guidance.uses_cfg)
+    storage = check_dtype(dtype)
+    grid = fam.grid(model, steps)
+    solver.check_invertible(grid)  # before any model call
+    denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
+
+    def after(info):
+        hooks.after_step(info["i"], steps, {k: v for k, v in info.items() if k not in ("i", "x", "stats")}
+                         | {"residual": info["stats"].residual, "calls": info["stats"].calls})
+
+    with on_device(fam.network(model), model):
+        latents, stats = solver.invert(denoise, latent, grid, settings, callback=after)
+    return Trajectory(
+        latents=torch.stack(latents).to(storage), timesteps=list(grid.timesteps),
+        scheduler_config=dict(model.scheduler_config), model_fingerprint=model.fingerprint, model_name=model.name,
+        iterations=int(settings.iters), tolerance=float(settings.tol),
+        extra={**settings.record(), "pad_frames": int(pad_frames)},
+        residuals=[s.residual for s in stats], calls=[s.calls for s in stats], family=fam.name,
+        sigmas=None if grid.sigmas is None else list(grid.sigmas),
+        **fam.trajectory_fields(model, cond, guidance, grid, image_latents))
+
+
+def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hooks, start: int = 0) -> torch.Tensor:
+    """The sampling loop on `grid` with progress after every step."""
+    def after(info):
+        hooks.after_step(info["i"], grid.steps, {k: v for k, v in info.items() if k != "i"})
+
+    with on_device(fam.network(model), model):
+        return solver.sample(denoise, noise, grid, after, start)
+
+
+@torch.no_grad()
+def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Guidance(),
+           image_latents: torch.Tensor | None = None, negative=None, start: int = 0,
+           hooks: Hooks | None = None) -> torch.Tensor:
+    """Deterministic sampling on the model's `steps`-step grid from `noise` (``[B, F, C, H, W]``; the
+    latent at step `start`, 0 for noise); returns the clean latent. `negative(t)`: per-step
+    unconditional embeddings (text families: null-text or negative-prompt inversion)."""
+    hooks = hooks or Hooks()
+    fam = prepare(model, cond, noise, guidance, image_latents)
+    grid = fam.grid(model, steps)
+    denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents, negative), hooks)
+    return run(model, fam, denoise, noise, grid, hooks, start)
+
+
+def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None):
+    """A copy of `model` carrying the trajectory and reference options for `guided_sample` (the
+    model itself is not changed). The options' family-specific parts, the layers and the trajectory
+    are checked against the model here, before any sampling."""
+    fam = families.of(model)
+    opts = fam.reference_options(options or ReferenceOptions())
+    fam.check_reference(model, opts)
+    traj.check_model(model)
+    return dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
+
+
+def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """The trajectory's inverted noise, or fresh unit noise times `scale` (the grid's first sigma)."""
+    if start == "inverted":
+        return traj.noise
+    if start == "fresh":
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randn(traj.noise.shape, generator=g) * scale
+    raise errors.InputError(f"start {start!r} is not 'inverted' or 'fresh'", "Pick one of the two.")
+
+
+@torch.no_grad()
+def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str = "inverted", seed: int = 0,
+                  negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None) -> torch.Tensor:
+    """Sample the trajectory's grid with a new conditioning while the chosen attention layers also
+    attend to the K/V of the trajectory latent at each step, recomputed through the same network with
+    the trajectory's source conditioning (`vidinv.attention`). The model must come from
+    `with_reference`.
+
+    The reference has one row per video, shared by the CFG rows, unless the trajectory was itself
+    inverted under CFG and every row receives the reference: then each CFG row gets its own, made with
+    the conditioning that row used at inversion, so that on reconstruction every row attends to
+    duplicates of its own keys (DESIGN fact 5). With ``start="inverted"`` and the source conditioning
+    this reconstructs as plain sampling does, for any options.
+
+    `cond` None: the trajectory's source conditioning where the family allows it (SVD).
+    `image_latents`: CogVideoX I2V: an edited first frame's (else the source's); the reference pass
+    always uses the source's."""
+    spec = getattr(model, "reference", None)
+    if spec is None:
+        raise errors.InputError("Guided Sample needs a model patched with a trajectory",
+                                "Connect the output of the Reference Attention node to its model input.")
+    hooks = hooks or Hooks()
+    fam = families.of(model)
+    traj, opts = spec.trajectory, fam.reference_options(spec.options)
+    traj.check_model(model)
+    grid = traj.check_grid(model.scheduler_config)
+    fam.check_reference(model, opts)
+    cond = fam.edit_conditioning(model, traj, cond)
+    source_image, _ = fam.latent_extras(traj)
+    if image_latents is not None and source_image is not None and image_latents.shape != source_image.shape:
+        raise errors.InputError(f"the edited first frame encodes to {tuple(image_latents.shape)}, the trajectory's "
+                                f"image conditioning is {tuple(source_image.shape)}",
+                                "Give a first frame of the source video's size.")
+    image = source_image if image_latents is None else image_latents
+    noise = start_noise(traj, start, seed, grid.init_noise_sigma)
+    fam = prepare(model, cond, noise, guidance, image)
+    layers = fam.reference_layers(model, opts)
+    per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
+    reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative), hooks)
+    active = set(opts.active_steps(traj.steps))
+    with attention.installed(fam.network(model), fam.reference_processors(model, layers)) as channel:
+        per_step = attention.per_step(channel, layers, traj.latent_for_step, reference, opts.weight, opts.rows,
+                                      guidance.uses_cfg, active.__contains__, opts.text)
+
+        def step_attention(i: int, x: torch.Tensor):
+            ctx = per_step(i, x)  # the step's reference pass (it guards its own call)
+            hooks.before_call()  # then the sample's call
+            return ctx
+
+        denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention)
+        return run(model, fam, denoise, noise, grid, hooks)
