@@ -10,10 +10,10 @@ from ..vidinv.family import Guidance
 from ..vidinv.models import cogvideox
 from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
-from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
-from .pipeline_nodes import DYNAMIC, GUIDANCE, NEGATIVE, run_invert, run_sample
+from .pipeline_nodes import (DYNAMIC, GUIDANCE, NEGATIVE, TRAJECTORY_DTYPE, InvertNode, SampleNode, run_invert,
+                             run_sample)
 
 log = logging.getLogger("vidinv")
 FAMILY = cogvideox.FAMILY.name
@@ -97,15 +97,11 @@ class EncodeText:
         return {"ui": ui, "result": (cond,)}
 
 
-class DDIMInvert:
+class DDIMInvert(InvertNode):
     DESCRIPTION = ("Exact DDIM inversion: solves each inverse step by fixed-point iteration (Anderson-"
                    "accelerated) so that sampling the result returns the input. Emits the whole trajectory.")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = (TRAJECTORY, "LATENT")
-    RETURN_NAMES = ("trajectory", "noise")
     OUTPUT_TOOLTIPS = ("Every latent from clean to noise, with the grid, conditioning and convergence.",
                        "The inverted noise (the trajectory's last latent).")
-    FUNCTION = "invert"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -126,9 +122,7 @@ class DDIMInvert:
                                   "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 "
                                              "without guidance, 0.5 with CFG (which makes undamped steps overshoot "
                                              "near the clean end)."}),
-            "trajectory_dtype": (list(STORAGE_DTYPES), {"default": "fp32",
-                                                "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
-                                                           "halve the memory; fp32 keeps the round trip exact)."}),
+            "trajectory_dtype": TRAJECTORY_DTYPE,
         }}
 
     def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
@@ -139,15 +133,11 @@ class DDIMInvert:
                           trajectory_dtype)
 
 
-class DDIMSample:
+class DDIMSample(SampleNode):
     DESCRIPTION = ("Plain deterministic DDIM sampling (eta = 0) from a latent, e.g. the inverted noise: the "
                    "round-trip reference. With a trajectory connected it can use its null-text embeddings or "
                    "the source prompt as the negative (negative-prompt inversion).")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The sampled clean latent.",)
-    FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):

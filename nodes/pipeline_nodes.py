@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..vidinv import attention, errors, families, nulltext, pipeline
 from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
+from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
 from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, check_steps, latent_parts, latent_value
 from .preview import latent_preview
@@ -29,6 +30,27 @@ START = (["inverted", "fresh"], {"default": "inverted",
                                             "published recipe)."})
 SEED = ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                 "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."})
+
+
+TRAJECTORY_DTYPE = (list(STORAGE_DTYPES), {"default": "fp32",
+                                           "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 halve the "
+                                                      "memory; fp32 keeps the round trip exact)."})
+
+
+class InvertNode:
+    """What every family's Invert node shares: its place, its outputs, its function."""
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = (TRAJECTORY, "LATENT")
+    RETURN_NAMES = ("trajectory", "noise")
+    FUNCTION = "invert"
+
+
+class SampleNode:
+    """What every Sample and Guided Sample node shares: its place, its output, its function."""
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
 
 
 def trajectory_noise(traj, model) -> dict:
@@ -134,14 +156,10 @@ class ReferenceAttention:
         return (pipeline.with_reference(model, trajectory, opts),)
 
 
-class GuidedSample:
+class GuidedSample(SampleNode):
     DESCRIPTION = ("Samples the trajectory's grid with a new prompt while the patched attention keeps the source's "
                    "layout and motion. Starts from the inverted noise (or fresh noise, to compare).")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
-    FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -11,10 +11,10 @@ from ..vidinv.family import Guidance
 from ..vidinv.models import svd
 from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
-from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
-from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
-from .pipeline_nodes import SEED, run_guided, run_invert, run_sample
+from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE
+from .pipeline_nodes import (SEED, TRAJECTORY_DTYPE, InvertNode, SampleNode, run_guided, run_invert,
+                             run_sample)
 
 log = logging.getLogger("vidinv")
 
@@ -119,16 +119,12 @@ class SVDEncodeFirstFrame:
         return (cond,)
 
 
-class SVDInvert:
+class SVDInvert(InvertNode):
     DESCRIPTION = ("Exact inversion of SVD's deterministic Euler sampler: solves each inverse step by fixed-point "
                    "iteration so that Euler Sample (SVD) of the result returns the input. Emits the whole "
                    "trajectory (sigma grid and first-frame conditioning included).")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = (TRAJECTORY, "LATENT")
-    RETURN_NAMES = ("trajectory", "noise")
     OUTPUT_TOOLTIPS = ("Every latent from clean to noise, with the sigma grid, conditioning and convergence.",
                        "The inverted noise (the trajectory's last latent).")
-    FUNCTION = "invert"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -142,9 +138,7 @@ class SVDInvert:
             "max_guidance": MAX_GUIDANCE,
             "iterations": ITERATIONS,
             "tolerance": TOLERANCE,
-            "trajectory_dtype": (list(STORAGE_DTYPES), {"default": "fp32",
-                                                "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 "
-                                                           "halve the memory; fp32 keeps the round trip exact)."}),
+            "trajectory_dtype": TRAJECTORY_DTYPE,
         }}
 
     def invert(self, model, conditioning, latent, steps, min_guidance, max_guidance, iterations, tolerance,
@@ -154,14 +148,10 @@ class SVDInvert:
                           Solver(iterations, tolerance), trajectory_dtype)
 
 
-class SVDSample:
+class SVDSample(SampleNode):
     DESCRIPTION = ("Deterministic Euler sampling with SVD (its sampler without churn) from a latent, e.g. the "
                    "inverted noise (the round trip) or a loaded trajectory's noise.")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The sampled clean latent.",)
-    FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -182,15 +172,11 @@ class SVDSample:
                           Guidance(max_guidance, first=min_guidance))
 
 
-class SVDGuidedSample:
+class SVDGuidedSample(SampleNode):
     DESCRIPTION = ("Guided sampling for SVD with its frame-wise guidance: samples the trajectory's grid with a "
                    "(possibly edited) first frame while the patched self-attention keeps the source's layout and "
                    "motion. The model must come from Reference Attention.")
-    CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
-    FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):

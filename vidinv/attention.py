@@ -211,6 +211,20 @@ def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     return F.scaled_dot_product_attention(q1, k1, v1, scale=1.0 / math.sqrt(d))[..., :d]
 
 
+def project_heads(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values ``[B, heads, L, d]`` of the sequence `x` ``[B, L, C]`` through a
+    diffusers `Attention` module's projections and q/k norms, as its processors compute them."""
+    b, heads = x.shape[0], attn.heads
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    d = k.shape[-1] // heads
+    q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
 def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: torch.Tensor, v_ref: torch.Tensor,
                      rows: torch.Tensor, own_text: int, weight: float, balance_text: bool) -> torch.Tensor:
     """Attention of the sample's queries over ``[own K/V ; reference K/V]`` for the rows with

@@ -98,8 +98,9 @@ class Family(Protocol):
     def grid_from_config(self, config: dict, steps: int) -> Grid:
         """The grid a scheduler config gives (a trajectory is checked against its model's)."""
 
-    def check_trajectory_grid(self, traj, grid: Grid, config: dict | None) -> None:
-        """Refuse a grid other than the trajectory's own (`config`: the model's, for the message)."""
+    def check_trajectory_grid(self, traj, grid: Grid, config: dict | None) -> Grid:
+        """Refuse a grid other than the trajectory's own (`config`: the model's, for the message);
+        return the grid to sample the trajectory on."""
 
     def check_trajectory(self, traj, model, refuse: Callable[[str], None]) -> None:
         """The trajectory's conditioning and padding against the model's configuration."""
@@ -109,6 +110,9 @@ class Family(Protocol):
 
     def trajectory_summary(self, traj) -> dict:
         """Plain numbers for the UI beyond the common ones."""
+
+    def step_place(self, traj, i: int) -> str:
+        """Where sampling step i's input sits, in words ("timestep 981", "sigma 700"), for messages."""
 
     def latent_extras(self, traj) -> tuple[torch.Tensor | None, int]:
         """(image latents, padded frames) that ride with a trajectory's noise as a LATENT."""

@@ -47,8 +47,9 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
     guidance as sampling will use (the round trip stays exact under CFG).
 
     At most ``1 + settings.iters`` model calls per step on average, pooled across steps with a
-    tolerance (`vidinv.solver.step_budget`). `image_latents`: CogVideoX I2V's conditioning, carried by
-    the latent; `pad_frames`: frames the VAE Encode node padded (kept with the trajectory)."""
+    tolerance (`vidinv.solver.step_budget`). `image_latents`: conditioning that rides with the latent
+    (an image-to-video family's, where it has one); `pad_frames`: frames the VAE Encode node padded
+    (kept with the trajectory)."""
     hooks = hooks or Hooks()
     fam = prepare(model, cond, latent, guidance, image_latents)
     settings = settings.resolved(guidance.uses_cfg)
@@ -131,9 +132,9 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     duplicates of its own keys (DESIGN fact 5). With ``start="inverted"`` and the source conditioning
     this reconstructs as plain sampling does, for any options.
 
-    `cond` None: the trajectory's source conditioning where the family allows it (SVD).
-    `image_latents`: CogVideoX I2V: an edited first frame's (else the source's); the reference pass
-    always uses the source's."""
+    `cond` None: the trajectory's source conditioning where the family allows it.
+    `image_latents`: an edited first frame's, for families whose latent carries them (else the
+    source's); the reference pass always uses the source's."""
     spec = getattr(model, "reference", None)
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",

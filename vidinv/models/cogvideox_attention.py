@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import errors
-from ..attention import Channel, attend_reference
+from ..attention import Channel, attend_reference, project_heads
 
 LAYER = "transformer_blocks.{}.attn1.processor"
 
@@ -57,16 +57,7 @@ class ReferenceAttnProcessor:
         if attention_mask is not None:
             raise NotImplementedError("CogVideoX attention takes no mask; reference attention does not add one")
         text_len = encoder_hidden_states.size(1)
-        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        b, n, _ = x.shape
-        heads = attn.heads
-        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
-        d = k.shape[-1] // heads
-        q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = project_heads(attn, torch.cat([encoder_hidden_states, hidden_states], dim=1))
 
         rec = self.channel.recording(self.index)
         if rec is not None:
@@ -82,6 +73,6 @@ class ReferenceAttnProcessor:
             out = attend_reference(q, k, v, k_ref, v_ref, inj.rows, text_len, inj.weight, not inj.recording.text)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, heads * d)
+        out = out.transpose(1, 2).flatten(2)
         out = attn.to_out[1](attn.to_out[0](out))
         return out[:, text_len:], out[:, :text_len]

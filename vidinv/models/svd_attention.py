@@ -15,7 +15,7 @@ from typing import Callable
 import torch.nn.functional as F
 
 from .. import errors
-from ..attention import Channel, attend_reference, parse_blocks
+from ..attention import Channel, attend_reference, parse_blocks, project_heads
 
 # ----------------------------------------------------------------------------- layers
 
@@ -52,15 +52,8 @@ class ReferenceSelfAttnProcessor:
                 or attn.spatial_norm is not None or attn.group_norm is not None):
             raise NotImplementedError("reference attention handles plain self-attention over [N, L, C] only")
         residual = hidden_states
-        n, length, _ = hidden_states.shape
-        heads = attn.heads
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = k.shape[-1] // heads
-        q, k, v = (t.view(n, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        n = hidden_states.shape[0]
+        q, k, v = project_heads(attn, hidden_states)
 
         rec = self.channel.recording(self.name)
         if rec is not None:
@@ -74,7 +67,7 @@ class ReferenceSelfAttnProcessor:
             out = attend_reference(q, k, v, k_ref, v_ref, rows, 0, inj.weight, False)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(n, -1, heads * d).to(q.dtype)
+        out = out.transpose(1, 2).flatten(2).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
