@@ -1,2 +1,4 @@
-"""Model families. Each module loads a diffusers folder and exposes the same small surface:
-text encoding, VAE encode/decode, and a denoiser callable for the samplers in vidinv.ddim."""
+"""Model families. Each family module (`cogvideox`, `svd`) loads a diffusers folder, encodes its
+conditioning, runs its VAE and builds its denoiser, and exposes one ``FAMILY`` object implementing
+`vidinv.family.Family`; its attention processors live beside it (`cogvideox_attention`,
+`svd_attention`). `loading` is the plumbing they share; `rope` is CogVideoX's rotary table."""

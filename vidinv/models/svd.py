@@ -393,8 +393,8 @@ def make_denoiser(model: SVD, cond: Conditioning, grid: edm.Grid, min_guidance: 
     so guidance is identical in both directions. Inputs and outputs are on the CPU.
 
     `attention(i, x)` may return a context manager that is entered around this step's UNet call (how
-    `vidinv.svd_attention` hands per-call state to its processors: the SVD UNet takes no attention
-    kwargs)."""
+    `vidinv.attention` hands per-call state to the processors of `vidinv.models.svd_attention`: the
+    SVD UNet takes no attention kwargs)."""
     cfg = uses_cfg(min_guidance, max_guidance)
 
     def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
