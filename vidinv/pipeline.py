@@ -31,7 +31,7 @@ def check_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def prepare(model, cond, latent: torch.Tensor, guidance: Guidance, image_latents):
+def checked_family(model, cond, latent: torch.Tensor, guidance: Guidance, image_latents):
     """The family, after checking the inputs and the guidance before any model call."""
     fam = families.of(model)
     fam.check_inputs(model, cond, latent, image_latents)
@@ -51,7 +51,7 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
     (an image-to-video family's, where it has one); `pad_frames`: frames the VAE Encode node padded
     (kept with the trajectory)."""
     hooks = hooks or Hooks()
-    fam = prepare(model, cond, latent, guidance, image_latents)
+    fam = checked_family(model, cond, latent, guidance, image_latents)
     settings = settings.resolved(guidance.uses_cfg)
     storage = check_dtype(dtype)
     grid = fam.grid(model, steps)
@@ -91,7 +91,7 @@ def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Gu
     latent at step `start`, 0 for noise); returns the clean latent. `negative(t)`: per-step
     unconditional embeddings (text families: null-text or negative-prompt inversion)."""
     hooks = hooks or Hooks()
-    fam = prepare(model, cond, noise, guidance, image_latents)
+    fam = checked_family(model, cond, noise, guidance, image_latents)
     grid = fam.grid(model, steps)
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents, negative), hooks)
     return run(model, fam, denoise, noise, grid, hooks, start)
@@ -153,7 +153,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 "Give a first frame of the source video's size.")
     image = source_image if image_latents is None else image_latents
     noise = start_noise(traj, start, seed, grid.init_noise_sigma)
-    fam = prepare(model, cond, noise, guidance, image)
+    checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative), hooks)
