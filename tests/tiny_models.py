@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tools.train_fixture import build_tokenizer
+from vidinv.fixture import build_tokenizer
 
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  rescale_betas_zero_snr=True, timestep_spacing="trailing", set_alpha_to_one=True,

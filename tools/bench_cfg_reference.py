@@ -28,8 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_edit import time_samplers  # noqa: E402
-from tools.bench_inversion import encode_heldout, machine, rel_err, report  # noqa: E402
+from tools.benchkit import encode_heldout, machine, rel_err, report, time_samplers  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv import attention, pipeline  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402

@@ -24,35 +24,24 @@ Also: plain vs guided sampling time with CFG on, and the peak memory of both.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import gc
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inversion import encode_heldout, machine, report  # noqa: E402
+from tools.benchkit import (edit_markdown, edit_rows, edited_spec, encode_heldout, machine,  # noqa: E402
+                            reconstruction_rows, report, score_frames, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
-
-
-def edited_spec(spec, kind: str):
-    if kind == "colour":
-        names = list(synthetic.COLOURS)
-        return dataclasses.replace(spec, colour=names[(names.index(spec.colour) + 1) % len(names)])
-    names = list(synthetic.SHAPES)
-    return dataclasses.replace(spec, shape=names[(names.index(spec.shape) + 1) % len(names)])
 
 
 def naive_trajectory(model, cond, x0, steps) -> Trajectory:
@@ -86,41 +75,6 @@ def score(model, z, specs, targets, kind, recon):
     h, w = model.native_size
     return score_frames(cogvideox.decode_video(model, z).numpy().reshape(len(specs), -1, h, w, 3), specs, targets,
                         kind, recon)
-
-
-def score_frames(frames, specs, targets, kind, recon) -> dict:
-    """Decoded edits [N, F, H, W, 3] against the targets (attribute hit), the sources (direction kept)
-    and the sources' VAE reconstructions `recon` (mask IoU, centroid path error)."""
-    hit, direction, iou, cerr = [], [], [], []
-    for f, spec, tgt, ref in zip(frames, specs, targets, recon):
-        d = synthetic.describe(f)
-        hit.append(d[kind] == getattr(tgt, kind))
-        direction.append(d["direction"] == spec.direction)
-        iou.append(synthetic.mask_iou(f, ref))
-        cerr.append(synthetic.centroid_error(f, ref))
-    return {"target_acc": float(np.mean(hit)), "direction_kept": float(np.mean(direction)),
-            "mask_iou": float(np.mean(iou)), "centroid_err_px": float(np.mean(cerr))}
-
-
-class PeakRSS:
-    """Peak resident memory of the block above its start (CPU runs). Freed heap pages go back to
-    the kernel first (malloc_trim) and the kernel's high-water mark is reset (clear_refs 5), so a
-    run that reuses an earlier run's pages still shows its own peak."""
-
-    def __enter__(self):
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-        self.base = self.status("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.mb = (self.status("VmHWM") - self.base) / 1e6
-
-    @staticmethod
-    def status(key: str) -> int:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
-        return int(line.split()[1]) * 1024
 
 
 OURS_SWEEP = {
@@ -210,81 +164,6 @@ def run(args) -> dict:
     return results
 
 
-def reconstruction_rows(latents: dict, x0, recon, decode) -> dict:
-    """name -> clean latent: relative latent error against x0, and the decoded frames' PSNR and
-    centroid error against the source's VAE reconstruction `recon`."""
-    out = {}
-    for name, z in latents.items():
-        frames = decode(z)
-        out[name] = {"rel_err": float(np.mean([float((a - b).norm() / b.norm()) for a, b in zip(z, x0)])),
-                     "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
-                     "centroid_err_px": float(np.mean([synthetic.centroid_error(a, b) for a, b in zip(frames, recon)]))}
-        print(json.dumps({"reconstruction": name, **out[name]}), flush=True)
-    return out
-
-
-def edit_rows(methods: dict, score_latent, tag: dict, extra_seconds: dict | None = None) -> list[dict]:
-    """Run each method (name -> () -> clean latent), timed, and score it; `extra_seconds` adds
-    time spent outside the call (e.g. null-text optimisation) to a row."""
-    rows = []
-    for name, fn in methods.items():
-        start = time.time()
-        z = fn()
-        seconds = time.time() - start + (extra_seconds or {}).get(name, 0.0)
-        rows.append({"method": name, "seconds": seconds, **score_latent(z)})
-        print(json.dumps({**tag, **rows[-1]}), flush=True)
-    return rows
-
-
-def time_samplers(samplers: dict, repeats: int) -> dict:
-    """name -> () -> latent: median seconds of `repeats` runs after a warm-up, peak memory, and the
-    ratio to the "plain" sampler."""
-    timing = {}
-    for name, fn in samplers.items():
-        fn()  # warm up
-        times = []
-        with PeakRSS() as mem:
-            for _ in range(repeats):
-                start = time.time()
-                fn()
-                times.append(time.time() - start)
-        timing[name] = {"seconds": float(np.median(times)), "peak_mb": mem.mb}
-    for name in timing:
-        timing[name]["ratio_to_plain"] = timing[name]["seconds"] / timing["plain"]["seconds"]
-    print(json.dumps(timing), flush=True)
-    return timing
-
-
-def guidance_text(g) -> str:
-    """CogVideoX's one guidance, or SVD's frame-wise [min, max]."""
-    return f"{g[0]:g} -> {g[1]:g}" if isinstance(g, (list, tuple)) else f"{g:g}"
-
-
-def markdown(result: dict, command: str, model_line: str = "", source: str = "the source prompt",
-             edits: str = "edits") -> str:
-    out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
-           f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.{model_line}",
-           "", f"Reconstruction with {source} (guidance 1):", "",
-           "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
-    for name, r in result["reconstruction"].items():
-        out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
-    out.append("")
-    for tab in result["tables"]:
-        out += [f"**{tab['edit']} {edits}, guidance {guidance_text(tab['guidance'])}**", "",
-                "| method | target hit | direction kept | mask IoU | centroid error (px) | seconds |",
-                "|---|---|---|---|---|---|"]
-        for r in tab["rows"]:
-            out.append(f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
-                       f"{r['centroid_err_px']:.2f} | {r['seconds']:.1f} |")
-        out.append("")
-    sp = result["speed"]
-    out += [f"Speed, guidance {guidance_text(sp['guidance'])} (CFG on), median of {sp['repeats']}:", "",
-            "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
-    for name, r in sp["samplers"].items():
-        out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
-    return "\n".join(out) + "\n"
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-cogvideox"))
@@ -302,7 +181,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.speed_only:
         args.guidance = []
-    report(run(args), markdown, "bench_edit.py", argv, args.json)
+    report(run(args), edit_markdown, "bench_edit.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,17 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.benchkit import CountingHooks, encode_heldout, inversion_markdown, machine, rel_err, report  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
-from vidinv.hooks import Hooks  # noqa: E402
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
-
-
-def encode_heldout(model, count: int):
-    specs = synthetic.heldout_specs(count)
-    x0 = torch.cat([cogvideox.encode_video(model, torch.from_numpy(synthetic.render(s))) for s in specs])
-    return specs, x0
 
 
 def naive_round_trip(model, cond, x0, steps, guidance, counter):
@@ -100,18 +93,6 @@ def methods(guidance: float) -> dict:
     return out
 
 
-class CountingHooks(Hooks):
-    def __init__(self, counter):
-        self.counter = counter
-
-    def before_call(self):
-        self.counter[0] += 1
-
-
-def rel_err(a, b):
-    return [float((x - y).norm() / y.norm()) for x, y in zip(a, b)]
-
-
 def decoded_psnr(model, z, ref_frames):
     frames = cogvideox.decode_video(model, z).numpy().reshape(ref_frames.shape)
     return [synthetic.psnr(f, r) for f, r in zip(frames, ref_frames)]
@@ -151,39 +132,6 @@ def run(args) -> dict:
     return {"model": model.describe(), "videos": len(specs), "machine": machine(), "tables": tables}
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def report(result: dict, markdown, script: str, argv, json_path: str | None) -> None:
-    """Print a benchmark's markdown, headed by the command line that ran it, and write the raw
-    results to `json_path` when given."""
-    args = argv if argv is not None else sys.argv[1:]
-    print(markdown(result, f"python tools/{script} {' '.join(args)}".strip()))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
-
-
-def markdown(result: dict, command: str) -> str:
-    out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
-           f"Model: {result['model']}; {result['videos']} held-out videos, fp32.", ""]
-    for tab in result["tables"]:
-        guidance = f"{tab['guidance']:g}"
-        if "min_guidance" in tab:  # SVD's frame-wise guidance
-            guidance = f"{tab['min_guidance']:g} -> {guidance}"
-        out += [f"**{tab['steps']} steps, guidance {guidance}** (fresh-noise baseline: relative error "
-                f"{tab['fresh_noise_rel_err']:.3f})", "",
-                "| method | latent rel. error (mean / max) | decoded PSNR vs VAE recon (dB) | model calls / step | seconds |",
-                "|---|---|---|---|---|"]
-        for r in tab["rows"]:
-            out.append(f"| {r['method']} | {r['rel_err']:.2e} / {r['rel_err_max']:.2e} | {r['psnr_db']:.1f} | "
-                       f"{r['calls_per_step']:.2f} | {r['seconds']:.1f} |")
-        default = next(r for r in tab["rows"] if r["method"] == "default")["step_calls"]
-        out += ["", f"`default` spent {default[0]} model calls on the clean-end step (inverted first) and "
-                    f"{np.mean(default[1:]):.1f} on average on each of the other {len(default) - 1}.", ""]
-    return "\n".join(out)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-cogvideox"))
@@ -194,7 +142,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--methods", nargs="*", default=[], help="only these rows (e.g. default); all when empty")
     args = p.parse_args(argv)
-    report(run(args), markdown, "bench_inversion.py", argv, args.json)
+    report(run(args), inversion_markdown, "bench_inversion.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import bench_edit  # noqa: E402
-from tools.bench_edit import edit_rows, edited_spec, reconstruction_rows, score_frames, time_samplers  # noqa: E402
-from tools.bench_inversion import machine, report  # noqa: E402
-from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
-from tools.train_svd_fixture import BUCKETS  # noqa: E402
+from tools.benchkit import (edit_markdown, edit_rows, edited_spec, machine, reconstruction_rows, report,  # noqa: E402
+                            score_frames, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
+from vidinv.fixture import BUCKETS, first_frame_conditioning  # noqa: E402
 from vidinv.models import svd  # noqa: E402
 
 OURS_SWEEP = {
@@ -137,7 +135,7 @@ def run(args) -> dict:
 
 def markdown(result: dict, command: str) -> str:
     inv = result["inversion"]
-    return bench_edit.markdown(
+    return edit_markdown(
         result, command, f" Exact inversion (guidance 1 -> 1): {inv['calls_per_step']:.2f} UNet calls per step, "
         f"largest step residual {inv['max_residual']:.1e}, {inv['seconds']:.1f} s.", "the source first frame",
         "edits of the first frame")

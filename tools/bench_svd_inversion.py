@@ -27,11 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inversion import CountingHooks, machine, markdown, rel_err, report  # noqa: E402
-from tools.evaluate_svd_fixture import first_frame_conditioning  # noqa: E402
-from tools.train_svd_fixture import BUCKETS  # noqa: E402
+from tools.benchkit import CountingHooks, inversion_markdown, machine, rel_err, report  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
+from vidinv.fixture import BUCKETS, first_frame_conditioning  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.models import svd  # noqa: E402
 
@@ -86,7 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
-    report(run(args), markdown, "bench_svd_inversion.py", argv, args.json)
+    report(run(args), inversion_markdown, "bench_svd_inversion.py", argv, args.json)
 
 
 if __name__ == "__main__":

@@ -407,7 +407,7 @@ def i2v_edit(pack) -> Workflow:
 
 
 SVD_EDIT_TEMPORAL = False  # chosen by tools/bench_svd_edit.py
-SVD_BUCKET_RIGHT = 127  # the bundled tiny SVD's motion bucket for "moving right" (tools/train_svd_fixture.py)
+SVD_BUCKET_RIGHT = 127  # the bundled tiny SVD's motion bucket for "moving right" (vidinv/fixture.py BUCKETS)
 
 
 def svd_edit(pack) -> Workflow:

@@ -23,26 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.fixturekit import accuracy, evaluate_vae  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
-
-
-def accuracy(preds, specs, key) -> float:
-    return float(np.mean([p[key] == getattr(s, key) for p, s in zip(preds, specs)]))
-
-
-def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvideox.decode_video) -> dict:
-    """VAE round trip of `count` held-out videos (`encode` / `decode`: the model family's)."""
-    specs = synthetic.heldout_specs(count)
-    psnrs, preds = [], []
-    for spec in specs:
-        frames = torch.from_numpy(synthetic.render(spec))
-        rec = decode(model, encode(model, frames)).numpy()
-        psnrs.append(synthetic.psnr(rec, frames.numpy()))
-        preds.append(synthetic.describe(rec))
-    return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs)),
-            **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
 
 
 def evaluate_generation(model, seeds: int, guidance: float, steps: int = 50, chunk: int = 48) -> dict:

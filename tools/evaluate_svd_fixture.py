@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.evaluate_fixture import evaluate_vae  # noqa: E402
-from tools.train_svd_fixture import BUCKETS, FPS  # noqa: E402
+from tools.fixturekit import evaluate_vae  # noqa: E402
 from vidinv import edm, synthetic  # noqa: E402
+from vidinv.fixture import BUCKETS, first_frame_conditioning  # noqa: E402
 from vidinv.models import svd  # noqa: E402
 
 
@@ -60,15 +60,6 @@ def generate(model, firsts: torch.Tensor, buckets: list[int], steps: int, guidan
         z = edm.sample(svd.make_denoiser(model, cond, grid, *guidance), noise * grid.init_noise_sigma, grid.sigmas)
         out.append(svd.decode_video(model, z).numpy().reshape(j - i, f, h, w, 3))
     return np.concatenate(out)
-
-
-def first_frame_conditioning(model, firsts: torch.Tensor, buckets: list[int], seed: int) -> svd.Conditioning:
-    """One conditioning row per first frame [N, H, W, 3], each with its own motion bucket (the
-    fixture's direction) and noise-augmentation seed (`seed` + row)."""
-    conds = [svd.encode_image(model, firsts[j:j + 1], fps=FPS, motion_bucket_id=b, seed=seed + j)
-             for j, b in enumerate(buckets)]
-    return dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
-                                            for k in ("image_embeds", "image_latents", "added_time_ids")})
 
 
 def evaluate_generation(model, count: int, seeds: int, steps: int, guidance: tuple[float, float],

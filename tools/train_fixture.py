@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,14 +29,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, optimise, to_model_space,  # noqa: E402
+                              train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
+from vidinv.fixture import TEXT_LEN, build_tokenizer, save_pipeline  # noqa: E402
 
-FRAMES, SIZE = 9, 64
 LATENT_CHANNELS = 16
-TEXT_LEN = 16
-VOCAB_WORDS = ["a", "an", "the", "moving", "shape", "video", "of", *synthetic.COLOURS, *synthetic.SHAPES,
-               *synthetic.DIRECTIONS]
-
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3,
     down_block_types=["CogVideoXDownBlock3D"] * 4, up_block_types=["CogVideoXUpBlock3D"] * 4,
@@ -63,39 +60,12 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
 def seed_all(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
 
-def train_seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, synthetic.HELDOUT_SEED_BASE))
-
-
-def to_model_space(frames: np.ndarray) -> torch.Tensor:
-    """[B, N, H, W, 3] in 0..1 -> [B, 3, N, H, W] in -1..1 (the VAE's input)."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3) * 2 - 1
-
-
 # ----------------------------------------------------------------------------- VAE
-
-def vae_batch(rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
-    """Random training videos, cropped around the shape's path (the background is black and
-    trivial; crops spend the compute on edges)."""
-    out = []
-    for _ in range(batch):
-        spec = synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE)
-        frames = synthetic.render(spec)
-        mid = spec.centre(int(rng.integers(FRAMES)))
-        x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
-        y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
-        out.append(frames[:, y0:y0 + crop, x0:x0 + crop])
-    return to_model_space(np.stack(out))
-
 
 def train_vae(args) -> None:
     from diffusers import AutoencoderKLCogVideoX
@@ -183,23 +153,6 @@ def latent_scaling_factor(vae, rng: np.random.Generator, count: int = 64) -> flo
 
 # ----------------------------------------------------------------------------- text
 
-def build_tokenizer():
-    """A word-level tokenizer over the caption vocabulary, built with `tokenizers` (nothing is
-    downloaded) and wrapped so that `AutoTokenizer.from_pretrained` loads it from the folder.
-    Ids follow T5: 0 pad, 1 end of sequence, 2 unknown; every sequence ends with </s>."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in VOCAB_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=TEXT_LEN)
-
-
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """As the CogVideoX pipeline does: pad to the model's length, truncate, no attention mask."""
     return tokenizer(captions, padding="max_length", max_length=TEXT_LEN, truncation=True,
@@ -235,25 +188,6 @@ def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator):
     noise = torch.randn(x0.shape, generator=gen)
     a = abar[t].view(-1, 1, 1, 1, 1)
     return t, a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
-
-
-def optimise(loss, opt, sched, params, ema, ema_max: float, step: int) -> None:
-    """One clipped optimiser step, then the EMA update (warm-up decay)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    sched.step()
-    decay = min(ema_max, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            e.lerp_(p, 1 - decay)
-
-
-def load_ema(params, ema) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
 
 
 def train_dit(args) -> None:
@@ -414,27 +348,6 @@ def export(args) -> None:
     pipe.vae.to(torch.float16)
     save_pipeline(pipe, out)
     log(f"exported to {out}: {folder_mb(out):.1f} MB")
-
-
-def save_pipeline(pipe, out: Path) -> set[str]:
-    """Replace the folder `out` with `pipe` in safetensors, keeping its MODEL_CARD.md and quality.json
-    (returns the names kept). Configs carry no ``_name_or_path``: diffusers records there the
-    folder a module was loaded from, an absolute path of the training machine."""
-    keep = {p.name: p.read_bytes() for p in out.glob("*") if p.name in ("MODEL_CARD.md", "quality.json")}
-    if out.exists():
-        shutil.rmtree(out)
-    pipe.save_pretrained(out, safe_serialization=True)
-    for cfg in out.glob("*/config.json"):
-        data = json.loads(cfg.read_text())
-        if data.pop("_name_or_path", None) is not None:
-            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    for name, data in keep.items():
-        (out / name).write_bytes(data)
-    return set(keep)
-
-
-def folder_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
 # ----------------------------------------------------------------------------- entry

@@ -6,7 +6,7 @@
 Stages, each seeded, cached in --work (default .fixture-work-svd/, git-ignored) and resumable:
 
   vae     AutoencoderKLTemporalDecoder (SVD's VAE: per-frame encoder, 8x spatial, 4 latent channels,
-          temporal decoder) on 9-frame clips cropped around the shape's path (tools/train_fixture.py).
+          temporal decoder) on 9-frame clips cropped around the shape's path (tools/fixturekit.py).
   vae-full
           the same VAE on full frames: its mid blocks attend globally, so crops alone do not carry
           over to the whole frame.
@@ -19,8 +19,8 @@ Stages, each seeded, cached in --work (default .fixture-work-svd/, git-ignored) 
           with SVD-XT's EulerDiscreteScheduler config, and a MODEL_CARD.md draft if none is there.
 
 SVD has no text, and one still frame does not say where the shape goes. The direction is given
-by the motion bucket id (an added time id the pipeline always passes): BUCKETS below. fps is
-fixed at 7 (time id 6).
+by the motion bucket id (an added time id the pipeline always passes): BUCKETS in
+vidinv/fixture.py. fps is fixed at 7 (time id 6).
 
 Budgets are wall-clock: a stage times its first steps, then fixes its step count to fill the
 budget and logs it. The step count is written to <work>/<stage>_train.json; pass --vae-steps /
@@ -43,15 +43,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.train_fixture import (folder_mb, load_ema, log, optimise, save_pipeline, to_model_space,  # noqa: E402
-                                 train_seed, vae_batch)
+from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, optimise, to_model_space,  # noqa: E402
+                              train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
+from vidinv.fixture import BUCKETS, FPS, save_pipeline  # noqa: E402
 
-FRAMES, SIZE = 9, 64  # random_spec needs 4k+1 frames; 9 as the CogVideoX fixture (SVD itself: 14)
 LATENT = SIZE // 8
 DIRECTIONS = list(synthetic.DIRECTIONS)  # left, right, up, down: index ^ 1 is the opposite
-BUCKETS = {"left": 63, "right": 127, "up": 191, "down": 255}  # 127 (the pipeline's default) = right
-FPS = 7
 EMBED = 32  # CLIP projection = UNet cross-attention width
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,

@@ -86,7 +86,7 @@ def test_i2v_folder_loads_in_diffusers_pipeline():
 
 def test_committed_configs_name_no_training_folder():
     """diffusers records the folder a module was loaded from as `_name_or_path`; the bundled
-    folders are exported without it (tools/train_fixture.py save_pipeline)."""
+    folders are exported without it (vidinv.fixture.save_pipeline)."""
     configs = sorted(BUNDLED.parent.glob("*/*/*config.json"))
     assert len(configs) >= 12
     for cfg in configs:
@@ -96,7 +96,7 @@ def test_committed_configs_name_no_training_folder():
 def test_export_drops_name_or_path_and_keeps_the_card(tmp_path):
     from diffusers import CogVideoXPipeline
 
-    from tools.train_fixture import save_pipeline
+    from vidinv.fixture import save_pipeline
     pipe = CogVideoXPipeline.from_pretrained(BUNDLED, dtype=torch.float32)
     assert pipe.vae.config._name_or_path  # what from_pretrained records, and save_pretrained would write
     out = tmp_path / "export"

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tools.evaluate_svd_fixture import first_frame_conditioning
-from tools.train_svd_fixture import BUCKETS
 from vidinv.family import Guidance
+from vidinv.fixture import BUCKETS, first_frame_conditioning
 from vidinv import pipeline, synthetic
 from vidinv.models import svd
 

@@ -224,10 +224,10 @@ def test_reference_cost_ordering_by_flop_count():
     """Counted FLOPs (meta device, a CogVideoX-5B-shaped toy): one reference row shared by the
     CFG rows costs less than the published per-row reference, and narrower windows or block
     ranges cost less than injection everywhere, which costs more than plain sampling."""
-    from tools import bench_fullsize
-    model = bench_fullsize.build("5b", "meta", torch.float32, smoke=True)
-    edit, traj = bench_fullsize.inputs(model, 9, 64, 64, 10)
-    f = bench_fullsize.step_flops(model, edit, traj, 6.0)
+    from tests import fullsize_models
+    model = fullsize_models.build("5b", "meta", torch.float32, smoke=True)
+    edit, traj = fullsize_models.inputs(model, 9, 64, 64, 10)
+    f = fullsize_models.step_flops(model, edit, traj, 6.0)
     everywhere = f["guided (defaults: every block and step)"]
     assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
     assert f["plain"] < f["guided, blocks of the first half"] < everywhere

@@ -1,0 +1,194 @@
+"""The shared part of the benchmark scripts (tools/bench_*.py): held-out inputs, call counting,
+error and edit scores, timing with peak memory, and the markdown tables, so that the CogVideoX and
+SVD benchmarks measure and print the same way. Not a script: the benchmarks import it.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidinv import synthetic
+from vidinv.hooks import Hooks
+from vidinv.models import cogvideox
+
+
+def encode_heldout(model, count: int):
+    specs = synthetic.heldout_specs(count)
+    x0 = torch.cat([cogvideox.encode_video(model, torch.from_numpy(synthetic.render(s))) for s in specs])
+    return specs, x0
+
+
+class CountingHooks(Hooks):
+    def __init__(self, counter):
+        self.counter = counter
+
+    def before_call(self):
+        self.counter[0] += 1
+
+
+def rel_err(a, b):
+    return [float((x - y).norm() / y.norm()) for x, y in zip(a, b)]
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def report(result: dict, markdown, script: str, argv, json_path: str | None) -> None:
+    """Print a benchmark's markdown, headed by the command line that ran it, and write the raw
+    results to `json_path` when given."""
+    args = argv if argv is not None else sys.argv[1:]
+    print(markdown(result, f"python tools/{script} {' '.join(args)}".strip()))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+
+
+def inversion_markdown(result: dict, command: str) -> str:
+    """The round-trip tables of tools/bench_inversion.py and tools/bench_svd_inversion.py."""
+    out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
+           f"Model: {result['model']}; {result['videos']} held-out videos, fp32.", ""]
+    for tab in result["tables"]:
+        guidance = f"{tab['guidance']:g}"
+        if "min_guidance" in tab:  # SVD's frame-wise guidance
+            guidance = f"{tab['min_guidance']:g} -> {guidance}"
+        out += [f"**{tab['steps']} steps, guidance {guidance}** (fresh-noise baseline: relative error "
+                f"{tab['fresh_noise_rel_err']:.3f})", "",
+                "| method | latent rel. error (mean / max) | decoded PSNR vs VAE recon (dB) | model calls / step | seconds |",
+                "|---|---|---|---|---|"]
+        for r in tab["rows"]:
+            out.append(f"| {r['method']} | {r['rel_err']:.2e} / {r['rel_err_max']:.2e} | {r['psnr_db']:.1f} | "
+                       f"{r['calls_per_step']:.2f} | {r['seconds']:.1f} |")
+        default = next(r for r in tab["rows"] if r["method"] == "default")["step_calls"]
+        out += ["", f"`default` spent {default[0]} model calls on the clean-end step (inverted first) and "
+                    f"{np.mean(default[1:]):.1f} on average on each of the other {len(default) - 1}.", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- edits
+
+def edited_spec(spec, kind: str):
+    if kind == "colour":
+        names = list(synthetic.COLOURS)
+        return dataclasses.replace(spec, colour=names[(names.index(spec.colour) + 1) % len(names)])
+    names = list(synthetic.SHAPES)
+    return dataclasses.replace(spec, shape=names[(names.index(spec.shape) + 1) % len(names)])
+
+
+def score_frames(frames, specs, targets, kind, recon) -> dict:
+    """Decoded edits [N, F, H, W, 3] against the targets (attribute hit), the sources (direction kept)
+    and the sources' VAE reconstructions `recon` (mask IoU, centroid path error)."""
+    hit, direction, iou, cerr = [], [], [], []
+    for f, spec, tgt, ref in zip(frames, specs, targets, recon):
+        d = synthetic.describe(f)
+        hit.append(d[kind] == getattr(tgt, kind))
+        direction.append(d["direction"] == spec.direction)
+        iou.append(synthetic.mask_iou(f, ref))
+        cerr.append(synthetic.centroid_error(f, ref))
+    return {"target_acc": float(np.mean(hit)), "direction_kept": float(np.mean(direction)),
+            "mask_iou": float(np.mean(iou)), "centroid_err_px": float(np.mean(cerr))}
+
+
+class PeakRSS:
+    """Peak resident memory of the block above its start (CPU runs). Freed heap pages go back to
+    the kernel first (malloc_trim) and the kernel's high-water mark is reset (clear_refs 5), so a
+    run that reuses an earlier run's pages still shows its own peak."""
+
+    def __enter__(self):
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        self.base = self.status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.mb = (self.status("VmHWM") - self.base) / 1e6
+
+    @staticmethod
+    def status(key: str) -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+
+
+def reconstruction_rows(latents: dict, x0, recon, decode) -> dict:
+    """name -> clean latent: relative latent error against x0, and the decoded frames' PSNR and
+    centroid error against the source's VAE reconstruction `recon`."""
+    out = {}
+    for name, z in latents.items():
+        frames = decode(z)
+        out[name] = {"rel_err": float(np.mean([float((a - b).norm() / b.norm()) for a, b in zip(z, x0)])),
+                     "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
+                     "centroid_err_px": float(np.mean([synthetic.centroid_error(a, b) for a, b in zip(frames, recon)]))}
+        print(json.dumps({"reconstruction": name, **out[name]}), flush=True)
+    return out
+
+
+def edit_rows(methods: dict, score_latent, tag: dict, extra_seconds: dict | None = None) -> list[dict]:
+    """Run each method (name -> () -> clean latent), timed, and score it; `extra_seconds` adds
+    time spent outside the call (e.g. null-text optimisation) to a row."""
+    rows = []
+    for name, fn in methods.items():
+        start = time.time()
+        z = fn()
+        seconds = time.time() - start + (extra_seconds or {}).get(name, 0.0)
+        rows.append({"method": name, "seconds": seconds, **score_latent(z)})
+        print(json.dumps({**tag, **rows[-1]}), flush=True)
+    return rows
+
+
+def time_samplers(samplers: dict, repeats: int) -> dict:
+    """name -> () -> latent: median seconds of `repeats` runs after a warm-up, peak memory, and the
+    ratio to the "plain" sampler."""
+    timing = {}
+    for name, fn in samplers.items():
+        fn()  # warm up
+        times = []
+        with PeakRSS() as mem:
+            for _ in range(repeats):
+                start = time.time()
+                fn()
+                times.append(time.time() - start)
+        timing[name] = {"seconds": float(np.median(times)), "peak_mb": mem.mb}
+    for name in timing:
+        timing[name]["ratio_to_plain"] = timing[name]["seconds"] / timing["plain"]["seconds"]
+    print(json.dumps(timing), flush=True)
+    return timing
+
+
+def guidance_text(g) -> str:
+    """CogVideoX's one guidance, or SVD's frame-wise [min, max]."""
+    return f"{g[0]:g} -> {g[1]:g}" if isinstance(g, (list, tuple)) else f"{g:g}"
+
+
+def edit_markdown(result: dict, command: str, model_line: str = "", source: str = "the source prompt",
+             edits: str = "edits") -> str:
+    """The reconstruction, edit and speed tables of tools/bench_edit.py and tools/bench_svd_edit.py."""
+    out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
+           f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.{model_line}",
+           "", f"Reconstruction with {source} (guidance 1):", "",
+           "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
+    for name, r in result["reconstruction"].items():
+        out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
+    out.append("")
+    for tab in result["tables"]:
+        out += [f"**{tab['edit']} {edits}, guidance {guidance_text(tab['guidance'])}**", "",
+                "| method | target hit | direction kept | mask IoU | centroid error (px) | seconds |",
+                "|---|---|---|---|---|---|"]
+        for r in tab["rows"]:
+            out.append(f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
+                       f"{r['centroid_err_px']:.2f} | {r['seconds']:.1f} |")
+        out.append("")
+    sp = result["speed"]
+    out += [f"Speed, guidance {guidance_text(sp['guidance'])} (CFG on), median of {sp['repeats']}:", "",
+            "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
+    for name, r in sp["samplers"].items():
+        out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
+    return "\n".join(out) + "\n"

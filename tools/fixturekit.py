@@ -1,0 +1,86 @@
+"""The shared part of the fixture scripts (tools/train_fixture.py, tools/train_svd_fixture.py,
+tools/evaluate_fixture.py, tools/evaluate_svd_fixture.py): the training clips, the optimiser step
+with its EMA, and the VAE round-trip measure. Not a script: the scripts import it; what the tests
+also need (tokenizer, SVD conditioning, export) is in vidinv/fixture.py.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidinv import synthetic
+from vidinv.models import cogvideox
+
+FRAMES, SIZE = 9, 64  # the training clips of both fixtures (random_spec needs 4k+1 frames; SVD itself: 14)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def train_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, synthetic.HELDOUT_SEED_BASE))
+
+
+def to_model_space(frames: np.ndarray) -> torch.Tensor:
+    """[B, N, H, W, 3] in 0..1 -> [B, 3, N, H, W] in -1..1 (the VAE's input)."""
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+def vae_batch(rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
+    """Random training videos, cropped around the shape's path (the background is black and
+    trivial; crops spend the compute on edges)."""
+    out = []
+    for _ in range(batch):
+        spec = synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE)
+        frames = synthetic.render(spec)
+        mid = spec.centre(int(rng.integers(FRAMES)))
+        x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
+        y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
+        out.append(frames[:, y0:y0 + crop, x0:x0 + crop])
+    return to_model_space(np.stack(out))
+
+
+def optimise(loss, opt, sched, params, ema, ema_max: float, step: int) -> None:
+    """One clipped optimiser step, then the EMA update (warm-up decay)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            e.lerp_(p, 1 - decay)
+
+
+def load_ema(params, ema) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def accuracy(preds, specs, key) -> float:
+    return float(np.mean([p[key] == getattr(s, key) for p, s in zip(preds, specs)]))
+
+
+def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvideox.decode_video) -> dict:
+    """VAE round trip of `count` held-out videos (`encode` / `decode`: the model family's)."""
+    specs = synthetic.heldout_specs(count)
+    psnrs, preds = [], []
+    for spec in specs:
+        frames = torch.from_numpy(synthetic.render(spec))
+        rec = decode(model, encode(model, frames)).numpy()
+        psnrs.append(synthetic.psnr(rec, frames.numpy()))
+        preds.append(synthetic.describe(rec))
+    return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs)),
+            **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
