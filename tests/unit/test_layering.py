@@ -6,9 +6,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("cogvideox", "svd")
-# shared modules allowed to import a family module: the registry, and null-text inversion (it
-# optimises CogVideoX's text embeddings and says so)
-ALLOWED = {"vidinv/families.py": FAMILIES, "vidinv/nulltext.py": ("cogvideox",)}
+# shared modules allowed to import a family module: the registry, null-text inversion (it optimises
+# CogVideoX's text embeddings and says so), and the definition of the bundled fixtures (one per family)
+ALLOWED = {"vidinv/families.py": FAMILIES, "vidinv/nulltext.py": ("cogvideox",), "vidinv/fixture.py": FAMILIES}
 
 
 def sources():
