@@ -41,19 +41,19 @@ def run(args) -> dict:
     specs, x0 = encode_heldout(model, args.videos)
     cond = cogvideox.encode_text(model, [s.caption for s in specs])
     g = args.guidance
-    traj = pipeline.invert(model, cond, x0, args.steps, guidance=Guidance(g))
+    traj = pipeline.invert(model, cond, x0, args.steps, Guidance(g))
 
     def guided(opts, shared=False):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
 
         def go():
             if not shared:
-                return pipeline.guided_sample(patched, cond, guidance=Guidance(g))
+                return pipeline.guided_sample(patched, cond, Guidance(g))
             with mock.patch.object(attention, "reference_per_cfg_row", lambda *a: False):
-                return pipeline.guided_sample(patched, cond, guidance=Guidance(g))
+                return pipeline.guided_sample(patched, cond, Guidance(g))
         return go
 
-    samplers = {"plain": lambda: pipeline.sample(model, cond, traj.noise, args.steps, guidance=Guidance(g)),
+    samplers = {"plain": lambda: pipeline.sample(model, cond, traj.noise, args.steps, Guidance(g)),
                 "guided": guided(ReferenceOptions()),
                 "guided rows=cond": guided(ReferenceOptions(rows="conditional")),
                 "shared row": guided(ReferenceOptions(), shared=True)}

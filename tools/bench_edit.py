@@ -68,7 +68,7 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     ab = schedule.alpha_bar(grid[start][0])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
-    return pipeline.sample(model, cond, x, steps, guidance=Guidance(guidance), start=start)
+    return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start)
 
 
 def score(model, z, specs, targets, kind, recon):
@@ -102,13 +102,13 @@ def run(args) -> dict:
     recon = cogvideox.decode_video(model, x0).numpy().reshape(len(specs), -1, h, w, 3)
     src = cogvideox.encode_text(model, [s.caption for s in specs])
     steps = args.steps
-    exact = pipeline.invert(model, src, x0, steps, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5))
+    exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
     naive = naive_trajectory(model, src, x0, steps)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
     def guided(traj, opts, cond, g, start="inverted", negative=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        return pipeline.guided_sample(patched, cond, guidance=Guidance(g), start=start, negative=negative)
+        return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative)
 
     null_text = {}  # guidance -> (trajectory with null-text embeddings, seconds of optimisation)
 
@@ -135,15 +135,17 @@ def run(args) -> dict:
             methods = {
                 "ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(
                     synthetic.render(t))) for t in targets]),
-                "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, guidance=Guidance(g)),
+                "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g)),
                 "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, g, "fresh"),
                 **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
-                "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g)),
-                **{f"exact from {f:g}": (lambda k=round(f * steps): pipeline.sample(model, edit, exact.latent_for_step(k), steps, guidance=Guidance(g), start=k)) for f in args.late},
+                "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
+                **{f"exact from {f:g}": (lambda k=round(f * steps): pipeline.sample(
+                    model, edit, exact.latent_for_step(k), steps, Guidance(g), start=k)) for f in args.late},
                 **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in OURS_SWEEP.items()},
-                "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g), negative=npi),
+                "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
                 "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
-                "exact + null-text": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g), negative=null),
+                "exact + null-text": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g),
+                                                             negative=null),
                 "ours + null-text": lambda: guided(nt, ReferenceOptions(), edit, g, negative=null),
             }
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),
@@ -154,7 +156,7 @@ def run(args) -> dict:
     # speed and memory: plain vs guided with CFG on, injection everywhere
     edit = cogvideox.encode_text(model, [edited_spec(s, "colour").caption for s in specs])
     timing = time_samplers({
-        "plain": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(args.speed_guidance)),
+        "plain": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(args.speed_guidance)),
         "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
         "guided start=0.3": lambda: guided(exact, ReferenceOptions(start=0.3), edit, args.speed_guidance),
         "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),

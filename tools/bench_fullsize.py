@@ -43,10 +43,10 @@ def masked_attention(q, k, v, bias):
 def runners(model, edit, traj, guidance: float) -> dict:
     def run(opts, start, inverted_guidance):
         if opts is None:
-            return lambda: pipeline.sample(model, edit, traj.noise, traj.steps, guidance=Guidance(guidance))
+            return lambda: pipeline.sample(model, edit, traj.noise, traj.steps, Guidance(guidance))
         source = dataclasses.replace(traj, guidance=inverted_guidance)
         patched = pipeline.with_reference(model, source, opts)
-        return lambda: pipeline.guided_sample(patched, edit, guidance=Guidance(guidance), start=start)
+        return lambda: pipeline.guided_sample(patched, edit, Guidance(guidance), start=start)
 
     return {name: run(*spec) for name, spec in samplers(model).items()}
 

@@ -62,19 +62,21 @@ def npi_round_trip(model, cond, x0, steps, guidance, counter, null_lr=None):
     """Negative-prompt (null_lr None) or null-text inversion (10 iterations per step at learning
     rate null_lr) around an exact guidance-1 pivot."""
     hooks = CountingHooks(counter)
-    traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5), hooks=hooks)
+    traj = pipeline.invert(model, cond, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5), hooks=hooks)
     mode = "source prompt"
     if null_lr is not None:
         traj = nulltext.null_text_inversion(model, traj, guidance, iters=10, lr=null_lr, hooks=hooks)
         mode = "null-text"
-    back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(guidance), negative=nulltext.negative_for(mode, traj))
+    back = pipeline.sample(model, cond, traj.noise, steps, Guidance(guidance),
+                           negative=nulltext.negative_for(mode, traj))
     return back, traj
 
 
 def ours_round_trip(model, cond, x0, steps, guidance, iters, memory, tol, counter):
     hooks = CountingHooks(counter)
-    traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(guidance), settings=Solver(iters=iters, tol=tol, memory=memory), hooks=hooks)
-    back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(guidance))
+    traj = pipeline.invert(model, cond, x0, steps, Guidance(guidance), Solver(iters=iters, tol=tol, memory=memory),
+                           hooks=hooks)
+    back = pipeline.sample(model, cond, traj.noise, steps, Guidance(guidance))
     return back, traj
 
 
@@ -109,7 +111,7 @@ def run(args) -> dict:
     tables = []
     for steps in args.steps:
         for guidance in args.guidance:
-            fresh = pipeline.sample(model, cond, noise, steps, guidance=Guidance(guidance))
+            fresh = pipeline.sample(model, cond, noise, steps, Guidance(guidance))
             rows = []
             for name, runner in methods(guidance).items():
                 if args.methods and name not in args.methods:

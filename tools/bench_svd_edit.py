@@ -62,12 +62,13 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     start = min(steps - 1, int(round(steps * (1 - strength))))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     return pipeline.sample(model, cond, x0 + grid.sigmas[start] * noise, steps,
-                           guidance=Guidance(guidance[1], first=guidance[0]), start=start)
+                           Guidance(guidance[1], first=guidance[0]), start=start)
 
 
 def fresh(model, cond, x0, steps, guidance, seed=0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    return pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps, guidance=Guidance(guidance[1], first=guidance[0]))
+    return pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps,
+                           Guidance(guidance[1], first=guidance[0]))
 
 
 def run(args) -> dict:
@@ -90,18 +91,19 @@ def run(args) -> dict:
     src = conditioning(videos)
     steps, g1 = args.steps, (1.0, 1.0)
     start = time.time()
-    exact = pipeline.invert(model, src, x0, steps, guidance=Guidance(g1[1], first=g1[0]), settings=Solver(iters=10, tol=1e-5))
+    exact = pipeline.invert(model, src, x0, steps, Guidance(g1[1], first=g1[0]), Solver(iters=10, tol=1e-5))
     invert_seconds = time.time() - start
-    naive = pipeline.invert(model, src, x0, steps, guidance=Guidance(g1[1], first=g1[0]), settings=Solver(iters=0))
+    naive = pipeline.invert(model, src, x0, steps, Guidance(g1[1], first=g1[0]), Solver(iters=0))
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps,
                "inversion": {"seconds": invert_seconds, "calls_per_step": float(np.mean(exact.calls)),
                              "max_residual": float(max(exact.residuals))}, "tables": []}
 
     def guided(cond, opts, guidance):
-        return pipeline.guided_sample(pipeline.with_reference(model, exact, opts), cond, guidance=Guidance(guidance[1], first=guidance[0]))
+        return pipeline.guided_sample(pipeline.with_reference(model, exact, opts), cond,
+                                      Guidance(guidance[1], first=guidance[0]))
 
-    recon_rows = {"naive plain": pipeline.sample(model, src, naive.noise, steps, guidance=Guidance(g1[1], first=g1[0])),
-                  "exact plain": pipeline.sample(model, src, exact.noise, steps, guidance=Guidance(g1[1], first=g1[0])),
+    recon_rows = {"naive plain": pipeline.sample(model, src, naive.noise, steps, Guidance(g1[1], first=g1[0])),
+                  "exact plain": pipeline.sample(model, src, exact.noise, steps, Guidance(g1[1], first=g1[0])),
                   "ours w=4": guided(src, ReferenceOptions(weight=4.0), g1),
                   "ours w=4 + temporal": guided(src, ReferenceOptions(weight=4.0, temporal=True), g1)}
     results["reconstruction"] = reconstruction_rows(recon_rows, x0, recon, decode)
@@ -116,8 +118,8 @@ def run(args) -> dict:
                 "ground truth (VAE)": lambda: torch.cat([svd.encode_video(model, v) for v in target_videos]),
                 "fresh noise": lambda: fresh(model, edit, x0, steps, g),
                 **{f"sdedit {s}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
-                "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, guidance=Guidance(g[1], first=g[0])),
-                "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g[1], first=g[0])),
+                "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g[1], first=g[0])),
+                "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g[1], first=g[0])),
                 **{name: (lambda o=o: guided(edit, o, g)) for name, o in OURS_SWEEP.items()},
             }
             rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, kind, recon),
@@ -127,7 +129,7 @@ def run(args) -> dict:
     # speed and memory: plain vs guided with CFG on
     edit = conditioning([torch.from_numpy(synthetic.render(edited_spec(s, "colour"))) for s in specs])
     g = (args.min_guidance, args.speed_guidance)
-    timing = time_samplers({"plain": lambda: pipeline.sample(model, edit, exact.noise, steps, guidance=Guidance(g[1], first=g[0])),
+    timing = time_samplers({"plain": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g[1], first=g[0])),
                             **{n: (lambda o=o: guided(edit, o, g)) for n, o in SPEED.items()}}, args.repeats)
     results["speed"] = {"guidance": list(g), "repeats": args.repeats, "samplers": timing}
     return results

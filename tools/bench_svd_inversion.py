@@ -53,13 +53,15 @@ def run(args) -> dict:
     for steps in args.steps:
         for gmax in args.max_guidance:
             g = (args.min_guidance, gmax)
-            fresh = pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps, guidance=Guidance(g[1], first=g[0]))
+            fresh = pipeline.sample(model, cond, noise * svd.initial_sigma(model, steps), steps,
+                                    Guidance(g[1], first=g[0]))
             rows = []
             for name, (iters, memory, tol) in METHODS.items():
                 counter = [0]
                 start = time.time()
-                traj = pipeline.invert(model, cond, x0, steps, guidance=Guidance(g[1], first=g[0]), settings=Solver(iters=iters, tol=tol, memory=memory), hooks=CountingHooks(counter))
-                back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(g[1], first=g[0]))
+                traj = pipeline.invert(model, cond, x0, steps, Guidance(g[1], first=g[0]),
+                                       Solver(iters=iters, tol=tol, memory=memory), hooks=CountingHooks(counter))
+                back = pipeline.sample(model, cond, traj.noise, steps, Guidance(g[1], first=g[0]))
                 seconds = time.time() - start
                 errs = rel_err(back, x0)
                 frames = svd.decode_video(model, back).numpy().reshape(recon.shape)

@@ -43,7 +43,7 @@ def evaluate_generation(model, seeds: int, guidance: float, steps: int = 50, chu
         g = torch.Generator().manual_seed(1000 + i)
         noise = torch.randn(len(part), f, model.latent_channels, h // model.spatial_factor,
                             w // model.spatial_factor, generator=g)
-        z = pipeline.sample(model, cond, noise, steps, guidance=Guidance(guidance))
+        z = pipeline.sample(model, cond, noise, steps, Guidance(guidance))
         frames = cogvideox.decode_video(model, z).numpy().reshape(len(part), -1, h, w, 3)
         for video in frames:
             preds.append(synthetic.describe(video))
@@ -65,7 +65,8 @@ def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> d
     cond = cogvideox.encode_text(model, [s.caption for s in specs])
     noise = torch.randn(count, f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor,
                         generator=torch.Generator().manual_seed(7))
-    out = cogvideox.decode_video(model, pipeline.sample(model, cond, noise, steps, guidance=Guidance(guidance), image_latents=img))
+    out = cogvideox.decode_video(model,
+                                 pipeline.sample(model, cond, noise, steps, Guidance(guidance), image_latents=img))
     out = out.numpy().reshape(count, -1, h, w, 3)
     preds = [synthetic.describe(v) for v in out]
     return {"guidance": guidance, "steps": steps, "videos": count,

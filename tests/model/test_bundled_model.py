@@ -43,7 +43,7 @@ def pinned_sample(model):
     cond = cogvideox.encode_text(model, "a yellow triangle moving down")
     h, w = model.native_size
     noise = torch.randn(1, 3, model.latent_channels, h // 8, w // 8, generator=torch.Generator().manual_seed(1234))
-    return pipeline.sample(model, cond, noise, 20, guidance=Guidance(5.0))
+    return pipeline.sample(model, cond, noise, 20, Guidance(5.0))
 
 
 def test_reproduces_pinned_sampling_statistics(bundled_model):

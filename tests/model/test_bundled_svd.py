@@ -64,7 +64,7 @@ def pinned_sample(model, bucket):
     h, w = videos[0].shape[1:3]
     noise = torch.randn(1, model.native_frames, model.latent_channels, h // model.spatial_factor,
                         w // model.spatial_factor, generator=torch.Generator().manual_seed(1234))
-    return pipeline.sample(model, cond, noise * svd.initial_sigma(model, 25), 25, guidance=Guidance(3.0, first=1.0))
+    return pipeline.sample(model, cond, noise * svd.initial_sigma(model, 25), 25, Guidance(3.0, first=1.0))
 
 
 def test_reproduces_pinned_sampling_statistics(model):
@@ -86,8 +86,8 @@ def test_exact_round_trip_at_guidance_one(model):
     x0 = torch.cat([svd.encode_video(model, v) for v in videos])
     cond = first_frame_conditioning(model, torch.stack([v[0] for v in videos]),
                                     [BUCKETS[s.direction] for s in specs], seed=0)
-    traj = pipeline.invert(model, cond, x0, 25, guidance=Guidance(1.0, first=1.0))
-    back = pipeline.sample(model, cond, traj.noise, 25, guidance=Guidance(1.0, first=1.0))
+    traj = pipeline.invert(model, cond, x0, 25, Guidance(1.0, first=1.0))
+    back = pipeline.sample(model, cond, traj.noise, 25, Guidance(1.0, first=1.0))
     errs = [float((b - a).norm() / a.norm()) for a, b in zip(x0, back)]
     assert max(errs) <= 1e-4, errs
     assert np.mean(traj.calls) <= 11

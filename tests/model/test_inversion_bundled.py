@@ -37,9 +37,9 @@ def rel(a, b):
 def test_round_trip_guidance_1(bundled_model, source):
     x0, cond = source
     count = Count()
-    traj = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5), hooks=count)
+    traj = pipeline.invert(bundled_model, cond, x0, 50, Guidance(1.0), Solver(iters=10, tol=1e-5), hooks=count)
     assert count.calls / 50 <= 10.0
-    back = pipeline.sample(bundled_model, cond, traj.noise, 50, guidance=Guidance(1.0))
+    back = pipeline.sample(bundled_model, cond, traj.noise, 50, Guidance(1.0))
     errs = rel(back, x0)
     assert max(errs) <= 5e-4, errs  # target 1e-3
     h, w = bundled_model.native_size
@@ -48,14 +48,14 @@ def test_round_trip_guidance_1(bundled_model, source):
     psnr = synthetic.psnr(got, ref)
     assert psnr >= 50.0, psnr  # target 45 dB
     # the naive inverse (no refinement) is far off on the same model: the bound is not vacuous
-    naive = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(1.0), settings=Solver(iters=0))
-    assert min(rel(pipeline.sample(bundled_model, cond, naive.noise, 50, guidance=Guidance(1.0)), x0)) > 20 * max(errs)
+    naive = pipeline.invert(bundled_model, cond, x0, 50, Guidance(1.0), Solver(iters=0))
+    assert min(rel(pipeline.sample(bundled_model, cond, naive.noise, 50, Guidance(1.0)), x0)) > 20 * max(errs)
 
 
 def test_round_trip_guidance_6_both_ways(bundled_model, source):
     x0, cond = source
-    traj = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(6.0), settings=Solver(iters=10, tol=1e-5))
-    back = pipeline.sample(bundled_model, cond, traj.noise, 50, guidance=Guidance(6.0))
+    traj = pipeline.invert(bundled_model, cond, x0, 50, Guidance(6.0), Solver(iters=10, tol=1e-5))
+    back = pipeline.sample(bundled_model, cond, traj.noise, 50, Guidance(6.0))
     errs = rel(back, x0)
     assert max(errs) <= 5e-3, errs  # target 1e-2
 
@@ -68,14 +68,15 @@ def test_saved_trajectory_samples_bit_identically(bundled_model, tmp_path):
     spec = synthetic.heldout_specs(1)[0]
     x0 = cogvideox.encode_video(bundled_model, torch.from_numpy(synthetic.render(spec)))
     cond = cogvideox.encode_text(bundled_model, spec.caption)
-    traj = pipeline.invert(bundled_model, cond, x0, 20, guidance=Guidance(1.0), settings=Solver(iters=4, tol=1e-5))
+    traj = pipeline.invert(bundled_model, cond, x0, 20, Guidance(1.0), Solver(iters=4, tol=1e-5))
     loaded = trajectory.load(traj.save(tmp_path / "t.safetensors"))
     loaded.check_model(bundled_model)
     assert torch.equal(pipeline.sample(bundled_model, cond, traj.noise, 20),
                        pipeline.sample(bundled_model, cond, loaded.noise, 20))
     edit = cogvideox.encode_text(bundled_model, spec.caption.replace(spec.colour, "green" if spec.colour != "green"
                                                                      else "red"))
-    guided = [pipeline.guided_sample(dataclasses.replace(bundled_model, reference=ReferenceSpec(t, ReferenceOptions())), edit, guidance=Guidance(3.0)) for t in (traj, loaded)]
+    guided = [pipeline.guided_sample(dataclasses.replace(bundled_model, reference=ReferenceSpec(t, ReferenceOptions())),
+                                     edit, Guidance(3.0)) for t in (traj, loaded)]
     assert torch.equal(guided[0], guided[1])
 
 
@@ -84,15 +85,17 @@ def test_negative_prompt_and_null_text_inversion(bundled_model, source):
     optimisation; null-text inversion is >= 10x better than plain guidance-6 DDIM inversion."""
     from vidinv import nulltext
     x0, cond = source
-    traj = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5))
-    g1 = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, guidance=Guidance(1.0)), x0)
-    npi = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, guidance=Guidance(6.0), negative=nulltext.negative_for("source prompt", traj)), x0)
+    traj = pipeline.invert(bundled_model, cond, x0, 50, Guidance(1.0), Solver(iters=10, tol=1e-5))
+    g1 = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, Guidance(1.0)), x0)
+    npi = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, Guidance(6.0),
+                              negative=nulltext.negative_for("source prompt", traj)), x0)
     assert max(npi) <= 2 * max(g1) + 1e-6, (npi, g1)
-    plain = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(6.0), settings=Solver(iters=0))
-    plain_err = rel(pipeline.sample(bundled_model, cond, plain.noise, 50, guidance=Guidance(6.0)), x0)
+    plain = pipeline.invert(bundled_model, cond, x0, 50, Guidance(6.0), Solver(iters=0))
+    plain_err = rel(pipeline.sample(bundled_model, cond, plain.noise, 50, Guidance(6.0)), x0)
     nt = nulltext.null_text_inversion(bundled_model, traj, 6.0)
     assert nt.null_embeds.shape[0] == 50
-    nt_err = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, guidance=Guidance(6.0), negative=nulltext.negative_for("null-text", nt)), x0)
+    nt_err = rel(pipeline.sample(bundled_model, cond, traj.noise, 50, Guidance(6.0),
+                                 negative=nulltext.negative_for("null-text", nt)), x0)
     assert 10 * np.mean(nt_err) <= np.mean(plain_err), (nt_err, plain_err)
 
 
@@ -107,7 +110,7 @@ def test_colour_edit_with_defaults_keeps_the_structure(bundled_model, source):
     names = list(synthetic.COLOURS)
     targets = [names[(names.index(s.colour) + 1) % len(names)] for s in specs]
     edit = cogvideox.encode_text(bundled_model, [s.caption.replace(s.colour, c) for s, c in zip(specs, targets)])
-    traj = pipeline.invert(bundled_model, cond, x0, 50, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5))
+    traj = pipeline.invert(bundled_model, cond, x0, 50, Guidance(1.0), Solver(iters=10, tol=1e-5))
     patched = dataclasses.replace(bundled_model, reference=ReferenceSpec(traj, ReferenceOptions()))
     h, w = bundled_model.native_size
     ref = cogvideox.decode_video(bundled_model, x0).numpy().reshape(3, -1, h, w, 3)
@@ -115,8 +118,8 @@ def test_colour_edit_with_defaults_keeps_the_structure(bundled_model, source):
     def decoded(z):
         return cogvideox.decode_video(bundled_model, z).numpy().reshape(3, -1, h, w, 3)
 
-    ours = decoded(pipeline.guided_sample(patched, edit, guidance=Guidance(5.0)))
-    bare = decoded(pipeline.sample(bundled_model, edit, traj.noise, 50, guidance=Guidance(5.0)))
+    ours = decoded(pipeline.guided_sample(patched, edit, Guidance(5.0)))
+    bare = decoded(pipeline.sample(bundled_model, edit, traj.noise, 50, Guidance(5.0)))
     assert [synthetic.describe(f)["colour"] for f in ours] == targets
     assert [synthetic.describe(f)["direction"] for f in ours] == [s.direction for s in specs]
     ours_err = np.mean([synthetic.centroid_error(f, r) for f, r in zip(ours, ref)])

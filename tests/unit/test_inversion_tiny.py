@@ -70,7 +70,8 @@ def test_sampler_matches_the_diffusers_pipeline(tiny_folders):
     pipe = CogVideoXPipeline.from_pretrained(tiny_folders["5b"], dtype=torch.float32)
     model = cogvideox.load(tiny_folders["5b"], "fp32")
     noise = torch.randn(1, 2, model.latent_channels, 6, 6, generator=torch.Generator().manual_seed(5))
-    ours = pipeline.sample(model, cogvideox.encode_text(model, "a red circle moving right", "blue"), noise, 6, guidance=Guidance(4.0))
+    ours = pipeline.sample(model, cogvideox.encode_text(model, "a red circle moving right", "blue"), noise, 6,
+                           Guidance(4.0))
     theirs = pipe(prompt="a red circle moving right", negative_prompt="blue", num_frames=5, height=48, width=48,
                   num_inference_steps=6, guidance_scale=4.0, latents=noise.clone(), output_type="latent",
                   max_sequence_length=model.max_text_length).frames
@@ -126,8 +127,8 @@ def test_two_runs_identical_and_model_untouched(inverted):
     before = dict(model.transformer.attn_processors)
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(text=False)))
     edit = cogvideox.encode_text(model, "a red circle moving right")
-    a = pipeline.guided_sample(patched, edit, guidance=Guidance(2.0))
-    b = pipeline.guided_sample(patched, edit, guidance=Guidance(2.0))
+    a = pipeline.guided_sample(patched, edit, Guidance(2.0))
+    b = pipeline.guided_sample(patched, edit, Guidance(2.0))
     assert torch.equal(a, b)
     assert model.reference is None
     assert all(model.transformer.attn_processors[k] is v for k, v in before.items())
@@ -171,7 +172,7 @@ def test_reference_pass_once_per_step_shared_by_cfg_rows(inverted):
     try:
         opts = ReferenceOptions(start=0.0, end=0.5)
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        pipeline.guided_sample(patched, cond, guidance=Guidance(3.0))
+        pipeline.guided_sample(patched, cond, Guidance(3.0))
     finally:
         handle.remove()
     active = len(opts.active_steps(STEPS))
@@ -209,8 +210,8 @@ def inverted_cfg(tiny64):
     model = tiny64("5b")
     cond = cogvideox.encode_text(model, "a green square moving left", "a blue circle")
     x0 = source(model, 3)
-    traj = pipeline.invert(model, cond, x0, STEPS, guidance=Guidance(CFG), settings=Solver(iters=30, tol=0), dtype="fp32")
-    plain = pipeline.sample(model, cond, traj.noise.double(), STEPS, guidance=Guidance(CFG))
+    traj = pipeline.invert(model, cond, x0, STEPS, Guidance(CFG), Solver(iters=30, tol=0), dtype="fp32")
+    plain = pipeline.sample(model, cond, traj.noise.double(), STEPS, Guidance(CFG))
     assert rel(plain, x0) < 1e-5, rel(plain, x0)
     return model, cond, traj, plain
 
@@ -224,7 +225,7 @@ def test_guided_reconstruction_under_cfg(inverted_cfg, opts):
     made with the conditioning that row had at inversion)."""
     model, cond, traj, plain = inverted_cfg
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-    guided = pipeline.guided_sample(patched, cond, guidance=Guidance(CFG))
+    guided = pipeline.guided_sample(patched, cond, Guidance(CFG))
     assert rel(guided, plain) < 1e-6, rel(guided, plain)
 
 
@@ -234,7 +235,7 @@ def test_a_shared_reference_row_breaks_reconstruction_under_cfg(inverted_cfg, mo
     model, cond, traj, plain = inverted_cfg
     monkeypatch.setattr(pipeline.attention, "reference_per_cfg_row", lambda *a: False)
     patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions()))
-    assert rel(pipeline.guided_sample(patched, cond, guidance=Guidance(CFG)), plain) > 1e-4
+    assert rel(pipeline.guided_sample(patched, cond, Guidance(CFG)), plain) > 1e-4
 
 
 @pytest.mark.parametrize("rows,ref_rows", [("all", 2), ("conditional", 1)])
@@ -247,8 +248,8 @@ def test_reference_rows_for_a_cfg_trajectory(inverted_cfg, rows, ref_rows):
         lambda mod, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
     try:
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(rows=rows)))
-        pipeline.guided_sample(patched, cond, guidance=Guidance(CFG))
-        pipeline.guided_sample(patched, cond, guidance=Guidance(1.0))
+        pipeline.guided_sample(patched, cond, Guidance(CFG))
+        pipeline.guided_sample(patched, cond, Guidance(1.0))
     finally:
         handle.remove()
     # with CFG: a reference pass of ref_rows and a sample pass of 2 rows per step; without: 1 and 1

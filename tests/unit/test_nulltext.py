@@ -15,7 +15,7 @@ def setup(tiny_folders):
     model = cogvideox.load(tiny_folders["5b"], "fp32")
     cond = cogvideox.encode_text(model, "a red circle moving right", "a blue square moving up")
     x0 = torch.randn(1, 2, model.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
-    traj = pipeline.invert(model, cond, x0, STEPS, guidance=Guidance(1.0), settings=Solver(iters=10, tol=0))
+    traj = pipeline.invert(model, cond, x0, STEPS, Guidance(1.0), Solver(iters=10, tol=0))
     return model, cond, x0, traj
 
 
@@ -35,9 +35,10 @@ def test_negative_modes(setup):
 
 def test_negative_prompt_inversion_reconstructs_under_cfg(setup):
     model, cond, x0, traj = setup
-    plain_cfg = pipeline.sample(model, cond, traj.noise, STEPS, guidance=Guidance(6.0))
-    npi = pipeline.sample(model, cond, traj.noise, STEPS, guidance=Guidance(6.0), negative=nulltext.negative_for("source prompt", traj))
-    g1 = pipeline.sample(model, cond, traj.noise, STEPS, guidance=Guidance(1.0))
+    plain_cfg = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(6.0))
+    npi = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(6.0),
+                          negative=nulltext.negative_for("source prompt", traj))
+    g1 = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(1.0))
     assert rel(npi, g1) < 1e-5 and rel(npi, x0) < 1e-4
     assert rel(plain_cfg, x0) > 100 * rel(npi, x0)
 
@@ -48,8 +49,9 @@ def test_null_text_inversion_beats_plain_cfg(setup):
     nt = nulltext.null_text_inversion(model, traj, 6.0, iters=30, lr=0.05, tol=0, checkpoint=True)
     assert model.transformer.gradient_checkpointing == before
     assert nt.null_embeds.shape == (STEPS, 1, *traj.embeds.shape[1:])
-    plain = pipeline.sample(model, cond, traj.noise, STEPS, guidance=Guidance(6.0))
-    fixed = pipeline.sample(model, cond, traj.noise, STEPS, guidance=Guidance(6.0), negative=nulltext.negative_for("null-text", nt))
+    plain = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(6.0))
+    fixed = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(6.0),
+                            negative=nulltext.negative_for("null-text", nt))
     assert rel(fixed, x0) * 10 <= rel(plain, x0), (rel(fixed, x0), rel(plain, x0))
     assert len(nt.extra["null_text"]["losses"]) == STEPS
 
@@ -58,7 +60,7 @@ def test_null_text_refuses_bad_inputs(setup):
     model, cond, x0, traj = setup
     with pytest.raises(errors.InputError, match="guidance > 1"):
         nulltext.null_text_inversion(model, traj, 1.0)
-    cfg_traj = pipeline.invert(model, cond, x0, STEPS, guidance=Guidance(3.0), settings=Solver(iters=1))
+    cfg_traj = pipeline.invert(model, cond, x0, STEPS, Guidance(3.0), Solver(iters=1))
     with pytest.raises(errors.InputError, match="pivots on a guidance-1 inversion"):
         nulltext.null_text_inversion(model, cfg_traj, 6.0)
 

@@ -44,8 +44,8 @@ def runs(model64):
     x0 = torch.randn(1, FRAMES, 4, HW, HW, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     out = {}
     for key, steps, lo, hi, iters, tol in [("plain", 14, 1.0, 1.0, 10, 1e-10), ("cfg", 10, 1.0, 3.0, 20, 1e-8)]:
-        traj = pipeline.invert(model64, cond, x0, steps, guidance=Guidance(hi, first=lo), settings=Solver(iters=iters, tol=tol))
-        out[key] = (traj, pipeline.sample(model64, cond, traj.noise, steps, guidance=Guidance(hi, first=lo)), (lo, hi))
+        traj = pipeline.invert(model64, cond, x0, steps, Guidance(hi, first=lo), Solver(iters=iters, tol=tol))
+        out[key] = (traj, pipeline.sample(model64, cond, traj.noise, steps, Guidance(hi, first=lo)), (lo, hi))
     return cond, x0, out
 
 
@@ -78,7 +78,8 @@ def test_invert_save_load_sample_reproduces_the_clean_latent(model64, runs, tmp_
     assert loaded.family == "svd" and loaded.sigmas == traj.sigmas and loaded.conditioning == traj.conditioning
     loaded.check_model(model64)
     loaded.check_grid(model64.scheduler_config)
-    again = pipeline.sample(model64, svd.source_conditioning(loaded), loaded.noise, loaded.steps, guidance=Guidance(hi, first=lo))
+    again = pipeline.sample(model64, svd.source_conditioning(loaded), loaded.noise, loaded.steps,
+                            Guidance(hi, first=lo))
     assert torch.equal(again, back)
 
 
@@ -94,7 +95,7 @@ def test_guided_sample_with_the_source_reconstructs(model64, runs, key, options)
     any setting gives the plain reconstruction (to the fp32 storage of the trajectory)."""
     cond, x0, out = runs
     traj, plain, (lo, hi) = out[key]
-    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, options), None, guidance=Guidance(hi, first=lo))
+    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, options), None, Guidance(hi, first=lo))
     assert rel(guided, plain) <= 1e-7, rel(guided, plain)  # measured 2e-9 .. 1.3e-8
     assert rel(guided, x0) <= 2 * rel(plain, x0) + 1e-8
 
@@ -105,7 +106,8 @@ def test_a_shared_reference_row_breaks_reconstruction_under_cfg(model64, runs, m
     cond, x0, out = runs
     traj, plain, (lo, hi) = out["cfg"]
     monkeypatch.setattr(pipeline.attention, "reference_per_cfg_row", lambda *a: False)
-    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=2.0)), None, guidance=Guidance(hi, first=lo))
+    guided = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=2.0)), None,
+                                    Guidance(hi, first=lo))
     assert rel(guided, plain) > 1e-5, rel(guided, plain)
 
 
@@ -117,7 +119,8 @@ def test_guided_sample_with_another_first_frame(model64, runs):
     unguided = pipeline.sample(model64, edit, traj.noise, traj.steps)
     assert rel(guided, x0) > 1e-2 and rel(guided, unguided) > 1e-3  # the edit and the reference both act
     assert rel(guided, x0) < rel(unguided, x0)  # the reference pulls towards the source
-    fresh = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), edit, start="fresh", seed=1)
+    fresh = pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), edit,
+                                   start="fresh", seed=1)
     assert fresh.shape == x0.shape and torch.isfinite(fresh).all()
 
 
@@ -183,7 +186,8 @@ def cogvideox_trajectory(steps=3):
 
 def test_trajectories_of_the_other_family_are_refused(model64, runs):
     with pytest.raises(errors.InputError, match="CogVideoX trajectory.*given to a Stable Video Diffusion"):
-        pipeline.guided_sample(pipeline.with_reference(model64, cogvideox_trajectory(), ReferenceOptions(weight=1.0)), None)
+        pipeline.guided_sample(pipeline.with_reference(model64, cogvideox_trajectory(), ReferenceOptions(weight=1.0)),
+                               None)
     # and an SVD trajectory on the CogVideoX path (what its nodes call before sampling)
     traj = runs[2]["plain"][0]
     cog = dataclasses.replace(model64, family="cogvideox", name="tiny-cogvideox")
@@ -198,7 +202,8 @@ def test_trajectories_of_the_other_family_are_refused(model64, runs):
 def test_trajectory_from_another_model_or_grid_is_refused(model64, runs):
     traj = runs[2]["plain"][0]
     with pytest.raises(errors.InputError, match="fingerprint"):
-        pipeline.guided_sample(pipeline.with_reference(dataclasses.replace(model64, fingerprint="0" * 16, name="other"), traj, ReferenceOptions(weight=1.0)), None)
+        other = dataclasses.replace(model64, fingerprint="0" * 16, name="other")
+        pipeline.guided_sample(pipeline.with_reference(other, traj, ReferenceOptions(weight=1.0)), None)
     shifted = dataclasses.replace(model64, scheduler_config=dict(model64.scheduler_config, sigma_max=80.0))
     with pytest.raises(errors.InputError, match="changed settings: sigma_max 700.0 -> 80.0"):
         pipeline.guided_sample(pipeline.with_reference(shifted, traj, ReferenceOptions(weight=1.0)), None)
@@ -224,18 +229,22 @@ def test_bad_inputs_are_refused_before_any_model_call(model64, runs):
         with pytest.raises(errors.InputError, match="trajectory dtype"):
             pipeline.invert(model64, cond, x0, 4, dtype="fp64")
         with pytest.raises(errors.InputError, match="guidance"):
-            pipeline.sample(model64, cond, x0, 4, guidance=Guidance(float("nan"), first=1.0))
+            pipeline.sample(model64, cond, x0, 4, Guidance(float("nan"), first=1.0))
         traj = out["plain"][0]
         with pytest.raises(errors.InputError, match="'text' does not apply to Stable Video Diffusion"):
             pipeline.guided_sample(pipeline.with_reference(model64, traj, attention.ReferenceOptions(text=True)), None)
         with pytest.raises(errors.InputError, match="reference_text 'edit' does not apply"):
-            pipeline.guided_sample(pipeline.with_reference(model64, traj, attention.ReferenceOptions(reference_text="edit")), None)
+            pipeline.guided_sample(pipeline.with_reference(model64, traj,
+                                                           attention.ReferenceOptions(reference_text="edit")), None)
         with pytest.raises(errors.InputError, match="outside 0..6"):
-            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(blocks="7", weight=1.0)), None)
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(blocks="7", weight=1.0)),
+                                   None)
         with pytest.raises(errors.InputError, match="step window"):
-            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(start=0.9, end=0.1, weight=1.0)), None)
+            pipeline.guided_sample(pipeline.with_reference(model64, traj,
+                                                           ReferenceOptions(start=0.9, end=0.1, weight=1.0)), None)
         with pytest.raises(errors.InputError, match="'inverted' or 'fresh'"):
-            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), None, start="noise")
+            pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), None,
+                                   start="noise")
         big = svd.encode_image(model64, torch.rand(1, 12, 12, 3))
         with pytest.raises(errors.InputError, match="first frame is 12x12 pixels, the video 8x8"):
             pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), big)
