@@ -1,7 +1,8 @@
 """ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
 from . import host
 from .common import guard
-from .cogvideox_nodes import DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion
+from .cogvideox_nodes import (DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion,
+                              PromptTuningInversion)
 from .pipeline_nodes import GuidedSample, ReferenceAttention
 from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
 from .trajectory_nodes import LoadTrajectory, SaveTrajectory
@@ -21,6 +22,7 @@ NODES = {
     "VInvReferenceAttention": (ReferenceAttention, "Reference Attention"),
     "VInvGuidedSample": (GuidedSample, "Guided Sample"),
     "VInvNullTextInversion": (NullTextInversion, "Null-Text Inversion"),
+    "VInvPromptTuningInversion": (PromptTuningInversion, "Prompt-Tuning Inversion"),
     "VInvSaveTrajectory": (SaveTrajectory, "Save Trajectory"),
     "VInvLoadTrajectory": (LoadTrajectory, "Load Trajectory"),
     "VInvLoadSVD": (LoadSVD, "Load SVD Model"),

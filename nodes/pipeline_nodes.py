@@ -25,6 +25,11 @@ NEGATIVE = (list(nulltext.NEGATIVE_MODES), {
     "tooltip": "The unconditional branch of CFG: the conditioning's own negative prompt; the trajectory's source "
                "prompt (negative-prompt inversion: CFG reconstruction without optimisation); or the trajectory's "
                "null-text embeddings (run Null-Text Inversion first, with the same guidance)."})
+TUNED_ETA = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                       "tooltip": "Prompt tuning: the prompt's embedding is (1 - eta) x the trajectory's tuned "
+                                  "embedding + eta x this conditioning's. 1 = the plain prompt (no effect); 0 = the "
+                                  "tuned embedding (reconstructs at the guidance it was learned at). Below 1 needs a "
+                                  "trajectory from Prompt-Tuning Inversion."})
 START = (["inverted", "fresh"], {"default": "inverted",
                                  "tooltip": "Start from the trajectory's inverted noise, or from fresh noise (the "
                                             "published recipe)."})
@@ -71,21 +76,23 @@ def run_invert(model, conditioning, latent: dict, steps: int, guidance: Guidance
 
 
 def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidance: Guidance,
-               negative: str = "conditioning", trajectory=None) -> tuple:
+               negative: str = "conditioning", trajectory=None, tuned_eta: float = 1.0) -> tuple:
     """The body of every plain Sample node: the step count checked against the noise's trajectory."""
     samples, image_latents, pad = latent_parts(latent)
     if trajectory is not None:
         trajectory.check_model(model)
     check_steps(node, steps, latent, trajectory)
     neg = nulltext.negative_for(negative, trajectory)
+    pos = nulltext.positive_for(trajectory, conditioning, tuned_eta)
     progress = host.Progress(steps, latent_preview(model))
-    out = pipeline.sample(model, conditioning, samples, steps, guidance, image_latents, neg, hooks=progress)
+    out = pipeline.sample(model, conditioning, samples, steps, guidance, image_latents, neg, hooks=progress,
+                          positive=pos)
     host.free_memory()
     return (latent_value(out, model, image_latents, pad),)
 
 
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
-               first_frame=None) -> dict:
+               first_frame=None, tuned_eta: float = 1.0) -> dict:
     """The body of every Guided Sample node; the panel shows the injection window."""
     spec = model.reference
     if spec is None:
@@ -96,10 +103,14 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     if negative != "conditioning" and not fam.text_conditioned:
         raise errors.InputError(f"negative {negative!r} needs text embeddings; {fam.display_name}'s unconditional "
                                 "branch is not a prompt", "Set negative to 'conditioning' for this model.")
+    if tuned_eta != 1.0 and not fam.text_conditioned:
+        raise errors.InputError(f"tuned_eta {tuned_eta:g} needs prompt-tuned text embeddings; "
+                                f"{fam.display_name} is not conditioned on a prompt", "Set tuned_eta to 1.")
     neg = nulltext.negative_for(negative, traj)
+    pos = nulltext.positive_for(traj, conditioning, tuned_eta)
     image_latents = fam.first_frame_latents(model, traj, first_frame)
     progress = host.Progress(traj.steps, latent_preview(model))
-    out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress)
+    out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos)
     window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
               "weight": opts.weight}
     host.free_memory()
@@ -175,7 +186,10 @@ class GuidedSample(SampleNode):
         }, "optional": {
             "first_frame": ("IMAGE", {"tooltip": "Image-to-video models only: an edited first frame to condition "
                                                  "the edit on (the source's first frame is used otherwise)."}),
+            "tuned_eta": TUNED_ETA,
         }}
 
-    def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None):
-        return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame)
+    def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
+               tuned_eta=1.0):
+        return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
+                          tuned_eta)

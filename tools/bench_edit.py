@@ -1,7 +1,7 @@
 """Edit benchmark on the bundled model: change the colour or the shape in the prompt, and
 measure the target attribute and how much structure (mask, motion) is kept. One run, one table.
 
-    python tools/bench_edit.py [--videos 8] [--speed-only] [--json results.json]
+    python tools/bench_edit.py [--videos 8] [--speed-only] [--methods NAME ...] [--json results.json]
 
 Each held-out video is inverted with its caption; every method then samples the edited caption
 (colour edits: the next colour; shape edits: the next shape). Metrics on the decoded edit,
@@ -19,6 +19,11 @@ foreground-mask IoU, centroid path error (px). Methods:
   ... + NPI        negative-prompt inversion: the source prompt as the negative of the edit
   ... + null-text  null-text inversion (10 iterations per step, optimised for this guidance;
                    its optimisation time is counted in the row's seconds)
+  ... + PTI eta e  prompt-tuning inversion (10 iterations per step, optimised for this guidance;
+                   its time counted likewise), the edit prompt's embedding interpolated as
+                   (1 - e) tuned + e edit
+`--methods` runs only the named rows (then without the speed runs and the reconstruction rows
+not named).
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
 """
 from __future__ import annotations
@@ -106,32 +111,48 @@ def run(args) -> dict:
     naive = naive_trajectory(model, src, x0, steps)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative)
+        return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive)
 
-    null_text = {}  # guidance -> (trajectory with null-text embeddings, seconds of optimisation)
+    def wanted(name):
+        return not args.methods or name in args.methods
 
-    def with_null_text(g):
-        if g not in null_text:
+    optimised = {}  # (inversion, guidance) -> (trajectory with its embeddings, seconds of optimisation)
+
+    def optimise(invert, g, rows):
+        """Null-text or prompt-tuning inversion at guidance g, once, if one of `rows` is run."""
+        if not any(wanted(name) for name in rows):
+            return exact, 0.0
+        if (invert, g) not in optimised:
             start = time.time()
-            null_text[g] = (nulltext.null_text_inversion(model, exact, g, iters=10), time.time() - start)
-        return null_text[g]
+            optimised[invert, g] = (invert(model, exact, g, iters=10), time.time() - start)
+        return optimised[invert, g]
+
+    def pti_sample(pt, base, edit, g, eta):
+        positive = nulltext.positive_for(pt, edit, eta)
+        if base == "exact":
+            return pipeline.sample(model, edit, pt.noise, steps, guidance=Guidance(g), positive=positive)
+        return guided(pt, ReferenceOptions(), edit, g, positive=positive)
 
     # reconstruction with the source prompt
-    recon_rows = {"exact plain": pipeline.sample(model, src, exact.noise, steps),
-                  "ours default": guided(exact, ReferenceOptions(), src, 1.0),
-                  "published": guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
+    recon_rows = {"exact plain": lambda: pipeline.sample(model, src, exact.noise, steps),
+                  "ours default": lambda: guided(exact, ReferenceOptions(), src, 1.0),
+                  "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
     results["reconstruction"] = reconstruction_rows(
-        recon_rows, x0, recon, lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
+        {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
+        lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
 
     for kind in ("colour", "shape"):
         targets = [edited_spec(s, kind) for s in specs]
         edit = cogvideox.encode_text(model, [t.caption for t in targets])
         for g in args.guidance:
             npi = nulltext.negative_for("source prompt", exact)
-            nt, nt_seconds = with_null_text(g)  # optimised once per guidance, outside the timed rows
-            null = nulltext.negative_for("null-text", nt)
+            # optimised once per guidance, outside the timed rows
+            nt, nt_seconds = optimise(nulltext.null_text_inversion, g, ("exact + null-text", "ours + null-text"))
+            null = nulltext.negative_for("null-text", nt) if nt.null_embeds is not None else None
+            pti_rows = {f"{base} + PTI eta {e:g}": (base, e) for e in args.etas for base in ("exact", "ours default")}
+            pt, pt_seconds = optimise(nulltext.prompt_tuning_inversion, g, pti_rows)
             methods = {
                 "ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(
                     synthetic.render(t))) for t in targets]),
@@ -147,12 +168,17 @@ def run(args) -> dict:
                 "exact + null-text": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g),
                                                              negative=null),
                 "ours + null-text": lambda: guided(nt, ReferenceOptions(), edit, g, negative=null),
+                **{name: (lambda base=base, e=e: pti_sample(pt, base, edit, g, e)) for name, (base, e) in pti_rows.items()},
             }
+            methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),
                              {"edit": kind, "guidance": g},
-                             {name: nt_seconds for name in methods if name.endswith("null-text")})
+                             {**{name: nt_seconds for name in methods if name.endswith("null-text")},
+                              **{name: pt_seconds for name in methods if name in pti_rows}})
             results["tables"].append({"edit": kind, "guidance": g, "rows": rows})
 
+    if args.methods:
+        return results
     # speed and memory: plain vs guided with CFG on, injection everywhere
     edit = cogvideox.encode_text(model, [edited_spec(s, "colour").caption for s in specs])
     timing = time_samplers({
@@ -179,6 +205,10 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--speed-only", action="store_true", help="skip the edit tables (reconstruction and speed only)")
+    p.add_argument("--etas", type=float, nargs="+", default=[0.4, 0.6, 0.8, 0.9, 1.0],
+                   help="tuned_eta values of the prompt-tuning rows")
+    p.add_argument("--methods", nargs="*", default=[], help="only these rows (e.g. 'exact + PTI eta 0.6'); all "
+                   "when empty")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.speed_only:

@@ -16,6 +16,9 @@ source's VAE reconstruction (PSNR). Rows:
   null-text lr (guidance > 1) exact guidance-1 inversion, then null-text optimisation (10 Adam
                iterations per step at learning rate lr), sampled with guidance w and the optimised
                negatives
+  prompt tuning lr  exact guidance-1 inversion, then prompt-tuning inversion at guidance w (10 Adam
+               iterations per step at learning rate lr, tolerance 1e-5), sampled with guidance w and
+               the tuned conditional embeddings (eta 0)
 Model calls per step and seconds sit beside each row; the fresh-noise baseline (sampling from
 random noise) is printed with every table, because the black background dominates the latent.
 """
@@ -58,17 +61,33 @@ def naive_round_trip(model, cond, x0, steps, guidance, counter):
     return x
 
 
+def pivot(model, cond, x0, steps, hooks):
+    """The exact guidance-1 inversion that NPI, null-text and prompt tuning start from."""
+    return pipeline.invert(model, cond, x0, steps, guidance=Guidance(1.0), settings=Solver(iters=10, tol=1e-5),
+                           hooks=hooks)
+
+
 def npi_round_trip(model, cond, x0, steps, guidance, counter, null_lr=None):
     """Negative-prompt (null_lr None) or null-text inversion (10 iterations per step at learning
     rate null_lr) around an exact guidance-1 pivot."""
     hooks = CountingHooks(counter)
-    traj = pipeline.invert(model, cond, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5), hooks=hooks)
+    traj = pivot(model, cond, x0, steps, hooks)
     mode = "source prompt"
     if null_lr is not None:
         traj = nulltext.null_text_inversion(model, traj, guidance, iters=10, lr=null_lr, hooks=hooks)
         mode = "null-text"
     back = pipeline.sample(model, cond, traj.noise, steps, Guidance(guidance),
                            negative=nulltext.negative_for(mode, traj))
+    return back, traj
+
+
+def pti_round_trip(model, cond, x0, steps, guidance, counter, lr):
+    """Prompt-tuning inversion at `guidance` around an exact guidance-1 pivot, sampled back at eta 0."""
+    hooks = CountingHooks(counter)
+    traj = nulltext.prompt_tuning_inversion(model, pivot(model, cond, x0, steps, hooks), guidance, iters=10, lr=lr,
+                                            hooks=hooks)
+    back = pipeline.sample(model, cond, traj.noise, steps, guidance=Guidance(guidance),
+                           positive=nulltext.positive_for(traj, cond, 0.0))
     return back, traj
 
 
@@ -92,6 +111,7 @@ def methods(guidance: float) -> dict:
     if guidance > 1:
         out["NPI"] = npi_round_trip
         out.update({f"null-text lr {lr:g}": (lambda *a, lr=lr: npi_round_trip(*a, null_lr=lr)) for lr in (0.01, 0.05)})
+    out.update({f"prompt tuning lr {lr:g}": (lambda *a, lr=lr: pti_round_trip(*a, lr)) for lr in (0.01, 0.05)})
     return out
 
 

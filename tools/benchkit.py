@@ -67,8 +67,10 @@ def inversion_markdown(result: dict, command: str) -> str:
         for r in tab["rows"]:
             out.append(f"| {r['method']} | {r['rel_err']:.2e} / {r['rel_err_max']:.2e} | {r['psnr_db']:.1f} | "
                        f"{r['calls_per_step']:.2f} | {r['seconds']:.1f} |")
-        default = next(r for r in tab["rows"] if r["method"] == "default")["step_calls"]
-        out += ["", f"`default` spent {default[0]} model calls on the clean-end step (inverted first) and "
+        default = next((r["step_calls"] for r in tab["rows"] if r["method"] == "default"), None)
+        out.append("")
+        if default is not None:  # absent when --methods leaves it out
+            out += [f"`default` spent {default[0]} model calls on the clean-end step (inverted first) and "
                     f"{np.mean(default[1:]):.1f} on average on each of the other {len(default) - 1}.", ""]
     return "\n".join(out)
 
@@ -173,11 +175,13 @@ def edit_markdown(result: dict, command: str, model_line: str = "", source: str 
     """The reconstruction, edit and speed tables of tools/bench_edit.py and tools/bench_svd_edit.py."""
     out = [f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
            f"Model: {result['model']}; {result['videos']} held-out videos, {result['steps']} steps, fp32.{model_line}",
-           "", f"Reconstruction with {source} (guidance 1):", "",
-           "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
-    for name, r in result["reconstruction"].items():
-        out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
-    out.append("")
+           ""]
+    if result["reconstruction"]:  # --methods may leave every row out
+        out += [f"Reconstruction with {source} (guidance 1):", "",
+                "| method | latent rel. error | PSNR vs VAE recon (dB) | centroid error (px) |", "|---|---|---|---|"]
+        for name, r in result["reconstruction"].items():
+            out.append(f"| {name} | {r['rel_err']:.2e} | {r['psnr_db']:.1f} | {r['centroid_err_px']:.2f} |")
+        out.append("")
     for tab in result["tables"]:
         out += [f"**{tab['edit']} {edits}, guidance {guidance_text(tab['guidance'])}**", "",
                 "| method | target hit | direction kept | mask IoU | centroid error (px) | seconds |",
@@ -186,7 +190,9 @@ def edit_markdown(result: dict, command: str, model_line: str = "", source: str 
             out.append(f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
                        f"{r['centroid_err_px']:.2f} | {r['seconds']:.1f} |")
         out.append("")
-    sp = result["speed"]
+    sp = result.get("speed")
+    if sp is None:  # --methods: no speed runs
+        return "\n".join(out) + "\n"
     out += [f"Speed, guidance {guidance_text(sp['guidance'])} (CFG on), median of {sp['repeats']}:", "",
             "| sampler | seconds | × plain | peak memory above start (MB) |", "|---|---|---|---|"]
     for name, r in sp["samplers"].items():

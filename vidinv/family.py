@@ -79,10 +79,12 @@ class Family(Protocol):
         """Refuse the parts of `guidance` this family does not have."""
 
     def denoiser(self, model, cond, guidance: Guidance, grid: Grid, image_latents: torch.Tensor | None = None,
-                 negative: Callable | None = None, attention: Attention | None = None) -> Denoiser:
+                 negative: Callable | None = None, attention: Attention | None = None,
+                 positive: Callable | None = None) -> Denoiser:
         """``denoise(x, i)`` for step i of `grid` with CFG batched into one network call; the same
         callable serves sampling and inversion. `negative(t)`: per-step unconditional embeddings
-        (text families); `attention(i, x)`: a context entered around step i's network call."""
+        (text families); `attention(i, x)`: a context entered around step i's network call;
+        `positive(t)`: per-step conditional embeddings (text families: prompt tuning)."""
 
     # -- trajectories
     def trajectory_fields(self, model, cond, guidance: Guidance, grid: Grid,
@@ -138,6 +140,7 @@ class Family(Protocol):
         """``processors(channel) -> {processor name: processor}`` for those layers (`vidinv.attention.installed`)."""
 
     def reference_call(self, model, traj, grid: Grid, cond, guidance: Guidance, options, per_cfg_row: bool,
-                       negative: Callable | None) -> Callable[[torch.Tensor, int], object]:
+                       negative: Callable | None,
+                       positive: Callable | None = None) -> Callable[[torch.Tensor, int], object]:
         """``call(x_ref, i)``: one reference pass of the trajectory latent at step i through the
         network (one row per video, or one per CFG row when `per_cfg_row`)."""

@@ -86,14 +86,15 @@ def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hook
 @torch.no_grad()
 def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Guidance(),
            image_latents: torch.Tensor | None = None, negative=None, start: int = 0,
-           hooks: Hooks | None = None) -> torch.Tensor:
+           hooks: Hooks | None = None, positive=None) -> torch.Tensor:
     """Deterministic sampling on the model's `steps`-step grid from `noise` (``[B, F, C, H, W]``; the
     latent at step `start`, 0 for noise); returns the clean latent. `negative(t)`: per-step
-    unconditional embeddings (text families: null-text or negative-prompt inversion)."""
+    unconditional embeddings (text families: null-text or negative-prompt inversion); `positive(t)`:
+    per-step conditional embeddings (text families: prompt tuning, `vidinv.nulltext.positive_for`)."""
     hooks = hooks or Hooks()
     fam = checked_family(model, cond, noise, guidance, image_latents)
     grid = fam.grid(model, steps)
-    denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents, negative), hooks)
+    denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents, negative, positive=positive), hooks)
     return run(model, fam, denoise, noise, grid, hooks, start)
 
 
@@ -120,7 +121,8 @@ def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> 
 
 @torch.no_grad()
 def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str = "inverted", seed: int = 0,
-                  negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None) -> torch.Tensor:
+                  negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
+                  positive=None) -> torch.Tensor:
     """Sample the trajectory's grid with a new conditioning while the chosen attention layers also
     attend to the K/V of the trajectory latent at each step, recomputed through the same network with
     the trajectory's source conditioning (`vidinv.attention`). The model must come from
@@ -132,7 +134,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     duplicates of its own keys (DESIGN fact 5). With ``start="inverted"`` and the source conditioning
     this reconstructs as plain sampling does, for any options.
 
-    `cond` None: the trajectory's source conditioning where the family allows it.
+    `cond` None: the trajectory's source conditioning where the family allows it. `negative(t)` /
+    `positive(t)`: per-step embeddings for the CFG branches, as in `sample`.
     `image_latents`: an edited first frame's, for families whose latent carries them (else the
     source's); the reference pass always uses the source's."""
     spec = getattr(model, "reference", None)
@@ -156,7 +159,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
-    reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative), hooks)
+    reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
+                        hooks)
     active = set(opts.active_steps(traj.steps))
     with attention.installed(fam.network(model), fam.reference_processors(model, layers)) as channel:
         per_step = attention.per_step(channel, layers, traj.latent_for_step, reference, opts.weight, opts.rows,
@@ -167,5 +171,5 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
             hooks.before_call()  # then the sample's call
             return ctx
 
-        denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention)
+        denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention, positive)
         return run(model, fam, denoise, noise, grid, hooks)

@@ -23,7 +23,9 @@ family's (`vidinv.family.Family.trajectory_fields`), and the family checks its o
 Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``, written as the
 family's format version (`Family.trajectory_version`): CogVideoX as version 1 (what every earlier
 version of the pack reads and writes), SVD as version 2, so an older pack refuses them instead of
-misreading them.
+misreading them. A file that carries prompt-tuned embeddings (``tuned_embeds``, issue 21) is written
+as version `TUNED_VERSION` (3) whatever its family, so packs from before prompt tuning refuse it
+rather than load it without them; CogVideoX files without them stay version 1.
 Files without a ``family`` are CogVideoX. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
 ignore; files without it get it from their residuals and tolerance, so neither version changes.
@@ -41,7 +43,8 @@ from . import ddim, edm, errors, families, solver
 from .errors import describe_value, is_count, is_number
 
 FORMAT = "vidinv.trajectory"
-VERSION = max(f.trajectory_version for f in families.FAMILIES.values())  # the newest version this pack reads
+TUNED_VERSION = 3  # the version of files that carry tuned_embeds (older packs read up to 2)
+VERSION = max(TUNED_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))  # the newest this pack reads
 STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 
 
@@ -69,6 +72,7 @@ class Trajectory:
     sigmas: list[float] | None = None  # SVD: the Euler grid, noisiest first, T+1 values ending at 0
     conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: its first-frame values (svd.CONDITIONING_KEYS)
     above_tolerance: list[int] | None = None  # inversion steps (cleanest first) above `tolerance`; None: derive
+    tuned_embeds: torch.Tensor | None = None  # [T, 1 or B, L, D] from prompt-tuning inversion, noisiest first
 
     def __post_init__(self):
         if self.above_tolerance is None:
@@ -93,7 +97,8 @@ class Trajectory:
 
     @property
     def size_mb(self) -> float:
-        tensors = [self.latents, self.embeds, self.negative_embeds, self.image_latents, self.null_embeds]
+        tensors = [self.latents, self.embeds, self.negative_embeds, self.image_latents, self.null_embeds,
+                   self.tuned_embeds]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 1e6
 
     @property
@@ -108,7 +113,8 @@ class Trajectory:
             "guidance": self.guidance, "iterations": self.iterations, "tolerance": self.tolerance,
             "residuals": [float(r) for r in self.residuals], "calls": list(self.calls),
             "model": self.model_name, "prompt": self.prompt,
-            "null_text": self.null_embeds is not None, "family": self.family,
+            "null_text": self.null_embeds is not None, "prompt_tuning": self.tuned_embeds is not None,
+            "family": self.family,
             "above_tolerance": [{"step": k + 1, "residual": float(self.residuals[k]), "calls": int(self.calls[k])}
                                 for k in self.above_tolerance],
             "warning": self.tolerance_warning(),
@@ -176,9 +182,9 @@ class Trajectory:
         families.get(self.family).check_trajectory(self, model, refuse)
 
     def check_embeds(self, length: int | None, width: int | None, refuse) -> None:
-        """The conditioning embeddings' (and null-text embeddings') tokens and channels against what
-        the model takes (None: not known, not checked)."""
-        for key in ("embeds", "null_embeds"):
+        """The conditioning embeddings' (and null-text and prompt-tuned embeddings') tokens and
+        channels against what the model takes (None: not known, not checked)."""
+        for key in ("embeds", "null_embeds", "tuned_embeds"):
             t = getattr(self, key)
             if t is None:
                 continue
@@ -210,7 +216,7 @@ class Trajectory:
         path = Path(path)
         tensors = {"latents": self.latents.contiguous(), "embeds": self.embeds.contiguous(),
                    "negative_embeds": self.negative_embeds.contiguous()}
-        for name in ("image_latents", "null_embeds"):
+        for name in OPTIONAL_TENSORS:
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name).contiguous()
         meta = {k: getattr(self, k) for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
@@ -221,7 +227,8 @@ class Trajectory:
             meta["sigmas"] = self.sigmas
         if self.conditioning:
             meta["conditioning"] = self.conditioning
-        meta.update(format=FORMAT, version=families.get(self.family).trajectory_version)
+        version = families.get(self.family).trajectory_version
+        meta.update(format=FORMAT, version=version if self.tuned_embeds is None else max(version, TUNED_VERSION))
         try:  # what load() would refuse is never written (a NaN, a wrong type)
             check_fields(json.loads(json.dumps(meta)), path.name)
             read_tensors(tensors, path.name)
@@ -261,7 +268,7 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
                         None),  # None: derived from the residuals (files written before the key)
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
-OPTIONAL_TENSORS = ("image_latents", "null_embeds")
+OPTIONAL_TENSORS = ("image_latents", "null_embeds", "tuned_embeds")
 
 
 def read_metadata(raw: str, name: str) -> dict:
@@ -378,6 +385,14 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if nulls is not None and (nulls.dim() != 4 or nulls.shape[2:] != traj.embeds.shape[1:]):
         refuse(f"null_embeds must be [T, 1, L, D] = [{steps}, 1, {', '.join(map(str, traj.embeds.shape[1:]))}], got "
                f"{tuple(nulls.shape)}", "Run null-text inversion again.")
+    tuned = traj.tuned_embeds
+    if tuned is not None and (tuned.dim() != 4 or tuned.shape[0] != steps or tuned.shape[1] not in (1, lat.shape[1])
+                              or tuned.shape[2:] != traj.embeds.shape[1:]):
+        refuse(f"tuned_embeds must be [T, 1 or B, L, D] = [{steps}, 1 or {lat.shape[1]}, "
+               f"{', '.join(map(str, traj.embeds.shape[1:]))}], got {tuple(tuned.shape)}",
+               "Run prompt-tuning inversion again.")
+    if tuned is not None and not families.get(traj.family).text_conditioned:
+        refuse(f"a {families.display_name(traj.family)} trajectory carries no prompt-tuned embeddings")
     for key in ("residuals", "calls"):
         if len(getattr(traj, key)) != steps:
             refuse(f"{len(getattr(traj, key))} {key} for {steps} steps (one per step)")

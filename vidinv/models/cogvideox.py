@@ -351,15 +351,18 @@ def guidance_scale_at(guidance: float, dynamic: bool, t: int, steps: int) -> flo
 
 
 def cfg_rows(cond: Conditioning, guidance: float, dynamic: bool, batch: int,
-             negative: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+             negative: torch.Tensor | None = None, positive: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """Text rows of one model call: [negative x B, positive x B] under CFG, else positive x B.
     `negative` overrides the conditioning's own negative embedding (null-text and
-    negative-prompt inversion use this)."""
+    negative-prompt inversion use this), `positive` its prompt embedding (prompt tuning)."""
     use_cfg = guidance > 1.0  # as the diffusers pipelines: dynamic CFG only reshapes an active guidance
     if cond.embeds.shape[0] not in (1, batch):
         raise errors.InputError(f"{cond.embeds.shape[0]} prompts for a batch of {batch} latents",
                                 "Give one prompt, or one per video.")
-    pos = cond.embeds.expand(batch, -1, -1)
+    if positive is not None and positive.shape[0] not in (1, batch):
+        raise errors.InputError(f"{positive.shape[0]} prompt-tuned embeddings for a batch of {batch} latents",
+                                "Sample the batch the prompt tuning was run on.")
+    pos = (cond.embeds if positive is None else positive).expand(batch, -1, -1)
     if not use_cfg:
         return pos, False
     neg = (cond.negative_embeds if negative is None else negative)
@@ -403,12 +406,14 @@ def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, d
                   steps: int = 50, image_latents: torch.Tensor | None = None,
                   negative: Callable[[int], torch.Tensor] | None = None,
                   attention: Callable[[int, torch.Tensor], ContextManager | None] | None = None,
+                  positive: Callable[[int], torch.Tensor] | None = None,
                   ) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``denoise(x, t)`` for the samplers: batches the CFG rows into one transformer call and
     combines them ``u + s (c - u)``; the same callable serves sampling and inversion, so
     guidance is identical in both directions. Inputs and outputs are float32 on the CPU.
 
-    `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion).
+    `negative(t)` may supply a per-timestep unconditional embedding (null-text inversion),
+    `positive(t)` a per-timestep conditional one (prompt tuning; it overrides ``cond.embeds``).
     `attention(t, x)` may return a context manager entered around this step's transformer call
     (how `vidinv.attention` hands per-call state to its processors)."""
     check_guidance(guidance)
@@ -416,7 +421,8 @@ def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, d
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         b = x.shape[0]
         scale = guidance_scale_at(guidance, dynamic_cfg, t, steps)
-        text, use_cfg = cfg_rows(cond, guidance, dynamic_cfg, b, None if negative is None else negative(t))
+        text, use_cfg = cfg_rows(cond, guidance, dynamic_cfg, b, None if negative is None else negative(t),
+                                 None if positive is None else positive(t))
         rows = torch.cat([x, x]) if use_cfg else x
         ctx = attention(t, x) if attention is not None else None
         with ctx or contextlib.nullcontext():
@@ -516,10 +522,11 @@ class CogVideoXFamily:
             raise errors.InputError(f"first-frame guidance {guidance.first} is Stable Video Diffusion's frame-wise "
                                     "guidance; CogVideoX takes one scale", "Give one guidance scale.")
 
-    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None):
+    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):
         index = {t: i for i, t in enumerate(grid.timesteps)}
         by_t = None if attention is None else (lambda t, x: attention(index[int(t)], x))
-        den = make_denoiser(model, cond, guidance.scale, guidance.dynamic, grid.steps, image_latents, negative, by_t)
+        den = make_denoiser(model, cond, guidance.scale, guidance.dynamic, grid.steps, image_latents, negative, by_t,
+                            positive)
         return solver.at(den, grid.timesteps)
 
     # -- trajectories
@@ -614,7 +621,7 @@ class CogVideoXFamily:
     def reference_processors(self, model, layers):
         return cogvideox_attention.processors(model.transformer, layers)
 
-    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative):
+    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same transformer with the source
         prompt, one row per video, or, with `per_cfg_row`, the source's negative and the source prompt
         (the rows' order of the sample call: [negative x B, positive x B]); with reference_text
@@ -626,7 +633,8 @@ class CogVideoXFamily:
                 if per_cfg_row:
                     text = torch.cat([traj.negative_embeds.expand(b, -1, -1), text])
             else:
-                text, _ = cfg_rows(cond, guidance.scale, guidance.dynamic, b, None if negative is None else negative(t))
+                text, _ = cfg_rows(cond, guidance.scale, guidance.dynamic, b, None if negative is None else negative(t),
+                                   None if positive is None else positive(t))
             return transformer_call(model, ref.repeat(text.shape[0] // b, 1, 1, 1, 1), text, t, traj.image_latents)
         return call
 

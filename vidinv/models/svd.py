@@ -523,10 +523,13 @@ class SVDFamily:
                                     "frame-wise min/max guidance.")
         check_guidance(guidance.first_scale, guidance.scale)
 
-    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None):
+    def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):
         if negative is not None:
             raise errors.InputError("SVD's unconditional branch is a zero image conditioning; it takes no negative",
                                     "Set negative to 'conditioning' for SVD.")
+        if positive is not None:
+            raise errors.InputError("SVD is conditioned on an image, not a prompt: it takes no prompt-tuned embeddings",
+                                    "Set tuned_eta to 1 for SVD.")
         return make_denoiser(model, cond, grid, guidance.first_scale, guidance.scale, attention)
 
     # -- trajectories
@@ -650,7 +653,7 @@ class SVDFamily:
     def reference_processors(self, model, layers):
         return svd_attention.processors(layers)
 
-    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative):
+    def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same UNet with the source's first
         frame, without guidance (one row per video), or with the inversion's guidance when
         `per_cfg_row` (its unconditional row: zero image conditioning)."""
