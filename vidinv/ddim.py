@@ -142,11 +142,6 @@ def sampler_grid(schedule: Schedule, steps: int) -> solver.Grid:
     return solver.Grid("ddim", tuple(points), tuple(timesteps(schedule, steps)), schedule.prediction_type)
 
 
-def check_invertible(schedule: Schedule, steps: int) -> None:
-    """Refuse a grid with a step no noise maps back from (`vidinv.solver.check_invertible`)."""
-    solver.check_invertible(sampler_grid(schedule, steps))
-
-
 def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,
            callback: Callable[[dict], None] | None = None, start: int = 0) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0) from noise `x` at the first grid point, with a denoiser

@@ -47,7 +47,8 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
     guidance as sampling will use (the round trip stays exact under CFG).
 
     At most ``1 + settings.iters`` model calls per step on average, pooled across steps with a
-    tolerance (`vidinv.solver.step_budget`). `image_latents`: conditioning that rides with the latent
+    tolerance (`vidinv.solver.step_budget`); a grid with a step that cannot be inverted is refused
+    before any model call (`vidinv.solver.invert`). `image_latents`: conditioning that rides with the latent
     (an image-to-video family's, where it has one); `pad_frames`: frames the VAE Encode node padded
     (kept with the trajectory)."""
     hooks = hooks or Hooks()
@@ -55,7 +56,6 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
     settings = settings.resolved(guidance.uses_cfg)
     storage = check_dtype(dtype)
     grid = fam.grid(model, steps)
-    solver.check_invertible(grid)  # before any model call
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
 
     def after(info):
