@@ -7,6 +7,7 @@ from .pipeline_nodes import GuidedSample, ReferenceAttention
 from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
 from .trajectory_nodes import LoadTrajectory, SaveTrajectory
 from .vae_nodes import VAEDecodeVideo, VAEEncodeVideo
+from .wan_nodes import LoadWan, WanEncodeText, WanInvert, WanSample
 
 host.register_model_folders()
 host.install_sample_media()
@@ -30,6 +31,10 @@ NODES = {
     "VInvSVDInvert": (SVDInvert, "Euler Invert (SVD, exact)"),
     "VInvSVDSample": (SVDSample, "Euler Sample (SVD)"),
     "VInvSVDGuidedSample": (SVDGuidedSample, "Guided Sample (SVD)"),
+    "VInvLoadWan": (LoadWan, "Load Wan Model"),
+    "VInvWanEncodeText": (WanEncodeText, "Encode Text (Wan)"),
+    "VInvWanInvert": (WanInvert, "Flow Invert (Wan, exact)"),
+    "VInvWanSample": (WanSample, "Flow Sample (Wan)"),
 }
 NODE_CLASS_MAPPINGS = {key: guard(cls, name) for key, (cls, name) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

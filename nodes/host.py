@@ -24,18 +24,20 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = {"tiny-cogvideox (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox",
                   "tiny-cogvideox-i2v (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox-i2v"}
 BUNDLED_SVD_MODELS = {"tiny-svd (bundled)": PACK_ROOT / "assets" / "tiny-svd"}
+BUNDLED_WAN_MODELS = {"tiny-wan (bundled)": PACK_ROOT / "assets" / "tiny-wan"}
 MODEL_FOLDER_KINDS = ("CogVideo", "diffusers")
 SVD_FOLDER_KINDS = ("SVD", "diffusers")
+WAN_FOLDER_KINDS = ("Wan", "diffusers")
 _FALLBACK_DIRS = {"input": Path(os.environ.get("VIDINV_INPUT_DIR", Path.cwd() / "input")),
                   "output": Path(os.environ.get("VIDINV_OUTPUT_DIR", Path.cwd() / "output")),
                   "models": Path(os.environ.get("VIDINV_MODELS_DIR", Path.cwd() / "models"))}
 
 
 def register_model_folders() -> None:
-    """models/CogVideo (the convention of the most used CogVideoX pack), models/SVD and
+    """models/CogVideo (the convention of the most used CogVideoX pack), models/SVD, models/Wan and
     models/diffusers."""
     if IN_COMFY:
-        for kind in dict.fromkeys(MODEL_FOLDER_KINDS + SVD_FOLDER_KINDS):
+        for kind in dict.fromkeys(MODEL_FOLDER_KINDS + SVD_FOLDER_KINDS + WAN_FOLDER_KINDS):
             _fp.add_model_folder_path(kind, os.path.join(_fp.models_dir, kind))
 
 
@@ -57,7 +59,8 @@ def install_sample_media() -> None:
 
 
 def model_roots(kinds: tuple[str, ...] = MODEL_FOLDER_KINDS) -> list[Path]:
-    """The folders of the given model folder kinds (CogVideoX's by default; SVD_FOLDER_KINDS for SVD)."""
+    """The folders of the given model folder kinds (CogVideoX's by default; SVD_FOLDER_KINDS for SVD,
+    WAN_FOLDER_KINDS for Wan)."""
     if IN_COMFY:
         roots = []
         for kind in kinds:

@@ -132,7 +132,8 @@ class ReferenceAttention:
         d = attention.ReferenceOptions()
         return {"required": {
             "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
-            "trajectory": (TRAJECTORY, {"tooltip": "From DDIM Invert or Load Trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "From an Invert node (DDIM, Euler (SVD), Flow (Wan)) or Load "
+                                                    "Trajectory."}),
             "blocks": ("STRING", {"default": d.blocks,
                                   "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
             "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -144,7 +145,9 @@ class ReferenceAttention:
                                             "0 = off, more = stronger pull to the source."}),
             "reference_text": ("BOOLEAN", {"default": d.text,
                                            "tooltip": "Also attend to the reference's text tokens (the source "
-                                                      "prompt). Off keeps the text's share of attention."}),
+                                                      "prompt). Off keeps the text's share of attention. "
+                                                      "CogVideoX only (SVD and Wan self-attention holds "
+                                                      "image tokens only)."}),
             "rows": (list(attention.ROWS), {"default": d.rows,
                                             "tooltip": "Inject into all CFG rows, or only the conditional one "
                                                        "(keeps CFG reconstruction exact)."}),
@@ -157,7 +160,7 @@ class ReferenceAttention:
             "temporal": ("BOOLEAN", {"default": d.temporal,
                                      "tooltip": "Stable Video Diffusion only: also inject into the temporal "
                                                 "self-attention paired with each chosen block (blocks count SVD's "
-                                                "spatial transformer blocks). CogVideoX: leave off."}),
+                                                "spatial transformer blocks). CogVideoX and Wan: leave off."}),
         }}
 
     def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning,

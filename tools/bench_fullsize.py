@@ -1,9 +1,10 @@
-"""Full-size CogVideoX timings: seconds per step of plain vs guided sampling, and peak memory.
+"""Full-size CogVideoX and Wan timings: seconds per step of plain vs guided sampling, and peak memory.
 
 Random-weight transformers with the CogVideoX-2B and -5B architectures (tests/fullsize_models.py;
 the configs are the public ones: 30 blocks x 30 heads, absolute positions; 42 blocks x 48 heads,
 3-D RoPE; 64-dim heads, 226 text tokens of 4096) sample a 49-frame 720x480 latent through the
-pack's own samplers, CFG on. Weights do not change the cost, so random ones measure what trained
+pack's own samplers, CFG on; ``--archs wan-1.3b wan-14b --frames 81 --width 832`` does the same for
+the Wan 2.1 T2V architectures (30 blocks x 12 heads, 40 x 40; 128-dim heads, 512 text tokens). Weights do not change the cost, so random ones measure what trained
 ones would. Meant for a GPU machine:
 
     python tools/bench_fullsize.py --device cuda --json fullsize.json
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fullsize_models import ARCHS, build, inputs, samplers, step_flops  # noqa: E402
+from tests.fullsize_models import ARCHS, WAN_ARCHS, build, inputs, samplers, step_flops  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv import attention, pipeline  # noqa: E402
 
@@ -68,7 +69,7 @@ def measure(fn, device) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=[*ARCHS, *WAN_ARCHS])
     ap.add_argument("--frames", type=int, default=49)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=720)
@@ -97,7 +98,9 @@ def main(argv=None) -> int:
         model = build(arch, dev, dtype, args.smoke)
         weights = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
         edit, traj = inputs(model, args.frames, args.height, args.width, args.steps)
-        tokens = traj.latents.shape[2] * traj.latents.shape[4] * traj.latents.shape[5] // model.patch_size ** 2
+        p = model.patch_size
+        pt, ph, pw = (1, p, p) if isinstance(p, int) else p  # CogVideoX: one spatial size; Wan: (t, h, w)
+        tokens = traj.latents.shape[2] // pt * (traj.latents.shape[4] // ph) * (traj.latents.shape[5] // pw)
         if args.flops:
             flops = step_flops(model, edit, traj, args.guidance)
             print(f"\n## {model.name}: {tokens} image tokens per row\n")

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidinv import synthetic
+from vidinv import families, synthetic
 from vidinv.hooks import Hooks
-from vidinv.models import cogvideox
 
 
 def encode_heldout(model, count: int):
     specs = synthetic.heldout_specs(count)
-    x0 = torch.cat([cogvideox.encode_video(model, torch.from_numpy(synthetic.render(s))) for s in specs])
+    encode = families.of(model).encode_video
+    x0 = torch.cat([encode(model, torch.from_numpy(synthetic.render(s))) for s in specs])
     return specs, x0
 
 

@@ -224,14 +224,14 @@ def encode_decode(pack) -> Workflow:
     return wf
 
 
-def text_section(wf: Workflow, model: int, x, y, prompt: str, title: str) -> int:
-    node = wf.add("VInvEncodeText", (x, y), {"prompt": prompt, "negative_prompt": ""}, title=title, size=(340, 200))
+def text_section(wf: Workflow, model: int, x, y, prompt: str, title: str, node_type: str = "VInvEncodeText") -> int:
+    node = wf.add(node_type, (x, y), {"prompt": prompt, "negative_prompt": ""}, title=title, size=(340, 200))
     wf.connect(model, "model", node, "model")
     return node
 
 
-def invert_section(wf: Workflow, model: int, cond: int, enc: int, x, y) -> int:
-    inv = wf.add("VInvDDIMInvert", (x, y), size=(340, 420))
+def invert_section(wf: Workflow, model: int, cond: int, enc: int, x, y, node_type: str = "VInvDDIMInvert") -> int:
+    inv = wf.add(node_type, (x, y), size=(340, 420))
     wf.connect(model, "model", inv, "model")
     wf.connect(cond, "conditioning", inv, "conditioning")
     wf.connect(enc, "latent", inv, "latent")
@@ -251,6 +251,18 @@ INVERT_NOTE = ("DDIM Invert (exact): 'steps' is the DDIM grid (sample with the s
                "once the step's residual is below it; 'solver' anderson converges where plain iteration "
                "stalls; 'trajectory_dtype' fp16/bf16 halves the memory of the stored latents. The node plots "
                "the residual of every step.")
+
+
+WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the model's shifted sigmas (sample "
+                   "with the same number); 'guidance' is applied identically when inverting and sampling, so the "
+                   "round trip stays exact (1 = off); 'iterations' refine each inverse step x_i = x_next - "
+                   "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
+                   "once the step's residual is below it. The node plots the residual of every step.")
+# the node types of each family's edit workflow: loader, text encoder, invert, plain sample, and the notes
+COGVIDEOX_EDIT = {"loader": "VInvLoadCogVideoX", "text": "VInvEncodeText", "invert": "VInvDDIMInvert",
+                  "sample": "VInvDDIMSample", "sample_title": "DDIM Sample (reconstruct)", "note": INVERT_NOTE}
+WAN_EDIT = {"loader": "VInvLoadWan", "text": "VInvWanEncodeText", "invert": "VInvWanInvert",
+            "sample": "VInvWanSample", "sample_title": "Flow Sample (reconstruct)", "note": WAN_INVERT_NOTE}
 
 
 def reconstruct(pack) -> Workflow:
@@ -279,19 +291,19 @@ def reconstruct(pack) -> Workflow:
     return wf
 
 
-def edit_graph(pack, model_name: str | None = None) -> tuple[Workflow, dict]:
+def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT) -> tuple[Workflow, dict]:
     wf = Workflow(pack)
     wf.group("1. Source video, model and prompts", -20, -40, 720, 1040)
-    video, parts, model, enc = source_section(wf, model_name=model_name)
-    src = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt")
-    edit = text_section(wf, model, 340, 720, EDIT_PROMPT, "Edited prompt")
+    video, parts, model, enc = source_section(wf, model_name=model_name, loader=kinds["loader"])
+    src = text_section(wf, model, 340, 480, SOURCE_PROMPT, "Source prompt", kinds["text"])
+    edit = text_section(wf, model, 340, 720, EDIT_PROMPT, "Edited prompt", kinds["text"])
     wf.note("Edit the second prompt; the first one must describe the source video (it is the inversion's "
             "conditioning and the reference stream's).", (0, 740), (320, 120))
     wf.group("2. Exact inversion", 720, -40, 380, 1040, "#a1309b")
-    inv = invert_section(wf, model, src, enc, 740, 40)
-    wf.note(INVERT_NOTE, (740, 500), (340, 250))
+    inv = invert_section(wf, model, src, enc, 740, 40, kinds["invert"])
+    wf.note(kinds["note"], (740, 500), (340, 250))
     wf.group("3. Reconstruction (the check)", 1120, -40, 380, 520, "#8a8")
-    samp = wf.add("VInvDDIMSample", (1140, 40), {"steps": 50, "guidance": 1.0}, title="DDIM Sample (reconstruct)",
+    samp = wf.add(kinds["sample"], (1140, 40), {"steps": 50, "guidance": 1.0}, title=kinds["sample_title"],
                   size=(330, 200))
     wf.connect(model, "model", samp, "model")
     wf.connect(src, "conditioning", samp, "conditioning")
@@ -463,8 +475,17 @@ def svd_edit(pack) -> Workflow:
     return wf
 
 
+def wan_edit(pack) -> Workflow:
+    """The edit workflow on the bundled tiny Wan: the same graph with Wan's loader, text encoder,
+    flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes."""
+    wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT)
+    measured_outputs(wf, ids, "wan_edit")
+    return wf
+
+
 BUILDS = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
-          "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit}
+          "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit,
+          "wan_edit": wan_edit}
 
 
 def dumps(data: dict) -> str:

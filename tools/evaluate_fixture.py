@@ -11,10 +11,8 @@ guidance 5 and 1; classifier accuracies and mean motion. Results go to stdout as
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +21,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fixturekit import accuracy, evaluate_vae  # noqa: E402
+from tools.fixturekit import accuracy, evaluate_vae, generation_accuracy  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
 def evaluate_generation(model, seeds: int, guidance: float, steps: int = 50, chunk: int = 48) -> dict:
-    combos = list(itertools.product(synthetic.SHAPES, synthetic.COLOURS, synthetic.DIRECTIONS))
-    specs = [synthetic.VideoSpec(s, c, d, 0, 0, (0, 0)) for s, c, d in combos for _ in range(seeds)]
     h, w = model.native_size
     frames_n = int(model.tcfg["sample_frames"])  # the video length the transformer was configured for
     f = (frames_n - 1) // model.temporal_factor + 1
-    preds, motion = [], []
-    start = time.time()
-    for i in range(0, len(specs), chunk):
-        part = specs[i:i + chunk]
-        cond = cogvideox.encode_text(model, [s.caption for s in part])
-        g = torch.Generator().manual_seed(1000 + i)
-        noise = torch.randn(len(part), f, model.latent_channels, h // model.spatial_factor,
-                            w // model.spatial_factor, generator=g)
-        z = pipeline.sample(model, cond, noise, steps, Guidance(guidance))
-        frames = cogvideox.decode_video(model, z).numpy().reshape(len(part), -1, h, w, 3)
-        for video in frames:
-            preds.append(synthetic.describe(video))
-            path = synthetic.centroid_path(video)
-            ok = ~np.isnan(path[:, 0])
-            motion.append(float(np.linalg.norm(path[ok][-1] - path[ok][0])) if ok.sum() >= 2 else 0.0)
-    return {"guidance": guidance, "steps": steps, "videos": len(specs), "seconds": time.time() - start,
-            "mean_motion_px": float(np.mean(motion)),
-            **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
+    shape = (f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor)
+    return generation_accuracy(model, cogvideox.encode_text, cogvideox.decode_video, shape, seeds, guidance, steps,
+                               chunk)
 
 
 def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> dict:

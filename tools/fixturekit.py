@@ -5,13 +5,15 @@ also need (tokenizer, SVD conditioning, export) is in vidinv/fixture.py.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vidinv import synthetic
+from vidinv import pipeline, synthetic
+from vidinv.family import Guidance
 from vidinv.models import cogvideox
 
 FRAMES, SIZE = 9, 64  # the training clips of both fixtures (random_spec needs 4k+1 frames; SVD itself: 14)
@@ -83,4 +85,29 @@ def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvid
         psnrs.append(synthetic.psnr(rec, frames.numpy()))
         preds.append(synthetic.describe(rec))
     return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs)),
+            **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
+
+
+def generation_accuracy(model, encode_text, decode, latent_shape: tuple, seeds: int, guidance: float,
+                        steps: int = 50, chunk: int = 48) -> dict:
+    """Every caption (shape x colour x direction) x `seeds` generated from fresh noise of
+    `latent_shape` ``(F, C, h, w)`` (`encode_text` / `decode`: the model family's), `steps` steps at
+    `guidance`: the classifiers' accuracies and the mean motion."""
+    combos = list(itertools.product(synthetic.SHAPES, synthetic.COLOURS, synthetic.DIRECTIONS))
+    specs = [synthetic.VideoSpec(s, c, d, 0, 0, (0, 0)) for s, c, d in combos for _ in range(seeds)]
+    preds, motion = [], []
+    start = time.time()
+    for i in range(0, len(specs), chunk):
+        part = specs[i:i + chunk]
+        cond = encode_text(model, [s.caption for s in part])
+        noise = torch.randn(len(part), *latent_shape, generator=torch.Generator().manual_seed(1000 + i))
+        z = pipeline.sample(model, cond, noise, steps, Guidance(guidance))
+        frames = decode(model, z).numpy()
+        for video in frames.reshape(len(part), -1, *frames.shape[1:]):
+            preds.append(synthetic.describe(video))
+            path = synthetic.centroid_path(video)
+            ok = ~np.isnan(path[:, 0])
+            motion.append(float(np.linalg.norm(path[ok][-1] - path[ok][0])) if ok.sum() >= 2 else 0.0)
+    return {"guidance": guidance, "steps": steps, "videos": len(specs), "seconds": time.time() - start,
+            "mean_motion_px": float(np.mean(motion)),
             **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}

@@ -19,13 +19,18 @@ family's (`vidinv.family.Family.trajectory_fields`), and the family checks its o
   unscaled), `conditioning` the plain values (``added_time_ids``, ``fps``, ``motion_bucket_id``,
   ``noise_aug_strength``, ``seed``, ``min_guidance``, ``max_guidance``); `guidance` is the max
   guidance. Prompts are empty.
+- ``"wan"`` (Wan 2.x text-to-video): `sigmas` is the flow-matching Euler grid, T+1 values noisiest
+  first from 1 (pure noise) to 0, latents[k] sits at ``sigmas[T - k]`` (``x = (1 - sigma) clean +
+  sigma noise``); `timesteps` are the T model times (``1000 sigma``, the scheduler's float32 values);
+  `embeds` / `negative_embeds` the UMT5 text conditioning ``[1, 512, D]`` (zeros past each prompt).
 
 Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``, written as the
 family's format version (`Family.trajectory_version`): CogVideoX as version 1 (what every earlier
-version of the pack reads and writes), SVD as version 2, so an older pack refuses them instead of
-misreading them. A file that carries prompt-tuned embeddings (``tuned_embeds``, issue 21) is written
-as version `TUNED_VERSION` (3) whatever its family, so packs from before prompt tuning refuse it
-rather than load it without them; CogVideoX files without them stay version 1.
+version of the pack reads and writes), SVD as version 2 and Wan as version 4, so an older pack
+refuses them instead of misreading them. A file that carries prompt-tuned embeddings
+(``tuned_embeds``, issue 21) is written as version `TUNED_VERSION` (3) or its family's, whichever is
+larger, so packs from before prompt tuning refuse it rather than load it without them; CogVideoX
+files without them stay version 1.
 Files without a ``family`` are CogVideoX. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
 ignore; files without it get it from their residuals and tolerance, so neither version changes.

@@ -166,3 +166,21 @@ def test_svd_edit_workflow(comfy):
     got = synthetic.describe(edit)
     assert got["colour"] == "green" and got["direction"] == "right", got
     assert synthetic.mask_iou(edit, source) > 0.5
+
+
+def test_wan_edit_workflow(comfy):
+    """workflows/wan_edit.json on the bundled tiny Wan: Flow Invert (exact) sampled back reconstructs,
+    and the shared Reference Attention + Guided Sample make the green edit keeping the motion."""
+    prompt = api_prompt("wan_edit.json")
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
+    src, rec = latent_of(comfy, entry, prompt, "Latent: source"), latent_of(comfy, entry, prompt, "Latent: reconstruction")
+    assert float((rec - src).norm() / src.norm()) < 1e-4
+    summary = ui_of(entry, prompt, "VInvWanInvert", "vinv_trajectory")
+    assert summary["family"] == "wan" and summary["steps"] == 50 and sum(summary["calls"]) / 50 <= 8
+    source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
+    got = synthetic.describe(edit)
+    assert got["colour"] == "green" and got["direction"] == "right", got
+    assert synthetic.mask_iou(edit, source) > 0.5
+    window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
+    assert window["steps"] == 50 and window["active"]

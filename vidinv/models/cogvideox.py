@@ -18,7 +18,7 @@ import torch
 from .. import ddim, errors, solver, video
 from ..family import Guidance
 from . import cogvideox_attention, loading
-from .loading import dtype_kwarg, on_device
+from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 from .rope import rotary_table
 
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
@@ -218,35 +218,6 @@ def encode_text(model: CogVideoX, prompt: str | list[str], negative_prompt: str 
 
 
 # ----------------------------------------------------------------------------- VAE
-
-@contextlib.contextmanager
-def vae_memory_mode(vae, tiling: bool, slicing: bool = True):
-    """Switch the VAE's tiling/slicing for one call and restore the user's settings after."""
-    saved = (vae.use_tiling, vae.use_slicing)
-    vae.use_tiling, vae.use_slicing = tiling, slicing
-    try:
-        yield vae
-    finally:
-        vae.use_tiling, vae.use_slicing = saved
-
-
-AUTO_TILE_PIXELS = 384 * 384  # frames larger than this are tiled by default (CogVideoX's 720x480 is)
-
-
-def should_tile(model: CogVideoX, height: int, width: int, mode: str) -> bool:
-    """'auto' tiles large frames (more than 384x384 pixels) that are also larger than the VAE's
-    own tile size; 'on' and 'off' force it."""
-    if mode in ("on", "off"):
-        return mode == "on"
-    larger_than_tile = height > model.vae.tile_sample_min_height or width > model.vae.tile_sample_min_width
-    return larger_than_tile and height * width > AUTO_TILE_PIXELS
-
-
-def check_tiled_size(got, expected, what: str) -> None:
-    if tuple(got) != tuple(expected):
-        raise errors.InputError(f"VAE tiling returned {what} of size {tuple(got)} instead of {tuple(expected)} "
-                                "(the VAE's tiles are too small for this frame size)", "Set tiling to 'off' or 'auto'.")
-
 
 @torch.no_grad()
 def encode_video(model: CogVideoX, frames: torch.Tensor, tiling: str = "auto",

@@ -1,5 +1,6 @@
 """Plumbing every model family shares: diffusers folders (configs, the model-folder scan), dtypes,
-fingerprints and moving a module to the compute device for one stage. No family lives here."""
+fingerprints, moving a module to the compute device for one stage, the VAE memory modes. No family
+lives here."""
 from __future__ import annotations
 
 import contextlib
@@ -117,3 +118,34 @@ def on_device(module: torch.nn.Module, model):
     finally:
         if model.offload_device != model.device:
             module.to(model.offload_device)
+
+
+# ----------------------------------------------------------------------------- VAE memory modes
+
+@contextlib.contextmanager
+def vae_memory_mode(vae, tiling: bool, slicing: bool = True):
+    """Switch the VAE's tiling/slicing for one call and restore the user's settings after."""
+    saved = (vae.use_tiling, vae.use_slicing)
+    vae.use_tiling, vae.use_slicing = tiling, slicing
+    try:
+        yield vae
+    finally:
+        vae.use_tiling, vae.use_slicing = saved
+
+
+AUTO_TILE_PIXELS = 384 * 384  # frames larger than this are tiled by default (CogVideoX's 720x480 is)
+
+
+def should_tile(model, height: int, width: int, mode: str) -> bool:
+    """'auto' tiles large frames (more than 384x384 pixels) that are also larger than the VAE's
+    own tile size; 'on' and 'off' force it."""
+    if mode in ("on", "off"):
+        return mode == "on"
+    larger_than_tile = height > model.vae.tile_sample_min_height or width > model.vae.tile_sample_min_width
+    return larger_than_tile and height * width > AUTO_TILE_PIXELS
+
+
+def check_tiled_size(got, expected, what: str) -> None:
+    if tuple(got) != tuple(expected):
+        raise errors.InputError(f"VAE tiling returned {what} of size {tuple(got)} instead of {tuple(expected)} "
+                                "(the VAE's tiles are too small for this frame size)", "Set tiling to 'off' or 'auto'.")

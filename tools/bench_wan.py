@@ -1,0 +1,146 @@
+"""Wan benchmark on the bundled tiny Wan: round trips, guided reconstruction, colour edits and the
+cost of guided sampling, on the held-out videos of the CogVideoX benchmarks (BENCHMARKS.md).
+
+    python tools/bench_wan.py [--videos 8] [--steps 50] [--json results.json]
+
+Round trip: each video inverted with its caption (flow Euler, exact: 10 refinements per step on
+average, tolerance 1e-5; naive: the inverse Euler step without refinement) at guidance 1 and 5,
+sampled back with the same guidance. Edits (colour -> the next colour, guidance 5), scored against
+the source's VAE reconstruction as tools/bench_edit.py does:
+  ground truth (VAE)  the edited video drawn by the generator, through the VAE: the ceiling
+  naive               the naive trajectory's noise, plain sampling of the edit
+  published           fresh noise, reference K/V from the naive trajectory in every block and step,
+                      the reference made with the edit prompt per CFG row (the published recipe)
+  sdedit s            the source noised to sigma at fraction s of the steps, plain sampling
+  exact               exact inversion, plain sampling of the edit
+  exact + NPI         ... with the source prompt as the negative (negative-prompt inversion)
+  ours default        exact inversion + reference attention at the Reference Attention defaults
+  ours + NPI          both
+Speed: plain vs guided sampling at guidance 5 (CFG on), median of --repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.benchkit import (CountingHooks, edit_markdown, edit_rows, edited_spec, encode_heldout,  # noqa: E402
+                            inversion_markdown, machine, reconstruction_rows, rel_err, report, score_frames,
+                            time_samplers)
+from vidinv import nulltext, pipeline, synthetic  # noqa: E402
+from vidinv.attention import ReferenceOptions  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv.models import wan  # noqa: E402
+from vidinv.solver import Solver  # noqa: E402
+
+
+def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
+    """SDEdit on the flow grid: the source moved to sigma_k = the grid's sigma at fraction 1 - s."""
+    grid = wan.FAMILY.grid(model, steps)
+    k = min(steps - 1, int(round(steps * (1 - strength))))
+    sigma = grid.sigmas[k]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    return pipeline.sample(model, cond, (1 - sigma) * x0 + sigma * noise, steps, Guidance(guidance), start=k)
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = wan.load(args.model, "fp32")
+    specs, x0 = encode_heldout(model, args.videos)
+
+    def decode(z):  # [B, F, C, h, w] -> frames [B, N, H, W, 3]
+        frames = wan.decode_video(model, z).numpy()
+        return frames.reshape(len(z), -1, *frames.shape[1:])
+
+    recon = decode(x0)
+    src = wan.encode_text(model, [s.caption for s in specs])
+    steps = args.steps
+    result = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
+
+    fresh = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    trajectories = {}
+    for g in (1.0, args.guidance):
+        rows = []
+        for name, settings in (("default", Solver(iters=10, tol=1e-5)), ("naive (inverse Euler step)", Solver(0, 0.0))):
+            calls = [0]
+            start = time.time()
+            traj = pipeline.invert(model, src, x0, steps, Guidance(g), settings, hooks=CountingHooks(calls))
+            back = pipeline.sample(model, src, traj.noise, steps, Guidance(g))
+            errs = rel_err(back, x0)
+            frames = decode(back)
+            rows.append({"method": name, "rel_err": float(np.mean(errs)), "rel_err_max": float(np.max(errs)),
+                         "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
+                         "calls_per_step": calls[0] / steps, "step_calls": list(traj.calls),
+                         "seconds": time.time() - start})
+            trajectories[g, name] = traj
+            print(rows[-1], flush=True)
+        baseline = float(np.mean(rel_err(pipeline.sample(model, src, fresh, steps, Guidance(g)), x0)))
+        result["tables"].append({"steps": steps, "guidance": g, "fresh_noise_rel_err": baseline, "rows": rows})
+    exact, naive = trajectories[1.0, "default"], trajectories[1.0, "naive (inverse Euler step)"]
+
+    def guided(traj, opts, cond, g, start="inverted", negative=None):
+        return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond, Guidance(g), start=start,
+                                      negative=negative)
+
+    published = ReferenceOptions(reference_text="edit")
+    result["reconstruction"] = reconstruction_rows({
+        "exact plain": pipeline.sample(model, src, exact.noise, steps),
+        "ours default": guided(exact, ReferenceOptions(), src, 1.0),
+        f"ours default, guidance {args.guidance:g} trajectory": guided(
+            trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance),
+        "published": guided(naive, published, src, 1.0, "fresh")}, x0, recon, decode)
+
+    g = args.guidance
+    targets = [edited_spec(s, "colour") for s in specs]
+    edit = wan.encode_text(model, [t.caption for t in targets])
+    npi = nulltext.negative_for("source prompt", exact)
+    methods = {
+        "ground truth (VAE)": lambda: torch.cat([wan.encode_video(model, torch.from_numpy(synthetic.render(t)))
+                                                 for t in targets]),
+        "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g)),
+        "published": lambda: guided(naive, published, edit, g, "fresh"),
+        **{f"sdedit {s:g}": (lambda s=s: sdedit(model, edit, x0, steps, g, s)) for s in args.sdedit},
+        "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
+        "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
+        "ours default": lambda: guided(exact, ReferenceOptions(), edit, g),
+        "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
+    }
+    rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, "colour", recon),
+                     {"edit": "colour", "guidance": g})
+    result["tables_edit"] = [{"edit": "colour", "guidance": g, "rows": rows}]
+    result["speed"] = {"guidance": g, "repeats": args.repeats, "samplers": time_samplers({
+        "plain": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
+        "guided": lambda: guided(exact, ReferenceOptions(), edit, g),
+        "published": lambda: guided(naive, published, edit, g, "fresh")}, args.repeats)}
+    return result
+
+
+def markdown(result: dict, command: str) -> str:
+    inversion = inversion_markdown(result, command)
+    edits = edit_markdown({**result, "tables": result["tables_edit"]}, command)
+    return inversion + "\n" + edits.split("\n", 3)[3]  # the edit tables without a second header
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets" / "tiny-wan"))
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    report(run(args), markdown, "bench_wan.py", argv, args.json)
+
+
+if __name__ == "__main__":
+    main()

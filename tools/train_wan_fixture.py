@@ -1,0 +1,244 @@
+"""Train the bundled tiny Wan 2.1-architecture model (assets/tiny-wan) on the synthetic shape videos.
+
+Stages (each seeded and reproducible on CPU; run in order):
+
+    python tools/train_wan_fixture.py vae      # AutoencoderKLWan, 8x spatial / 4x temporal
+    python tools/train_wan_fixture.py dit      # UMT5EncoderModel + WanTransformer3DModel, flow matching
+    python tools/train_wan_fixture.py export   # diffusers folder -> assets/tiny-wan
+
+Intermediate checkpoints go to --work (default: .fixture-work-wan/, git-ignored). The recipe is in
+assets/tiny-wan/MODEL_CARD.md; tools/evaluate_wan_fixture.py measures the gates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.fixturekit import FRAMES, SIZE, folder_mb, load_ema, log, optimise, to_model_space, train_seed, vae_batch  # noqa: E402,E501
+from vidinv import synthetic  # noqa: E402
+from vidinv.fixture import build_tokenizer, save_pipeline  # noqa: E402
+
+LATENT_CHANNELS = 16
+TEXT_LEN = 512  # what WanPipeline pads prompts to (its max_sequence_length; the I2V attention assumes it)
+CAPTION_LEN = 16  # captions are shorter: UMT5 with its attention mask gives the same embeddings at 16 or 512
+VAE_CONFIG = dict(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                  temperal_downsample=[False, True, True])
+UMT5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False)
+TRANSFORMER_CONFIG = dict(patch_size=[1, 2, 2], num_attention_heads=4, attention_head_dim=32,
+                          in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=UMT5_CONFIG["d_model"],
+                          freq_dim=64, ffn_dim=256, num_layers=8, cross_attn_norm=True,
+                          qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+# as the Wan 2.1 diffusers folders ship it: UniPC over flow sigmas with a shift (the pack samples Euler on it)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                        flow_shift=3.0, solver_order=2, predict_x0=True, solver_type="bh2", lower_order_final=True,
+                        final_sigmas_type="zero", timestep_spacing="linspace")
+
+
+def seed_all(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def psnr_of(err: torch.Tensor) -> float:
+    mse = err.pow(2).mean().item() / 4  # -1..1 -> 0..1
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+def vae_step_loss(vae, x: torch.Tensor, kl: float, latent_noise: float, encoder: bool = True) -> tuple:
+    post = vae.encode(x).latent_dist
+    # the posterior mean (what the pack encodes with) plus a little noise, for a forgiving decoder: the
+    # posterior's own noise starts at std 1, far above the mean's spread, and hides the signal for long
+    z = post.mode() if encoder else post.mode().detach()
+    z = z + latent_noise * z.detach().std() * torch.randn_like(z)
+    err = vae.decode(z).sample - x
+    weight = 1.0 + 4.0 * (x.amax(dim=1, keepdim=True) > -0.9).float()  # the few foreground pixels weigh more
+    return (weight * (err.abs() + err.pow(2))).mean() + kl * post.kl().mean(), err
+
+
+def train_vae(args) -> None:
+    from diffusers import AutoencoderKLWan
+    rng = seed_all(args.seed)
+    vae = AutoencoderKLWan(**VAE_CONFIG)
+    params = list(vae.parameters())
+    log(f"VAE {sum(p.numel() for p in params) / 1e6:.2f} M parameters, {args.steps} steps")
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    start = time.time()
+    for step in range(args.steps):
+        loss, err = vae_step_loss(vae, vae_batch(rng, args.batch, args.crop), args.kl, args.latent_noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"vae step {step} loss {loss.item():.4f} psnr {psnr_of(err):.2f} {time.time() - start:.0f}s")
+    mean, std = latent_statistics(vae, rng)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    work = Path(args.work)
+    vae.save_pretrained(work / "vae")
+    json.dump({"seconds": time.time() - start, "steps": args.steps, "batch": args.batch, "crop": args.crop,
+               "lr": args.lr, "kl": args.kl, "latent_noise": args.latent_noise, "seed": args.seed},
+              open(work / "vae_train.json", "w"), indent=1)
+    log(f"VAE done in {time.time() - start:.0f}s")
+
+
+@torch.no_grad()
+def latent_statistics(vae, rng: np.random.Generator, count: int = 64) -> tuple[list, list]:
+    """Per-channel mean and std of the posterior means: Wan normalises latents with them
+    (``(z - latents_mean) / latents_std``), as its VAE config records."""
+    frames = np.stack([synthetic.render(synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE))
+                       for _ in range(count)])
+    z = vae.encode(to_model_space(frames)).latent_dist.mode()
+    return z.mean(dim=(0, 2, 3, 4)).tolist(), z.std(dim=(0, 2, 3, 4)).tolist()
+
+
+# ----------------------------------------------------------------------------- text
+
+def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    """As WanPipeline does: UMT5 with its attention mask, the embeddings cut at each prompt's length
+    and zero-padded to TEXT_LEN."""
+    tok = tokenizer(captions, padding="max_length", max_length=CAPTION_LEN, truncation=True,
+                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    emb = text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state * tok.attention_mask[..., None]
+    return F.pad(emb, (0, 0, 0, TEXT_LEN - CAPTION_LEN))
+
+
+# ----------------------------------------------------------------------------- transformer
+
+@torch.no_grad()
+def encode_dataset(vae, rng: np.random.Generator, count: int, batch: int = 32):
+    """Normalised latents (posterior mean, ``(z - mean) / std``, layout [N, C, F, H, W]) and captions."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    latents, captions = [], []
+    for start in range(0, count, batch):
+        specs = [synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE) for _ in range(min(batch, count - start))]
+        z = vae.encode(to_model_space(np.stack([synthetic.render(s) for s in specs]))).latent_dist.mode()
+        latents.append((z - mean) / std)
+        captions += [s.caption for s in specs]
+        if start % (batch * 40) == 0:
+            log(f"encoded {start + len(specs)}/{count}")
+    return torch.cat(latents), captions
+
+
+def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-shift map of the Wan schedulers: sigma' = s sigma / (1 + (s - 1) sigma)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def train_dit(args) -> None:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    rng = seed_all(args.seed + 1)
+    work = Path(args.work)
+    start = time.time()
+    data_file = work / "latents.pt"
+    if data_file.exists():
+        data = torch.load(data_file)
+    else:
+        vae = AutoencoderKLWan.from_pretrained(work / "vae").eval()
+        z, caps = encode_dataset(vae, rng, args.dataset)
+        data = {"latents": z, "captions": caps}
+        torch.save(data, data_file)
+    encode_seconds = time.time() - start
+    latents, captions = data["latents"], data["captions"]
+    log(f"dataset {tuple(latents.shape)} std {latents.std():.3f} ({encode_seconds:.0f}s)")
+
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = TEXT_LEN
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **UMT5_CONFIG))
+    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
+        f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, {args.steps} steps")
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.03)
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    for step in range(args.steps):
+        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+        x0 = latents[idx]
+        caps = ["" if torch.rand((), generator=gen) < args.caption_dropout else captions[i] for i in idx.tolist()]
+        sigma = shifted(torch.rand(args.batch, generator=gen), SCHEDULER_CONFIG["flow_shift"]).view(-1, 1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = (1 - sigma) * x0 + sigma * noise
+        pred = transformer(xt, sigma.flatten() * 1000, encode_captions(text_encoder, tokenizer, caps),
+                           return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)  # the flow velocity
+        optimise(loss, opt, sched, params, ema, args.ema, step)
+        if step % 200 == 0 or step == args.steps - 1:
+            log(f"dit step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
+    load_ema(params, ema)
+    transformer.save_pretrained(work / "transformer")
+    text_encoder.save_pretrained(work / "text_encoder")
+    tokenizer.save_pretrained(work / "tokenizer")
+    json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
+               "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
+               "dataset": len(latents), "seed": args.seed}, open(work / "dit_train.json", "w"), indent=1)
+    log(f"transformer done in {time.time() - start:.0f}s")
+
+
+# ----------------------------------------------------------------------------- export
+
+def export(args) -> None:
+    """Assemble the diffusers folder; the transformer and VAE stored in float16 (the pack loads
+    them in the precision chosen on the node)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    work, out = Path(args.work), Path(args.out)
+    pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(work / "tokenizer"),
+                       text_encoder=UMT5EncoderModel.from_pretrained(work / "text_encoder"),
+                       vae=AutoencoderKLWan.from_pretrained(work / "vae"),
+                       transformer=WanTransformer3DModel.from_pretrained(work / "transformer"),
+                       scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG))
+    pipe.transformer.to(torch.float16)
+    pipe.vae.to(torch.float16)
+    save_pipeline(pipe, out)
+    log(f"exported to {out}: {folder_mb(out):.1f} MB")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["vae", "dit", "export"])
+    p.add_argument("--work", default=str(ROOT / ".fixture-work-wan"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--kl", type=float, default=1e-6)
+    p.add_argument("--latent-noise", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dataset", type=int, default=4000)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.12)
+    p.add_argument("--out", default=str(ROOT / "assets" / "tiny-wan"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    defaults = {"vae": dict(steps=2000, batch=8, lr=2e-3), "dit": dict(steps=3000, batch=32, lr=1.5e-3)}
+    for k, v in defaults.get(args.stage, {}).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    {"vae": train_vae, "dit": train_dit, "export": export}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
