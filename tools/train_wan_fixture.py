@@ -4,6 +4,7 @@ Stages (each seeded and reproducible on CPU; run in order):
 
     python tools/train_wan_fixture.py vae      # AutoencoderKLWan, 8x spatial / 4x temporal
     python tools/train_wan_fixture.py dit      # UMT5EncoderModel + WanTransformer3DModel, flow matching
+    python tools/train_wan_fixture.py vae-decoder   # refine the VAE decoder (encoder and latents fixed)
     python tools/train_wan_fixture.py export   # diffusers folder -> assets/tiny-wan
 
 Intermediate checkpoints go to --work (default: .fixture-work-wan/, git-ignored). The recipe is in
@@ -70,6 +71,22 @@ def vae_step_loss(vae, x: torch.Tensor, kl: float, latent_noise: float, encoder:
     return (weight * (err.abs() + err.pow(2))).mean() + kl * post.kl().mean(), err
 
 
+def fit_vae(vae, params, sched, rng, args, kl: float, encoder: bool, label: str) -> float:
+    """The VAE training loop (whole VAE, or the decoder alone with `encoder` False); returns seconds."""
+    opt = sched.optimizer
+    start = time.time()
+    for step in range(args.steps):
+        loss, err = vae_step_loss(vae, vae_batch(rng, args.batch, args.crop), kl, args.latent_noise, encoder)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"{label} step {step} loss {loss.item():.4f} psnr {psnr_of(err):.2f} {time.time() - start:.0f}s")
+    return time.time() - start
+
+
 def train_vae(args) -> None:
     from diffusers import AutoencoderKLWan
     rng = seed_all(args.seed)
@@ -78,24 +95,34 @@ def train_vae(args) -> None:
     log(f"VAE {sum(p.numel() for p in params) / 1e6:.2f} M parameters, {args.steps} steps")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    start = time.time()
-    for step in range(args.steps):
-        loss, err = vae_step_loss(vae, vae_batch(rng, args.batch, args.crop), args.kl, args.latent_noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == args.steps - 1:
-            log(f"vae step {step} loss {loss.item():.4f} psnr {psnr_of(err):.2f} {time.time() - start:.0f}s")
+    seconds = fit_vae(vae, params, sched, rng, args, args.kl, True, "vae")
     mean, std = latent_statistics(vae, rng)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     work = Path(args.work)
     vae.save_pretrained(work / "vae")
-    json.dump({"seconds": time.time() - start, "steps": args.steps, "batch": args.batch, "crop": args.crop,
-               "lr": args.lr, "kl": args.kl, "latent_noise": args.latent_noise, "seed": args.seed},
+    json.dump({"seconds": seconds, "steps": args.steps, "batch": args.batch, "crop": args.crop, "lr": args.lr,
+               "kl": args.kl, "latent_noise": args.latent_noise, "seed": args.seed},
               open(work / "vae_train.json", "w"), indent=1)
-    log(f"VAE done in {time.time() - start:.0f}s")
+    log(f"VAE done in {seconds:.0f}s")
+
+
+def train_vae_decoder(args) -> None:
+    """Refine only the decoder (the encoder, hence every latent the transformer is trained on, stays
+    fixed), at a lower learning rate on a cosine schedule."""
+    from diffusers import AutoencoderKLWan
+    rng = seed_all(args.seed + 5)
+    work = Path(args.work)
+    vae = AutoencoderKLWan.from_pretrained(work / "vae")
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    seconds = fit_vae(vae, params, torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps), rng, args, 0.0, False,
+                      "decoder")
+    vae.save_pretrained(work / "vae")
+    json.dump({"seconds": seconds, "steps": args.steps, "batch": args.batch, "crop": args.crop, "lr": args.lr,
+               "seed": args.seed}, open(work / "vae_decoder_train.json", "w"), indent=1)
+    log(f"decoder refined in {seconds:.0f}s")
 
 
 @torch.no_grad()
@@ -216,7 +243,7 @@ def export(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["vae", "dit", "export"])
+    p.add_argument("stage", choices=["vae", "dit", "vae-decoder", "export"])
     p.add_argument("--work", default=str(ROOT / ".fixture-work-wan"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
@@ -233,11 +260,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    defaults = {"vae": dict(steps=2000, batch=8, lr=2e-3), "dit": dict(steps=3000, batch=32, lr=1.5e-3)}
+    defaults = {"vae": dict(steps=2000, batch=8, lr=2e-3), "dit": dict(steps=3000, batch=32, lr=1.5e-3),
+                "vae-decoder": dict(steps=600, batch=8, lr=5e-4)}
     for k, v in defaults.get(args.stage, {}).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    {"vae": train_vae, "dit": train_dit, "export": export}[args.stage](args)
+    {"vae": train_vae, "dit": train_dit, "vae-decoder": train_vae_decoder, "export": export}[args.stage](args)
 
 
 if __name__ == "__main__":
