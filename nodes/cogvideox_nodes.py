@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import errors, families, nulltext
+from ..vidinv import families, nulltext
 from ..vidinv.family import Guidance
 from ..vidinv.models import cogvideox
 from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
-from .pipeline_nodes import (DYNAMIC, GUIDANCE, NEGATIVE, TRAJECTORY_DTYPE, TUNED_ETA, InvertNode, SampleNode,
-                             run_invert, run_sample)
+from .pipeline_nodes import (DYNAMIC, GUIDANCE, NEGATIVE, OFFLOAD, TRAJECTORY_DTYPE, TUNED_ETA, InvertNode,
+                             LoaderNode, SampleNode, run_invert, run_load, run_sample)
 
 log = logging.getLogger("vidinv")
 FAMILY = cogvideox.FAMILY.name
@@ -31,14 +31,10 @@ def available_models() -> dict:
     return models
 
 
-class LoadCogVideoX:
+class LoadCogVideoX(LoaderNode):
     DESCRIPTION = ("Loads a CogVideoX model from a diffusers-format folder (transformer, VAE, T5 text encoder, "
                    "tokenizer, scheduler). Folders are found under models/CogVideo and models/diffusers.")
-    CATEGORY = f"{CATEGORY}/model"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The loaded model with its configs; later nodes read every shape from it.",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -49,20 +45,12 @@ class LoadCogVideoX:
             "precision": (list(DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
                                               "models; bf16 for CogVideoX-5B, fp16 for 2B on GPUs."}),
-            "offload": (["none", "cpu"], {
-                "default": "none", "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it "
-                                              "to the GPU only while it runs (slower, far less VRAM)."}),
+            "offload": OFFLOAD,
         }}
 
     def load(self, model, precision, offload):
-        folders = available_models()
-        if model not in folders:
-            raise errors.InputError(f"model {model!r} was not found", "Put the folder under models/CogVideo and "
-                                    "refresh the node list.")
-        offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
-        m = cogvideox.load(folders[model], precision, host.compute_device(), offload_dev, name=model)
-        log.info("loaded %s", m.describe())
-        return (m,)
+        return run_load(cogvideox.load, available_models(), model, precision, offload, "CogVideoX model",
+                        "models/CogVideo or models/diffusers")
 
 
 class EncodeText:

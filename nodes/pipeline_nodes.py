@@ -3,6 +3,8 @@ invert and sample nodes, written once over `vidinv.pipeline`; the family nodes o
 inputs into the shared values (`Guidance`, `Solver`)."""
 from __future__ import annotations
 
+import logging
+
 from ..vidinv import attention, errors, families, nulltext, pipeline
 from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
@@ -40,6 +42,31 @@ SEED = ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
 TRAJECTORY_DTYPE = (list(STORAGE_DTYPES), {"default": "fp32",
                                            "tooltip": "Storage dtype of the trajectory latents (fp16/bf16 halve the "
                                                       "memory; fp32 keeps the round trip exact)."})
+
+
+OFFLOAD = (["none", "cpu"], {"default": "none",
+                             "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it to the GPU "
+                                        "only while it runs (slower, far less VRAM)."})
+
+
+class LoaderNode:
+    """What every family's Load node shares: its place, its output, its function."""
+    CATEGORY = f"{CATEGORY}/model"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+
+def run_load(load, folders: dict, model: str, precision: str, offload: str, what: str, where: str) -> tuple:
+    """The body of every Load node: the listed folder `model` loaded with the family's `load` on
+    ComfyUI's devices (`where`: the folders to put it in, for the message)."""
+    if model not in folders:
+        raise errors.InputError(f"{what} {model!r} was not found",
+                                f"Put the diffusers folder under {where} and refresh the node list.")
+    offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
+    m = load(folders[model], precision, host.compute_device(), offload_dev, name=model)
+    logging.getLogger("vidinv").info("loaded %s", m.describe())
+    return (m,)
 
 
 class InvertNode:

@@ -4,19 +4,15 @@ shared values and run the shared node bodies of `pipeline_nodes`; the shared nod
 Attention, Guided Sample, trajectories) take SVD models as they are."""
 from __future__ import annotations
 
-import logging
-
-from ..vidinv import errors, families, video
+from ..vidinv import families, video
 from ..vidinv.family import Guidance
 from ..vidinv.models import svd
 from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE
-from .pipeline_nodes import (SEED, TRAJECTORY_DTYPE, InvertNode, SampleNode, run_guided, run_invert,
-                             run_sample)
-
-log = logging.getLogger("vidinv")
+from .pipeline_nodes import (OFFLOAD, SEED, TRAJECTORY_DTYPE, InvertNode, LoaderNode, SampleNode, run_guided,
+                             run_invert, run_load, run_sample)
 
 STEPS = ("INT", {"default": 25, "min": 1, "max": 1000,
                  "tooltip": "Euler steps on the model's own sigma grid (25 is SVD's default)."})
@@ -45,16 +41,12 @@ def require_svd(model, node: str) -> None:
     families.require(model, svd.FAMILY.name, node, "Load a Stable Video Diffusion folder for the SVD nodes.")
 
 
-class LoadSVD:
+class LoadSVD(LoaderNode):
     DESCRIPTION = ("Loads a Stable Video Diffusion model (image-to-video) from a diffusers-format folder (unet, "
                    "vae, image_encoder, feature_extractor, scheduler). Folders are found under models/SVD and "
                    "models/diffusers.")
-    CATEGORY = f"{CATEGORY}/model"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The loaded SVD model; the VAE, Reference Attention, Guided Sample and trajectory nodes "
                        "accept it too.",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -66,21 +58,12 @@ class LoadSVD:
             "precision": (list(DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
                                               "models; fp16 for SVD on GPUs."}),
-            "offload": (["none", "cpu"], {
-                "default": "none", "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it "
-                                              "to the GPU only while it runs (slower, far less VRAM)."}),
+            "offload": OFFLOAD,
         }}
 
     def load(self, model, precision, offload):
-        folders = available_models()
-        if model not in folders:
-            raise errors.InputError(f"SVD model {model!r} was not found",
-                                    "Put the diffusers folder under models/SVD or models/diffusers and refresh "
-                                    "the node list.")
-        offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
-        m = svd.load(folders[model], precision, host.compute_device(), offload_dev, name=model)
-        log.info("loaded %s", m.describe())
-        return (m,)
+        return run_load(svd.load, available_models(), model, precision, offload, "SVD model",
+                        "models/SVD or models/diffusers")
 
 
 class SVDEncodeFirstFrame:

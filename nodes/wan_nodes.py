@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import errors, families
+from ..vidinv import families
 from ..vidinv.family import Guidance
 from ..vidinv.models import wan
 from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
-from .pipeline_nodes import GUIDANCE, TRAJECTORY_DTYPE, InvertNode, SampleNode, run_invert, run_sample
+from .pipeline_nodes import (GUIDANCE, OFFLOAD, TRAJECTORY_DTYPE, InvertNode, LoaderNode, SampleNode, run_invert,
+                             run_load, run_sample)
 
 log = logging.getLogger("vidinv")
 FAMILY = wan.FAMILY.name
@@ -33,16 +34,12 @@ def require_wan(model, node: str) -> None:
     families.require(model, FAMILY, node, "Load a Wan folder with Load Wan Model for the Wan nodes.")
 
 
-class LoadWan:
+class LoadWan(LoaderNode):
     DESCRIPTION = ("Loads a Wan 2.x text-to-video model from a diffusers-format folder (transformer, VAE, UMT5 "
                    "text encoder, tokenizer, scheduler). Folders are found under models/Wan and models/diffusers. "
                    "Image-to-video and Wan 2.2 two-expert folders are refused with a message.")
-    CATEGORY = f"{CATEGORY}/model"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The loaded Wan model; the VAE, Reference Attention, Guided Sample and trajectory nodes "
                        "accept it too.",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -54,21 +51,12 @@ class LoadWan:
             "precision": (list(DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "
                                               "models; bf16 for Wan 1.3B and 14B on GPUs."}),
-            "offload": (["none", "cpu"], {
-                "default": "none", "tooltip": "'cpu' keeps each part on ComfyUI's offload device and moves it "
-                                              "to the GPU only while it runs (slower, far less VRAM)."}),
+            "offload": OFFLOAD,
         }}
 
     def load(self, model, precision, offload):
-        folders = available_models()
-        if model not in folders:
-            raise errors.InputError(f"Wan model {model!r} was not found",
-                                    "Put the diffusers folder under models/Wan or models/diffusers and refresh "
-                                    "the node list.")
-        offload_dev = host.offload_device() if offload == "cpu" else host.compute_device()
-        m = wan.load(folders[model], precision, host.compute_device(), offload_dev, name=model)
-        log.info("loaded %s", m.describe())
-        return (m,)
+        return run_load(wan.load, available_models(), model, precision, offload, "Wan model",
+                        "models/Wan or models/diffusers")
 
 
 class WanEncodeText:

@@ -8,10 +8,12 @@ Values that cross the interface and belong to no family live here too: `Guidance
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, ContextManager, Protocol
 
 import torch
 
+from . import errors
 from .solver import Denoiser, Grid
 
 Attention = Callable[[int, torch.Tensor], "ContextManager | None"]  # per-step context of a sample call
@@ -39,6 +41,22 @@ class Guidance:
     def uses_cfg(self) -> bool:
         """CFG rows are batched when any scale exceeds 1 (as the diffusers pipelines decide)."""
         return max(self.scale, self.first_scale) > 1.0
+
+    def check_one_scale(self, family: str) -> None:
+        """What a family with one guidance scale (CogVideoX, Wan) accepts: a scale >= 1 and no
+        frame-wise first-frame scale; `family` names it in the message."""
+        check_scale(self.scale)
+        if self.first is not None and self.first != self.scale:
+            raise errors.InputError(f"first-frame guidance {self.first} is Stable Video Diffusion's frame-wise "
+                                    f"guidance; {family} takes one scale", "Give one guidance scale.")
+
+
+def check_scale(guidance: float) -> None:
+    """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
+    pack's exact inversion and reference rows are defined for guidance >= 1 only."""
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 1.0):
+        raise errors.InputError(f"guidance {guidance!r} must be a finite number >= 1 (below 1 it would weaken the "
+                                "prompt instead of guiding; 0 ignores it)", "Use 1 for no guidance, or more.")
 
 
 class Family(Protocol):

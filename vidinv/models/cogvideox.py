@@ -16,7 +16,7 @@ from typing import Callable, ContextManager
 import torch
 
 from .. import ddim, errors, solver, video
-from ..family import Guidance
+from ..family import Guidance, check_scale
 from . import cogvideox_attention, loading
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 from .rope import rotary_table
@@ -365,12 +365,7 @@ def transformer_call(model: CogVideoX, x: torch.Tensor, text: torch.Tensor, t: i
     return out.to(torch.promote_types(out.dtype, torch.float32))  # at least float32, float64 stays
 
 
-def check_guidance(guidance: float) -> None:
-    """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
-    pack's exact inversion and reference rows are defined for guidance >= 1 only."""
-    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 1.0):
-        raise errors.InputError(f"guidance {guidance!r} must be a finite number >= 1 (below 1 it would weaken the "
-                                "prompt instead of guiding; 0 ignores it)", "Use 1 for no guidance, or more.")
+check_guidance = check_scale  # one scale, >= 1 (`vidinv.family.check_scale`)
 
 
 def make_denoiser(model: CogVideoX, cond: Conditioning, guidance: float = 1.0, dynamic_cfg: bool = False,
@@ -488,10 +483,7 @@ class CogVideoXFamily:
         check_image_latents(model, image_latents)
 
     def check_guidance(self, guidance):
-        check_guidance(guidance.scale)
-        if guidance.first is not None and guidance.first != guidance.scale:
-            raise errors.InputError(f"first-frame guidance {guidance.first} is Stable Video Diffusion's frame-wise "
-                                    "guidance; CogVideoX takes one scale", "Give one guidance scale.")
+        guidance.check_one_scale(self.display_name)
 
     def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):
         index = {t: i for i, t in enumerate(grid.timesteps)}

@@ -5,8 +5,9 @@ the model-family interface.
 Every shape and setting is read from the folder's configs: latent channels (``z_dim``), the VAE's
 spatial and temporal compression (``scale_factor_spatial`` / ``scale_factor_temporal``), the latent
 normalisation (``latents_mean`` / ``latents_std``), the transformer's patch size, heads and layers,
-the text width, the flow shift of the scheduler. Wan 2.1 T2V 1.3B and 14B, Wan 2.2 TI2V-5B used for
-text-to-video, and the bundled tiny model take the same path. Refused with a message: image-to-video
+the text width, the flow shift of the scheduler. Wan 2.1 T2V 1.3B and 14B and the bundled tiny
+model take the same path (Wan 2.2 TI2V-5B used for text-to-video is single-transformer and should
+too; nothing tests it yet). Refused with a message: image-to-video
 folders (a transformer with image inputs, an ``image_encoder``) and Wan 2.2's two-expert folders
 (``transformer_2`` with ``boundary_ratio``), which this version leaves for later.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 
@@ -61,13 +63,13 @@ def check_model_folder(path: Path) -> None:
             f"{path.name!r} is a Wan 2.2 two-expert folder (a high-noise 'transformer' and a low-noise "
             f"'transformer_2' switched at boundary_ratio {index.get('boundary_ratio')!r}); this version of the pack "
             "inverts single-transformer Wan models only",
-            "Use Wan 2.1 T2V (1.3B or 14B) or Wan 2.2 TI2V-5B; two-expert support is planned.")
+            "Use a single-transformer Wan folder (Wan 2.1 T2V 1.3B or 14B); two-expert support is planned.")
     tcfg = loading.read_json(path / "transformer" / "config.json")
     if tcfg.get("image_dim") or tcfg.get("added_kv_proj_dim") or (path / "image_encoder").is_dir():
         raise errors.InputError(
             f"{path.name!r} is a Wan image-to-video folder (image_dim {tcfg.get('image_dim')!r}, added_kv_proj_dim "
             f"{tcfg.get('added_kv_proj_dim')!r}); this version of the pack inverts Wan text-to-video models only",
-            "Use a Wan text-to-video folder (Wan2.1-T2V-1.3B/14B-Diffusers, Wan2.2-TI2V-5B-Diffusers).")
+            "Use a Wan text-to-video folder (Wan2.1-T2V-1.3B-Diffusers or -14B-Diffusers).")
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -147,11 +149,9 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
     check_model_folder(path)
     flow.check_config(loading.read_json(path / "scheduler" / "scheduler_config.json"))
     torch_dtype = loading.check_dtype(dtype)
-    try:
-        import accelerate  # noqa: F401  diffusers loads Wan's fp32-kept modules only through it
-    except ImportError as err:
+    if importlib.util.find_spec("accelerate") is None:  # diffusers loads Wan's fp32-kept modules only through it
         raise errors.InputError("loading a Wan transformer needs the 'accelerate' package, which is not installed",
-                                "pip install accelerate (it is in the pack's requirements.txt).") from err
+                                "pip install accelerate (it is in the pack's requirements.txt).")
     import diffusers
     import transformers
     try:
@@ -311,12 +311,6 @@ def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.
     return denoise
 
 
-def check_guidance(scale) -> None:
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1.0):
-        raise errors.InputError(f"guidance {scale!r} must be a finite number >= 1 (below 1 it would weaken the "
-                                "prompt instead of guiding)", "Use 1 for no guidance, or more.")
-
-
 def check_latent(model: Wan, latent: torch.Tensor) -> None:
     if latent.dim() != 5:
         raise errors.InputError(f"latent must be [B, F, C, H, W], got shape {tuple(latent.shape)}",
@@ -377,13 +371,10 @@ class WanFamily:
                                     "take", "Encode the video with this Wan model's VAE.")
 
     def check_guidance(self, guidance):
-        check_guidance(guidance.scale)
+        guidance.check_one_scale(self.display_name)
         if guidance.dynamic:
             raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; Wan takes one scale",
                                     "Turn dynamic_cfg off for Wan.")
-        if guidance.first is not None and guidance.first != guidance.scale:
-            raise errors.InputError(f"first-frame guidance {guidance.first} is Stable Video Diffusion's frame-wise "
-                                    "guidance; Wan takes one scale", "Give one guidance scale.")
 
     def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):
         if positive is not None:
