@@ -3,7 +3,7 @@ from . import host
 from .common import guard
 from .cogvideox_nodes import (DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion,
                               PromptTuningInversion)
-from .pipeline_nodes import GuidedSample, ReferenceAttention
+from .pipeline_nodes import FriendlyInvert, FriendlySample, GuidedSample, ReferenceAttention
 from .svd_nodes import LoadSVD, SVDEncodeFirstFrame, SVDGuidedSample, SVDInvert, SVDSample
 from .trajectory_nodes import LoadTrajectory, SaveTrajectory
 from .vae_nodes import VAEDecodeVideo, VAEEncodeVideo
@@ -35,6 +35,8 @@ NODES = {
     "VInvWanEncodeText": (WanEncodeText, "Encode Text (Wan)"),
     "VInvWanInvert": (WanInvert, "Flow Invert (Wan, exact)"),
     "VInvWanSample": (WanSample, "Flow Sample (Wan)"),
+    "VInvFriendlyInvert": (FriendlyInvert, "Edit-Friendly Invert (DDPM)"),
+    "VInvFriendlySample": (FriendlySample, "Edit-Friendly Sample (DDPM)"),
 }
 NODE_CLASS_MAPPINGS = {key: guard(cls, name) for key, (cls, name) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import attention, errors, families, nulltext, pipeline
+from ..vidinv import attention, errors, families, friendly, nulltext, pipeline
 from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
@@ -86,9 +86,12 @@ class SampleNode:
 
 
 def trajectory_noise(traj, model) -> dict:
-    """A trajectory's noise as a LATENT, with what rides along for its family (I2V image latents, padding)."""
+    """A trajectory's noise as a LATENT, with what rides along for its family (I2V image latents, padding)
+    and, for an edit-friendly trajectory, its kind (the deterministic samplers refuse its noise)."""
     image_latents, pad = families.of(traj).latent_extras(traj)
-    return latent_value(traj.noise, model, image_latents, pad, traj.steps)
+    out = latent_value(traj.noise, model, image_latents, pad, traj.steps)
+    out["vinv"]["trajectory_kind"] = traj.kind
+    return out
 
 
 def run_invert(model, conditioning, latent: dict, steps: int, guidance: Guidance, settings: Solver,
@@ -106,6 +109,10 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
                negative: str = "conditioning", trajectory=None, tuned_eta: float = 1.0) -> tuple:
     """The body of every plain Sample node: the step count checked against the noise's trajectory."""
     samples, image_latents, pad = latent_parts(latent)
+    if (latent.get("vinv") or {}).get("trajectory_kind") == friendly.KIND:
+        raise errors.InputError(f"{node}: the latent is the noise of an edit-friendly trajectory, which only its own "
+                                "noise maps bring back", "Sample it with Edit-Friendly Sample (DDPM), or Reference "
+                                "Attention + Guided Sample, with that trajectory.")
     if trajectory is not None:
         trajectory.check_model(model)
     check_steps(node, steps, latent, trajectory)
@@ -127,12 +134,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
                                 "Connect the output of the Reference Attention node to its model input.")
     traj, opts = spec.trajectory, spec.options
     fam = families.of(model)
-    if negative != "conditioning" and not fam.text_conditioned:
-        raise errors.InputError(f"negative {negative!r} needs text embeddings; {fam.display_name}'s unconditional "
-                                "branch is not a prompt", "Set negative to 'conditioning' for this model.")
-    if tuned_eta != 1.0 and not fam.text_conditioned:
-        raise errors.InputError(f"tuned_eta {tuned_eta:g} needs prompt-tuned text embeddings; "
-                                f"{fam.display_name} is not conditioned on a prompt", "Set tuned_eta to 1.")
+    check_text_options(fam, negative, tuned_eta)
     neg = nulltext.negative_for(negative, traj)
     pos = nulltext.positive_for(traj, conditioning, tuned_eta)
     image_latents = fam.first_frame_latents(model, traj, first_frame)
@@ -143,6 +145,92 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     host.free_memory()
     return {"ui": {"vinv_guidance": [window]},
             "result": (latent_value(out, model, *fam.latent_extras(traj)),)}
+
+
+def check_text_options(fam, negative: str, tuned_eta: float = 1.0) -> None:
+    """The negative and tuned_eta options need a text-conditioned family."""
+    if negative != "conditioning" and not fam.text_conditioned:
+        raise errors.InputError(f"negative {negative!r} needs text embeddings; {fam.display_name}'s unconditional "
+                                "branch is not a prompt", "Set negative to 'conditioning' for this model.")
+    if tuned_eta != 1.0 and not fam.text_conditioned:
+        raise errors.InputError(f"tuned_eta {tuned_eta:g} needs prompt-tuned text embeddings; "
+                                f"{fam.display_name} is not conditioned on a prompt", "Set tuned_eta to 1.")
+
+
+FRIENDLY_STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
+                          "tooltip": "Steps on the model's own grid (CogVideoX: DDIM's, SVD: Euler's, Wan: the "
+                                     "shifted flow sigmas); one model call each."})
+
+
+class FriendlyInvert(InvertNode):
+    DESCRIPTION = ("Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024; the inversion under "
+                   "LEDITS++) for every model family: each step's latent is drawn from the noised source, and "
+                   "the noise map that makes the stochastic sampler land on the next one is solved and stored. "
+                   "Sampling with the maps reproduces the source exactly, at one model call per step; with an "
+                   "edited prompt they hold its structure.")
+    OUTPUT_TOOLTIPS = ("An edit-friendly trajectory (its noisy latents and noise maps); Reference Attention, "
+                       "Guided Sample, Edit-Friendly Sample and Save Trajectory take it.",
+                       "Its noisiest latent (only the trajectory's noise maps bring it back).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model to invert with (sample with the same one)."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The source's conditioning (a prompt from the family's "
+                                                       "Encode Text, or SVD's Encode First Frame)."}),
+            "latent": ("LATENT", {"tooltip": "The video latent from VAE Encode Video."}),
+            "steps": FRIENDLY_STEPS,
+            "guidance": ("FLOAT", {**GUIDANCE[1], "tooltip": "Classifier-free guidance of the inversion; the "
+                                   "source is reproduced when sampled with the same (SVD: the same scale on "
+                                   "every frame)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                             "tooltip": "Seed of the noise each step's latent is drawn with."}),
+            "trajectory_dtype": TRAJECTORY_DTYPE,
+        }}
+
+    def invert(self, model, conditioning, latent, steps, guidance, seed, trajectory_dtype):
+        samples, image_latents, pad = latent_parts(latent)
+        progress = host.Progress(steps)
+        traj = pipeline.invert_friendly(model, conditioning, samples, steps, Guidance(guidance), seed,
+                                        trajectory_dtype, image_latents, progress, pad)
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}
+
+
+class FriendlySample(SampleNode):
+    DESCRIPTION = ("Samples an edit-friendly trajectory with its noise maps (DDPM sampling that reuses the "
+                   "inversion's noise): the source prompt and guidance reproduce the video; an edited prompt "
+                   "edits it. Reference Attention + Guided Sample take the same trajectory to add the source's "
+                   "attention.")
+    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "From Edit-Friendly Invert (DDPM) or Load Trajectory."}),
+            "conditioning": (CONDITIONING, {"tooltip": "The edited conditioning (the source's reconstructs)."}),
+            "guidance": ("FLOAT", {**EDIT_GUIDANCE[1], "tooltip": "Classifier-free guidance of the sample; the "
+                                   "inversion's guidance with the source reconstructs."}),
+            "negative": NEGATIVE,
+        }}
+
+    def sample(self, model, trajectory, conditioning, guidance, negative):
+        if trajectory.noise_maps is None:
+            raise errors.InputError("Edit-Friendly Sample needs an edit-friendly trajectory; this one is exact",
+                                    "Sample an exact trajectory's noise with its family's Sample node, or invert "
+                                    "with Edit-Friendly Invert (DDPM).")
+        trajectory.check_model(model)
+        fam = families.of(model)
+        check_text_options(fam, negative)
+        trajectory.check_grid(model.scheduler_config)
+        image_latents, pad = fam.latent_extras(trajectory)
+        progress = host.Progress(trajectory.steps, latent_preview(model))
+        out = pipeline.sample(model, conditioning, trajectory.noise, trajectory.steps, Guidance(guidance),
+                              image_latents, nulltext.negative_for(negative, trajectory), hooks=progress,
+                              noise_maps=trajectory.noise_maps)
+        host.free_memory()
+        return (latent_value(out, model, image_latents, pad),)
 
 
 class ReferenceAttention:

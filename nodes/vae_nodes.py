@@ -17,7 +17,8 @@ class VAEEncodeVideo:
     CATEGORY = f"{CATEGORY}/vae"
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("latent", "frames")
-    OUTPUT_TOOLTIPS = ("The video latent (the I2V image conditioning rides along for I2V models).",
+    OUTPUT_TOOLTIPS = ("The video latent; for image-to-video models the first frame's conditioning rides along "
+                       "(CogVideoX I2V: its latent; Wan I2V: mask, latent and CLIP tokens).",
                        "The frames actually encoded (after trimming and resizing), to compare results with.")
     FUNCTION = "encode"
 

@@ -35,9 +35,11 @@ def require_wan(model, node: str) -> None:
 
 
 class LoadWan(LoaderNode):
-    DESCRIPTION = ("Loads a Wan 2.x text-to-video model from a diffusers-format folder (transformer, VAE, UMT5 "
-                   "text encoder, tokenizer, scheduler). Folders are found under models/Wan and models/diffusers. "
-                   "Image-to-video and Wan 2.2 two-expert folders are refused with a message.")
+    DESCRIPTION = ("Loads a Wan 2.x text-to-video or image-to-video model from a diffusers-format folder "
+                   "(transformer, VAE, UMT5 text encoder, tokenizer, scheduler; CLIP image encoder for image-to-"
+                   "video). Folders are found under models/Wan and models/diffusers. Image-to-video models take "
+                   "the video's first frame as their conditioning (VAE Encode adds it). Wan 2.2 two-expert and "
+                   "first-last-frame folders are refused with a message.")
     OUTPUT_TOOLTIPS = ("The loaded Wan model; the VAE, Reference Attention, Guided Sample and trajectory nodes "
                        "accept it too.",)
 
@@ -46,7 +48,7 @@ class LoadWan(LoaderNode):
         return {"required": {
             "model": (list(available_models()), {
                 "tooltip": "A diffusers Wan folder (models/Wan/<name> or models/diffusers/<name>, e.g. "
-                           "Wan2.1-T2V-1.3B-Diffusers); 'tiny-wan (bundled)' is the pack's tiny trained Wan "
+                           "Wan2.1-T2V-1.3B-Diffusers or Wan2.1-I2V-14B-480P-Diffusers); 'tiny-wan (bundled)' is the pack's tiny trained Wan "
                            "(64x64, 9 frames)."}),
             "precision": (list(DTYPES), {
                 "default": "fp32", "tooltip": "Weights and compute dtype. fp32 for exact inversion on small "

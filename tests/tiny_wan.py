@@ -6,6 +6,12 @@ scheduler). Sizes are deliberately small and unlike the real model's and the bun
 nothing can lean on their numbers: 12 latent channels, 2x spatial and 2x temporal compression,
 head width 12, text width 20, three blocks, and a FlowMatchEulerDiscreteScheduler config with
 ``shift`` 5 (the bundled model ships Wan's UniPC config with ``flow_shift``).
+
+With ``i2v=True`` it is laid out as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers instead: the transformer takes
+the noisy latent, the first-frame mask (one channel per frame of the VAE's temporal factor) and the
+first-frame condition latent on channels (12 + 2 + 12), CLIP image tokens through ``image_dim`` /
+``added_kv_proj_dim``, and the folder holds a tiny CLIP vision encoder (17 tokens of width 16) with
+its image processor (32 x 32 crops).
 """
 from __future__ import annotations
 
@@ -17,31 +23,46 @@ SCHEDULER = dict(num_train_timesteps=1000, shift=5.0)
 LATENT_CHANNELS = 12
 
 
-def write_tiny_wan(folder, seed: int = 0, dtype=torch.float32) -> Path:
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+TEMPORAL = 2  # the tiny VAE's temporal compression (the I2V mask's channel count)
+CLIP_WIDTH = 16
+
+
+def write_tiny_wan(folder, seed: int = 0, dtype=torch.float32, i2v: bool = False) -> Path:
+    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline,
+                           WanTransformer3DModel)
     from transformers import UMT5Config, UMT5EncoderModel
 
     from vidinv.fixture import build_tokenizer
 
     torch.manual_seed(seed)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS, text_dim=20, freq_dim=16, ffn_dim=32, num_layers=3, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+        in_channels=2 * LATENT_CHANNELS + TEMPORAL if i2v else LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        text_dim=20, freq_dim=16, ffn_dim=32, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=64, image_dim=CLIP_WIDTH if i2v else None, added_kv_proj_dim=24 if i2v else None)
     with torch.no_grad():  # random init leaves the output projection tiny; make the model matter
         for p in transformer.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     g = torch.Generator().manual_seed(seed + 1)
     vae = AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
-                           temperal_downsample=[True], scale_factor_spatial=2, scale_factor_temporal=2,
+                           temperal_downsample=[True], scale_factor_spatial=2, scale_factor_temporal=TEMPORAL,
                            latents_mean=(torch.randn(LATENT_CHANNELS, generator=g) * 0.1).tolist(),
                            latents_std=(0.5 + torch.rand(LATENT_CHANNELS, generator=g)).tolist())
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=32, d_model=20, d_kv=10, d_ff=24, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
         relative_attention_max_distance=16, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0, is_encoder_decoder=False))
-    pipe = WanPipeline(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER))
+    parts = dict(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer,
+                 scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER))
+    if i2v:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=CLIP_WIDTH, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            patch_size=8))
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        pipe = WanImageToVideoPipeline(image_encoder=image_encoder, image_processor=processor, **parts)
+    else:
+        pipe = WanPipeline(**parts)
     pipe.to(dtype)
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)

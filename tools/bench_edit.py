@@ -22,6 +22,9 @@ foreground-mask IoU, centroid path error (px). Methods:
   ... + PTI eta e  prompt-tuning inversion (10 iterations per step, optimised for this guidance;
                    its time counted likewise), the edit prompt's embedding interpolated as
                    (1 - e) tuned + e edit
+  edit-friendly    edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
+                   maps (`vidinv.friendly`); "from f": starting at fraction f of the steps (the
+                   paper's T_skip); "+ ours": with reference attention at the defaults
 `--methods` runs only the named rows (then without the speed runs and the reconstruction rows
 not named).
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
@@ -108,6 +111,7 @@ def run(args) -> dict:
     src = cogvideox.encode_text(model, [s.caption for s in specs])
     steps = args.steps
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
+    ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     naive = naive_trajectory(model, src, x0, steps)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
@@ -138,6 +142,8 @@ def run(args) -> dict:
     # reconstruction with the source prompt
     recon_rows = {"exact plain": lambda: pipeline.sample(model, src, exact.noise, steps),
                   "ours default": lambda: guided(exact, ReferenceOptions(), src, 1.0),
+                  "edit-friendly": lambda: pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
+                  "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), src, 1.0),
                   "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
     results["reconstruction"] = reconstruction_rows(
         {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
@@ -169,6 +175,12 @@ def run(args) -> dict:
                                                              negative=null),
                 "ours + null-text": lambda: guided(nt, ReferenceOptions(), edit, g, negative=null),
                 **{name: (lambda base=base, e=e: pti_sample(pt, base, edit, g, e)) for name, (base, e) in pti_rows.items()},
+                "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(g),
+                                                         noise_maps=ef.noise_maps),
+                **{f"edit-friendly from {f:g}": (lambda k=round(f * steps): pipeline.sample(
+                    model, edit, ef.latent_for_step(k), steps, Guidance(g), start=k, noise_maps=ef.noise_maps))
+                   for f in args.skip},
+                "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
             }
             methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),
@@ -186,6 +198,8 @@ def run(args) -> dict:
         "guided": lambda: guided(exact, ReferenceOptions(), edit, args.speed_guidance),
         "guided start=0.3": lambda: guided(exact, ReferenceOptions(start=0.3), edit, args.speed_guidance),
         "guided end=0.5": lambda: guided(exact, ReferenceOptions(end=0.5), edit, args.speed_guidance),
+        "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(args.speed_guidance),
+                                                 noise_maps=ef.noise_maps),
         "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), edit, args.speed_guidance,
                                     "fresh")}, args.repeats)
     results["speed"] = {"guidance": args.speed_guidance, "repeats": args.repeats, "samplers": timing}
@@ -201,6 +215,8 @@ def main(argv=None) -> None:
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--late", type=float, nargs="+", default=[0.4, 0.8, 0.9],
                    help="fractions of the steps where the 'exact from' rows start")
+    p.add_argument("--skip", type=float, nargs="+", default=[0.2],
+                   help="fractions of the steps where the 'edit-friendly from' rows start")
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

@@ -15,6 +15,9 @@ reconstruction. Methods:
   naive            the naive Euler inverse (no refinement), plain sampling from the edited frame
   exact            exact inversion, plain sampling from the edited frame (no injection)
   ours ...         exact inversion + reference attention (a sweep of weight, window, temporal, rows)
+  edit-friendly    edit-friendly DDPM inversion (guidance 1 -> 1, seed 0), the edit sampled with its
+                   noise maps by ancestral Euler (`vidinv.friendly`); "+ ours w=4": with reference
+                   attention (weight 4)
 Also: plain vs guided sampling time with CFG on (guidance 1 -> 3), and the peak memory of both.
 """
 from __future__ import annotations
@@ -94,18 +97,25 @@ def run(args) -> dict:
     exact = pipeline.invert(model, src, x0, steps, Guidance(g1[1], first=g1[0]), Solver(iters=10, tol=1e-5))
     invert_seconds = time.time() - start
     naive = pipeline.invert(model, src, x0, steps, Guidance(g1[1], first=g1[0]), Solver(iters=0))
+    ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(g1[1], first=g1[0]), seed=0)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps,
                "inversion": {"seconds": invert_seconds, "calls_per_step": float(np.mean(exact.calls)),
                              "max_residual": float(max(exact.residuals))}, "tables": []}
 
-    def guided(cond, opts, guidance):
-        return pipeline.guided_sample(pipeline.with_reference(model, exact, opts), cond,
+    def guided(cond, opts, guidance, traj=exact):
+        return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond,
                                       Guidance(guidance[1], first=guidance[0]))
+
+    def friendly(cond, guidance):
+        return pipeline.sample(model, cond, ef.noise, steps, Guidance(guidance[1], first=guidance[0]),
+                               noise_maps=ef.noise_maps)
 
     recon_rows = {"naive plain": pipeline.sample(model, src, naive.noise, steps, Guidance(g1[1], first=g1[0])),
                   "exact plain": pipeline.sample(model, src, exact.noise, steps, Guidance(g1[1], first=g1[0])),
                   "ours w=4": guided(src, ReferenceOptions(weight=4.0), g1),
-                  "ours w=4 + temporal": guided(src, ReferenceOptions(weight=4.0, temporal=True), g1)}
+                  "ours w=4 + temporal": guided(src, ReferenceOptions(weight=4.0, temporal=True), g1),
+                  "edit-friendly": friendly(src, g1),
+                  "edit-friendly + ours w=4": guided(src, ReferenceOptions(weight=4.0), g1, ef)}
     results["reconstruction"] = reconstruction_rows(recon_rows, x0, recon, decode)
 
     for kind in ("colour", "shape"):
@@ -121,6 +131,8 @@ def run(args) -> dict:
                 "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g[1], first=g[0])),
                 "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g[1], first=g[0])),
                 **{name: (lambda o=o: guided(edit, o, g)) for name, o in OURS_SWEEP.items()},
+                "edit-friendly": lambda: friendly(edit, g),
+                "edit-friendly + ours w=4": lambda: guided(edit, ReferenceOptions(weight=4.0), g, ef),
             }
             rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, kind, recon),
                              {"edit": kind, "guidance": list(g)})

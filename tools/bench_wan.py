@@ -16,6 +16,9 @@ the source's VAE reconstruction as tools/bench_edit.py does:
   exact + NPI         ... with the source prompt as the negative (negative-prompt inversion)
   ours default        exact inversion + reference attention at the Reference Attention defaults
   ours + NPI          both
+  edit-friendly       edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
+                      maps (the flow posterior, `vidinv.friendly`); "from 0.2": from a fifth of the
+                      steps on; "+ ours": with reference attention at the defaults
 Speed: plain vs guided sampling at guidance 5 (CFG on), median of --repeats.
 """
 from __future__ import annotations
@@ -84,6 +87,8 @@ def run(args) -> dict:
         baseline = float(np.mean(rel_err(pipeline.sample(model, src, fresh, steps, Guidance(g)), x0)))
         result["tables"].append({"steps": steps, "guidance": g, "fresh_noise_rel_err": baseline, "rows": rows})
     exact, naive = trajectories[1.0, "default"], trajectories[1.0, "naive (inverse Euler step)"]
+    ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
+    skip = round(0.2 * steps)
 
     def guided(traj, opts, cond, g, start="inverted", negative=None):
         return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond, Guidance(g), start=start,
@@ -95,7 +100,9 @@ def run(args) -> dict:
         "ours default": guided(exact, ReferenceOptions(), src, 1.0),
         f"ours default, guidance {args.guidance:g} trajectory": guided(
             trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance),
-        "published": guided(naive, published, src, 1.0, "fresh")}, x0, recon, decode)
+        "published": guided(naive, published, src, 1.0, "fresh"),
+        "edit-friendly": pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
+        "edit-friendly + ours": guided(ef, ReferenceOptions(), src, 1.0)}, x0, recon, decode)
 
     g = args.guidance
     targets = [edited_spec(s, "colour") for s in specs]
@@ -111,6 +118,10 @@ def run(args) -> dict:
         "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
         "ours default": lambda: guided(exact, ReferenceOptions(), edit, g),
         "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
+        "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(g), noise_maps=ef.noise_maps),
+        "edit-friendly from 0.2": lambda: pipeline.sample(model, edit, ef.latent_for_step(skip), steps, Guidance(g),
+                                                          start=skip, noise_maps=ef.noise_maps),
+        "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
     }
     rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, "colour", recon),
                      {"edit": "colour", "guidance": g})

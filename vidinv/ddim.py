@@ -129,8 +129,8 @@ def predict_x0(schedule: Schedule, x: torch.Tensor, out: torch.Tensor, t: int) -
 def sampler_grid(schedule: Schedule, steps: int) -> solver.Grid:
     """The `steps`-step DDIM grid as affine steps for `vidinv.solver` (model output = v or epsilon,
     no skip term; the model is called with the integer timestep t)."""
-    points = []
-    for t, p in grid(schedule, steps):
+    points, pairs = [], grid(schedule, steps)
+    for t, p in pairs:
         a, b = coefficients(schedule, t, p)
         ab = schedule.alpha_bar(t)
         if schedule.prediction_type == "v_prediction":
@@ -139,7 +139,10 @@ def sampler_grid(schedule: Schedule, steps: int) -> solver.Grid:
             root = math.sqrt(max(ab, 1e-12))
             x0 = (1 / root, -math.sqrt(1 - ab) / root)
         points.append(solver.Step(a, b, 0.0, x0, {"t": t}, f"timestep {t}", f"timestep {p} -> {t}"))
-    return solver.Grid("ddim", tuple(points), tuple(timesteps(schedule, steps)), schedule.prediction_type)
+    levels = tuple((math.sqrt(schedule.alpha_bar(t)), math.sqrt(1 - schedule.alpha_bar(t)))
+                   for t in [t for t, _ in pairs] + [pairs[-1][1]])  # each step's input, then the clean end
+    return solver.Grid("ddim", tuple(points), tuple(timesteps(schedule, steps)), schedule.prediction_type,
+                       levels=levels)
 
 
 def sample(denoise: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int,

@@ -146,7 +146,7 @@ def steps_grid(sigmas, prediction_type: str = "v_prediction", timesteps=None,
                                   f"sigma {sigma:.4g}", f"sigma {nxt:.4g} -> {sigma:.4g}"))
     times = tuple(timesteps) if timesteps is not None else tuple(range(len(points)))
     return solver.Grid("euler", tuple(points), times, prediction_type, float(init_noise_sigma),
-                       tuple(float(s) for s in sigmas))
+                       tuple(float(s) for s in sigmas), tuple((1.0, float(s)) for s in sigmas))
 
 
 def sampler_grid(grid: Grid) -> solver.Grid:

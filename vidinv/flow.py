@@ -73,7 +73,8 @@ def steps_grid(sigmas, timesteps) -> solver.Grid:
     """The Euler steps on `sigmas` for `vidinv.solver`: out = v, a = 1, b = sigma_next - sigma."""
     points = tuple(solver.Step(1.0, nxt - sigma, 0.0, (1.0, -sigma), {"sigma": sigma}, f"sigma {sigma:.4g}",
                                f"sigma {nxt:.4g} -> {sigma:.4g}") for sigma, nxt in zip(sigmas, sigmas[1:]))
-    return solver.Grid(KIND, points, tuple(timesteps), PREDICTION, 1.0, tuple(float(s) for s in sigmas))
+    return solver.Grid(KIND, points, tuple(timesteps), PREDICTION, 1.0, tuple(float(s) for s in sigmas),
+                       tuple((1.0 - float(s), float(s)) for s in sigmas))
 
 
 def sampler_grid(config: dict, steps: int) -> solver.Grid:

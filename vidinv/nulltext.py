@@ -167,6 +167,7 @@ def null_text_inversion(model, traj, guidance: float, iters: int = 10, lr: float
     """Optimise one unconditional embedding per step (noisiest first) so that guidance-`guidance`
     DDIM sampling from the pivot trajectory follows it. Returns the trajectory with
     ``null_embeds`` ``[T, B, L, D]`` and the achieved per-step losses in ``extra``."""
+    traj.require_exact("Null-text inversion")
     if traj.guidance != 1.0:
         raise errors.InputError(f"null-text inversion pivots on a guidance-1 inversion; this trajectory used "
                                 f"guidance {traj.guidance:g}", "Invert with guidance 1 first.")
@@ -186,6 +187,7 @@ def prompt_tuning_inversion(model, traj, guidance: float, iters: int = 10, lr: f
     sampling with it follows the trajectory; the unconditional branch keeps the source's negative.
     Returns the trajectory with ``tuned_embeds`` ``[T, B, L, D]`` and its settings and per-step
     losses in ``extra["prompt_tuning"]``; `positive_for` makes the edit's embeddings from them."""
+    traj.require_exact("Prompt-tuning inversion")
     families.require(model, cogvideox.FAMILY.name, "Prompt-tuning inversion",
                      "It optimises text embeddings; use a CogVideoX model and trajectory.")
     if not (errors.is_number(guidance) and guidance >= 1.0):

@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from . import attention, errors, families, solver
+from . import attention, errors, families, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
@@ -64,38 +64,79 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
 
     with on_device(fam.network(model), model):
         latents, stats = solver.invert(denoise, latent, grid, settings, callback=after)
+    return record(model, fam, cond, guidance, grid, image_latents, latents, storage, iterations=int(settings.iters),
+                  tolerance=float(settings.tol), extra={**settings.record(), "pad_frames": int(pad_frames)},
+                  residuals=[s.residual for s in stats], calls=[s.calls for s in stats])
+
+
+@torch.no_grad()
+def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = Guidance(), seed: int = 0,
+                    dtype: str = "fp32", image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
+                    pad_frames: int = 0) -> Trajectory:
+    """Edit-friendly DDPM inversion (`vidinv.friendly`) of `latent` on the model's `steps`-step grid:
+    every latent drawn from q(x_t | x_0) with noise from `seed`, and the noise map of each step solved
+    under `guidance`, one model call per step. The Trajectory carries the maps (`noise_maps`);
+    sampling with them (`sample`, `guided_sample`) reproduces `latent` with the same conditioning
+    and guidance, and edits with another."""
+    hooks = hooks or Hooks()
+    fam = checked_family(model, cond, latent, guidance, image_latents)
+    storage = check_dtype(dtype)
+    grid = fam.grid(model, steps)
+    friendly.posterior(grid)  # a grid without levels is refused before any model call
+    denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
+
+    def after(info):
+        hooks.after_step(info["i"], steps, {k: v for k, v in info.items() if k not in ("i", "x", "map")}
+                         | {"residual": 0.0, "calls": 1})
+
+    with on_device(fam.network(model), model):
+        latents, maps = friendly.invert(denoise, latent, grid, torch.Generator().manual_seed(int(seed)),
+                                        callback=after)
+    return record(model, fam, cond, guidance, grid, image_latents, latents, storage, iterations=0, tolerance=0.0,
+                  extra={"pad_frames": int(pad_frames), "seed": int(seed)}, residuals=[0.0] * steps,
+                  calls=[1] * steps, noise_maps=torch.stack(maps).to(storage))
+
+
+def record(model, fam, cond, guidance: Guidance, grid: solver.Grid, image_latents, latents, storage,
+           **fields) -> Trajectory:
+    """The Trajectory of an inversion: its latents (cleanest first), grid, model and the family's fields."""
     return Trajectory(
         latents=torch.stack(latents).to(storage), timesteps=list(grid.timesteps),
         scheduler_config=dict(model.scheduler_config), model_fingerprint=model.fingerprint, model_name=model.name,
-        iterations=int(settings.iters), tolerance=float(settings.tol),
-        extra={**settings.record(), "pad_frames": int(pad_frames)},
-        residuals=[s.residual for s in stats], calls=[s.calls for s in stats], family=fam.name,
-        sigmas=None if grid.sigmas is None else list(grid.sigmas),
-        **fam.trajectory_fields(model, cond, guidance, grid, image_latents))
+        family=fam.name, sigmas=None if grid.sigmas is None else list(grid.sigmas),
+        **fam.trajectory_fields(model, cond, guidance, grid, image_latents), **fields)
 
 
-def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hooks, start: int = 0) -> torch.Tensor:
-    """The sampling loop on `grid` with progress after every step."""
+def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hooks, start: int = 0,
+        noise_maps: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampling loop on `grid` with progress after every step: deterministic, or with an
+    edit-friendly trajectory's `noise_maps` the stochastic sampler they were solved for."""
     def after(info):
         hooks.after_step(info["i"], grid.steps, {k: v for k, v in info.items() if k != "i"})
 
     with on_device(fam.network(model), model):
-        return solver.sample(denoise, noise, grid, after, start)
+        if noise_maps is None:
+            return solver.sample(denoise, noise, grid, after, start)
+        return friendly.sample(denoise, noise, grid, noise_maps, callback=after, start=start)
 
 
 @torch.no_grad()
 def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Guidance(),
            image_latents: torch.Tensor | None = None, negative=None, start: int = 0,
-           hooks: Hooks | None = None, positive=None) -> torch.Tensor:
+           hooks: Hooks | None = None, positive=None, noise_maps: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic sampling on the model's `steps`-step grid from `noise` (``[B, F, C, H, W]``; the
     latent at step `start`, 0 for noise); returns the clean latent. `negative(t)`: per-step
     unconditional embeddings (text families: null-text or negative-prompt inversion); `positive(t)`:
-    per-step conditional embeddings (text families: prompt tuning, `vidinv.nulltext.positive_for`)."""
+    per-step conditional embeddings (text families: prompt tuning, `vidinv.nulltext.positive_for`).
+    `noise_maps` (an edit-friendly trajectory's, ``[T, B, F, C, H, W]``): its stochastic sampler instead."""
     hooks = hooks or Hooks()
     fam = checked_family(model, cond, noise, guidance, image_latents)
     grid = fam.grid(model, steps)
+    if noise_maps is not None and tuple(noise_maps.shape) != (steps, *noise.shape):
+        raise errors.InputError(f"noise maps {tuple(noise_maps.shape)} do not fit {steps} steps of a latent "
+                                f"{tuple(noise.shape)}", "Sample the edit-friendly trajectory's own noise on its grid.")
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents, negative, positive=positive), hooks)
-    return run(model, fam, denoise, noise, grid, hooks, start)
+    return run(model, fam, denoise, noise, grid, hooks, start, noise_maps)
 
 
 def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None):
@@ -132,7 +173,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     inverted under CFG and every row receives the reference: then each CFG row gets its own, made with
     the conditioning that row used at inversion, so that on reconstruction every row attends to
     duplicates of its own keys (DESIGN fact 5). With ``start="inverted"`` and the source conditioning
-    this reconstructs as plain sampling does, for any options.
+    this reconstructs as plain sampling does, for any options. An edit-friendly trajectory
+    (`invert_friendly`) is sampled with its noise maps, its noisy latents as the reference.
 
     `cond` None: the trajectory's source conditioning where the family allows it. `negative(t)` /
     `positive(t)`: per-step embeddings for the CFG branches, as in `sample`.
@@ -155,6 +197,9 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 f"image conditioning is {tuple(source_image.shape)}",
                                 "Give a first frame of the source video's size.")
     image = source_image if image_latents is None else image_latents
+    if traj.noise_maps is not None and start != "inverted":
+        raise errors.InputError(f"start {start!r} with an edit-friendly trajectory: its noise maps belong to its own "
+                                "noisy latents", "Set start to 'inverted' (or use an exact trajectory).")
     noise = start_noise(traj, start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
@@ -172,4 +217,4 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
             return ctx
 
         denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention, positive)
-        return run(model, fam, denoise, noise, grid, hooks)
+        return run(model, fam, denoise, noise, grid, hooks, noise_maps=traj.noise_maps)

@@ -56,13 +56,16 @@ class Grid:
     """A sampling grid, noisiest step first. `kind` names the sampler ("ddim", "euler");
     `timesteps` are the values the model is called with (a trajectory stores them), `sigmas` the
     noise levels where the sampler has them; fresh unit noise enters as ``noise * init_noise_sigma``;
-    `prediction_type` is what the model outputs ("v_prediction", "epsilon")."""
+    `prediction_type` is what the model outputs ("v_prediction", "epsilon"); `levels` where each
+    latent of the grid sits, ``x = alpha clean + s noise``: one (alpha, s) per step's input and the
+    clean end last (the stochastic sampler of `vidinv.friendly` needs them)."""
     kind: str
     points: tuple[Step, ...]
     timesteps: tuple
     prediction_type: str
     init_noise_sigma: float = 1.0
     sigmas: tuple[float, ...] | None = None
+    levels: tuple[tuple[float, float], ...] | None = None
 
     @property
     def steps(self) -> int:

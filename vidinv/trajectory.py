@@ -22,7 +22,10 @@ family's (`vidinv.family.Family.trajectory_fields`), and the family checks its o
 - ``"wan"`` (Wan 2.x text-to-video): `sigmas` is the flow-matching Euler grid, T+1 values noisiest
   first from 1 (pure noise) to 0, latents[k] sits at ``sigmas[T - k]`` (``x = (1 - sigma) clean +
   sigma noise``); `timesteps` are the T model times (``1000 sigma``, the scheduler's float32 values);
-  `embeds` / `negative_embeds` the UMT5 text conditioning ``[1, 512, D]`` (zeros past each prompt).
+  `embeds` / `negative_embeds` the UMT5 text conditioning ``[1, 512, D]`` (zeros past each prompt);
+  for image-to-video models `image_latents` ``[B, F, M + C, h, w]`` (the first-frame mask and the
+  first frame's latent, `vidinv.models.wan.ImageCondition`) and `image_embeds` ``[B, N, D]`` (its
+  CLIP tokens; a pack from before them refuses the file, as its Wan files carry no image latents).
 
 Saved as safetensors: tensors plus one JSON metadata string under the key ``vidinv``, written as the
 family's format version (`Family.trajectory_version`): CogVideoX as version 1 (what every earlier
@@ -31,7 +34,14 @@ refuses them instead of misreading them. A file that carries prompt-tuned embedd
 (``tuned_embeds``, issue 21) is written as version `TUNED_VERSION` (3) or its family's, whichever is
 larger, so packs from before prompt tuning refuse it rather than load it without them; CogVideoX
 files without them stay version 1.
-Files without a ``family`` are CogVideoX. ``above_tolerance`` (the inversion steps, cleanest first and
+Files without a ``family`` are CogVideoX.
+
+Two kinds (`Trajectory.kind`), in every family: ``"exact"``, the exact inversion of the deterministic
+sampler (latents[T] is the noise it reconstructs from), and ``"edit-friendly"`` (`vidinv.friendly`):
+latents drawn from q(x_t | x_0) and ``noise_maps`` ``[T, B, F, C, H, W]`` (noisiest first), with which
+the family's stochastic sampler reproduces x_0; ``extra.seed`` is the seed they were drawn with.
+Edit-friendly files are written as version `FRIENDLY_VERSION` (5) or their family's, whichever is
+larger, so earlier packs refuse them rather than sample them deterministically. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
 ignore; files without it get it from their residuals and tolerance, so neither version changes.
 """
@@ -44,12 +54,13 @@ from pathlib import Path
 
 import torch
 
-from . import ddim, edm, errors, families, solver
+from . import ddim, edm, errors, families, friendly, solver
 from .errors import describe_value, is_count, is_number
 
 FORMAT = "vidinv.trajectory"
 TUNED_VERSION = 3  # the version of files that carry tuned_embeds (older packs read up to 2)
-VERSION = max(TUNED_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))  # the newest this pack reads
+FRIENDLY_VERSION = 5  # the version of edit-friendly files (noise_maps; older packs read up to 4)
+VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))
 STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 
 
@@ -78,6 +89,8 @@ class Trajectory:
     conditioning: dict = dataclasses.field(default_factory=dict)  # SVD: its first-frame values (svd.CONDITIONING_KEYS)
     above_tolerance: list[int] | None = None  # inversion steps (cleanest first) above `tolerance`; None: derive
     tuned_embeds: torch.Tensor | None = None  # [T, 1 or B, L, D] from prompt-tuning inversion, noisiest first
+    image_embeds: torch.Tensor | None = None  # Wan I2V: the first frame's CLIP tokens [B, N, D]
+    noise_maps: torch.Tensor | None = None  # edit-friendly: [T, B, F, C, H, W] per sampling step, noisiest first
 
     def __post_init__(self):
         if self.above_tolerance is None:
@@ -87,6 +100,18 @@ class Trajectory:
     @property
     def steps(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def kind(self) -> str:
+        """"edit-friendly" (it carries noise maps) or "exact"."""
+        return "exact" if self.noise_maps is None else friendly.KIND
+
+    def require_exact(self, what: str) -> None:
+        """Refuse an edit-friendly trajectory where only an exact one makes sense."""
+        if self.noise_maps is not None:
+            raise errors.InputError(
+                f"{what} needs an exact trajectory; this one is edit-friendly (its latents are noisy draws, not the "
+                "path of the deterministic sampler)", "Invert the video with the family's exact Invert node.")
 
     @property
     def noise(self) -> torch.Tensor:
@@ -103,7 +128,7 @@ class Trajectory:
     @property
     def size_mb(self) -> float:
         tensors = [self.latents, self.embeds, self.negative_embeds, self.image_latents, self.null_embeds,
-                   self.tuned_embeds]
+                   self.tuned_embeds, self.image_embeds, self.noise_maps]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 1e6
 
     @property
@@ -119,7 +144,7 @@ class Trajectory:
             "residuals": [float(r) for r in self.residuals], "calls": list(self.calls),
             "model": self.model_name, "prompt": self.prompt,
             "null_text": self.null_embeds is not None, "prompt_tuning": self.tuned_embeds is not None,
-            "family": self.family,
+            "family": self.family, "kind": self.kind,
             "above_tolerance": [{"step": k + 1, "residual": float(self.residuals[k]), "calls": int(self.calls[k])}
                                 for k in self.above_tolerance],
             "warning": self.tolerance_warning(),
@@ -233,7 +258,11 @@ class Trajectory:
         if self.conditioning:
             meta["conditioning"] = self.conditioning
         version = families.get(self.family).trajectory_version
-        meta.update(format=FORMAT, version=version if self.tuned_embeds is None else max(version, TUNED_VERSION))
+        if self.tuned_embeds is not None:
+            version = max(version, TUNED_VERSION)
+        if self.noise_maps is not None:
+            version = max(version, FRIENDLY_VERSION)
+        meta.update(format=FORMAT, version=version)
         try:  # what load() would refuse is never written (a NaN, a wrong type)
             check_fields(json.loads(json.dumps(meta)), path.name)
             read_tensors(tensors, path.name)
@@ -273,7 +302,7 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
                         None),  # None: derived from the residuals (files written before the key)
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
-OPTIONAL_TENSORS = ("image_latents", "null_embeds", "tuned_embeds")
+OPTIONAL_TENSORS = ("image_latents", "null_embeds", "tuned_embeds", "image_embeds", "noise_maps")
 
 
 def read_metadata(raw: str, name: str) -> dict:
@@ -396,6 +425,14 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
         refuse(f"tuned_embeds must be [T, 1 or B, L, D] = [{steps}, 1 or {lat.shape[1]}, "
                f"{', '.join(map(str, traj.embeds.shape[1:]))}], got {tuple(tuned.shape)}",
                "Run prompt-tuning inversion again.")
+    maps = traj.noise_maps
+    if maps is not None and tuple(maps.shape) != (steps, *lat.shape[1:]):
+        refuse(f"noise_maps must be [T, B, F, C, H, W] = [{steps}, {', '.join(map(str, lat.shape[1:]))}], got "
+               f"{tuple(maps.shape)}", "Run the edit-friendly inversion again.")
+    if maps is not None and (traj.null_embeds is not None or traj.tuned_embeds is not None):
+        refuse("an edit-friendly trajectory carries no null-text or prompt-tuned embeddings")
+    if traj.image_embeds is not None and traj.image_latents is None:
+        refuse(f"image_embeds {tuple(traj.image_embeds.shape)} without image_latents")
     if tuned is not None and not families.get(traj.family).text_conditioned:
         refuse(f"a {families.display_name(traj.family)} trajectory carries no prompt-tuned embeddings")
     for key in ("residuals", "calls"):

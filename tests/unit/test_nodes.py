@@ -127,3 +127,27 @@ def test_invert_node_says_when_steps_stop_above_the_tolerance(pack, graph):
     graph_above = [k + 1 for k, r in enumerate(graph["summary"]["residuals"]) if r > 1e-7]  # the graph's own run
     assert [a["step"] for a in graph["summary"]["above_tolerance"]] == graph_above
     assert bool(graph["summary"]["warning"]) == bool(graph_above)
+
+
+def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, graph):
+    """Edit-Friendly Invert -> Edit-Friendly Sample reconstructs; its noise on DDIM Sample and an exact
+    trajectory on Edit-Friendly Sample are refused with the node to use instead."""
+    from vidinv_pack.vidinv import errors
+    m, model = pack.NODE_CLASS_MAPPINGS, graph["model"]
+    inv = m["VInvFriendlyInvert"]().invert(model, graph["cond"], graph["latent"], 6, 3.0, 7, "fp32")
+    traj, noise = inv["result"]
+    assert inv["ui"]["vinv_trajectory"][0]["kind"] == "edit-friendly" and sum(traj.calls) == 6
+    x0 = graph["latent"]["samples"]
+    rec, = m["VInvFriendlySample"]().sample(model, traj, graph["cond"], 3.0, "conditioning")
+    assert float((rec["samples"] - x0).norm() / x0.norm()) < 1e-5
+    edit, = m["VInvFriendlySample"]().sample(model, traj, graph["edit"], 3.0, "source prompt")
+    assert float((edit["samples"] - x0).norm() / x0.norm()) > 1e-3
+    patched, = m["VInvReferenceAttention"]().patch(model, traj, "all", 0.0, 1.0, 4.0, True, "all", "source")
+    guided, = m["VInvGuidedSample"]().sample(patched, graph["cond"], 3.0, False, "inverted", 0, "conditioning")["result"]
+    assert float((guided["samples"] - rec["samples"]).norm() / x0.norm()) < 1e-5
+    with pytest.raises(errors.InputError, match="noise of an edit-friendly trajectory"):
+        m["VInvDDIMSample"]().sample(model, graph["cond"], noise, 6, 3.0, False, "conditioning")
+    with pytest.raises(errors.InputError, match="needs an edit-friendly trajectory; this one is exact"):
+        m["VInvFriendlySample"]().sample(model, graph["traj"], graph["cond"], 3.0, "conditioning")
+    with pytest.raises(errors.InputError, match="Null-text inversion needs an exact trajectory"):
+        m["VInvNullTextInversion"]().optimise(model, traj, 3.0, 1, 0.05, 1e-5, "auto")

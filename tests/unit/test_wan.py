@@ -276,11 +276,15 @@ def test_folders_it_cannot_invert_are_refused_with_a_reason(folder, tmp_path):
     shutil.copytree(two / "transformer", two / "transformer_2")
     with pytest.raises(errors.InputError, match="two-expert"):
         wan.load(two)
-    i2v = copy_folder(folder, tmp_path, "i2v")
+    i2v = copy_folder(folder, tmp_path, "i2v")  # CLIP tokens, but no image encoder in the folder
     cfg = json.loads((i2v / "transformer" / "config.json").read_text())
     (i2v / "transformer" / "config.json").write_text(json.dumps(dict(cfg, image_dim=1280, added_kv_proj_dim=24)))
-    with pytest.raises(errors.InputError, match="image-to-video"):
+    with pytest.raises(errors.InputError, match="image-to-video folder .* without image_encoder"):
         wan.load(i2v)
+    odd = copy_folder(folder, tmp_path, "odd-channels")
+    (odd / "transformer" / "config.json").write_text(json.dumps(dict(cfg, in_channels=13)))
+    with pytest.raises(errors.InputError, match="fit neither text-to-video"):
+        wan.load(odd)
     part = copy_folder(folder, tmp_path, "part")
     shutil.rmtree(part / "text_encoder")
     with pytest.raises(errors.InputError, match="missing text_encoder"):

@@ -1,15 +1,24 @@
-"""Wan 2.x text-to-video in diffusers format: load a folder, encode text (UMT5), VAE encode/decode,
-and the denoiser that the flow-matching Euler grid of `vidinv.flow` drives; `FAMILY` puts it behind
-the model-family interface.
+"""Wan 2.x in diffusers format, text-to-video and image-to-video: load a folder, encode text (UMT5),
+VAE encode/decode, the first-frame conditioning of image-to-video models, and the denoiser that the
+flow-matching Euler grid of `vidinv.flow` drives; `FAMILY` puts it behind the model-family interface.
 
 Every shape and setting is read from the folder's configs: latent channels (``z_dim``), the VAE's
 spatial and temporal compression (``scale_factor_spatial`` / ``scale_factor_temporal``), the latent
-normalisation (``latents_mean`` / ``latents_std``), the transformer's patch size, heads and layers,
-the text width, the flow shift of the scheduler. Wan 2.1 T2V 1.3B and 14B and the bundled tiny
-model take the same path (Wan 2.2 TI2V-5B used for text-to-video is single-transformer and should
-too; nothing tests it yet). Refused with a message: image-to-video
-folders (a transformer with image inputs, an ``image_encoder``) and Wan 2.2's two-expert folders
-(``transformer_2`` with ``boundary_ratio``), which this version leaves for later.
+normalisation (``latents_mean`` / ``latents_std``), the transformer's patch size, heads, layers and
+input channels, the text width, the CLIP image width (``image_dim``), the flow shift of the scheduler.
+Wan 2.1 T2V 1.3B / 14B, Wan 2.1 I2V 14B (480p, 720p) and the bundled tiny model take the same path
+(Wan 2.2 TI2V-5B used for text-to-video is single-transformer and should too; nothing tests it
+yet).
+
+Image-to-video (`ImageCondition`), as WanImageToVideoPipeline conditions: the video's first frame,
+encoded by the VAE as the clip [first frame, grey frames] and normalised, rides with the latent on
+channels after a first-frame mask (``scale_factor_temporal`` channels, ones on the first latent frame);
+the CLIP vision encoder's second-to-last hidden states of that frame enter cross-attention ahead of
+the text (``encoder_hidden_states_image``), the same for both CFG rows.
+
+Refused with a message: Wan 2.2's two-expert folders (``transformer_2`` with ``boundary_ratio``) and
+Wan 2.1 first-last-frame folders (``pos_embed_seq_len``: two images), which this version leaves for
+later.
 """
 from __future__ import annotations
 
@@ -28,7 +37,9 @@ from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_
 
 TRANSFORMER_CLASS = "WanTransformer3DModel"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+I2V_SUBFOLDERS = ("image_encoder", "image_processor")  # of folders whose transformer takes CLIP tokens
 TEXT_LEN = 512  # WanPipeline's max_sequence_length: prompts are padded to it (its I2V attention assumes it)
+GREY = 0.5  # the frames after the first in the I2V condition clip (0 in the VAE's -1..1)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -65,11 +76,37 @@ def check_model_folder(path: Path) -> None:
             "inverts single-transformer Wan models only",
             "Use a single-transformer Wan folder (Wan 2.1 T2V 1.3B or 14B); two-expert support is planned.")
     tcfg = loading.read_json(path / "transformer" / "config.json")
-    if tcfg.get("image_dim") or tcfg.get("added_kv_proj_dim") or (path / "image_encoder").is_dir():
+    if tcfg.get("pos_embed_seq_len"):
         raise errors.InputError(
-            f"{path.name!r} is a Wan image-to-video folder (image_dim {tcfg.get('image_dim')!r}, added_kv_proj_dim "
-            f"{tcfg.get('added_kv_proj_dim')!r}); this version of the pack inverts Wan text-to-video models only",
-            "Use a Wan text-to-video folder (Wan2.1-T2V-1.3B-Diffusers or -14B-Diffusers).")
+            f"{path.name!r} is a Wan first-last-frame folder (pos_embed_seq_len {tcfg['pos_embed_seq_len']!r}: CLIP "
+            "tokens of two images); this version of the pack conditions on the first frame only",
+            "Use a Wan text-to-video or image-to-video folder (Wan2.1-I2V-14B-480P-Diffusers).")
+    missing = [s for s in I2V_SUBFOLDERS if not (path / s).is_dir()]
+    if tcfg.get("image_dim") and missing:
+        raise errors.InputError(
+            f"{path.name!r} is a Wan image-to-video folder (image_dim {tcfg['image_dim']}) without "
+            f"{', '.join(missing)}", "Download the whole diffusers repository (for example "
+            "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers): its CLIP image encoder and image processor are needed.")
+    check_channels(path, tcfg)
+
+
+def check_channels(path: Path, tcfg: dict) -> None:
+    """From the configs, before any weight is read: the transformer takes the latent alone
+    (text-to-video) or the latent, the first-frame mask and the first frame's latent (image-to-video),
+    and CLIP tokens as wide as the folder's image encoder."""
+    vcfg = loading.read_json(path / "vae" / "config.json")  # a key left out takes diffusers' default
+    c, t, got = int(vcfg.get("z_dim", 16)), int(vcfg.get("scale_factor_temporal", 4)), int(tcfg.get("in_channels", 16))
+    if got not in (c, 2 * c + t):
+        raise errors.InputError(
+            f"{path.name!r}: transformer in_channels {got} fit neither text-to-video ({c}, the VAE's latent channels) "
+            f"nor image-to-video ({2 * c + t} = latent {c} + mask {t} + first frame {c})",
+            "The transformer and the VAE of this folder do not belong together.")
+    width = tcfg.get("image_dim")
+    clip = loading.read_json(path / "image_encoder" / "config.json").get("hidden_size") if width else None
+    if width and clip != width:
+        raise errors.InputError(f"{path.name!r}: the image encoder's width {clip!r} differs from the transformer's "
+                                f"image_dim {width}", "The image encoder of this folder does not belong to its "
+                                "transformer.")
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -89,6 +126,8 @@ class Wan:
     device: torch.device
     offload_device: torch.device
     fingerprint: str
+    image_encoder: torch.nn.Module | None = None  # image-to-video models with CLIP tokens (image_dim)
+    image_processor: object = None
     reference: object = None
     family: str = "wan"
 
@@ -129,20 +168,32 @@ class Wan:
     def flow_shift(self) -> float:
         return flow.shift_of(self.scheduler_config)
 
+    @property
+    def is_i2v(self) -> bool:
+        """An image-to-video model: its transformer takes the first-frame condition on channels."""
+        return int(self.transformer.config.in_channels) != self.latent_channels
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the I2V condition: the first-frame mask (one per frame of the temporal factor) and
+        the first frame's latent (0 for text-to-video)."""
+        return self.temporal_factor + self.latent_channels if self.is_i2v else 0
+
     def describe(self) -> str:
         c = self.transformer.config
-        return (f"{self.name}: Wan T2V, {c.num_layers} blocks, {c.num_attention_heads} heads x {c.attention_head_dim}, "
+        return (f"{self.name}: Wan {'I2V' if self.is_i2v else 'T2V'}, {c.num_layers} blocks, {c.num_attention_heads} heads x {c.attention_head_dim}, "
                 f"{self.latent_channels} latent channels, patch {list(self.patch_size)}, VAE {self.spatial_factor}x/"
                 f"{self.temporal_factor}x, flow shift {self.flow_shift:g}, {str(self.dtype).replace('torch.', '')}")
 
 
 def fingerprint(path: Path, transformer) -> str:
-    return loading.fingerprint([path / sub / name for sub in ("transformer", "scheduler", "vae")
-                                for name in ("config.json", "scheduler_config.json")], transformer)
+    return loading.fingerprint([path / sub / name for sub in ("transformer", "scheduler", "vae", *I2V_SUBFOLDERS)
+                                for name in ("config.json", "scheduler_config.json", "preprocessor_config.json")],
+                               transformer)
 
 
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> Wan:
-    """Load a diffusers Wan text-to-video folder. Modules rest on `offload_device` and move to
+    """Load a diffusers Wan text-to-video or image-to-video folder. Modules rest on `offload_device` and move to
     `device` for the stage that uses them. `from_pretrained` of the transformer needs `accelerate`
     (DESIGN fact 10)."""
     path = Path(path)
@@ -169,16 +220,17 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
         path / "text_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     scheduler_config = loading.read_json(path / "scheduler" / "scheduler_config.json")
-    for m in (transformer, vae, text_encoder):
-        m.eval().requires_grad_(False).to(offload_device)
-    model = Wan(name or path.name, str(path), transformer, vae, text_encoder, tokenizer, scheduler_config,
-                torch_dtype, device, offload_device, fingerprint(path, transformer))
-    if int(transformer.config.in_channels) != model.latent_channels:
-        raise errors.InputError(
-            f"{model.name}: transformer in_channels {transformer.config.in_channels} differ from the VAE's "
-            f"{model.latent_channels} latent channels", "The transformer and the VAE of this folder do not belong "
-            "together (or it is an image-to-video model, which this version does not invert).")
-    return model
+    image_encoder = image_processor = None
+    if transformer.config.image_dim:
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+        image_encoder = CLIPVisionModel.from_pretrained(
+            path / "image_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
+        image_processor = CLIPImageProcessor.from_pretrained(path / "image_processor")
+    for m in (transformer, vae, text_encoder, image_encoder):
+        if m is not None:
+            m.eval().requires_grad_(False).to(offload_device)
+    return Wan(name or path.name, str(path), transformer, vae, text_encoder, tokenizer, scheduler_config,
+               torch_dtype, device, offload_device, fingerprint(path, transformer), image_encoder, image_processor)
 
 
 # ----------------------------------------------------------------------------- text
@@ -266,6 +318,74 @@ def decode_video(model: Wan, latents: torch.Tensor, tiling: str = "auto") -> tor
     return torch.cat(out)
 
 
+# ----------------------------------------------------------------------------- image-to-video
+
+@dataclasses.dataclass(eq=False)
+class ImageCondition:
+    """What an image-to-video sample is conditioned on, from its first frame: `latents` ``[B, F, M + C,
+    h, w]`` (the first-frame mask, M = the VAE's temporal factor, then the VAE latent of [first frame,
+    grey frames], normalised), concatenated to the noisy latent on channels at every call, and
+    `embeds` ``[B, N, D]`` (CLIP tokens; None for a transformer without ``image_dim``). It rides
+    with the latent as its image conditioning; `shape` is the latents' (what the pipeline compares)."""
+    latents: torch.Tensor
+    embeds: torch.Tensor | None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.latents.shape
+
+    def rows(self, n: int) -> "ImageCondition":
+        """The conditioning for `n` rows of a call (CFG rows, reference rows): each of its B rows repeated."""
+        reps = n // self.latents.shape[0]
+        return ImageCondition(self.latents.repeat(reps, 1, 1, 1, 1),
+                              None if self.embeds is None else self.embeds.repeat(reps, 1, 1))
+
+
+@torch.no_grad()
+def encode_image_condition(model: Wan, first_frame: torch.Tensor, latent_frames: int,
+                           tiling: str = "auto") -> ImageCondition:
+    """The I2V conditioning of a first frame (IMAGE ``[1, H, W, 3]``, already at the video's size) for a
+    latent of `latent_frames` frames, as WanImageToVideoPipeline builds it."""
+    n = (latent_frames - 1) * model.temporal_factor + 1
+    clip = torch.cat([first_frame[:1], torch.full((n - 1, *first_frame.shape[1:]), GREY)])
+    z = encode_video(model, clip, tiling)  # [1, F, C, h, w]
+    mask = torch.zeros(1, latent_frames, model.temporal_factor, *z.shape[-2:])
+    mask[:, 0] = 1.0
+    embeds = None
+    if model.image_encoder is not None:
+        pixels = (first_frame[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # what a PIL image gives
+        inputs = model.image_processor(images=pixels, return_tensors="pt")
+        with on_device(model.image_encoder, model) as enc:
+            out = enc(pixel_values=inputs.pixel_values.to(model.device, model.dtype), output_hidden_states=True)
+        embeds = out.hidden_states[-2].float().cpu()
+    return ImageCondition(torch.cat([mask, z], dim=2), embeds)
+
+
+def check_image_condition(model: Wan, image, latent: torch.Tensor) -> None:
+    """An image-to-video model needs its first-frame conditioning, of the latent's frames and size;
+    a text-to-video model takes none."""
+    if not model.is_i2v:
+        if image is not None:
+            raise errors.InputError(f"the latent carries image-to-video conditioning, which {model.name} (Wan "
+                                    "text-to-video) does not take", "Encode the video with this Wan model's VAE.")
+        return
+    if not isinstance(image, ImageCondition):
+        raise errors.InputError(
+            f"{model.name} is a Wan image-to-video model: the latent needs its first-frame conditioning, got "
+            f"{'none' if image is None else type(image).__name__}",
+            "Encode the video with this model's VAE Encode node (it adds the first frame's conditioning).")
+    want = (latent.shape[1], model.condition_channels, *latent.shape[-2:])
+    if tuple(image.latents.shape[1:]) != want or image.latents.shape[0] not in (1, latent.shape[0]):
+        raise errors.InputError(f"the first-frame conditioning {tuple(image.latents.shape)} does not fit the latent "
+                                f"{tuple(latent.shape)} (needs [1 or B, {', '.join(map(str, want))}])",
+                                "Encode the video and its first frame with the same model and size.")
+    width = model.transformer.config.image_dim
+    if width and (image.embeds is None or image.embeds.shape[-1] != int(width)):
+        raise errors.InputError(f"{model.name} takes CLIP image tokens of width {width}, the conditioning has "
+                                f"{'none' if image.embeds is None else image.embeds.shape[-1]}",
+                                "Encode the video with this model's VAE Encode node.")
+
+
 # ----------------------------------------------------------------------------- denoiser
 
 def cfg_rows(cond: Conditioning, use_cfg: bool, batch: int, negative: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,20 +401,28 @@ def cfg_rows(cond: Conditioning, use_cfg: bool, batch: int, negative: torch.Tens
     return torch.cat([neg.expand(batch, -1, -1) if neg.shape[0] == 1 else neg, pos])
 
 
-def transformer_call(model: Wan, x: torch.Tensor, text: torch.Tensor, t: float) -> torch.Tensor:
+def transformer_call(model: Wan, x: torch.Tensor, text: torch.Tensor, t: float,
+                     image: ImageCondition | None = None) -> torch.Tensor:
     """One transformer evaluation on latent rows `x` ``[R, F, C, h, w]`` at model time `t` (1000 sigma)
-    with text rows; returns the velocity ``[R, F, C, h, w]`` in float32 or wider, on the compute device."""
-    rows = x.shape[0]
+    with text rows and, for image-to-video, the first-frame conditioning (the same for every row of a
+    video); returns the velocity ``[R, F, C, h, w]`` in float32 or wider, on the compute device."""
+    rows, image_tokens = x.shape[0], None
+    if image is not None:
+        image = image.rows(rows)
+        x = torch.cat([x, image.latents.to(x.dtype)], dim=2)
+        image_tokens = None if image.embeds is None else image.embeds.to(model.device, model.dtype)
     inp = x.to(model.device, model.dtype).permute(0, 2, 1, 3, 4)  # the transformer's [B, C, F, H, W]
     timestep = torch.full((rows,), float(t), device=model.device, dtype=torch.float32)
     out = model.transformer(hidden_states=inp, timestep=timestep, encoder_hidden_states=text.to(model.device, model.dtype),
-                            return_dict=False)[0]
+                            encoder_hidden_states_image=image_tokens, return_dict=False)[0]
     return out.permute(0, 2, 1, 3, 4).to(torch.promote_types(out.dtype, torch.float32))
 
 
-def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.Grid, negative=None, attention=None):
+def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.Grid, negative=None, attention=None,
+                  image: ImageCondition | None = None):
     """``denoise(x, i)`` for step i of the flow grid: the CFG rows batched into one transformer call,
-    combined ``u + s (c - u)``; the same callable serves sampling and inversion."""
+    combined ``u + s (c - u)``; the same callable serves sampling and inversion. `image`: an
+    image-to-video model's first-frame conditioning."""
     use_cfg = guidance > 1.0
 
     def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
@@ -302,7 +430,7 @@ def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.
         text = cfg_rows(cond, use_cfg, x.shape[0], None if negative is None else negative(t))
         ctx = attention(i, x) if attention is not None else None
         with ctx or contextlib.nullcontext():
-            out = transformer_call(model, torch.cat([x, x]) if use_cfg else x, text, t)
+            out = transformer_call(model, torch.cat([x, x]) if use_cfg else x, text, t, image)
         if use_cfg:
             u, c = out.chunk(2)
             out = u + guidance * (c - u)
@@ -329,8 +457,9 @@ def check_latent(model: Wan, latent: torch.Tensor) -> None:
 
 class WanFamily:
     """Wan behind the model-family interface (`vidinv.family.Family`): flow-matching Euler on the
-    shifted sigma grid, UMT5 text through cross-attention, the blocks' self-attention (3-D RoPE,
-    image tokens only) for the reference."""
+    shifted sigma grid, UMT5 text (and, for image-to-video, CLIP tokens) through cross-attention, the
+    blocks' self-attention (3-D RoPE, video tokens only) for the reference. The image conditioning
+    that rides with an I2V latent is an `ImageCondition`."""
     name = "wan"
     display_name = "Wan"
     trajectory_version = 4  # 3 is taken by prompt-tuned files; older packs refuse Wan files
@@ -348,7 +477,9 @@ class WanFamily:
         m = model.size_multiple
         h, w = images.shape[1:3]
         clip, note_size = video.fit_size(clip, height or max(m, h // m * m), width or max(m, w // m * m), m, size)
-        return encode_video(model, clip, tiling), None, 0, clip, f"{note_frames}; {note_size}"
+        z = encode_video(model, clip, tiling)
+        image = encode_image_condition(model, clip[:1], z.shape[1], tiling) if model.is_i2v else None
+        return z, image, 0, clip, f"{note_frames}; {note_size}"
 
     def encode_video(self, model, frames):
         return encode_video(model, frames)
@@ -366,9 +497,7 @@ class WanFamily:
     def check_inputs(self, model, cond, latent, image_latents):
         check_latent(model, latent)
         check_conditioning(model, cond)
-        if image_latents is not None:
-            raise errors.InputError("the latent carries image-to-video conditioning, which Wan text-to-video does not "
-                                    "take", "Encode the video with this Wan model's VAE.")
+        check_image_condition(model, image_latents, latent)
 
     def check_guidance(self, guidance):
         guidance.check_one_scale(self.display_name)
@@ -380,12 +509,14 @@ class WanFamily:
         if positive is not None:
             raise errors.InputError("prompt tuning is CogVideoX's; a Wan trajectory carries no tuned embeddings",
                                     "Set tuned_eta to 1 for Wan.")
-        return make_denoiser(model, cond, guidance.scale, grid, negative, attention)
+        return make_denoiser(model, cond, guidance.scale, grid, negative, attention, image_latents)
 
     # -- trajectories
     def trajectory_fields(self, model, cond, guidance, grid, image_latents):
+        image = dict(image_latents=image_latents.latents.float(), image_embeds=image_latents.embeds) \
+            if image_latents is not None else {}
         return dict(prompt=cond.prompt, negative_prompt=cond.negative_prompt, embeds=cond.embeds,
-                    negative_embeds=cond.negative_embeds, guidance=float(guidance.scale), dynamic_cfg=False)
+                    negative_embeds=cond.negative_embeds, guidance=float(guidance.scale), dynamic_cfg=False, **image)
 
     def trajectory_guidance(self, traj):
         return Guidance(traj.guidance)
@@ -421,6 +552,11 @@ class WanFamily:
         if patch is not None and (lat.shape[2] % patch[0] or lat.shape[-2] % patch[1] or lat.shape[-1] % patch[2]):
             refuse(f"latents of {lat.shape[2]} frames, {lat.shape[-1]}x{lat.shape[-2]} do not divide into the "
                    f"model's patches {list(patch)}")
+        if hasattr(model, "is_i2v"):
+            try:
+                check_image_condition(model, self.latent_extras(traj)[0], lat[0])
+            except errors.InputError as err:
+                refuse(err.problem)
 
     def validate_trajectory(self, traj, refuse):
         sig = traj.sigmas
@@ -429,8 +565,14 @@ class WanFamily:
                    f"got {'none' if sig is None else len(sig)}")
         if any(not a > b for a, b in zip(sig, sig[1:])) or sig[-1] != 0 or sig[0] > 1:
             refuse(f"the sigmas {sig[:2]}...{sig[-2:]} do not fall from at most 1 to 0")
-        if traj.image_latents is not None:
-            refuse("a Wan text-to-video trajectory carries no image latents")
+        lat, image, tokens = traj.latents, traj.image_latents, traj.image_embeds
+        if image is not None and (image.dim() != 5 or image.shape[0] not in (1, lat.shape[1])
+                                  or image.shape[1] != lat.shape[2] or image.shape[-2:] != lat.shape[-2:]
+                                  or image.shape[2] <= lat.shape[3]):
+            refuse(f"image_latents {tuple(image.shape)} must be [1 or B, F, mask + C, H, W] for latents "
+                   f"{tuple(lat.shape[1:])}")
+        if tokens is not None and (tokens.dim() != 3 or image is None or tokens.shape[0] != image.shape[0]):
+            refuse(f"image_embeds {tuple(tokens.shape)} must be [B, N, D] and come with image_latents of B rows")
 
     def trajectory_summary(self, traj):
         return dict(sigma_max=traj.sigmas[0], sigma_min=min(s for s in traj.sigmas if s > 0),
@@ -440,13 +582,23 @@ class WanFamily:
         return f"sigma {traj.sigmas[i]:.4g}"
 
     def latent_extras(self, traj):
-        return None, 0
+        if traj.image_latents is None:
+            return None, 0
+        return ImageCondition(traj.image_latents.float(), None if traj.image_embeds is None
+                              else traj.image_embeds.float()), 0
 
     def first_frame_latents(self, model, traj, first_frame):
-        if first_frame is not None:
+        """An edited first frame, fitted to the trajectory's size, as the conditioning of an
+        image-to-video sample (the reference passes keep the source's)."""
+        if first_frame is None:
+            return None
+        if not model.is_i2v:
             raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
-                                    "Disconnect first_frame.")
-        return None
+                                    "Disconnect first_frame, or load a Wan image-to-video model.")
+        first_frame = video.check_images(first_frame, "first_frame")
+        h, w = (s * model.spatial_factor for s in traj.latents.shape[-2:])
+        frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop")
+        return encode_image_condition(model, frame, traj.latents.shape[2])
 
     # -- reference attention
     def reference_options(self, options):
@@ -470,14 +622,17 @@ class WanFamily:
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same transformer with the source prompt,
         one row per video, or, with `per_cfg_row`, [source negative x B, source prompt x B]; with
-        reference_conditioning "edit" (the published recipe) the prompts being sampled, per CFG row."""
+        reference_conditioning "edit" (the published recipe) the prompts being sampled, per CFG row.
+        Image-to-video: always the source's first-frame conditioning."""
+        source_image = self.latent_extras(traj)[0]
+
         def call(ref: torch.Tensor, i: int):
             t, b = grid.timesteps[i], ref.shape[0]
             if options.reference_text == "source":
                 text = cfg_rows(self.source_conditioning(traj), per_cfg_row, b)
             else:
                 text = cfg_rows(cond, guidance.uses_cfg, b, None if negative is None else negative(t))
-            return transformer_call(model, ref.repeat(text.shape[0] // b, 1, 1, 1, 1), text, t)
+            return transformer_call(model, ref.repeat(text.shape[0] // b, 1, 1, 1, 1), text, t, source_image)
         return call
 
 
