@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from ..vidinv import attention, errors, families, friendly, nulltext, pipeline
+import torch
+
+from ..vidinv import attention, editmask, errors, families, friendly, nulltext, pipeline
 from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
@@ -85,6 +87,19 @@ class SampleNode:
     FUNCTION = "sample"
 
 
+class GuidedSampleNode(SampleNode):
+    """The Guided Sample nodes: the latent and the edit mask it used."""
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "edit_mask")
+    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",
+                       "Where the edit was allowed to change the video (white), frame by frame at the video's "
+                       "size; all white without a mask.")
+
+
+MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
+                                  "trajectory. One frame for the whole video, or one per frame. Overrides "
+                                  "mask_threshold."})
+
 def trajectory_noise(traj, model) -> dict:
     """A trajectory's noise as a LATENT, with what rides along for its family (I2V image latents, padding)
     and, for an edit-friendly trajectory, its kind (the deterministic samplers refuse its noise)."""
@@ -126,8 +141,9 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
 
 
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
-               first_frame=None, tuned_eta: float = 1.0) -> dict:
-    """The body of every Guided Sample node; the panel shows the injection window."""
+               first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = 0.0, mask=None) -> dict:
+    """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
+    `mask` (a MASK) or, with `mask_threshold` > 0, from the attention; returned as IMAGE frames."""
     spec = model.reference
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -138,13 +154,21 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     neg = nulltext.negative_for(negative, traj)
     pos = nulltext.positive_for(traj, conditioning, tuned_eta)
     image_latents = fam.first_frame_latents(model, traj, first_frame)
+    edit_mask = None if mask is None and not mask_threshold else editmask.EditMask(mask_threshold, mask)
     progress = host.Progress(traj.steps, latent_preview(model))
-    out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos)
+    out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
+                                 edit_mask)
     window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
               "weight": opts.weight}
+    if edit_mask is not None and edit_mask.latent is not None:
+        window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
+    latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
+        edit_mask.latent is None else edit_mask.latent
+    _, pad = fam.latent_extras(traj)
+    mask_frames = editmask.to_pixels(latent_mask[:, pad:], model.spatial_factor, model.temporal_factor)
     host.free_memory()
     return {"ui": {"vinv_guidance": [window]},
-            "result": (latent_value(out, model, *fam.latent_extras(traj)),)}
+            "result": (latent_value(out, model, *fam.latent_extras(traj)), mask_frames)}
 
 
 def check_text_options(fam, negative: str, tuned_eta: float = 1.0) -> None:
@@ -285,10 +309,10 @@ class ReferenceAttention:
         return (pipeline.with_reference(model, trajectory, opts),)
 
 
-class GuidedSample(SampleNode):
+class GuidedSample(GuidedSampleNode):
     DESCRIPTION = ("Samples the trajectory's grid with a new prompt while the patched attention keeps the source's "
-                   "layout and motion. Starts from the inverted noise (or fresh noise, to compare).")
-    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+                   "layout and motion. Starts from the inverted noise (or fresh noise, to compare). Optionally "
+                   "masks the edit: outside the mask each step follows the trajectory.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -305,9 +329,15 @@ class GuidedSample(SampleNode):
             "first_frame": ("IMAGE", {"tooltip": "Image-to-video models only: an edited first frame to condition "
                                                  "the edit on (the source's first frame is used otherwise)."}),
             "tuned_eta": TUNED_ETA,
+            "mask_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                               "CogVideoX: above 0, mask the edit by the sample's attention to the prompt words "
+                               "that differ from the source prompt, smoothed and kept above this quantile of each "
+                               "frame (0.9: the top tenth, LEDITS++'s default); 0 = no mask. The edit_mask output "
+                               "shows it."}),
+            "mask": MASK_INPUT,
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
-               tuned_eta=1.0):
+               tuned_eta=1.0, mask_threshold=0.0, mask=None):
         return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
-                          tuned_eta)
+                          tuned_eta, mask_threshold, mask)

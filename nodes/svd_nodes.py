@@ -11,8 +11,8 @@ from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE
-from .pipeline_nodes import (OFFLOAD, SEED, TRAJECTORY_DTYPE, InvertNode, LoaderNode, SampleNode, run_guided,
-                             run_invert, run_load, run_sample)
+from .pipeline_nodes import (MASK_INPUT, OFFLOAD, SEED, TRAJECTORY_DTYPE, GuidedSampleNode, InvertNode, LoaderNode,
+                             SampleNode, run_guided, run_invert, run_load, run_sample)
 
 STEPS = ("INT", {"default": 25, "min": 1, "max": 1000,
                  "tooltip": "Euler steps on the model's own sigma grid (25 is SVD's default)."})
@@ -155,11 +155,11 @@ class SVDSample(SampleNode):
                           Guidance(max_guidance, first=min_guidance))
 
 
-class SVDGuidedSample(SampleNode):
+class SVDGuidedSample(GuidedSampleNode):
     DESCRIPTION = ("Guided sampling for SVD with its frame-wise guidance: samples the trajectory's grid with a "
                    "(possibly edited) first frame while the patched self-attention keeps the source's layout and "
-                   "motion. The model must come from Reference Attention.")
-    OUTPUT_TOOLTIPS = ("The edited (or reconstructed) clean latent.",)
+                   "motion. The model must come from Reference Attention. An optional MASK limits where the "
+                   "edit may change the video.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -174,8 +174,9 @@ class SVDGuidedSample(SampleNode):
         }, "optional": {
             "conditioning": (CONDITIONING, {"tooltip": "An edited first frame from Encode First Frame (SVD); "
                                                        "unconnected = the trajectory's source first frame."}),
+            "mask": MASK_INPUT,
         }}
 
-    def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None):
+    def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None, mask=None):
         require_svd(model, "Guided Sample (SVD)")
-        return run_guided(model, conditioning, Guidance(max_guidance, first=min_guidance), start, seed)
+        return run_guided(model, conditioning, Guidance(max_guidance, first=min_guidance), start, seed, mask=mask)

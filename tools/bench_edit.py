@@ -25,6 +25,9 @@ foreground-mask IoU, centroid path error (px). Methods:
   edit-friendly    edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
                    maps (`vidinv.friendly`); "from f": starting at fraction f of the steps (the
                    paper's T_skip); "+ ours": with reference attention at the defaults
+  ... + mask t     the attention edit mask (`vidinv.editmask`, quantile t of each frame: LEDITS++'s
+                   default 0.9 unless --mask-threshold says otherwise): outside it each step follows
+                   the trajectory
 `--methods` runs only the named rows (then without the speed runs and the reconstruction rows
 not named).
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
@@ -46,7 +49,7 @@ from tools.benchkit import (edit_markdown, edit_rows, edited_spec, encode_heldou
                             reconstruction_rows, report, score_frames, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
-from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
+from vidinv import ddim, editmask, nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
@@ -115,9 +118,10 @@ def run(args) -> dict:
     naive = naive_trajectory(model, src, x0, steps)
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
-        return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive)
+        return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive,
+                                      edit_mask=None if mask is None else editmask.EditMask(mask))
 
     def wanted(name):
         return not args.methods or name in args.methods
@@ -181,6 +185,15 @@ def run(args) -> dict:
                     model, edit, ef.latent_for_step(k), steps, Guidance(g), start=k, noise_maps=ef.noise_maps))
                    for f in args.skip},
                 "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
+                **{f"{name} + mask {t:g}": (lambda traj=traj, o=o, st=st, t=t: guided(traj, o, edit, g, st, mask=t))
+                   for t in args.mask_threshold
+                   for name, traj, o, st in (
+                       ("naive", naive, ReferenceOptions(weight=0.0), "inverted"),
+                       ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),
+                       ("exact", exact, ReferenceOptions(weight=0.0), "inverted"),
+                       ("ours default", exact, ReferenceOptions(), "inverted"),
+                       ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
+                       ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
             }
             methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),
@@ -217,6 +230,8 @@ def main(argv=None) -> None:
                    help="fractions of the steps where the 'exact from' rows start")
     p.add_argument("--skip", type=float, nargs="+", default=[0.2],
                    help="fractions of the steps where the 'edit-friendly from' rows start")
+    p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9],
+                   help="thresholds of the '+ mask' rows")
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

@@ -134,10 +134,13 @@ def run(args) -> dict:
                 "edit-friendly": lambda: friendly(edit, g),
                 "edit-friendly + ours w=4": lambda: guided(edit, ReferenceOptions(weight=4.0), g, ef),
             }
+            methods = {name: fn for name, fn in methods.items() if not args.methods or name in args.methods}
             rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, kind, recon),
                              {"edit": kind, "guidance": list(g)})
             results["tables"].append({"edit": kind, "guidance": list(g), "rows": rows})
 
+    if args.methods:
+        return results
     # speed and memory: plain vs guided with CFG on
     edit = conditioning([torch.from_numpy(synthetic.render(edited_spec(s, "colour"))) for s in specs])
     g = (args.min_guidance, args.speed_guidance)
@@ -167,6 +170,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--speed-only", action="store_true", help="skip the edit tables (reconstruction and speed only)")
+    p.add_argument("--methods", nargs="*", default=[], help="only these edit rows (then no speed runs); all when "
+                   "empty")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.speed_only:

@@ -282,6 +282,7 @@ class Channel:
 
     def __init__(self):
         self.state = None
+        self.probe = None  # a `vidinv.editmask.Probe` during a sample call that builds an edit mask
 
     @contextlib.contextmanager
     def using(self, state):
@@ -292,6 +293,15 @@ class Channel:
             yield state
         finally:
             self.state = None
+
+    @contextlib.contextmanager
+    def probing(self, probe):
+        """Let the processors feed `probe` (their image queries' attention to the text) for one call."""
+        self.probe = probe
+        try:
+            yield probe
+        finally:
+            self.probe = None
 
     def recording(self, name: str) -> Recording | None:
         """The current Recording if it wants layer `name`."""

@@ -61,7 +61,7 @@ def check_scale(guidance: float) -> None:
 
 class Family(Protocol):
     """One model family: CogVideoX (`vidinv.models.cogvideox.FAMILY`), Stable Video Diffusion
-    (`vidinv.models.svd.FAMILY`). A loaded model value names its family in ``model.family``; a
+    (`vidinv.models.svd.FAMILY`), Wan (`vidinv.models.wan.FAMILY`). A loaded model value names its family in ``model.family``; a
     trajectory in ``traj.family``. Tensors cross as latents ``[B, F, C, H, W]``, scaled by the VAE."""
 
     name: str  # stored in trajectories and model values ("cogvideox")
@@ -78,7 +78,9 @@ class Family(Protocol):
     # -- VAE
     def encode_frames(self, model, images: torch.Tensor, frames: str, size: str, width: int, height: int,
                       tiling: str) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor, str]:
-        """IMAGE frames -> (latent, image latents or None, padded frames, the frames encoded, a note)."""
+        """IMAGE frames -> (latent, image conditioning or None, padded frames, the frames encoded, a note);
+        the image conditioning is what rides with the latent (CogVideoX I2V: a latent tensor; Wan I2V:
+        a `wan.ImageCondition`)."""
 
     def encode_video(self, model, frames: torch.Tensor) -> torch.Tensor:
         """IMAGE frames already fitted to the model -> latent ``[1, F, C, h, w]``."""
@@ -156,6 +158,14 @@ class Family(Protocol):
 
     def reference_processors(self, model, layers) -> Callable:
         """``processors(channel) -> {processor name: processor}`` for those layers (`vidinv.attention.installed`)."""
+
+    # -- edit masks (`vidinv.editmask`)
+    def edit_mask_tokens(self, model, traj, cond) -> torch.Tensor:
+        """``[B, L]`` weights of the edited prompt's tokens the attention mask follows (those not in the
+        source prompt); InputError for a family whose processors cannot probe the text attention."""
+
+    def patch_grid(self, model) -> tuple[int, int, int]:
+        """(frames, height, width) latent cells per transformer token, for the attention mask."""
 
     def reference_call(self, model, traj, grid: Grid, cond, guidance: Guidance, options, per_cfg_row: bool,
                        negative: Callable | None,

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from . import errors
+from . import errors, solver
 from .solver import Denoiser, Grid, require_finite, working
 
 KIND = "edit-friendly"  # the trajectory kind (`vidinv.trajectory.Trajectory.kind`)
@@ -64,6 +64,12 @@ def posterior(grid: Grid, eta: float = 1.0) -> tuple[Posterior, ...]:
     return tuple(out)
 
 
+def stochastic_grid(grid: Grid, eta: float = 1.0) -> Grid:
+    """`grid` with every step's (a, b) replaced by its posterior mean's (the noise is added apart)."""
+    return dataclasses.replace(grid, points=tuple(dataclasses.replace(s, a=p.a, b=p.b)
+                                                  for s, p in zip(grid.points, posterior(grid, eta))))
+
+
 def noisy_latents(x0: torch.Tensor, grid: Grid, generator: torch.Generator) -> list[torch.Tensor]:
     """``[x_0, x_1, ..., x_N]`` cleanest first (x_k is the input of sampling step N - k), each drawn
     from q(x_k | x_0) with its own noise; x_0 is the clean latent itself."""
@@ -93,19 +99,12 @@ def invert(denoise: Denoiser, x0: torch.Tensor, grid: Grid, generator: torch.Gen
 
 
 def sample(denoise: Denoiser, x: torch.Tensor, grid: Grid, maps, eta: float = 1.0,
-           callback: Callable[[dict], None] | None = None, start: int = 0) -> torch.Tensor:
+           callback: Callable[[dict], None] | None = None, start: int = 0,
+           blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Stochastic sampling on `grid` with the inversion's noise maps (``maps[i]`` for step i) from `x`
-    at step `start`. `callback` receives ``{"i", "x", "denoised", **step.info}`` after each step."""
+    at step `start`; `blend` as in `vidinv.solver.sample`. `callback` receives ``{"i", "x",
+    "denoised", **step.info}`` after each step."""
     if len(maps) != grid.steps:
         raise errors.InputError(f"{len(maps)} noise maps for a {grid.steps}-step grid",
                                 "Sample the edit-friendly trajectory on its own grid.")
-    post, x = posterior(grid, eta), working(x)
-    for i in range(start, grid.steps):
-        s, p = grid.points[i], post[i]
-        x_i = x
-        out = working(denoise(x_i, i))
-        x = p.a * x_i + p.b * out + working(maps[i]).to(x_i.dtype)
-        require_finite(x, "sampling", i, grid.steps, s.place)
-        if callback is not None:
-            callback({"i": i, **s.info, "x": x, "denoised": s.x0[0] * x_i + s.x0[1] * out})
-    return x
+    return solver.sample(denoise, x, stochastic_grid(grid, eta), callback, start, blend, offsets=maps)

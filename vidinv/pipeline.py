@@ -12,11 +12,12 @@ grid's ``init_noise_sigma``, as the pipelines do).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
 
-from . import attention, errors, families, friendly, solver
+from . import attention, editmask, errors, families, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
@@ -108,16 +109,17 @@ def record(model, fam, cond, guidance: Guidance, grid: solver.Grid, image_latent
 
 
 def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hooks, start: int = 0,
-        noise_maps: torch.Tensor | None = None) -> torch.Tensor:
+        noise_maps: torch.Tensor | None = None, blend=None) -> torch.Tensor:
     """The sampling loop on `grid` with progress after every step: deterministic, or with an
-    edit-friendly trajectory's `noise_maps` the stochastic sampler they were solved for."""
+    edit-friendly trajectory's `noise_maps` the stochastic sampler they were solved for; `blend`
+    (an edit mask) applied after every step."""
     def after(info):
         hooks.after_step(info["i"], grid.steps, {k: v for k, v in info.items() if k != "i"})
 
     with on_device(fam.network(model), model):
         if noise_maps is None:
-            return solver.sample(denoise, noise, grid, after, start)
-        return friendly.sample(denoise, noise, grid, noise_maps, callback=after, start=start)
+            return solver.sample(denoise, noise, grid, after, start, blend)
+        return friendly.sample(denoise, noise, grid, noise_maps, callback=after, start=start, blend=blend)
 
 
 @torch.no_grad()
@@ -163,7 +165,7 @@ def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> 
 @torch.no_grad()
 def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str = "inverted", seed: int = 0,
                   negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
-                  positive=None) -> torch.Tensor:
+                  positive=None, edit_mask: editmask.EditMask | None = None) -> torch.Tensor:
     """Sample the trajectory's grid with a new conditioning while the chosen attention layers also
     attend to the K/V of the trajectory latent at each step, recomputed through the same network with
     the trajectory's source conditioning (`vidinv.attention`). The model must come from
@@ -179,7 +181,12 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     `cond` None: the trajectory's source conditioning where the family allows it. `negative(t)` /
     `positive(t)`: per-step embeddings for the CFG branches, as in `sample`.
     `image_latents`: an edited first frame's, for families whose latent carries them (else the
-    source's); the reference pass always uses the source's."""
+    source's); the reference pass always uses the source's.
+
+    `edit_mask` (`vidinv.editmask.EditMask`): after every step, outside the mask the latent is the
+    trajectory's; the mask is given, or made from the sample's attention to the prompt tokens that
+    differ from the source's (families that have it, `Family.edit_mask_tokens`); the last step's
+    mask is left in ``edit_mask.latent``."""
     spec = getattr(model, "reference", None)
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -203,6 +210,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     noise = start_noise(traj, start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
+    probe, blend = masking(model, fam, traj, cond, noise, edit_mask)
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)
@@ -214,7 +222,39 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
         def step_attention(i: int, x: torch.Tensor):
             ctx = per_step(i, x)  # the step's reference pass (it guards its own call)
             hooks.before_call()  # then the sample's call
-            return ctx
+            if probe is None:
+                return ctx
+            stack = contextlib.ExitStack()
+            if ctx is not None:
+                stack.enter_context(ctx)
+            stack.enter_context(channel.probing(probe))
+            return stack
 
         denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention, positive)
-        return run(model, fam, denoise, noise, grid, hooks, noise_maps=traj.noise_maps)
+        return run(model, fam, denoise, noise, grid, hooks, noise_maps=traj.noise_maps, blend=blend)
+
+
+def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask):
+    """(probe or None, blend or None) of a guided sample: `blend(i, x)` keeps step i's result inside
+    the edit mask and the trajectory's next latent outside it (`vidinv.editmask`)."""
+    if edit_mask is None:
+        return None, None
+    probe, fixed = None, None
+    if edit_mask.given is not None:
+        fixed = editmask.from_pixels(edit_mask.given, noise.shape, model.temporal_factor)
+    else:
+        probe = editmask.Probe(fam.edit_mask_tokens(model, traj, cond))
+        patch = fam.patch_grid(model)
+        grid = tuple(n // p for n, p in zip((noise.shape[1], *noise.shape[-2:]), patch))
+
+    def blend(i: int, x: torch.Tensor) -> torch.Tensor:
+        mask = fixed
+        if probe is not None:
+            scores = probe.average()
+            if scores is None:  # no probed call yet
+                return x
+            mask = editmask.mask_from_map(scores, grid, patch, x.shape, edit_mask.threshold)
+        edit_mask.latent = mask
+        return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
+
+    return probe, blend

@@ -254,15 +254,22 @@ def check_invertible(grid: Grid) -> None:
 # ----------------------------------------------------------------------------- loops
 
 def sample(denoise: Denoiser, x: torch.Tensor, grid: Grid, callback: Callable[[dict], None] | None = None,
-           start: int = 0) -> torch.Tensor:
-    """Deterministic sampling on `grid` from `x` at step `start` (0: noise; later: SDEdit).
-    `callback` receives ``{"i", "x", "denoised", **step.info}`` after each step."""
+           start: int = 0, blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+           offsets: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """Sampling on `grid` from `x` at step `start` (0: noise; later: SDEdit): deterministic, or with
+    `offsets[i]` added to step i (the noise maps of `vidinv.friendly`). `blend(i, x_next)` may
+    replace each step's result (an edit mask, `vidinv.editmask`). `callback` receives
+    ``{"i", "x", "denoised", **step.info}`` after each step."""
     x = working(x)
     for i in range(start, grid.steps):
         s = grid.points[i]
         x_i = x
         out = working(denoise(x_i, i))
         x = step(x_i, out, s.a, s.b)
+        if offsets is not None:
+            x = x + working(offsets[i]).to(x.dtype)
+        if blend is not None:
+            x = blend(i, x)
         require_finite(x, "sampling", i, grid.steps, s.place)
         if callback is not None:
             callback({"i": i, **s.info, "x": x, "denoised": s.x0[0] * x_i + s.x0[1] * out})

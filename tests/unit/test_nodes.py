@@ -56,7 +56,7 @@ def graph(pack, tiny_folders, tmp_path_factory):
         out["patched"], = m["VInvReferenceAttention"]().patch(out["model"], out["traj"], "all", 0.0, 1.0, 1.0, True,
                                                               "all", "source")
         g = m["VInvGuidedSample"]().sample(out["patched"], out["edit"], 1.0, False, "inverted", 0, "conditioning")
-        out["guided"], = g["result"]
+        out["guided"], out["mask_frames"] = g["result"]
         out["window"] = g["ui"]["vinv_guidance"][0]
         out["decoded"], = m["VInvVAEDecode"]().decode(out["model"], out["guided"], "auto")
         out["saved"] = m["VInvSaveTrajectory"]().save(out["traj"], "trajectories/test")["ui"]["vinv_saved"][0]
@@ -143,7 +143,8 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
     edit, = m["VInvFriendlySample"]().sample(model, traj, graph["edit"], 3.0, "source prompt")
     assert float((edit["samples"] - x0).norm() / x0.norm()) > 1e-3
     patched, = m["VInvReferenceAttention"]().patch(model, traj, "all", 0.0, 1.0, 4.0, True, "all", "source")
-    guided, = m["VInvGuidedSample"]().sample(patched, graph["cond"], 3.0, False, "inverted", 0, "conditioning")["result"]
+    guided, _ = m["VInvGuidedSample"]().sample(patched, graph["cond"], 3.0, False, "inverted", 0,
+                                               "conditioning")["result"]
     assert float((guided["samples"] - rec["samples"]).norm() / x0.norm()) < 1e-5
     with pytest.raises(errors.InputError, match="noise of an edit-friendly trajectory"):
         m["VInvDDIMSample"]().sample(model, graph["cond"], noise, 6, 3.0, False, "conditioning")
@@ -151,3 +152,19 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
         m["VInvFriendlySample"]().sample(model, graph["traj"], graph["cond"], 3.0, "conditioning")
     with pytest.raises(errors.InputError, match="Null-text inversion needs an exact trajectory"):
         m["VInvNullTextInversion"]().optimise(model, traj, 3.0, 1, 0.05, 1e-5, "auto")
+
+
+def test_guided_sample_masks_and_shows_the_mask(pack, graph):
+    """Guided Sample's edit_mask output: all white without a mask, the attention mask's frames with a
+    threshold (the panel gives its fraction), and a given MASK in the edit's place."""
+    m = pack.NODE_CLASS_MAPPINGS
+    assert graph["mask_frames"].shape == graph["frames"].shape and graph["mask_frames"].eq(1).all()
+    g = m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0, "conditioning",
+                                       mask_threshold=0.9)
+    latent, frames = g["result"]
+    assert frames.shape == graph["frames"].shape and 0 < g["ui"]["vinv_guidance"][0]["mask_fraction"] <= 1
+    zero = torch.zeros(48, 48)
+    kept, shown = m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0,
+                                                 "conditioning", mask=zero)["result"]
+    x0 = graph["traj"].clean
+    assert float((kept["samples"] - x0).norm() / x0.norm()) < 1e-5 and shown.eq(0).all()

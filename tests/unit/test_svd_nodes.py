@@ -63,9 +63,9 @@ def graph(pack, tmp_path_factory):
         out["patched"], = m["VInvReferenceAttention"]().patch(out["model"], out["traj"], "all", 0.0, 1.0, 2.0, False,
                                                               "all", "source", temporal=True)
         g = m["VInvGuidedSample"]().sample(out["patched"], out["cond"], 1.0, False, "inverted", 0, "conditioning")
-        out["guided"], = g["result"]
+        out["guided"], out["mask_frames"] = g["result"]
         out["window"] = g["ui"]["vinv_guidance"][0]
-        out["guided_svd"], = m["VInvSVDGuidedSample"]().sample(out["patched"], 1.0, 1.0, "inverted", 0)["result"]
+        out["guided_svd"], _ = m["VInvSVDGuidedSample"]().sample(out["patched"], 1.0, 1.0, "inverted", 0)["result"]
         out["decoded"], = m["VInvVAEDecode"]().decode(out["model"], out["guided"], "auto")
         out["saved"] = m["VInvSaveTrajectory"]().save(out["traj"], "trajectories/svd")["ui"]["vinv_saved"][0]
         yield out

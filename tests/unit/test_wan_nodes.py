@@ -55,9 +55,9 @@ def graph(pack, tmp_path_factory):
         out["patched"], = m["VInvReferenceAttention"]().patch(out["model"], out["traj"], "all", 0.0, 1.0, 4.0, False,
                                                               "all", "source")
         g = m["VInvGuidedSample"]().sample(out["patched"], out["cond"], 1.0, False, "inverted", 0, "conditioning")
-        out["guided"], = g["result"]
-        out["edited"], = m["VInvGuidedSample"]().sample(out["patched"], out["edit"], 3.0, False, "inverted", 0,
-                                                        "source prompt")["result"]
+        out["guided"], out["mask_frames"] = g["result"]
+        out["edited"], _ = m["VInvGuidedSample"]().sample(out["patched"], out["edit"], 3.0, False, "inverted", 0,
+                                                           "source prompt")["result"]
         out["decoded"], = m["VInvVAEDecode"]().decode(out["model"], out["guided"], "auto")
         out["saved"] = m["VInvSaveTrajectory"]().save(out["traj"], "trajectories/wan")["ui"]["vinv_saved"][0]
         yield out

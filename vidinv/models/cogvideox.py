@@ -15,7 +15,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from .. import ddim, errors, solver, video
+from .. import ddim, editmask, errors, solver, video
 from ..family import Guidance, check_scale
 from . import cogvideox_attention, loading
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
@@ -583,6 +583,22 @@ class CogVideoXFamily:
 
     def reference_processors(self, model, layers):
         return cogvideox_attention.processors(model.transformer, layers)
+
+    # -- edit masks
+    def edit_mask_tokens(self, model, traj, cond):
+        """The edited prompt's tokens not in the source prompt (one row per video), for the attention
+        mask: its image queries attend to the text in the same joint attention."""
+        rows = traj.latents.shape[1]
+
+        def prompts(label: str) -> list[str]:  # a batch's conditioning is labelled "a | b | ..."
+            parts = label.split(" | ")
+            return parts if rows > 1 and len(parts) == rows else [label]
+
+        return editmask.changed_tokens(lambda text: model.tokenizer(text, add_special_tokens=True).input_ids,
+                                       prompts(traj.prompt), prompts(cond.prompt), model.max_text_length)
+
+    def patch_grid(self, model):
+        return (model.patch_size_t or 1, model.patch_size, model.patch_size)
 
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same transformer with the source

@@ -66,6 +66,8 @@ class ReferenceAttnProcessor:
 
         q = rotate_image_tokens(q, image_rotary_emb, text_len)
         k = rotate_image_tokens(k, image_rotary_emb, text_len)
+        if self.channel.probe is not None:  # an edit mask from the image queries' attention to the text
+            self.channel.probe.add(q[:, :, text_len:], k[:, :, :text_len])
         inj = self.channel.injection(self.index)
         if inj is not None:
             k_ref, v_ref, ref_text = inj.recording.kv[self.index]

@@ -653,6 +653,10 @@ class SVDFamily:
     def reference_processors(self, model, layers):
         return svd_attention.processors(layers)
 
+    def edit_mask_tokens(self, model, traj, cond):
+        raise errors.InputError("Stable Video Diffusion has no prompt to take an attention mask from",
+                                "Connect a MASK (the region the edit may change) instead of a mask threshold.")
+
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same UNet with the source's first
         frame, without guidance (one row per video), or with the inversion's guidance when

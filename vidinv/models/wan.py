@@ -619,6 +619,11 @@ class WanFamily:
     def reference_processors(self, model, layers):
         return wan_attention.processors(model.transformer, layers)
 
+    def edit_mask_tokens(self, model, traj, cond):
+        raise errors.InputError("the attention mask is CogVideoX's in this version (Wan's text enters through "
+                                "cross-attention, which the pack does not probe yet)",
+                                "Connect a MASK (the region the edit may change) instead of a mask threshold.")
+
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same transformer with the source prompt,
         one row per video, or, with `per_cfg_row`, [source negative x B, source prompt x B]; with

@@ -1,0 +1,92 @@
+"""Edit masks (`vidinv.editmask`): the changed tokens of a prompt pair, the attention probe and the
+mask it makes, the given MASK's resampling, and guided sampling with a mask on a tiny random
+CogVideoX in float64: reconstruction stays exact, an all-ones mask changes nothing, an empty one
+gives the trajectory back, the attention mask covers part of the video, with either trajectory kind."""
+import pytest
+import torch
+
+from vidinv import editmask, errors, pipeline
+from vidinv.attention import ReferenceOptions
+from vidinv.family import Guidance
+from vidinv.models import cogvideox
+from vidinv.solver import Solver
+
+STEPS = 8
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_changed_tokens_are_the_edits_own():
+    vocab = {w: i for i, w in enumerate("a red green big circle moving right left </s>".split())}
+
+    def tokenize(text):
+        return [vocab[w] for w in text.split()] + [vocab["</s>"]]
+
+    got = editmask.changed_tokens(tokenize, ["a red circle moving right", "a red circle moving left"],
+                                  ["a green circle moving right", "a big red circle moving left"], 10)
+    assert got[0].nonzero().flatten().tolist() == [1] and got[1].nonzero().flatten().tolist() == [1]
+    assert not editmask.changed_tokens(tokenize, ["a red circle"], ["a red circle"], 10).any()
+    with pytest.raises(errors.InputError, match="one edited prompt per source"):
+        editmask.changed_tokens(tokenize, ["a", "a"], ["a", "a", "a"], 10)
+
+
+def test_mask_from_map_spreads_patches_and_keeps_a_quantile_per_frame():
+    scores = torch.zeros(1, 2 * 4 * 4)
+    scores[0, 0] = 1.0  # frame 0, top-left patch
+    scores[0, 31] = 0.1  # frame 1, bottom-right patch: its frame's own maximum
+    m = editmask.mask_from_map(scores, (2, 4, 4), (1, 2, 2), (1, 2, 4, 8, 8), 0.9)
+    assert m.shape == (1, 2, 1, 8, 8) and m[0, 0, 0, 0, 0] == 1 and m[0, 0, 0, 7, 7] == 0
+    assert m[0, 1, 0, 7, 7] == 1 and m[0, 1, 0, 0, 0] == 0
+    assert 0.05 <= float(m.mean()) <= 0.25  # about the top tenth of each frame (ties at the edge kept)
+    assert not editmask.mask_from_map(torch.zeros(1, 32), (2, 4, 4), (1, 2, 2), (1, 2, 4, 8, 8), 0.9).any()
+
+
+def test_a_given_mask_follows_the_vae_frame_grouping():
+    mask = torch.zeros(9, 16, 16)
+    mask[5:9, :8, :8] = 1.0  # the pixel frames of latent frame 2 (4x temporal)
+    m = editmask.from_pixels(mask, (1, 3, 4, 4, 4), 4)
+    assert m.shape == (1, 3, 1, 4, 4) and m[0, 2, 0, :2, :2].eq(1).all() and m[0, :2].eq(0).all()
+    assert editmask.from_pixels(torch.ones(32, 32), (2, 3, 4, 4, 4), 4).eq(1).all()
+    with pytest.raises(errors.InputError, match="the mask has 4 frames; the video has 9"):
+        editmask.from_pixels(torch.ones(4, 16, 16), (1, 3, 4, 4, 4), 4)
+    px = editmask.to_pixels(m, 4, 4)
+    assert px.shape == (9, 16, 16, 3) and px[5:, :8, :8].eq(1).all() and px[:5].eq(0).all()
+    with pytest.raises(errors.InputError, match="threshold"):
+        editmask.EditMask(0.0)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny64):
+    model = tiny64("5b")
+    src = cogvideox.encode_text(model, "a red circle moving right")
+    edit = cogvideox.encode_text(model, "a green circle moving right")
+    x0 = torch.randn(1, 2, model.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0),
+                     dtype=torch.float64)
+    exact = pipeline.invert(model, src, x0, STEPS, settings=Solver(iters=20, tol=1e-12))
+    friendly = pipeline.invert_friendly(model, src, x0, STEPS)
+    return model, src, edit, x0, {"exact": exact, "edit-friendly": friendly}
+
+
+@pytest.mark.parametrize("kind", ["exact", "edit-friendly"])
+def test_masked_guided_sampling(setup, kind):
+    model, src, edit, x0, trajs = setup
+    traj = trajs[kind]
+    patched = pipeline.with_reference(model, traj, ReferenceOptions())
+    plain_rec = pipeline.guided_sample(patched, src)
+    plain_edit = pipeline.guided_sample(patched, edit)
+    # reconstruction: no token differs, the mask is empty, the sample is the trajectory's
+    m = editmask.EditMask(0.3)
+    assert rel(pipeline.guided_sample(patched, src, edit_mask=m), plain_rec) < 1e-6 and not m.latent.any()
+    # the attention mask: part of the video follows the edit, the rest the trajectory
+    m = editmask.EditMask(0.9)
+    masked = pipeline.guided_sample(patched, edit, edit_mask=m)
+    assert 0 < float(m.latent.mean()) < 1 and rel(masked, plain_edit) > 1e-6
+    outside = (1 - m.latent).bool().expand_as(masked)
+    assert torch.allclose(masked[outside], traj.clean.double()[outside])  # the last step's blend lands on x_0
+    # given masks: all ones is no mask, all zeros is the trajectory
+    ones = pipeline.guided_sample(patched, edit, edit_mask=editmask.EditMask(given=torch.ones(32, 32)))
+    assert rel(ones, plain_edit) < 1e-12
+    zeros = pipeline.guided_sample(patched, edit, edit_mask=editmask.EditMask(given=torch.zeros(32, 32)))
+    assert rel(zeros, traj.clean) < 1e-6

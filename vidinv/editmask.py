@@ -1,0 +1,136 @@
+"""Edit masks: where an edit may change the video; outside the mask each sampling step's latent
+follows the trajectory (Prompt-to-Prompt's local blend, Hertz et al. 2022; LEDITS++'s implicit
+mask, Brack et al., CVPR 2024).
+
+The mask comes from the sample's own attention: the image queries' attention to the text tokens
+that differ between the source and the edited prompt (`changed_tokens`), recorded by the family's
+attention processors (`Probe`), averaged over the probed layers and the steps so far, smoothed and
+kept above a quantile per frame (`mask_from_map`: LEDITS++'s implicit mask, whose default
+quantile 0.9 lets the edit change a tenth of each frame); or it is given (ComfyUI's MASK, `from_pixels`). Then, after
+sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt no
+token differs: the mask is empty and the sample is the trajectory's, so reconstruction stays exact
+for every option.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import errors
+
+HEAD_CHUNK = 8  # heads per softmax in the probe: [rows, 8, image tokens, text tokens] at a time
+
+
+def changed_tokens(tokenize, source: list[str], edit: list[str], length: int) -> torch.Tensor:
+    """``[B, length]`` float: 1 at the edited prompt's token positions that are not in the source
+    prompt's token sequence (insertions and replacements of a token alignment), per row.
+    `tokenize(text)` gives the token ids of one prompt as the text encoder sees them."""
+    if len(source) == 1 and len(edit) > 1:
+        source = source * len(edit)
+    if len(source) != len(edit):
+        raise errors.InputError(f"{len(edit)} edited prompts for {len(source)} source prompts",
+                                "Give one edited prompt per source prompt.")
+    out = torch.zeros(len(edit), length)
+    for row, (a, b) in enumerate(zip(source, edit)):
+        ids_a, ids_b = list(tokenize(a))[:length], list(tokenize(b))[:length]
+        for tag, _, _, j0, j1 in difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False).get_opcodes():
+            if tag in ("replace", "insert"):
+                out[row, j0:j1] = 1.0
+    return out
+
+
+class Probe:
+    """Collects, during the sample's network calls, the attention of the image queries of its last
+    ``B`` rows (the conditional CFG rows) to the weighted text tokens: per call and layer
+    ``sum_tokens softmax_text(q k^T / sqrt(d)) * tokens``, averaged over heads; `average()` is the
+    mean over everything recorded, ``[B, image tokens]``."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens, self.total, self.count = tokens, None, 0
+
+    def add(self, q_image: torch.Tensor, k_text: torch.Tensor) -> None:
+        """q_image ``[R, heads, N, d]``, k_text ``[R, heads, L, d]`` (R >= B rows, conditional last)."""
+        b = self.tokens.shape[0]
+        q, k = q_image[-b:].float(), k_text[-b:].float()
+        w = self.tokens.to(q.device)[:, None, :, None]  # [B, 1, L, 1]
+        acc = torch.zeros(q.shape[0], q.shape[2], device=q.device)
+        for h in range(0, q.shape[1], HEAD_CHUNK):
+            probs = torch.softmax(q[:, h:h + HEAD_CHUNK] @ k[:, h:h + HEAD_CHUNK].transpose(-1, -2)
+                                  / math.sqrt(q.shape[-1]), dim=-1)  # [B, h, N, L]
+            acc += (probs @ w).squeeze(-1).sum(1)
+        acc = (acc / q.shape[1]).cpu()
+        self.total = acc if self.total is None else self.total + acc
+        self.count += 1
+
+    def average(self) -> torch.Tensor | None:
+        return None if self.total is None else self.total / self.count
+
+
+def mask_from_map(scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int],
+                  latent_shape, threshold: float) -> torch.Tensor:
+    """Token scores ``[B, F' h' w']`` on the transformer's patch grid `grid` (F', h', w') -> a
+    binary latent mask ``[B, F, 1, h, w]``: each patch spread over its latent cells, smoothed (3 x 3
+    mean), and kept where it reaches its frame's `threshold` quantile (0.9: the top tenth of the
+    frame; as LEDITS++'s edit_threshold). A frame with no score at all (no token changed) is empty."""
+    b, f, _, h, w = latent_shape
+    pf, ph, pw = patch
+    m = scores.view(b, *grid).repeat_interleave(pf, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)
+    m = m[:, :f, :h, :w]
+    m = F.avg_pool2d(m.reshape(b * f, 1, h, w), 3, 1, 1, count_include_pad=False).view(b, f, h, w)
+    level = torch.quantile(m.flatten(2), threshold, dim=-1)[..., None, None]
+    peak = m.amax((2, 3), keepdim=True)
+    return ((m >= level) & (peak > 0)).float().unsqueeze(2)
+
+
+def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor:
+    """ComfyUI MASK ``[N, H, W]`` (or ``[H, W]``; 1 = may change) -> a latent mask ``[B, F, 1, h, w]``
+    in 0..1: one pixel frame for latent frame 0 and `temporal` for each later one (the VAE's
+    grouping; a single mask frame holds for every frame), max over each group, area-resized."""
+    b, f, _, h, w = latent_shape
+    m = mask.float()
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() != 3 or not torch.isfinite(m).all():
+        raise errors.InputError(f"the mask has shape {tuple(mask.shape)}; a MASK is [frames, height, width] of "
+                                "finite values", "Connect a ComfyUI MASK (e.g. from Load Image's mask output).")
+    n = m.shape[0]
+    if n == 1:
+        groups = [m] * f
+    elif n == (f - 1) * temporal + 1:
+        groups = [m[:1]] + [m[1 + (k - 1) * temporal:1 + k * temporal] for k in range(1, f)]
+    else:
+        raise errors.InputError(f"the mask has {n} frames; the video has {(f - 1) * temporal + 1} (or give one "
+                                "frame for all)", "Give one mask frame per video frame, or a single one.")
+    per_frame = torch.stack([g.amax(0) for g in groups])[:, None]  # [F, 1, H, W]
+    latent = F.interpolate(per_frame, size=(h, w), mode="area").clamp(0, 1)
+    return latent[None].expand(b, -1, -1, -1, -1).contiguous()
+
+
+def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """A latent mask ``[B, F, 1, h, w]`` as IMAGE frames ``[B * N, H, W, 3]`` (N = (F - 1) temporal + 1):
+    what the user sees of the region an edit may change."""
+    b, f, _, h, w = mask.shape
+    frames = torch.cat([mask[:, :1], mask[:, 1:].repeat_interleave(temporal, 1)], dim=1)[:, :, 0]
+    px = frames.repeat_interleave(spatial, 2).repeat_interleave(spatial, 3)  # [B, N, H, W]
+    return px.reshape(-1, h * spatial, w * spatial, 1).expand(-1, -1, -1, 3).float().contiguous()
+
+
+class EditMask:
+    """What a guided sample is asked to mask, and (after it) the mask it used: `threshold` in (0, 1]
+    for the attention mask (the quantile of each frame's scores it keeps), or `given` (a ComfyUI MASK); `latent` is set by the sampler to the last
+    step's latent mask ``[B, F, 1, h, w]``."""
+
+    def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None):
+        if given is None and not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
+            raise errors.InputError(f"mask threshold {threshold!r} is not in (0, 1]",
+                                    "Use e.g. 0.9 (the edit may change the top tenth of each frame), or give a MASK.")
+        self.threshold, self.given, self.latent = threshold, given, None
+
+
+def blend(x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``mask * x + (1 - mask) * source``: the edit inside the mask, the trajectory outside."""
+    m = mask.to(x.dtype)
+    return m * x + (1 - m) * source.to(x.dtype)
