@@ -111,11 +111,16 @@ def trajectory_noise(traj, model) -> dict:
 
 def run_invert(model, conditioning, latent: dict, steps: int, guidance: Guidance, settings: Solver,
                dtype: str) -> dict:
-    """The body of every Invert node: invert, show the trajectory summary, return it and its noise."""
+    """The body of every exact Invert node: invert, show the trajectory summary, return it and its noise."""
+    return run_inversion(model, latent, steps, lambda samples, image_latents, progress, pad: pipeline.invert(
+        model, conditioning, samples, steps, guidance, settings, dtype, image_latents, progress, pad))
+
+
+def run_inversion(model, latent: dict, steps: int, invert) -> dict:
+    """`invert(samples, image_latents, hooks, pad_frames) -> Trajectory` on the LATENT's parts, with
+    progress; the trajectory's summary on the node, the trajectory and its noise as outputs."""
     samples, image_latents, pad = latent_parts(latent)
-    progress = host.Progress(steps)
-    traj = pipeline.invert(model, conditioning, samples, steps, guidance, settings, dtype, image_latents, progress,
-                           pad)
+    traj = invert(samples, image_latents, host.Progress(steps), pad)
     host.free_memory()
     return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}
 
@@ -164,11 +169,11 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
         edit_mask.latent is None else edit_mask.latent
-    _, pad = fam.latent_extras(traj)
+    source_image, pad = fam.latent_extras(traj)
     mask_frames = editmask.to_pixels(latent_mask[:, pad:], model.spatial_factor, model.temporal_factor)
     host.free_memory()
     return {"ui": {"vinv_guidance": [window]},
-            "result": (latent_value(out, model, *fam.latent_extras(traj)), mask_frames)}
+            "result": (latent_value(out, model, source_image, pad), mask_frames)}
 
 
 def check_text_options(fam, negative: str, tuned_eta: float = 1.0) -> None:
@@ -213,12 +218,10 @@ class FriendlyInvert(InvertNode):
         }}
 
     def invert(self, model, conditioning, latent, steps, guidance, seed, trajectory_dtype):
-        samples, image_latents, pad = latent_parts(latent)
-        progress = host.Progress(steps)
-        traj = pipeline.invert_friendly(model, conditioning, samples, steps, Guidance(guidance), seed,
-                                        trajectory_dtype, image_latents, progress, pad)
-        host.free_memory()
-        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}
+        def invert(samples, image_latents, progress, pad):
+            return pipeline.invert_friendly(model, conditioning, samples, steps, Guidance(guidance), seed,
+                                            trajectory_dtype, image_latents, progress, pad)
+        return run_inversion(model, latent, steps, invert)
 
 
 class FriendlySample(SampleNode):

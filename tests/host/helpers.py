@@ -53,3 +53,10 @@ def svd_round_trip(model: str, image: str, size: int, steps: int, iterations: in
                   steps=steps if sample_steps is None else sample_steps, min_guidance=1.0, max_guidance=1.0),
     }
 
+
+
+def saved_latent(comfy, entry: dict, nid: str):
+    """The latent a SaveLatent node `nid` of a finished prompt wrote, in float64."""
+    from safetensors.torch import load_file
+    item = entry["outputs"][nid]["latents"][0]
+    return load_file(str(comfy.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"].double()

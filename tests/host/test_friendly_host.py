@@ -3,9 +3,8 @@ Friendly Invert -> Edit-Friendly Sample reconstructs the source, Reference Atten
 with a mask threshold edits and returns the mask as IMAGE frames; the trajectory's noise on DDIM
 Sample is a readable node error."""
 import pytest
-from safetensors.torch import load_file
 
-from tests.host.helpers import node
+from tests.host.helpers import node, saved_latent
 from tools import comfy_host
 
 pytestmark = pytest.mark.host
@@ -36,10 +35,6 @@ def graph() -> dict:
         "14": node("SaveLatent", samples=["10", 0], filename_prefix="friendly/edit"),
     }
 
-
-def saved_latent(comfy, entry, nid):
-    item = entry["outputs"][nid]["latents"][0]
-    return load_file(str(comfy.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"].double()
 
 
 def test_edit_friendly_graph_reconstructs_and_masks_in_the_host(comfy):

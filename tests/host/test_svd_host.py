@@ -5,10 +5,9 @@ model on a CogVideoX-only node is a readable node error."""
 import json
 
 import pytest
-from safetensors.torch import load_file
 
 from tests.tiny_svd import write_tiny_svd
-from tests.host.helpers import node, svd_round_trip
+from tests.host.helpers import node, saved_latent, svd_round_trip
 from tools import comfy_host
 
 pytestmark = pytest.mark.host
@@ -37,10 +36,6 @@ def graph(model: str) -> dict:
         "14": node("SaveLatent", samples=["9", 0], filename_prefix="svd/guided"),
     }
 
-
-def saved_latent(comfy, entry, nid):
-    item = entry["outputs"][nid]["latents"][0]
-    return load_file(str(comfy.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"].double()
 
 
 def test_svd_graph_reconstructs_in_the_host(comfy, svd_folder):

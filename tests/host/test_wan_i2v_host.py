@@ -4,9 +4,8 @@ listed by Load Wan Model; VAE Encode adds the first frame's conditioning to the 
 first frame on Guided Sample changes the result; a text-to-video trajectory's model mismatch is a
 readable node error."""
 import pytest
-from safetensors.torch import load_file
 
-from tests.host.helpers import node
+from tests.host.helpers import node, saved_latent
 from tests.tiny_wan import write_tiny_wan
 from tools import comfy_host
 
@@ -46,10 +45,6 @@ def graph(model: str) -> dict:
                                   ("17", "11", "first_frame"))},
     }
 
-
-def saved_latent(comfy, entry, nid):
-    item = entry["outputs"][nid]["latents"][0]
-    return load_file(str(comfy.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"].double()
 
 
 def rel(a, b):
