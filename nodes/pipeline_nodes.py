@@ -333,7 +333,7 @@ class GuidedSample(GuidedSampleNode):
                                                  "the edit on (the source's first frame is used otherwise)."}),
             "tuned_eta": TUNED_ETA,
             "mask_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
-                               "CogVideoX: above 0, mask the edit by the sample's attention to the prompt words "
+                               "CogVideoX and Wan: above 0, mask the edit by the sample's attention to the prompt words "
                                "that differ from the source prompt, smoothed and kept above this quantile of each "
                                "frame (0.9: the top tenth, LEDITS++'s default); 0 = no mask. The edit_mask output "
                                "shows it."}),

@@ -46,40 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import (edit_markdown, edit_rows, edited_spec, encode_heldout, machine,  # noqa: E402
-                            reconstruction_rows, report, score_frames, time_samplers)
+                            naive_trajectory, reconstruction_rows, report, score_frames, sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, editmask, nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
-
-
-def naive_trajectory(model, cond, x0, steps) -> Trajectory:
-    """The published inversion: DDIMInverseScheduler built from the model's config."""
-    from diffusers import DDIMInverseScheduler
-    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps)
-    inv = DDIMInverseScheduler(**model.scheduler_config)
-    inv.set_timesteps(steps)
-    lat = [x0.clone()]
-    for t in inv.timesteps:
-        lat.append(inv.step(den(lat[-1], int(t)), t, lat[-1], return_dict=False)[0].float())
-    schedule = ddim.schedule_from_config(model.scheduler_config)
-    return Trajectory(latents=torch.stack(lat), timesteps=ddim.timesteps(schedule, steps),
-                      scheduler_config=model.scheduler_config, model_fingerprint=model.fingerprint,
-                      model_name=model.name, prompt=cond.prompt, negative_prompt="", embeds=cond.embeds,
-                      negative_embeds=cond.negative_embeds, guidance=1.0, dynamic_cfg=False, iterations=0,
-                      tolerance=0.0, residuals=[float("nan")] * steps, calls=[1] * steps)
-
-
-def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
-    schedule = ddim.schedule_from_config(model.scheduler_config)
-    grid = ddim.grid(schedule, steps)
-    start = min(steps - 1, int(round(steps * (1 - strength))))
-    ab = schedule.alpha_bar(grid[start][0])
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
-    return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start)
 
 
 def score(model, z, specs, targets, kind, recon):

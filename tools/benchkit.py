@@ -198,3 +198,39 @@ def edit_markdown(result: dict, command: str, model_line: str = "", source: str 
     for name, r in sp["samplers"].items():
         out.append(f"| {name} | {r['seconds']:.2f} | {r['ratio_to_plain']:.2f} | {r['peak_mb']:.0f} |")
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- CogVideoX baselines
+
+def naive_trajectory(model, cond, x0, steps):
+    """The published inversion: DDIMInverseScheduler built from the model's config."""
+    from diffusers import DDIMInverseScheduler
+    from vidinv import ddim
+    from vidinv.models import cogvideox
+    from vidinv.trajectory import Trajectory
+    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps)
+    inv = DDIMInverseScheduler(**model.scheduler_config)
+    inv.set_timesteps(steps)
+    lat = [x0.clone()]
+    for t in inv.timesteps:
+        lat.append(inv.step(den(lat[-1], int(t)), t, lat[-1], return_dict=False)[0].float())
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    return Trajectory(latents=torch.stack(lat), timesteps=ddim.timesteps(schedule, steps),
+                      scheduler_config=model.scheduler_config, model_fingerprint=model.fingerprint,
+                      model_name=model.name, prompt=cond.prompt, negative_prompt="", embeds=cond.embeds,
+                      negative_embeds=cond.negative_embeds, guidance=1.0, dynamic_cfg=False, iterations=0,
+                      tolerance=0.0, residuals=[float("nan")] * steps, calls=[1] * steps)
+
+
+def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
+    """SDEdit: x0 noised with fresh noise to the level at fraction 1 - `strength` of the steps, then
+    plain sampling of `cond` over the rest."""
+    from vidinv import ddim, pipeline
+    from vidinv.family import Guidance
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    grid = ddim.grid(schedule, steps)
+    start = min(steps - 1, int(round(steps * (1 - strength))))
+    ab = schedule.alpha_bar(grid[start][0])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
+    return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start)

@@ -5,8 +5,12 @@
 VAE: held-out videos encoded and decoded through the pack's own VAE functions; PSNR and the
 shape / colour / direction classifiers on the reconstructions.
 Generation: every caption (4 colours x 3 shapes x 4 directions) x seeds, 50 DDIM steps, at
-guidance 5 and 1; classifier accuracies and mean motion. Results go to stdout as JSON and to
-<model>/quality.json.
+guidance 5 and 1; classifier accuracies and mean motion.
+Scenes (a model that knows "... and ..." captions: the two-object scenes of vidinv.scenes): VAE
+PSNR on held-out scenes; generation of held-out scene captions read per object (its colour
+present, its direction, its shape); SDEdit from 90 % of the steps with the first object's colour
+word changed (`scenes.score_edit`: the edited object's IoU with the source).
+Results go to stdout as JSON and to <model>/quality.json.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools.fixturekit import accuracy, evaluate_vae, generation_accuracy  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
-from vidinv import pipeline, synthetic  # noqa: E402
+from vidinv import ddim, pipeline, scenes, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
@@ -56,10 +60,63 @@ def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> d
             **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
 
 
+def latent_shape(model) -> tuple:
+    h, w = model.native_size
+    f = (int(model.tcfg["sample_frames"]) - 1) // model.temporal_factor + 1
+    return f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor
+
+
+def evaluate_scene_vae(model, count: int) -> dict:
+    psnrs = []
+    for spec in scenes.heldout_scenes(count):
+        frames = torch.from_numpy(scenes.render_scene(spec))
+        rec = cogvideox.decode_video(model, cogvideox.encode_video(model, frames)).numpy()
+        psnrs.append(synthetic.psnr(rec, frames.numpy()))
+    return {"videos": count, "psnr_db": float(np.mean(psnrs)), "psnr_min_db": float(np.min(psnrs))}
+
+
+def evaluate_scene_generation(model, count: int, guidance: float, steps: int = 50) -> dict:
+    """Held-out scene captions from fresh noise; each object read from its own hue."""
+    specs = scenes.heldout_scenes(count)
+    cond = cogvideox.encode_text(model, [s.caption for s in specs])
+    noise = torch.randn(count, *latent_shape(model), generator=torch.Generator().manual_seed(11))
+    out = cogvideox.decode_video(model, pipeline.sample(model, cond, noise, steps, Guidance(guidance)))
+    out = out.numpy().reshape(count, -1, *model.native_size, 3)
+    hits = {"colour": [], "direction": [], "shape": []}
+    for video, spec in zip(out, specs):
+        for obj, seen in zip(spec.objects, scenes.describe_scene(video, tuple(o.colour for o in spec.objects))):
+            for key in hits:
+                hits[key].append(seen[key] == getattr(obj, key))
+    follows = [c and d for c, d in zip(hits["colour"], hits["direction"])]
+    return {"guidance": guidance, "steps": steps, "videos": count, "objects": len(follows),
+            "follows_caption": float(np.mean(follows)), **{f"{k}_acc": float(np.mean(v)) for k, v in hits.items()}}
+
+
+def evaluate_scene_sdedit(model, count: int, guidance: float, start: float = 0.9, steps: int = 50) -> dict:
+    """SDEdit of held-out scenes: each source noised to the level at fraction `start` of the steps
+    (fresh noise), then the caption with the first object's colour changed sampled over the rest."""
+    specs = scenes.heldout_scenes(count)
+    frames = [torch.from_numpy(scenes.render_scene(s)) for s in specs]
+    x0 = torch.cat([cogvideox.encode_video(model, f) for f in frames])
+    recon = cogvideox.decode_video(model, x0).numpy().reshape(count, -1, *model.native_size, 3)
+    targets = [scenes.edit_target(s) for s in specs]
+    cond = cogvideox.encode_text(model, [s.recoloured(0, t).caption for s, t in zip(specs, targets)])
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    k = round(start * steps)
+    ab = schedule.alpha_bar(ddim.grid(schedule, steps)[k][0])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(13))
+    z = pipeline.sample(model, cond, ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise, steps, Guidance(guidance), start=k)
+    out = cogvideox.decode_video(model, z).numpy().reshape(recon.shape)
+    scores = [scenes.score_edit(o, r, s, 0, t) for o, r, s, t in zip(out, recon, specs, targets)]
+    return {"guidance": guidance, "start": start, "steps": steps, "videos": count,
+            **{key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-cogvideox"))
-    p.add_argument("--only", choices=["vae", "generation"])
+    p.add_argument("--only", choices=["vae", "generation", "scenes"])
+    p.add_argument("--scene-edits", type=int, default=16, help="held-out scenes of the SDEdit gate")
     p.add_argument("--vae-videos", type=int, default=48)
     p.add_argument("--seeds", type=int, default=2, help="seeds per caption (48 captions)")
     p.add_argument("--threads", type=int, default=2)
@@ -80,6 +137,11 @@ def main(argv=None) -> dict:
     if args.only in (None, "generation"):
         result["generation"] = [evaluate_generation(model, args.seeds, g) for g in (5.0, 1.0)]
         print(json.dumps(result["generation"]), flush=True)
+    if "and" in model.tokenizer.get_vocab() and args.only in (None, "scenes"):
+        result["scenes"] = {"vae": evaluate_scene_vae(model, args.vae_videos),
+                            "generation": [evaluate_scene_generation(model, args.vae_videos, g) for g in (5.0, 1.0)],
+                            "sdedit": [evaluate_scene_sdedit(model, args.scene_edits, g) for g in (5.0, 1.0)]}
+        print(json.dumps(result["scenes"]), flush=True)
     if not args.no_write and args.only is None:
         (Path(args.model) / "quality.json").write_text(json.dumps(result, indent=1))
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidinv import pipeline, synthetic
+from vidinv import pipeline, scenes, synthetic
 from vidinv.family import Guidance
 from vidinv.models import cogvideox
 
@@ -32,18 +32,38 @@ def to_model_space(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3) * 2 - 1
 
 
-def vae_batch(rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
-    """Random training videos, cropped around the shape's path (the background is black and
-    trivial; crops spend the compute on edges)."""
+def training_clip(rng: np.random.Generator, scene_share: float = 0.0):
+    """One training video: with probability `scene_share` a two-object scene (`vidinv.scenes`),
+    else a single shape on black (`vidinv.synthetic`); returns (spec, frames)."""
+    if scene_share and rng.random() < scene_share:
+        spec = scenes.random_scene(train_seed(rng), FRAMES, SIZE, SIZE)
+        return spec, scenes.render_scene(spec)
+    spec = synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE)
+    return spec, synthetic.render(spec)
+
+
+def vae_batch(rng: np.random.Generator, batch: int, crop: int, scene_share: float = 0.0) -> torch.Tensor:
+    """Random training videos cropped to `crop` pixels: single shapes around their path (their
+    background is black and trivial; crops spend the compute on edges), scenes anywhere (their
+    background is part of what must be kept)."""
     out = []
     for _ in range(batch):
-        spec = synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE)
-        frames = synthetic.render(spec)
-        mid = spec.centre(int(rng.integers(FRAMES)))
-        x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
-        y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
+        spec, frames = training_clip(rng, scene_share)
+        if isinstance(spec, scenes.SceneSpec):
+            x0, y0 = (int(rng.integers(0, SIZE - crop + 1)) for _ in range(2))
+        else:
+            mid = spec.centre(int(rng.integers(FRAMES)))
+            x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
+            y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
         out.append(frames[:, y0:y0 + crop, x0:x0 + crop])
     return to_model_space(np.stack(out))
+
+
+def object_weight(x: torch.Tensor, extra: float = 4.0) -> torch.Tensor:
+    """Loss weight of VAE pixels ([B, 3, F, H, W] in -1..1): 1 + `extra` on object pixels (saturated,
+    `scenes.SATURATION`), which are few and carry the shapes."""
+    sat = (x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)) / 2
+    return 1.0 + extra * (sat > scenes.SATURATION).float()
 
 
 def optimise(loss, opt, sched, params, ema, ema_max: float, step: int) -> None:

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, optimise, to_model_space,  # noqa: E402
-                              train_seed, vae_batch)
+from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, object_weight, optimise,  # noqa: E402
+                              to_model_space, train_seed, training_clip, vae_batch)
 from vidinv import synthetic  # noqa: E402
-from vidinv.fixture import TEXT_LEN, build_tokenizer, save_pipeline  # noqa: E402
+from vidinv.fixture import SCENE_VOCAB_WORDS, TEXT_LEN, VOCAB_WORDS, build_tokenizer, save_pipeline  # noqa: E402
 
 LATENT_CHANNELS = 16
 VAE_CONFIG = dict(
@@ -70,21 +70,23 @@ def seed_all(seed: int) -> np.random.Generator:
 def train_vae(args) -> None:
     from diffusers import AutoencoderKLCogVideoX
     rng = seed_all(args.seed)
-    vae = AutoencoderKLCogVideoX(**VAE_CONFIG)
+    if args.init:  # fine-tune an exported fixture's VAE (stored in float16)
+        vae = AutoencoderKLCogVideoX.from_pretrained(Path(args.init) / "vae", torch_dtype=torch.float32)
+    else:
+        vae = AutoencoderKLCogVideoX(**VAE_CONFIG)
     log(f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {args.steps} steps")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop)
+        x = vae_batch(rng, args.batch, args.crop, args.scenes)
         post = vae.encode(x).latent_dist
         z = post.sample()
         # a little latent noise makes the decoder forgiving of imprecise latents (the transformer's)
         z = z + args.latent_noise * z.detach().std() * torch.randn_like(z)
         y = vae.decode(z).sample
         err = y - x
-        # foreground pixels weigh more: they are few and they carry the shape
-        weight = 1.0 + 4.0 * (x.amax(dim=1, keepdim=True) > -0.9).float()
+        weight = object_weight(x)
         loss = (weight * (err.abs() + err.pow(2))).mean() + args.kl * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,12 +100,12 @@ def train_vae(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(work / "vae")
-    scale = latent_scaling_factor(vae, rng)
+    scale = latent_scaling_factor(vae, rng, args.scenes)
     vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(work / "vae")
     json.dump({"seconds": time.time() - start, "steps": args.steps, "batch": args.batch, "crop": args.crop,
                "lr": args.lr, "kl": args.kl, "latent_noise": args.latent_noise, "seed": args.seed,
-               "scaling_factor": scale},
+               "scaling_factor": scale, "scenes": args.scenes, "init": args.init},
               open(work / "vae_train.json", "w"), indent=1)
     log(f"VAE done in {time.time() - start:.0f}s, scaling_factor {scale:.4f}")
 
@@ -121,12 +123,12 @@ def train_vae_decoder(args) -> None:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     start = time.time()
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop)
+        x = vae_batch(rng, args.batch, args.crop, args.scenes)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
             z = z + args.latent_noise * z.std() * torch.randn_like(z)
         err = vae.decode(z).sample - x
-        weight = 1.0 + 4.0 * (x.amax(dim=1, keepdim=True) > -0.9).float()
+        weight = object_weight(x)
         loss = (weight * (err.abs() + err.pow(2))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,9 +146,8 @@ def train_vae_decoder(args) -> None:
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae, rng: np.random.Generator, count: int = 64) -> float:
-    frames = np.stack([synthetic.render(synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE))
-                       for _ in range(count)])
+def latent_scaling_factor(vae, rng: np.random.Generator, scene_share: float, count: int = 64) -> float:
+    frames = np.stack([training_clip(rng, scene_share)[1] for _ in range(count)])
     z = vae.encode(to_model_space(frames)).latent_dist.mode()
     return float(1.0 / z.std())
 
@@ -167,13 +168,14 @@ def alphas_cumprod() -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(vae, rng: np.random.Generator, count: int, batch: int = 32):
+def encode_dataset(vae, rng: np.random.Generator, count: int, scene_share: float, batch: int = 32):
     """Latents (posterior mean x scaling factor, layout [N, F, C, H, W]) and captions."""
     latents, captions = [], []
     scale = vae.config.scaling_factor
     for start in range(0, count, batch):
-        specs = [synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE) for _ in range(min(batch, count - start))]
-        frames = np.stack([synthetic.render(s) for s in specs])
+        clips = [training_clip(rng, scene_share) for _ in range(min(batch, count - start))]
+        specs = [spec for spec, _ in clips]
+        frames = np.stack([f for _, f in clips])
         z = vae.encode(to_model_space(frames)).latent_dist.mode() * scale
         latents.append(z.permute(0, 2, 1, 3, 4).contiguous())
         captions += [s.caption for s in specs]
@@ -182,9 +184,14 @@ def encode_dataset(vae, rng: np.random.Generator, count: int, batch: int = 32):
     return torch.cat(latents), captions
 
 
-def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator):
-    """A v-prediction training pair: random timesteps, x_t and the v target."""
+def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, low_share: float = 0.0):
+    """A v-prediction training pair: random timesteps (uniform; a share `low_share` of the batch
+    from the lowest quarter instead, where edits must keep what the latent already holds), x_t and
+    the v target."""
     t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=gen)
+    if low_share:  # (no draw otherwise: the generator's stream stays the recipe's without it)
+        low = torch.rand(x0.shape[0], generator=gen) < low_share
+        t[low] = torch.randint(0, abar.numel() // 4, (int(low.sum()),), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     a = abar[t].view(-1, 1, 1, 1, 1)
     return t, a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -203,16 +210,22 @@ def train_dit(args) -> None:
     if data_file.exists():
         data = torch.load(data_file)
     else:
-        z, caps = encode_dataset(vae, rng, args.dataset)
+        z, caps = encode_dataset(vae, rng, args.dataset, args.scenes)
         data = {"latents": z, "captions": caps}
         torch.save(data, data_file)
     encode_seconds = time.time() - start
     latents, captions = data["latents"], data["captions"]
     log(f"dataset {tuple(latents.shape)} std {latents.std():.3f} ({encode_seconds:.0f}s)")
 
-    tokenizer = build_tokenizer()
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **T5_CONFIG))
-    transformer = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG)
+    tokenizer = build_tokenizer(SCENE_VOCAB_WORDS if args.scenes else VOCAB_WORDS)
+    if args.init:  # fine-tune an exported fixture; new words get new embedding rows
+        text_encoder = T5EncoderModel.from_pretrained(Path(args.init) / "text_encoder", torch_dtype=torch.float32)
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        transformer = CogVideoXTransformer3DModel.from_pretrained(Path(args.init) / "transformer",
+                                                                  torch_dtype=torch.float32)
+    else:
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **T5_CONFIG))
+        transformer = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, {args.steps} steps")
@@ -231,7 +244,7 @@ def train_dit(args) -> None:
         ids = all_ids[idx].clone()
         drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
         ids[drop] = empty_ids
-        t, xt, v = noised(x0, abar, gen)
+        t, xt, v = noised(x0, abar, gen, args.low_t)
         text = text_encoder(ids)[0]
         pred = transformer(xt, text, t, image_rotary_emb=rope, return_dict=False)[0]
         loss = F.mse_loss(pred, v)
@@ -244,7 +257,8 @@ def train_dit(args) -> None:
     tokenizer.save_pretrained(work / "tokenizer")
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
                "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
-               "dataset": len(latents), "seed": args.seed}, open(work / "dit_train.json", "w"), indent=1)
+               "dataset": len(latents), "seed": args.seed, "scenes": args.scenes, "low_t": args.low_t,
+               "init": args.init}, open(work / "dit_train.json", "w"), indent=1)
     log(f"transformer done in {time.time() - start:.0f}s")
 
 
@@ -369,6 +383,11 @@ def main(argv=None) -> None:
     p.add_argument("--caption-dropout", type=float, default=0.12)
     p.add_argument("--out", default=str(ROOT / "assets" / "tiny-cogvideox"))
     p.add_argument("--i2v", action="store_true", help="export: the image-to-video model")
+    p.add_argument("--scenes", type=float, default=0.0,
+                   help="share of two-object scenes (vidinv.scenes) in the training videos; the rest are single shapes")
+    p.add_argument("--init", default=None, help="vae / dit: fine-tune the parts of this exported folder")
+    p.add_argument("--low-t", type=float, default=0.0,
+                   help="dit: share of each batch with timesteps from the lowest quarter")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     defaults = {"vae": dict(steps=2400, batch=8, lr=2e-3), "dit": dict(steps=5500, batch=32, lr=1e-3),

@@ -42,6 +42,18 @@ def changed_tokens(tokenize, source: list[str], edit: list[str], length: int) ->
     return out
 
 
+def prompt_tokens(tokenize, traj, cond, length: int) -> torch.Tensor:
+    """`changed_tokens` between a trajectory's source prompt and a conditioning's prompt, one row per
+    video (a batch's prompts are labelled "a | b | ...")."""
+    rows = traj.latents.shape[1]
+
+    def prompts(label: str) -> list[str]:
+        parts = label.split(" | ")
+        return parts if rows > 1 and len(parts) == rows else [label]
+
+    return changed_tokens(tokenize, prompts(traj.prompt), prompts(cond.prompt), length)
+
+
 class Probe:
     """Collects, during the sample's network calls, the attention of the image queries of its last
     ``B`` rows (the conditional CFG rows) to the weighted text tokens: per call and layer

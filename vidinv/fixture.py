@@ -18,6 +18,7 @@ from .models import svd
 TEXT_LEN = 16  # tokens per caption: the CogVideoX fixture's max_text_seq_length
 VOCAB_WORDS = ["a", "an", "the", "moving", "shape", "video", "of", *synthetic.COLOURS, *synthetic.SHAPES,
                *synthetic.DIRECTIONS]
+SCENE_VOCAB_WORDS = [*VOCAB_WORDS, "and"]  # the scenes' captions join two objects' ("... and ...")
 
 # The tiny SVD has no text, and one still frame does not say where the shape goes: the direction
 # is given by the motion bucket id (an added time id the pipeline always passes); fps is fixed.
@@ -25,14 +26,14 @@ BUCKETS = {"left": 63, "right": 127, "up": 191, "down": 255}  # 127 (the pipelin
 FPS = 7
 
 
-def build_tokenizer():
+def build_tokenizer(words: list[str] = VOCAB_WORDS):
     """A word-level tokenizer over the caption vocabulary, built with `tokenizers` (nothing is
     downloaded) and wrapped so that `AutoTokenizer.from_pretrained` loads it from the folder.
     Ids follow T5: 0 pad, 1 end of sequence, 2 unknown; every sequence ends with </s>."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in VOCAB_WORDS:
+    for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

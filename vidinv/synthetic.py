@@ -134,7 +134,11 @@ def foreground_mask(frames: np.ndarray, threshold: float = 0.35) -> np.ndarray:
 
 def centroid_path(frames: np.ndarray) -> np.ndarray:
     """``[N, 2]`` (x, y) centroid of the foreground per frame, in pixels; NaN where empty."""
-    mask = foreground_mask(frames)
+    return mask_centroids(foreground_mask(frames))
+
+
+def mask_centroids(mask: np.ndarray) -> np.ndarray:
+    """``[N, 2]`` (x, y) centroid of each frame of a ``[N, H, W]`` mask; NaN where empty."""
     n, h, w = mask.shape
     ys, xs = np.mgrid[0:h, 0:w]
     out = np.full((n, 2), np.nan, np.float64)
@@ -167,7 +171,12 @@ def fill_ratio(mask: np.ndarray) -> float | None:
 
 
 def classify_shape(frames: np.ndarray) -> str | None:
-    ratios = [r for r in (fill_ratio(m) for m in foreground_mask(frames)) if r is not None]
+    return mask_shape(foreground_mask(frames))
+
+
+def mask_shape(mask: np.ndarray) -> str | None:
+    """The shape whose fill ratio is nearest the median over the frames of a ``[N, H, W]`` mask."""
+    ratios = [r for r in (fill_ratio(m) for m in mask) if r is not None]
     if not ratios:
         return None
     r = float(np.median(ratios))
@@ -175,13 +184,18 @@ def classify_shape(frames: np.ndarray) -> str | None:
 
 
 def classify_direction(frames: np.ndarray, min_travel: float = 2.0) -> str | None:
-    path = centroid_path(frames)
+    return path_direction(centroid_path(frames), min_travel)
+
+
+def path_direction(path: np.ndarray, min_travel: float = 2.0) -> str | None:
+    """The direction of a ``[N, 2]`` centroid path (NaN rows skipped): the axis of the larger
+    fitted travel, None below `min_travel` pixels."""
     ok = ~np.isnan(path[:, 0])
     if ok.sum() < 2:
         return None
     t = np.nonzero(ok)[0].astype(np.float64)
     slope = np.polyfit(t, path[ok], 1)[0]  # pixels per frame, (x, y)
-    travel = slope * (len(frames) - 1)
+    travel = slope * (len(path) - 1)
     axis = int(np.argmax(np.abs(travel)))
     if abs(travel[axis]) < min_travel:
         return None
@@ -204,7 +218,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Mean per-frame IoU of the foreground masks of two videos."""
-    ma, mb = foreground_mask(a), foreground_mask(b)
+    return masks_iou(foreground_mask(a), foreground_mask(b))
+
+
+def masks_iou(ma: np.ndarray, mb: np.ndarray) -> float:
+    """Mean per-frame IoU of two ``[N, H, W]`` masks (a frame empty in both counts as 1)."""
     ious = []
     for x, y in zip(ma, mb):
         union = np.logical_or(x, y).sum()
@@ -215,8 +233,12 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def centroid_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean distance in pixels between the centroid paths; a frame empty in only one
     video counts as the frame diagonal."""
-    pa, pb = centroid_path(a), centroid_path(b)
-    h, w = np.asarray(a).shape[1:3]
+    return paths_error(centroid_path(a), centroid_path(b), *np.asarray(a).shape[1:3])
+
+
+def paths_error(pa: np.ndarray, pb: np.ndarray, h: int, w: int) -> float:
+    """Mean distance of two ``[N, 2]`` centroid paths in pixels; a frame empty in one path only
+    counts as the diagonal of an h x w frame, in both as 0."""
     d = np.linalg.norm(pa - pb, axis=1)
     only_one = np.isnan(pa[:, 0]) ^ np.isnan(pb[:, 0])
     both_empty = np.isnan(pa[:, 0]) & np.isnan(pb[:, 0])

@@ -153,6 +153,28 @@ def test_edit_differs_and_processors_come_back(model64, conds, runs):
     assert rel(edit, back) > 1e-3 and model64.transformer.attn_processors == before
 
 
+@pytest.mark.parametrize("g", [1.0, 5.0])
+def test_attention_mask_from_cross_attention(model64, conds, runs, g):
+    """The edit mask probes Wan's cross-attention (image queries vs the changed text tokens): with the
+    source prompt the mask is empty and the sample the trajectory's; with an edit, part of the video
+    follows the edit and the rest lands on x0; the model's own cross-attention processors stay."""
+    from vidinv import editmask
+    x0, out = runs
+    traj, back = out[g]
+    patched = pipeline.with_reference(model64, traj)
+    before = dict(model64.transformer.attn_processors)
+    m = editmask.EditMask(0.3)
+    assert rel(pipeline.guided_sample(patched, conds[0], Guidance(g), edit_mask=m), back) < 1e-6
+    assert not m.latent.any()
+    m = editmask.EditMask(0.7)
+    masked = pipeline.guided_sample(patched, conds[1], Guidance(g), edit_mask=m)
+    assert m.latent.shape == (1, FRAMES, 1, HW, HW) and 0 < float(m.latent.mean()) < 1
+    outside = (1 - m.latent).bool().expand_as(masked)
+    assert torch.allclose(masked[outside], x0[outside], atol=1e-6)
+    assert rel(masked, pipeline.guided_sample(patched, conds[1], Guidance(g))) > 1e-4
+    assert model64.transformer.attn_processors == before
+
+
 def test_processors_restored_after_an_error(model64, conds, runs):
     traj = runs[1][1.0][0]
     before = dict(model64.transformer.attn_processors)

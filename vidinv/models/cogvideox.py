@@ -588,14 +588,8 @@ class CogVideoXFamily:
     def edit_mask_tokens(self, model, traj, cond):
         """The edited prompt's tokens not in the source prompt (one row per video), for the attention
         mask: its image queries attend to the text in the same joint attention."""
-        rows = traj.latents.shape[1]
-
-        def prompts(label: str) -> list[str]:  # a batch's conditioning is labelled "a | b | ..."
-            parts = label.split(" | ")
-            return parts if rows > 1 and len(parts) == rows else [label]
-
-        return editmask.changed_tokens(lambda text: model.tokenizer(text, add_special_tokens=True).input_ids,
-                                       prompts(traj.prompt), prompts(cond.prompt), model.max_text_length)
+        return editmask.prompt_tokens(lambda text: model.tokenizer(text, add_special_tokens=True).input_ids,
+                                      traj, cond, model.max_text_length)
 
     def patch_grid(self, model):
         return (model.patch_size_t or 1, model.patch_size, model.patch_size)

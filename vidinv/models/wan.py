@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .. import errors, flow, solver, video
+from .. import editmask, errors, flow, solver, video
 from ..family import Guidance
 from . import loading, wan_attention
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
@@ -620,9 +620,13 @@ class WanFamily:
         return wan_attention.processors(model.transformer, layers)
 
     def edit_mask_tokens(self, model, traj, cond):
-        raise errors.InputError("the attention mask is CogVideoX's in this version (Wan's text enters through "
-                                "cross-attention, which the pack does not probe yet)",
-                                "Connect a MASK (the region the edit may change) instead of a mask threshold.")
+        """The edited prompt's tokens not in the source prompt (one row per video): the cross-attention
+        probe (`wan_attention.TextProbeProcessor`) weighs the image queries' attention by them."""
+        return editmask.prompt_tokens(lambda text: model.tokenizer(text, add_special_tokens=True).input_ids,
+                                      traj, cond, model.max_text_length)
+
+    def patch_grid(self, model):
+        return tuple(model.patch_size)
 
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
         """The reference pass: the trajectory latent through the same transformer with the source prompt,

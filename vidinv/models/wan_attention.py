@@ -2,7 +2,8 @@
 injects reference K/V through the `vidinv.attention` channel.
 
 Wan's self-attention holds image tokens only (text enters through ``attn2``, the cross-attention,
-which is never touched), and rotates queries and keys with 3-D RoPE over (frame, row, column).
+whose own processor keeps computing it: `TextProbeProcessor` only reads its queries and text keys
+for the edit mask while a probe is set), and rotates queries and keys with 3-D RoPE over (frame, row, column).
 The reference's keys are rotated with the sample's own table (DESIGN fact 4): the reference latent
 has the sample's shape, so a token and its reference twin share a position, and on reconstruction
 the appended keys are exact duplicates (fact 5). Q/K/V are computed as diffusers' `WanAttnProcessor`
@@ -19,17 +20,22 @@ from .. import errors
 from ..attention import Channel, attend_reference
 
 LAYER = "blocks.{}.attn1.processor"
+CROSS = "blocks.{}.attn2.processor"
 
 
 def processors(transformer, blocks) -> Callable[[Channel], dict]:
     """The processors for `attention.installed`: one per block index of `blocks` (the keys their K/V
-    are recorded under), by processor name; a transformer without those layers is refused."""
+    are recorded under), by processor name, and every block's cross-attention wrapped for the edit
+    mask's probe; a transformer without those layers is refused."""
     names = set(transformer.attn_processors)
     missing = [i for i in blocks if LAYER.format(i) not in names]
     if missing:
         raise errors.InputError(f"no self-attention layer {LAYER.format(missing[0])!r} in this transformer",
                                 "Reference attention supports Wan transformers only.")
-    return lambda channel: {LAYER.format(i): ReferenceSelfAttnProcessor(i, channel) for i in blocks}
+    own = transformer.attn_processors
+    cross = [n for n in own if n.endswith(".attn2.processor")]
+    return lambda channel: {**{n: TextProbeProcessor(own[n], channel) for n in cross},
+                            **{LAYER.format(i): ReferenceSelfAttnProcessor(i, channel) for i in blocks}}
 
 
 def rotate(x: torch.Tensor, rotary_emb) -> torch.Tensor:
@@ -80,3 +86,24 @@ class ReferenceSelfAttnProcessor:
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).flatten(2).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class TextProbeProcessor:
+    """Wan cross-attention, computed by the model's own processor `inner`; while the channel has a
+    probe (`vidinv.editmask.Probe`), the image queries and the text keys are also handed to it. An
+    image-to-video block's context is [CLIP image tokens, text tokens]: the probe sees the text part."""
+
+    def __init__(self, inner, channel: Channel):
+        self.inner, self.channel = inner, channel
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        probe = self.channel.probe
+        if probe is not None:
+            text = encoder_hidden_states[:, -probe.tokens.shape[1]:]
+            if getattr(attn, "fused_projections", False):
+                q, k = attn.to_q(hidden_states), attn.to_kv(text).chunk(2, dim=-1)[0]
+            else:
+                q, k = attn.to_q(hidden_states), attn.to_k(text)
+            q, k = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (attn.norm_q(q), attn.norm_k(k)))
+            probe.add(q, k)
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
