@@ -126,7 +126,7 @@ def run(args) -> dict:
         {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
         lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
 
-    for kind in ("colour", "shape"):
+    for kind in args.edits:
         targets = [edited_spec(s, kind) for s in specs]
         edit = cogvideox.encode_text(model, [t.caption for t in targets])
         for g in args.guidance:
@@ -165,6 +165,8 @@ def run(args) -> dict:
                        ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),
                        ("exact", exact, ReferenceOptions(weight=0.0), "inverted"),
                        ("ours default", exact, ReferenceOptions(), "inverted"),
+                       ("ours w=1", exact, ReferenceOptions(weight=1.0), "inverted"),
+                       ("ours w=2", exact, ReferenceOptions(weight=2.0), "inverted"),
                        ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
             }
@@ -198,6 +200,7 @@ def main(argv=None) -> None:
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0])
+    p.add_argument("--edits", nargs="+", choices=["colour", "shape"], default=["colour", "shape"])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--late", type=float, nargs="+", default=[0.4, 0.8, 0.9],
                    help="fractions of the steps where the 'exact from' rows start")

@@ -8,7 +8,7 @@ Measured on the decoded edit against the source's VAE reconstruction (`scenes.sc
 edited object — target hit, IoU with its source silhouette, centroid path error; untouched object —
 colour kept, shape kept, IoU; background PSNR outside the edited object (grown 2 px); flicker (mean
 error of frame-to-frame differences, 0..255); seconds. Methods, each also "+ mask" (the attention
-edit mask of `vidinv.editmask` at quantile --mask-threshold: outside it every step follows the
+edit mask of `vidinv.editmask` at each quantile of --mask-threshold: outside it every step follows the
 trajectory):
   ground truth     the edited scene rendered and passed through the VAE: the metrics' ceiling
   naive            DDIMInverseScheduler inversion, plain sampling of the edit
@@ -17,8 +17,11 @@ trajectory):
   sdedit s         the source noised to strength s, plain sampling of the edit
   exact            exact inversion, plain sampling of the edit
   ours default     exact inversion + reference attention at the node's defaults
+  ours edit-reference   the same with the reference pass made with the edit prompt per CFG row
+                   (the published recipe's reference, from the inverted start)
   edit-friendly    edit-friendly DDPM inversion, the edit sampled with its noise maps
   edit-friendly + ours   the same with reference attention at the defaults
+  ours w=W         exact inversion + reference attention at weight W (--weights), the rest at the defaults
 Reconstruction with the source prompt is measured for every method that has an inversion, with and
 without the mask (the mask is empty then: reconstruction must stay exact).
 """
@@ -75,16 +78,17 @@ def run(args) -> dict:
     # name -> (trajectory, options, start); sdedit has no trajectory to follow outside a mask
     guided_methods = {"naive": (naive, none, "inverted"), "published": (naive, published, "fresh"),
                       "exact": (exact, none, "inverted"), "ours default": (exact, ours, "inverted"),
+                      "ours edit-reference": (exact, ReferenceOptions(reference_text="edit"), "inverted"),
                       "edit-friendly": (friendly, none, "inverted"),
-                      "edit-friendly + ours": (friendly, ours, "inverted")}
-    t = args.mask_threshold
+                      "edit-friendly + ours": (friendly, ours, "inverted"),
+                      **{f"ours w={w:g}": (exact, ReferenceOptions(weight=w), "inverted") for w in args.weights}}
 
     def methods(cond, g):
         out = {"ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(
             scenes.render_scene(e))) for e in edited])}
         out.update({f"sdedit {s:g}": (lambda s=s: sdedit(model, cond, x0, steps, g, s)) for s in args.sdedit})
         for name, (traj, opts, start) in guided_methods.items():
-            for label, mask in ((name, None), (f"{name} + mask {t:g}", t)):
+            for label, mask in ((name, None), *((f"{name} + mask {t:g}", t) for t in args.mask_threshold)):
                 out[label] = lambda traj=traj, opts=opts, start=start, mask=mask: guided(traj, opts, cond, g, start,
                                                                                          mask)
         return {k: v for k, v in out.items() if not args.methods or k in args.methods}
@@ -143,7 +147,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[5.0])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5])
-    p.add_argument("--mask-threshold", type=float, default=0.9)
+    p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9])
+    p.add_argument("--weights", type=float, nargs="*", default=[], help="extra rows: ours at these weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=[], help="only these rows; all when empty")
     p.add_argument("--json", default=None)

@@ -349,10 +349,12 @@ def side_by_side(wf: Workflow, enc: int, rec: int, ed: int, parts: int, prefix: 
 
 def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
     """PNG frames and latents the tests and the demo measure, and one video per stage."""
-    wf.group("6. Files for measuring", 1520, 540, 760, 460, "#444")
+    wf.group("6. Files for measuring", 1520, 540, 760, 640, "#444")
     frames = [("source", ids["enc"], "frames"), ("reconstruction", ids["rec"], "images"), ("edit", ids["ed"], "images")]
-    for i, (name, node, out) in enumerate(frames):
-        png = wf.add("SaveImage", (1540 + 250 * i, 600), {"filename_prefix": f"vinv/{prefix}_{name}"},
+    # the edit mask Guided Sample used (all white when it masked nothing): what the edit could change
+    places = [(1540, 600), (1790, 600), (2040, 600), (2040, 900)]
+    for (name, node, out), xy in zip([*frames, ("edit mask", ids["guided"], "edit_mask")], places):
+        png = wf.add("SaveImage", xy, {"filename_prefix": f"vinv/{prefix}_{name.replace(' ', '_')}"},
                      title=f"Frames: {name}", size=(230, 260))
         wf.connect(node, out, png, "images")
     for i, (name, node, out) in enumerate([("source", ids["enc"], "latent"), ("reconstruction", ids["samp"], "latent")]):
@@ -471,7 +473,7 @@ def svd_edit(pack) -> Workflow:
             "Sample (SVD): SVD's frame-wise guidance (1 -> 3 is its default) with the edited first frame.",
             (1520, 1020), (360, 220))
     side_by_side(wf, enc, rec, ed, parts, "svd_edit")
-    measured_outputs(wf, {"parts": parts, "enc": enc, "rec": rec, "ed": ed, "samp": samp}, "svd_edit")
+    measured_outputs(wf, {"parts": parts, "enc": enc, "rec": rec, "ed": ed, "samp": samp, "guided": guided}, "svd_edit")
     return wf
 
 

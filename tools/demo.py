@@ -7,7 +7,8 @@ VIDINV_COMFYUI names, see tools/comfy_host.py), starts it on
 127.0.0.1, queues workflows/api/edit.json (the API form of workflows/edit.json, what the editor's
 Queue button sends for it), waits, and leaves in --out:
   source.mp4, reconstruction.mp4, edit.mp4, side_by_side.mp4, side_by_side.gif, metrics.txt
-The last line printed is the metrics line: round-trip error, edit attribute hit, seconds.
+The GIF shows source | reconstruction | edit | edit mask (white: what the edit may change).
+The last line printed is the metrics line: round-trip error, edit attribute hit, edit mask, seconds.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def run_workflow(args) -> None:
     for title, name in [("Save reconstruction", "reconstruction.mp4"), ("Save edit", "edit.mp4"),
                         ("Save side by side", "side_by_side.mp4"), ("Save source", "source.mp4")]:
         shutil.copyfile(file_of(title)[0], out_dir / name)
-    frames = {k: [str(p) for p in file_of(f"Frames: {k}")] for k in ("source", "reconstruction", "edit")}
+    frames = {k: [str(p) for p in file_of(f"Frames: {k}")] for k in ("source", "reconstruction", "edit", "edit mask")}
     latents = {k: str(file_of(f"Latent: {k}", "latents")[0]) for k in ("source", "reconstruction")}
     edit_prompt = prompt[next(k for k, v in prompt.items() if v["_meta"]["title"] == "Edited prompt")]
     source_prompt = prompt[next(k for k, v in prompt.items() if v["_meta"]["title"] == "Source prompt")]
@@ -94,11 +95,13 @@ def metrics(job_path: str) -> None:
               "direction": next((w for w in words if w in synthetic.DIRECTIONS), None)}
     hits = [f"{k} {target[k]} {'hit' if got[k] == target[k] else 'MISSED (got ' + str(got[k]) + ')'}"
             for k in ("colour", "shape", "direction") if target[k]]
+    mask = load["edit mask"]
+    masked = f"edit mask {100 * float(mask.mean()):.0f} % of the pixels" if mask.min() < 0.5 else "no edit mask"
     line = (f"round-trip error {rt:.2e} (latent, relative), reconstruction PSNR {synthetic.psnr(rec, src):.1f} dB "
             f"vs the source frames (the VAE's limit) | edit '{job['edit_prompt']}': {', '.join(hits)}; mask IoU "
-            f"{synthetic.mask_iou(edit, src):.2f}, centroid path error {synthetic.centroid_error(edit, src):.2f} px | "
-            f"{job['seconds']:.1f} s")
-    gif = np.concatenate([src, rec, edit], axis=2)
+            f"{synthetic.mask_iou(edit, src):.2f}, centroid path error {synthetic.centroid_error(edit, src):.2f} px; "
+            f"{masked} | {job['seconds']:.1f} s")
+    gif = np.concatenate([src, rec, edit, mask], axis=2)
     frames = [Image.fromarray((f * 255).astype(np.uint8)).resize((f.shape[1] * 3, f.shape[0] * 3), Image.NEAREST)
               for f in gif]
     frames[0].save(out / "side_by_side.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)

@@ -141,7 +141,8 @@ def train_vae_decoder(args) -> None:
                 f"{time.time() - start:.0f}s")
     vae.save_pretrained(work / "vae")
     json.dump({"seconds": time.time() - start, "steps": args.steps, "batch": args.batch, "crop": args.crop,
-               "lr": args.lr, "seed": args.seed}, open(work / "vae_decoder_train.json", "w"), indent=1)
+               "lr": args.lr, "seed": args.seed, "scenes": args.scenes},
+              open(work / "vae_decoder_train.json", "w"), indent=1)
     log(f"decoder refined in {time.time() - start:.0f}s")
 
 

@@ -69,20 +69,8 @@ def _object(rng: np.random.Generator, colour: str, frames: int, height: int, wid
     short = min(height, width)
     radius = float(rng.uniform(0.14, 0.19) * short)
     speed = float(rng.uniform(1.0, 2.0))
-    travel = speed * (frames - 1)
-    dx, dy = synthetic.DIRECTIONS[direction]
-    margin = radius + 1
-
-    def coord(extent: float, d: float) -> float:
-        lo, hi = margin, extent - margin
-        if d > 0:
-            hi -= travel
-        elif d < 0:
-            lo += travel
-        return float(rng.uniform(lo, max(lo, hi)))
-
-    return synthetic.VideoSpec(shape, colour, direction, radius, speed, (coord(width, dx), coord(height, dy)),
-                               frames, height, width)
+    start = synthetic.start_point(rng, direction, speed * (frames - 1), radius + 1, height, width)
+    return synthetic.VideoSpec(shape, colour, direction, radius, speed, start, frames, height, width)
 
 
 def _background(rng: np.random.Generator) -> Background:

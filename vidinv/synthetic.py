@@ -69,11 +69,17 @@ def random_spec(seed: int, frames: int = 9, height: int = 64, width: int = 64,
     short = min(height, width)
     radius = float(rng.uniform(0.21, 0.27) * short)
     speed = float(rng.uniform(0.5, 1.0) * (short - 2 * radius - 4) / (2 * (frames - 1)) + 1.0)
-    travel = speed * (frames - 1)
-    dx, dy = DIRECTIONS[direction]
-    margin = radius + 2
+    start = start_point(rng, direction, speed * (frames - 1), radius + 2, height, width)
+    return VideoSpec(shape, colour, direction, radius, speed, start, frames, height, width)
 
-    def start_coord(extent: float, d: float) -> float:
+
+def start_point(rng: np.random.Generator, direction: str, travel: float, margin: float, height: int,
+                width: int) -> tuple[float, float]:
+    """A start (x, y) drawn from `rng` (x first) that keeps a shape moving `travel` pixels towards
+    `direction` at least `margin` pixels inside the frame where it fits."""
+    dx, dy = DIRECTIONS[direction]
+
+    def coord(extent: float, d: float) -> float:
         lo, hi = margin, extent - margin
         if d > 0:
             hi -= travel
@@ -81,8 +87,7 @@ def random_spec(seed: int, frames: int = 9, height: int = 64, width: int = 64,
             lo += travel
         return float(rng.uniform(lo, max(lo, hi)))
 
-    start = (start_coord(width, dx), start_coord(height, dy))
-    return VideoSpec(shape, colour, direction, radius, speed, start, frames, height, width)
+    return coord(width, dx), coord(height, dy)
 
 
 def heldout_specs(count: int = 8, frames: int = 9, height: int = 64, width: int = 64) -> list[VideoSpec]:
