@@ -20,7 +20,6 @@ from .. import errors
 from ..attention import Channel, attend_reference
 
 LAYER = "blocks.{}.attn1.processor"
-CROSS = "blocks.{}.attn2.processor"
 
 
 def processors(transformer, blocks) -> Callable[[Channel], dict]:
