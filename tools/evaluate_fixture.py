@@ -25,19 +25,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.benchkit import sdedit  # noqa: E402
 from tools.fixturekit import accuracy, evaluate_vae, generation_accuracy  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
-from vidinv import ddim, pipeline, scenes, synthetic  # noqa: E402
+from vidinv import pipeline, scenes, synthetic  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
 
-def evaluate_generation(model, seeds: int, guidance: float, steps: int = 50, chunk: int = 48) -> dict:
+def latent_shape(model) -> tuple:
+    """(F, C, h, w) of a video of the length the transformer was configured for."""
     h, w = model.native_size
-    frames_n = int(model.tcfg["sample_frames"])  # the video length the transformer was configured for
-    f = (frames_n - 1) // model.temporal_factor + 1
-    shape = (f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor)
-    return generation_accuracy(model, cogvideox.encode_text, cogvideox.decode_video, shape, seeds, guidance, steps,
-                               chunk)
+    f = (int(model.tcfg["sample_frames"]) - 1) // model.temporal_factor + 1
+    return f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor
+
+
+def evaluate_generation(model, seeds: int, guidance: float, steps: int = 50, chunk: int = 48) -> dict:
+    return generation_accuracy(model, cogvideox.encode_text, cogvideox.decode_video, latent_shape(model), seeds,
+                               guidance, steps, chunk)
 
 
 def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> dict:
@@ -45,11 +49,10 @@ def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> d
     specs = synthetic.heldout_specs(count)
     frames = [torch.from_numpy(synthetic.render(s)) for s in specs]
     h, w = model.native_size
-    f = (int(model.tcfg["sample_frames"]) - 1) // model.temporal_factor + 1
-    img = torch.cat([cogvideox.encode_image_latents(model, fr, f) for fr in frames])
+    shape = latent_shape(model)
+    img = torch.cat([cogvideox.encode_image_latents(model, fr, shape[0]) for fr in frames])
     cond = cogvideox.encode_text(model, [s.caption for s in specs])
-    noise = torch.randn(count, f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor,
-                        generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(count, *shape, generator=torch.Generator().manual_seed(7))
     out = cogvideox.decode_video(model,
                                  pipeline.sample(model, cond, noise, steps, Guidance(guidance), image_latents=img))
     out = out.numpy().reshape(count, -1, h, w, 3)
@@ -58,12 +61,6 @@ def evaluate_i2v(model, count: int, guidance: float = 5.0, steps: int = 50) -> d
             "first_frame_psnr_db": float(np.mean([synthetic.psnr(v[0], fr[0].numpy()) for v, fr in zip(out, frames)])),
             "mask_iou": float(np.mean([synthetic.mask_iou(v, fr.numpy()) for v, fr in zip(out, frames)])),
             **{f"{k}_acc": accuracy(preds, specs, k) for k in ("shape", "colour", "direction")}}
-
-
-def latent_shape(model) -> tuple:
-    h, w = model.native_size
-    f = (int(model.tcfg["sample_frames"]) - 1) // model.temporal_factor + 1
-    return f, model.latent_channels, h // model.spatial_factor, w // model.spatial_factor
 
 
 def evaluate_scene_vae(model, count: int) -> dict:
@@ -101,11 +98,7 @@ def evaluate_scene_sdedit(model, count: int, guidance: float, start: float = 0.9
     recon = cogvideox.decode_video(model, x0).numpy().reshape(count, -1, *model.native_size, 3)
     targets = [scenes.edit_target(s) for s in specs]
     cond = cogvideox.encode_text(model, [s.recoloured(0, t).caption for s, t in zip(specs, targets)])
-    schedule = ddim.schedule_from_config(model.scheduler_config)
-    k = round(start * steps)
-    ab = schedule.alpha_bar(ddim.grid(schedule, steps)[k][0])
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(13))
-    z = pipeline.sample(model, cond, ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise, steps, Guidance(guidance), start=k)
+    z = sdedit(model, cond, x0, steps, guidance, 1 - start, seed=13)
     out = cogvideox.decode_video(model, z).numpy().reshape(recon.shape)
     scores = [scenes.score_edit(o, r, s, 0, t) for o, r, s, t in zip(out, recon, specs, targets)]
     return {"guidance": guidance, "start": start, "steps": steps, "videos": count,
