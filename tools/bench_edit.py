@@ -25,9 +25,10 @@ foreground-mask IoU, centroid path error (px). Methods:
   edit-friendly    edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
                    maps (`vidinv.friendly`); "from f": starting at fraction f of the steps (the
                    paper's T_skip); "+ ours": with reference attention at the defaults
-  ... + mask t     the attention edit mask (`vidinv.editmask`, quantile t of each frame: LEDITS++'s
-                   default 0.9 unless --mask-threshold says otherwise): outside it each step follows
-                   the trajectory
+  ... + mask t     the edit mask (`vidinv.editmask`, quantile t of each frame: LEDITS++'s default 0.9
+                   unless --mask-threshold says otherwise) from the attention; "diff mask t": from
+                   the prediction difference (--mask-source); "... otsu": cut at Otsu's level
+                   (--mask-cut); outside it each step follows the trajectory
 `--methods` runs only the named rows (then without the speed runs and the reconstruction rows
 not named).
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
@@ -45,11 +46,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (edit_markdown, edit_rows, edited_spec, encode_heldout, machine,  # noqa: E402
-                            naive_trajectory, reconstruction_rows, report, score_frames, sdedit, time_samplers)
+from tools.benchkit import (add_mask_arguments, edit_markdown, edit_mask, edit_rows, edited_spec,  # noqa: E402
+                            encode_heldout, machine, mask_options, naive_trajectory, reconstruction_rows, report,
+                            score_frames, sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
-from vidinv import ddim, editmask, nulltext, pipeline, synthetic  # noqa: E402
+from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 from vidinv.trajectory import Trajectory  # noqa: E402
@@ -94,7 +96,7 @@ def run(args) -> dict:
     def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
         return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive,
-                                      edit_mask=None if mask is None else editmask.EditMask(mask))
+                                      edit_mask=edit_mask(mask))
 
     def wanted(name):
         return not args.methods or name in args.methods
@@ -158,8 +160,8 @@ def run(args) -> dict:
                     model, edit, ef.latent_for_step(k), steps, Guidance(g), start=k, noise_maps=ef.noise_maps))
                    for f in args.skip},
                 "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
-                **{f"{name} + mask {t:g}": (lambda traj=traj, o=o, st=st, t=t: guided(traj, o, edit, g, st, mask=t))
-                   for t in args.mask_threshold
+                **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
+                   for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
                    for name, traj, o, st in (
                        ("naive", naive, ReferenceOptions(weight=0.0), "inverted"),
                        ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),
@@ -206,8 +208,7 @@ def main(argv=None) -> None:
                    help="fractions of the steps where the 'exact from' rows start")
     p.add_argument("--skip", type=float, nargs="+", default=[0.2],
                    help="fractions of the steps where the 'edit-friendly from' rows start")
-    p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9],
-                   help="thresholds of the '+ mask' rows")
+    add_mask_arguments(p)
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

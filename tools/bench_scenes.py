@@ -7,9 +7,10 @@ every method samples the caption with the first object's colour changed to one n
 Measured on the decoded edit against the source's VAE reconstruction (`scenes.score_edit`):
 edited object — target hit, IoU with its source silhouette, centroid path error; untouched object —
 colour kept, shape kept, IoU; background PSNR outside the edited object (grown 2 px); flicker (mean
-error of frame-to-frame differences, 0..255); seconds. Methods, each also "+ mask" (the attention
-edit mask of `vidinv.editmask` at each quantile of --mask-threshold: outside it every step follows the
-trajectory):
+error of frame-to-frame differences, 0..255); seconds. Methods, each also "+ mask" (the edit mask
+of `vidinv.editmask` from each map of --mask-source at each quantile of --mask-threshold: "mask t"
+from the attention, "diff mask t" from the prediction difference; "... otsu" cut at Otsu's level,
+--mask-cut; outside it every step follows the trajectory):
   ground truth     the edited scene rendered and passed through the VAE: the metrics' ceiling
   naive            DDIMInverseScheduler inversion, plain sampling of the edit
   published        fresh noise, reference K/V from the naive trajectory in every block and step,
@@ -40,8 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import machine, naive_trajectory, report, sdedit  # noqa: E402
-from vidinv import editmask, pipeline, scenes, synthetic  # noqa: E402
+from tools.benchkit import (add_mask_arguments, edit_mask, machine, mask_options, naive_trajectory,  # noqa: E402
+                            report, sdedit)
+from vidinv import pipeline, scenes, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
@@ -71,7 +73,7 @@ def run(args) -> dict:
             return pipeline.sample(model, cond, traj.noise, steps, Guidance(g), noise_maps=traj.noise_maps)
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
         return pipeline.guided_sample(patched, cond, Guidance(g), start=start,
-                                      edit_mask=None if mask is None else editmask.EditMask(mask))
+                                      edit_mask=edit_mask(mask))
 
     none = ReferenceOptions(weight=0.0)  # nothing injected: plain sampling, or guided sampling for the mask
     ours, published = ReferenceOptions(), ReferenceOptions(reference_text="edit")
@@ -83,12 +85,14 @@ def run(args) -> dict:
                       "edit-friendly + ours": (friendly, ours, "inverted"),
                       **{f"ours w={w:g}": (exact, ReferenceOptions(weight=w), "inverted") for w in args.weights}}
 
+    masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
+
     def methods(cond, g):
         out = {"ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(
             scenes.render_scene(e))) for e in edited])}
         out.update({f"sdedit {s:g}": (lambda s=s: sdedit(model, cond, x0, steps, g, s)) for s in args.sdedit})
         for name, (traj, opts, start) in guided_methods.items():
-            for label, mask in ((name, None), *((f"{name} + mask {t:g}", t) for t in args.mask_threshold)):
+            for label, mask in ((name, None), *((f"{name} + {m}", o) for m, o in masks)):
                 out[label] = lambda traj=traj, opts=opts, start=start, mask=mask: guided(traj, opts, cond, g, start,
                                                                                          mask)
         return {k: v for k, v in out.items() if not args.methods or k in args.methods}
@@ -147,7 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[5.0])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5])
-    p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9])
+    add_mask_arguments(p)
     p.add_argument("--weights", type=float, nargs="*", default=[], help="extra rows: ours at these weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=[], help="only these rows; all when empty")

@@ -19,6 +19,10 @@ the source's VAE reconstruction as tools/bench_edit.py does:
   edit-friendly       edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
                       maps (the flow posterior, `vidinv.friendly`); "from 0.2": from a fifth of the
                       steps on; "+ ours": with reference attention at the defaults
+  ... + mask t        exact, ours default and edit-friendly with the edit mask (`vidinv.editmask`,
+                      quantile t of each frame, --mask-threshold; "mask t" from the cross-attention,
+                      "diff mask t" from the prediction difference, --mask-source; "... otsu":
+                      cut at Otsu's level, --mask-cut)
 Speed: plain vs guided sampling at guidance 5 (CFG on), median of --repeats.
 """
 from __future__ import annotations
@@ -34,9 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (CountingHooks, edit_markdown, edit_rows, edited_spec, encode_heldout,  # noqa: E402
-                            inversion_markdown, machine, reconstruction_rows, rel_err, report, score_frames,
-                            time_samplers)
+from tools.benchkit import (CountingHooks, add_mask_arguments, edit_markdown, edit_mask, edit_rows,  # noqa: E402
+                            edited_spec, encode_heldout, inversion_markdown, machine, mask_options,
+                            reconstruction_rows, rel_err, report, score_frames, time_samplers)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
@@ -90,9 +94,9 @@ def run(args) -> dict:
     ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     skip = round(0.2 * steps)
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None):
         return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond, Guidance(g), start=start,
-                                      negative=negative)
+                                      negative=negative, edit_mask=edit_mask(mask))
 
     published = ReferenceOptions(reference_text="edit")
     result["reconstruction"] = reconstruction_rows({
@@ -122,7 +126,13 @@ def run(args) -> dict:
         "edit-friendly from 0.2": lambda: pipeline.sample(model, edit, ef.latent_for_step(skip), steps, Guidance(g),
                                                           start=skip, noise_maps=ef.noise_maps),
         "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
+        **{f"{name} + {m}": (lambda traj=traj, o=o, mo=mo: guided(traj, o, edit, g, mask=mo))
+           for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
+           for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),
+                                 ("ours default", exact, ReferenceOptions()),
+                                 ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
     }
+    methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
     rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, "colour", recon),
                      {"edit": "colour", "guidance": g})
     result["tables_edit"] = [{"edit": "colour", "guidance": g, "rows": rows}]
@@ -148,6 +158,8 @@ def main(argv=None) -> None:
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5, 0.7])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    add_mask_arguments(p)
+    p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     report(run(args), markdown, "bench_wan.py", argv, args.json)

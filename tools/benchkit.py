@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidinv import families, synthetic
+from vidinv import editmask, families, synthetic
 from vidinv.hooks import Hooks
 
 
@@ -234,3 +234,33 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
     return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start)
+
+
+MASK_LABELS = {"attention": "mask", "difference": "diff mask"}
+
+
+def mask_options(thresholds, sources, cuts=("quantile",)) -> list[tuple[str, tuple[str, float, str]]]:
+    """The "+ mask" rows of an edit benchmark: (label, (source, threshold, cut)) for each mask source
+    (`vidinv.editmask.SOURCES`; attention rows are "mask t", difference rows "diff mask t") and cut
+    (`vidinv.editmask.CUTS`; the Otsu rows, one per source, "mask otsu" / "diff mask otsu")."""
+    out = []
+    for s in sources:
+        if "quantile" in cuts:
+            out += [(f"{MASK_LABELS[s]} {t:g}", (s, t, "quantile")) for t in thresholds]
+        if "otsu" in cuts:
+            out.append((f"{MASK_LABELS[s]} otsu", (s, 0.0, "otsu")))
+    return out
+
+
+def edit_mask(mask: tuple[str, float, str] | None):
+    """A fresh `EditMask` for one sample, from a `mask_options` entry (None: no mask)."""
+    return None if mask is None else editmask.EditMask(mask[1], source=mask[0], cut=mask[2])
+
+
+def add_mask_arguments(p) -> None:
+    p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9],
+                   help="quantiles of the '+ mask' rows (0.9: LEDITS++'s default)")
+    p.add_argument("--mask-source", nargs="+", choices=list(editmask.SOURCES), default=["attention"],
+                   help="maps of the '+ mask' rows: attention ('mask t'), prediction difference ('diff mask t')")
+    p.add_argument("--mask-cut", nargs="+", choices=list(editmask.CUTS), default=["quantile"],
+                   help="cuts of the '+ mask' rows: per-frame quantiles (--mask-threshold), Otsu's level ('otsu')")

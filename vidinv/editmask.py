@@ -2,11 +2,17 @@
 follows the trajectory (Prompt-to-Prompt's local blend, Hertz et al. 2022; LEDITS++'s implicit
 mask, Brack et al., CVPR 2024).
 
-The mask comes from the sample's own attention: the image queries' attention to the text tokens
-that differ between the source and the edited prompt (`changed_tokens`), recorded by the family's
-attention processors (`Probe`), averaged over the probed layers and the steps so far, smoothed and
-kept above a quantile per frame (`mask_from_map`: LEDITS++'s implicit mask, whose default
-quantile 0.9 lets the edit change a tenth of each frame); or it is given (ComfyUI's MASK, `from_pixels`). Then, after
+The mask comes from one of two maps (`SOURCES`), each smoothed and cut per frame (`mask_from_map`,
+`CUTS`): above a quantile (as LEDITS++'s implicit mask, whose default quantile 0.9 lets the edit
+change a tenth of each frame), or above Otsu's level (`otsu_levels`: the part that stands out,
+however large):
+- "attention": the sample's own attention, the image queries' attention to the text tokens that
+  differ between the source and the edited prompt (`changed_tokens`), recorded by the family's
+  attention processors (`Probe`), averaged over the probed layers and the steps so far;
+- "difference": DiffEdit's map (Couairon et al., ICLR 2023), the difference of the model's
+  predictions under the edited and the source prompt on the trajectory's own latents, made once
+  before sampling (`difference_steps`, `difference_map`);
+or it is given (ComfyUI's MASK, `from_pixels`). Then, after
 sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt no
 token differs: the mask is empty and the sample is the trajectory's, so reconstruction stays exact
 for every option.
@@ -22,6 +28,10 @@ import torch.nn.functional as F
 from . import errors
 
 HEAD_CHUNK = 8  # heads per softmax in the probe: [rows, 8, image tokens, text tokens] at a time
+SOURCES = ("attention", "difference")
+CUTS = ("quantile", "otsu")
+# The difference map's probes: the cleanest 40 % of the sampling steps, at most 5 of them.
+DIFFERENCE_WINDOW, DIFFERENCE_PROBES = (0.6, 1.0), 5
 
 
 def changed_tokens(tokenize, source: list[str], edit: list[str], length: int) -> torch.Tensor:
@@ -81,20 +91,60 @@ class Probe:
         return None if self.total is None else self.total / self.count
 
 
+def otsu_levels(values: torch.Tensor) -> torch.Tensor:
+    """Otsu's level (1979) of each row of `values` ``[..., N]``: the value that splits the row into a
+    low and a high group with the largest between-group variance; ``[..., 1]``. The high group
+    (``>= level``) is where the map stands out, however large that region is."""
+    s, _ = values.sort(dim=-1)
+    n = s.shape[-1]
+    below = s.cumsum(-1)[..., :-1]  # sums of the k smallest, k = 1 .. n-1
+    k = torch.arange(1, n, device=s.device, dtype=s.dtype)
+    mean_low, mean_high = below / k, (s.sum(-1, keepdim=True) - below) / (n - k)
+    spread = k * (n - k) * (mean_high - mean_low) ** 2
+    return s[..., 1:].gather(-1, spread.argmax(-1, keepdim=True))
+
+
 def mask_from_map(scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int],
-                  latent_shape, threshold: float) -> torch.Tensor:
+                  latent_shape, threshold: float, cut: str = "quantile") -> torch.Tensor:
     """Token scores ``[B, F' h' w']`` on the transformer's patch grid `grid` (F', h', w') -> a
     binary latent mask ``[B, F, 1, h, w]``: each patch spread over its latent cells, smoothed (3 x 3
-    mean), and kept where it reaches its frame's `threshold` quantile (0.9: the top tenth of the
-    frame; as LEDITS++'s edit_threshold). A frame with no score at all (no token changed) is empty."""
+    mean), and kept where it reaches its frame's level: the `threshold` quantile (cut "quantile";
+    0.9: the top tenth of the frame, as LEDITS++'s edit_threshold), or Otsu's level (cut "otsu":
+    the share adapts to the region that stands out; `threshold` unused). A frame with no score at
+    all (no token changed) is empty."""
     b, f, _, h, w = latent_shape
     pf, ph, pw = patch
     m = scores.view(b, *grid).repeat_interleave(pf, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)
     m = m[:, :f, :h, :w]
     m = F.avg_pool2d(m.reshape(b * f, 1, h, w), 3, 1, 1, count_include_pad=False).view(b, f, h, w)
-    level = torch.quantile(m.flatten(2), threshold, dim=-1)[..., None, None]
+    if cut == "otsu":
+        level = otsu_levels(m.flatten(2))[..., None]
+    else:
+        level = torch.quantile(m.flatten(2), threshold, dim=-1)[..., None, None]
     peak = m.amax((2, 3), keepdim=True)
     return ((m >= level) & (peak > 0)).float().unsqueeze(2)
+
+
+def difference_steps(steps: int, window: tuple[float, float] = DIFFERENCE_WINDOW) -> list[int]:
+    """The sampling steps (0 = noisiest) whose trajectory latents the difference map probes: up to
+    `DIFFERENCE_PROBES`, evenly spread over the `window` (fractions) of the steps."""
+    lo, hi = (min(steps - 1, int(f * steps)) for f in window)
+    n = min(DIFFERENCE_PROBES, hi - lo + 1)
+    return sorted({round(lo + k * (hi - lo) / max(n - 1, 1)) for k in range(n)})
+
+
+def difference_map(predict_source, predict_edit, latent_for_step, steps: int, rows: torch.Tensor,
+                   window: tuple[float, float] = DIFFERENCE_WINDOW) -> torch.Tensor:
+    """DiffEdit's map ``[B, F, h, w]``: ``|edit(x_i, i) - source(x_i, i)|`` averaged over the latent
+    channels, summed over the probed steps' trajectory latents (`difference_steps`); zero in the
+    rows where `rows` is False (no prompt token changed: the map is then empty whatever the
+    arithmetic's noise)."""
+    total = None
+    for i in difference_steps(steps, window):
+        x = latent_for_step(i)
+        d = (predict_edit(x, i) - predict_source(x, i)).abs().float().mean(2)
+        total = d if total is None else total + d
+    return total * rows.to(total.device, total.dtype)[:, None, None, None]
 
 
 def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor:
@@ -131,15 +181,23 @@ def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
 
 
 class EditMask:
-    """What a guided sample is asked to mask, and (after it) the mask it used: `threshold` in (0, 1]
-    for the attention mask (the quantile of each frame's scores it keeps), or `given` (a ComfyUI MASK); `latent` is set by the sampler to the last
-    step's latent mask ``[B, F, 1, h, w]``."""
+    """What a guided sample is asked to mask, and (after it) the mask it used: the map from `source`
+    (one of `SOURCES`) cut per frame by `cut` (one of `CUTS`: the `threshold` quantile in (0, 1], or
+    Otsu's level), or `given` (a ComfyUI MASK); `latent` is set by the sampler to the last step's
+    latent mask ``[B, F, 1, h, w]``."""
 
-    def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None):
-        if given is None and not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
+    def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None, source: str = "attention",
+                 cut: str = "quantile"):
+        if source not in SOURCES:
+            raise errors.InputError(f"mask source {source!r} is not one of {', '.join(SOURCES)}",
+                                    "Pick 'attention' or 'difference'.")
+        if cut not in CUTS:
+            raise errors.InputError(f"mask cut {cut!r} is not one of {', '.join(CUTS)}", "Pick 'quantile' or 'otsu'.")
+        if given is None and cut == "quantile" and not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
             raise errors.InputError(f"mask threshold {threshold!r} is not in (0, 1]",
-                                    "Use e.g. 0.9 (the edit may change the top tenth of each frame), or give a MASK.")
-        self.threshold, self.given, self.latent = threshold, given, None
+                                    "Use e.g. 0.9 (the edit may change the top tenth of each frame), the 'otsu' "
+                                    "cut, or give a MASK.")
+        self.threshold, self.given, self.source, self.cut, self.latent = threshold, given, source, cut, None
 
 
 def blend(x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

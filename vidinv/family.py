@@ -162,7 +162,8 @@ class Family(Protocol):
     # -- edit masks (`vidinv.editmask`)
     def edit_mask_tokens(self, model, traj, cond) -> torch.Tensor:
         """``[B, L]`` weights of the edited prompt's tokens the attention mask follows (those not in the
-        source prompt); InputError for a family whose processors cannot probe the text attention."""
+        source prompt; a row without any keeps either mask empty); InputError for a family without a
+        prompt."""
 
     def patch_grid(self, model) -> tuple[int, int, int]:
         """(frames, height, width) latent cells per transformer token, for the attention mask."""

@@ -185,8 +185,9 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
 
     `edit_mask` (`vidinv.editmask.EditMask`): after every step, outside the mask the latent is the
     trajectory's; the mask is given, or made from the sample's attention to the prompt tokens that
-    differ from the source's (families that have it, `Family.edit_mask_tokens`); the last step's
-    mask is left in ``edit_mask.latent``."""
+    differ from the source's, or from the difference of the predictions under the two prompts
+    (families with a prompt, `Family.edit_mask_tokens`); the last step's mask is left in
+    ``edit_mask.latent``."""
     spec = getattr(model, "reference", None)
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -210,7 +211,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     noise = start_noise(traj, start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
-    probe, blend = masking(model, fam, traj, cond, noise, edit_mask)
+    probe, blend = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)
@@ -234,18 +235,29 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
         return run(model, fam, denoise, noise, grid, hooks, noise_maps=traj.noise_maps, blend=blend)
 
 
-def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask):
+def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, grid: solver.Grid, image,
+            hooks: Hooks):
     """(probe or None, blend or None) of a guided sample: `blend(i, x)` keeps step i's result inside
-    the edit mask and the trajectory's next latent outside it (`vidinv.editmask`)."""
+    the edit mask and the trajectory's next latent outside it (`vidinv.editmask`). A difference mask
+    is made here, before sampling (`editmask.difference_map`: two unguided calls per probed step)."""
     if edit_mask is None:
         return None, None
     probe, fixed = None, None
     if edit_mask.given is not None:
         fixed = editmask.from_pixels(edit_mask.given, noise.shape, model.temporal_factor)
+    elif edit_mask.source == "difference":
+        rows = fam.edit_mask_tokens(model, traj, cond).sum(1) > 0
+        source_image, _ = fam.latent_extras(traj)
+        predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, im), hooks)
+                   for c, im in ((fam.source_conditioning(traj), source_image), (cond, image))]
+        with on_device(fam.network(model), model):
+            scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
+        fixed = editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), noise.shape,
+                                       edit_mask.threshold, edit_mask.cut)
     else:
         probe = editmask.Probe(fam.edit_mask_tokens(model, traj, cond))
         patch = fam.patch_grid(model)
-        grid = tuple(n // p for n, p in zip((noise.shape[1], *noise.shape[-2:]), patch))
+        grid_tokens = tuple(n // p for n, p in zip((noise.shape[1], *noise.shape[-2:]), patch))
 
     def blend(i: int, x: torch.Tensor) -> torch.Tensor:
         mask = fixed
@@ -253,7 +265,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask):
             scores = probe.average()
             if scores is None:  # no probed call yet
                 return x
-            mask = editmask.mask_from_map(scores, grid, patch, x.shape, edit_mask.threshold)
+            mask = editmask.mask_from_map(scores, grid_tokens, patch, x.shape, edit_mask.threshold, edit_mask.cut)
         edit_mask.latent = mask
         return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
 

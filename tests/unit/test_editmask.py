@@ -1,7 +1,8 @@
 """Edit masks (`vidinv.editmask`): the changed tokens of a prompt pair, the attention probe and the
-mask it makes, the given MASK's resampling, and guided sampling with a mask on a tiny random
-CogVideoX in float64: reconstruction stays exact, an all-ones mask changes nothing, an empty one
-gives the trajectory back, the attention mask covers part of the video, with either trajectory kind."""
+mask it makes, Otsu's cut, the prediction-difference map and its probed steps, the given MASK's
+resampling, and guided sampling with a mask on a tiny random CogVideoX in float64: reconstruction
+stays exact, an all-ones mask changes nothing, an empty one gives the trajectory back, the attention
+and the difference masks (either cut) cover part of the video, with either trajectory kind."""
 import pytest
 import torch
 
@@ -43,6 +44,45 @@ def test_mask_from_map_spreads_patches_and_keeps_a_quantile_per_frame():
     assert not editmask.mask_from_map(torch.zeros(1, 32), (2, 4, 4), (1, 2, 2), (1, 2, 4, 8, 8), 0.9).any()
 
 
+def test_otsu_cut_keeps_the_region_that_stands_out_whatever_its_size():
+    levels = editmask.otsu_levels(torch.tensor([[0.0, 0.1, 0.2, 5.0, 5.1], [1.0, 1.0, 1.0, 1.0, 9.0]]))
+    assert levels.flatten().tolist() == [5.0, 9.0]
+    for size in (2, 5):  # a 2 x 2 and a 5 x 5 bright square on a faint ramp, in an 8 x 8 frame
+        scores = torch.linspace(0, 0.05, 64).view(8, 8).clone()
+        scores[1:1 + size, 1:1 + size] += 1.0
+        m = editmask.mask_from_map(scores.flatten()[None], (1, 8, 8), (1, 1, 1), (1, 1, 4, 8, 8), 0.0, "otsu")
+        inside = float(m[0, 0, 0, 1:1 + size, 1:1 + size].sum())
+        assert inside >= size * size - 4  # the square, however large (its corners may smooth away)
+        assert m.sum() <= (size + 2) ** 2  # and at most the ring the 3 x 3 smoothing spreads it to
+    top_tenth = editmask.mask_from_map(scores.flatten()[None], (1, 8, 8), (1, 1, 1), (1, 1, 4, 8, 8), 0.9)
+    assert top_tenth[0, 0, 0, 1:6, 1:6].sum() < 12  # a fixed quantile misses most of the large square
+    with pytest.raises(errors.InputError, match="mask cut 'edges'"):
+        editmask.EditMask(0.9, cut="edges")
+    assert editmask.EditMask(0.0, source="difference", cut="otsu").cut == "otsu"  # no quantile needed
+
+
+def test_difference_map_probes_the_clean_end_and_empties_unchanged_rows():
+    assert editmask.difference_steps(50) == [30, 35, 40, 44, 49]
+    assert editmask.difference_steps(4) == [2, 3] and editmask.difference_steps(1) == [0]
+    seen = []
+    latents = torch.randn(3, 2, 2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+
+    def source(x, i):
+        seen.append(i)
+        return x
+
+    def edit(x, i):
+        out = x.clone()
+        out[:, 1, :, 2, 0] += 4.0  # both rows: frame 1, latent cell (2, 0) changes
+        return out
+
+    m = editmask.difference_map(source, edit, lambda i: latents[i], 3, torch.tensor([True, False]))
+    assert seen == editmask.difference_steps(3) and m.shape == (2, 2, 3, 3)
+    assert m[0, 1, 2, 0] == 4.0 * len(seen) and m[0].count_nonzero() == 1 and not m[1].any()
+    with pytest.raises(errors.InputError, match="mask source 'words'"):
+        editmask.EditMask(0.9, source="words")
+
+
 def test_a_given_mask_follows_the_vae_frame_grouping():
     mask = torch.zeros(9, 16, 16)
     mask[5:9, :8, :8] = 1.0  # the pixel frames of latent frame 2 (4x temporal)
@@ -70,23 +110,35 @@ def setup(tiny64):
 
 
 @pytest.mark.parametrize("kind", ["exact", "edit-friendly"])
-def test_masked_guided_sampling(setup, kind):
+@pytest.mark.parametrize("source", editmask.SOURCES)
+def test_masked_guided_sampling(setup, kind, source):
     model, src, edit, x0, trajs = setup
     traj = trajs[kind]
     patched = pipeline.with_reference(model, traj, ReferenceOptions())
     plain_rec = pipeline.guided_sample(patched, src)
     plain_edit = pipeline.guided_sample(patched, edit)
     # reconstruction: no token differs, the mask is empty, the sample is the trajectory's
-    m = editmask.EditMask(0.3)
-    assert rel(pipeline.guided_sample(patched, src, edit_mask=m), plain_rec) < 1e-6 and not m.latent.any()
-    # the attention mask: part of the video follows the edit, the rest the trajectory
-    m = editmask.EditMask(0.9)
-    masked = pipeline.guided_sample(patched, edit, edit_mask=m)
-    assert 0 < float(m.latent.mean()) < 1 and rel(masked, plain_edit) > 1e-6
-    outside = (1 - m.latent).bool().expand_as(masked)
-    assert torch.allclose(masked[outside], traj.clean.double()[outside])  # the last step's blend lands on x_0
-    # given masks: all ones is no mask, all zeros is the trajectory
+    for cut in editmask.CUTS:
+        m = editmask.EditMask(0.3, source=source, cut=cut)
+        assert rel(pipeline.guided_sample(patched, src, edit_mask=m), plain_rec) < 1e-6 and not m.latent.any()
+    # an edit: part of the video follows it, the rest the trajectory (the top quarter of each frame,
+    # with ties; or Otsu's share)
+    for cut, low, high in (("quantile", 0.2, 0.4), ("otsu", 0.02, 0.9)):
+        m = editmask.EditMask(0.75, source=source, cut=cut)
+        masked = pipeline.guided_sample(patched, edit, edit_mask=m)
+        assert low <= float(m.latent.mean()) <= high and rel(masked, plain_edit) > 1e-6
+        outside, inside = (1 - m.latent).bool().expand_as(masked), m.latent.bool().expand_as(masked)
+        assert torch.allclose(masked[outside], traj.clean.double()[outside])  # the last blend lands on x_0
+        assert not torch.allclose(masked[inside], traj.clean.double()[inside])
+
+
+@pytest.mark.parametrize("kind", ["exact", "edit-friendly"])
+def test_given_masks(setup, kind):
+    """All ones is no mask, all zeros is the trajectory."""
+    model, src, edit, x0, trajs = setup
+    traj = trajs[kind]
+    patched = pipeline.with_reference(model, traj, ReferenceOptions())
     ones = pipeline.guided_sample(patched, edit, edit_mask=editmask.EditMask(given=torch.ones(32, 32)))
-    assert rel(ones, plain_edit) < 1e-12
+    assert rel(ones, pipeline.guided_sample(patched, edit)) < 1e-12
     zeros = pipeline.guided_sample(patched, edit, edit_mask=editmask.EditMask(given=torch.zeros(32, 32)))
     assert rel(zeros, traj.clean) < 1e-6

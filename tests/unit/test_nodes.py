@@ -155,14 +155,31 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
 
 
 def test_guided_sample_masks_and_shows_the_mask(pack, graph):
-    """Guided Sample's edit_mask output: all white without a mask, the attention mask's frames with a
-    threshold (the panel gives its fraction), and a given MASK in the edit's place."""
+    """Guided Sample's edit_mask output: all white without a mask (the default); with a threshold the
+    prediction-difference mask cut at Otsu's level (the defaults; the panel gives its fraction), or at
+    a quantile; the attention mask's frames (another map); unknown options refused; a given MASK in
+    the edit's place."""
+    from vidinv_pack.vidinv import errors
     m = pack.NODE_CLASS_MAPPINGS
+
+    def run(**mask):
+        return m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0,
+                                              "conditioning", **mask)
+
     assert graph["mask_frames"].shape == graph["frames"].shape and graph["mask_frames"].eq(1).all()
-    g = m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0, "conditioning",
-                                       mask_threshold=0.9)
-    latent, frames = g["result"]
-    assert frames.shape == graph["frames"].shape and 0 < g["ui"]["vinv_guidance"][0]["mask_fraction"] <= 1
+    assert "mask_fraction" not in graph["window"]
+    otsu = run(mask_threshold=0.9)
+    frames = otsu["result"][1]
+    assert frames.shape == graph["frames"].shape and 0 < float(frames.mean()) < 0.7
+    assert otsu["ui"]["vinv_guidance"][0]["mask_fraction"] == pytest.approx(float(frames.mean()), abs=0.02)
+    fifth = run(mask_threshold=0.8, mask_cut="quantile")
+    assert 0.15 < float(fifth["result"][1].mean()) < 0.4
+    a = run(mask_threshold=0.9, mask_source="attention", mask_cut="quantile")
+    assert 0 < a["ui"]["vinv_guidance"][0]["mask_fraction"] < 0.5 and not a["result"][1].eq(fifth["result"][1]).all()
+    with pytest.raises(errors.InputError, match="mask source 'text'"):
+        run(mask_threshold=0.9, mask_source="text")
+    with pytest.raises(errors.InputError, match="mask cut 'edges'"):
+        run(mask_threshold=0.9, mask_cut="edges")
     zero = torch.zeros(48, 48)
     kept, shown = m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0,
                                                  "conditioning", mask=zero)["result"]

@@ -153,20 +153,21 @@ def test_edit_differs_and_processors_come_back(model64, conds, runs):
     assert rel(edit, back) > 1e-3 and model64.transformer.attn_processors == before
 
 
-@pytest.mark.parametrize("g", [1.0, 5.0])
-def test_attention_mask_from_cross_attention(model64, conds, runs, g):
-    """The edit mask probes Wan's cross-attention (image queries vs the changed text tokens): with the
-    source prompt the mask is empty and the sample the trajectory's; with an edit, part of the video
-    follows the edit and the rest lands on x0; the model's own cross-attention processors stay."""
+@pytest.mark.parametrize("g,source", [(1.0, "attention"), (5.0, "attention"), (5.0, "difference")])
+def test_edit_mask_from_cross_attention_or_prediction_difference(model64, conds, runs, g, source):
+    """The attention mask probes Wan's cross-attention (image queries vs the changed text tokens), the
+    difference mask its predictions under the two prompts: with the source prompt the mask is empty
+    and the sample the trajectory's; with an edit, part of the video follows the edit and the rest
+    lands on x0; the model's own cross-attention processors stay."""
     from vidinv import editmask
     x0, out = runs
     traj, back = out[g]
     patched = pipeline.with_reference(model64, traj)
     before = dict(model64.transformer.attn_processors)
-    m = editmask.EditMask(0.3)
+    m = editmask.EditMask(0.3, source=source)
     assert rel(pipeline.guided_sample(patched, conds[0], Guidance(g), edit_mask=m), back) < 1e-6
     assert not m.latent.any()
-    m = editmask.EditMask(0.7)
+    m = editmask.EditMask(0.7, source=source)
     masked = pipeline.guided_sample(patched, conds[1], Guidance(g), edit_mask=m)
     assert m.latent.shape == (1, FRAMES, 1, HW, HW) and 0 < float(m.latent.mean()) < 1
     outside = (1 - m.latent).bool().expand_as(masked)

@@ -654,7 +654,8 @@ class SVDFamily:
         return svd_attention.processors(layers)
 
     def edit_mask_tokens(self, model, traj, cond):
-        raise errors.InputError("Stable Video Diffusion has no prompt to take an attention mask from",
+        raise errors.InputError("Stable Video Diffusion has no prompt to take a mask from (by attention or by "
+                                "prediction difference)",
                                 "Connect a MASK (the region the edit may change) instead of a mask threshold.")
 
     def reference_call(self, model, traj, grid, cond, guidance, options, per_cfg_row, negative, positive=None):
