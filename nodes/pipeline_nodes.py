@@ -151,7 +151,7 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
 
 
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
-               first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = 0.0, mask=None,
+               first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = MASK_THRESHOLD, mask=None,
                mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT) -> dict:
     """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
     `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut`;

@@ -20,7 +20,6 @@ other object. A measurement for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import edited_spec  # noqa: E402
 from vidinv import editmask, families, pipeline, scenes, synthetic  # noqa: E402
-from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
+from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
 
@@ -87,7 +86,7 @@ def main(argv=None) -> None:
             window = tuple(float(v) for v in w.split("-"))
             maps[f"difference {w}"] = editmask.difference_map(d_src, d_edit, traj.latent_for_step, args.steps,
                                                               everyone, window)
-    patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(weight=0.0)))
+    patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=0.0))
     rows = []
     for cut, t in cuts:
         label = "otsu" if cut == "otsu" else f"{t:g}"

@@ -247,11 +247,14 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
         fixed = editmask.from_pixels(edit_mask.given, noise.shape, model.temporal_factor)
     elif edit_mask.source == "difference":
         rows = fam.edit_mask_tokens(model, traj, cond).sum(1) > 0
-        source_image, _ = fam.latent_extras(traj)
-        predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, im), hooks)
-                   for c, im in ((fam.source_conditioning(traj), source_image), (cond, image))]
-        with on_device(fam.network(model), model):
-            scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
+        if rows.any():
+            source_image, _ = fam.latent_extras(traj)
+            predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, im), hooks)
+                       for c, im in ((fam.source_conditioning(traj), source_image), (cond, image))]
+            with on_device(fam.network(model), model):
+                scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
+        else:  # no prompt token changed (a reconstruction): the map is empty, no model call needed
+            scores = torch.zeros(noise.shape[0], noise.shape[1], *noise.shape[-2:])
         fixed = editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), noise.shape,
                                        edit_mask.threshold, edit_mask.cut)
     else:
