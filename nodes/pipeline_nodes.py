@@ -102,8 +102,8 @@ class GuidedSampleNode(SampleNode):
 # on the tiny Wan the edits keep slightly less structure with it; the CogVideoX edit workflow switches it on.
 MASK_THRESHOLD, MASK_SOURCE, MASK_CUT = 0.0, "difference", "otsu"
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
-                                  "trajectory. One frame for the whole video, or one per frame. Overrides "
-                                  "mask_threshold."})
+                                  "trajectory. One frame for the whole video, or one per frame (a batch of "
+                                  "videos: also one set per video, one after another). Overrides mask_threshold."})
 
 def trajectory_noise(traj, model) -> dict:
     """A trajectory's noise as a LATENT, with what rides along for its family (I2V image latents, padding)
@@ -344,14 +344,15 @@ class GuidedSample(GuidedSampleNode):
                                "CogVideoX and Wan: above 0, mask the edit by a map of where the prompt's change acts "
                                "(mask_source), smoothed and cut per frame (mask_cut: with 'otsu' any value above 0 "
                                "switches it on; with 'quantile' this is the quantile kept, 0.9 = the top tenth, "
-                               "LEDITS++'s default); 0 = no mask. With the source prompt the mask is empty (exact "
-                               "reconstruction). The edit_mask output shows it."}),
+                               "LEDITS++'s default); 0 = no mask. With the source prompt (and first frame) the mask is "
+                               "empty (exact reconstruction). The edit_mask output shows it."}),
             "mask_source": (list(editmask.SOURCES), {"default": MASK_SOURCE, "tooltip":
                             "The map the mask is cut from: 'attention' = the sample's attention to the prompt words "
                             "that differ from the source prompt (Prompt-to-Prompt, LEDITS++); 'difference' = how "
-                            "much the model's prediction changes between the source and the edited prompt on the "
-                            "trajectory's cleanest 40 % of steps (DiffEdit; up to 10 extra model calls, before "
-                            "sampling)."}),
+                            "much the model's prediction changes between the source and the edited prompt (and "
+                            "first_frame) on the trajectory's cleanest 40 % of steps (DiffEdit; up to 10 extra "
+                            "model calls, before sampling). An edited first_frame with the source prompt needs "
+                            "'difference'."}),
             "mask_cut": (list(editmask.CUTS), {"default": MASK_CUT, "tooltip":
                          "How each frame's map becomes the mask: 'otsu' keeps the part that stands out from the "
                          "rest (Otsu's level), as large as the changed region is; 'quantile' keeps the share of "

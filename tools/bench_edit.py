@@ -28,7 +28,9 @@ foreground-mask IoU, centroid path error (px). Methods:
   ... + mask t     the edit mask (`vidinv.editmask`, quantile t of each frame: LEDITS++'s default 0.9
                    unless --mask-threshold says otherwise) from the attention; "diff mask t": from
                    the prediction difference (--mask-source); "... otsu": cut at Otsu's level
-                   (--mask-cut); outside it each step follows the trajectory
+                   (--mask-cut); "true mask" (--true-mask): the shape's true pixels given as a
+                   MASK (a mask exactly right: what is lost with it is lost inside it); outside
+                   it each step follows the trajectory
 `--methods` runs only the named rows (then without the speed runs and the reconstruction rows
 not named).
 Also: plain vs guided sampling time with CFG on, and the peak memory of both.
@@ -41,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +94,13 @@ def run(args) -> dict:
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
     ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     naive = naive_trajectory(model, src, x0, steps)
+    truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float()
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
     def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
         return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive,
-                                      edit_mask=edit_mask(mask))
+                                      edit_mask=edit_mask(mask, truth))
 
     def wanted(name):
         return not args.methods or name in args.methods
@@ -161,7 +165,7 @@ def run(args) -> dict:
                    for f in args.skip},
                 "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
                 **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
-                   for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
+                   for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
                    for name, traj, o, st in (
                        ("naive", naive, ReferenceOptions(weight=0.0), "inverted"),
                        ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),
@@ -208,7 +212,7 @@ def main(argv=None) -> None:
                    help="fractions of the steps where the 'exact from' rows start")
     p.add_argument("--skip", type=float, nargs="+", default=[0.2],
                    help="fractions of the steps where the 'edit-friendly from' rows start")
-    add_mask_arguments(p)
+    add_mask_arguments(p, true_mask=True)
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

@@ -10,7 +10,8 @@ colour kept, shape kept, IoU; background PSNR outside the edited object (grown 2
 error of frame-to-frame differences, 0..255); seconds. Methods, each also "+ mask" (the edit mask
 of `vidinv.editmask` from each map of --mask-source at each quantile of --mask-threshold: "mask t"
 from the attention, "diff mask t" from the prediction difference; "... otsu" cut at Otsu's level,
---mask-cut; outside it every step follows the trajectory):
+--mask-cut; "true mask" with --true-mask: the edited object's true pixels, given as a MASK (a mask exactly
+right: what is lost with it is lost inside it); outside it every step follows the trajectory):
   ground truth     the edited scene rendered and passed through the VAE: the metrics' ceiling
   naive            DDIMInverseScheduler inversion, plain sampling of the edit
   published        fresh noise, reference K/V from the naive trajectory in every block and step,
@@ -73,7 +74,7 @@ def run(args) -> dict:
             return pipeline.sample(model, cond, traj.noise, steps, Guidance(g), noise_maps=traj.noise_maps)
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
         return pipeline.guided_sample(patched, cond, Guidance(g), start=start,
-                                      edit_mask=edit_mask(mask))
+                                      edit_mask=edit_mask(mask, truth))
 
     none = ReferenceOptions(weight=0.0)  # nothing injected: plain sampling, or guided sampling for the mask
     ours, published = ReferenceOptions(), ReferenceOptions(reference_text="edit")
@@ -85,7 +86,8 @@ def run(args) -> dict:
                       "edit-friendly + ours": (friendly, ours, "inverted"),
                       **{f"ours w={w:g}": (exact, ReferenceOptions(weight=w), "inverted") for w in args.weights}}
 
-    masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
+    masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
+    truth = torch.from_numpy(np.concatenate([scenes.true_masks(s)[0] for s in specs])).float()
 
     def methods(cond, g):
         out = {"ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(
@@ -151,7 +153,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[5.0])
     p.add_argument("--sdedit", type=float, nargs="+", default=[0.5])
-    add_mask_arguments(p)
+    add_mask_arguments(p, true_mask=True)
     p.add_argument("--weights", type=float, nargs="*", default=[], help="extra rows: ours at these weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=[], help="only these rows; all when empty")

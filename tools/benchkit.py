@@ -237,30 +237,41 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
 
 
 MASK_LABELS = {"attention": "mask", "difference": "diff mask"}
+TRUE_MASK = ("true mask", ("true", 0.0, "given"))  # the renderer's mask of the edited object, given as a MASK
 
 
-def mask_options(thresholds, sources, cuts=("quantile",)) -> list[tuple[str, tuple[str, float, str]]]:
+def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False) -> list[tuple[str, tuple[str, float, str]]]:
     """The "+ mask" rows of an edit benchmark: (label, (source, threshold, cut)) for each mask source
     (`vidinv.editmask.SOURCES`; attention rows are "mask t", difference rows "diff mask t") and cut
-    (`vidinv.editmask.CUTS`; the Otsu rows, one per source, "mask otsu" / "diff mask otsu")."""
+    (`vidinv.editmask.CUTS`; the Otsu rows, one per source, "mask otsu" / "diff mask otsu"); with
+    `true`, also "true mask" (`TRUE_MASK`: a mask exactly right)."""
     out = []
     for s in sources:
         if "quantile" in cuts:
             out += [(f"{MASK_LABELS[s]} {t:g}", (s, t, "quantile")) for t in thresholds]
         if "otsu" in cuts:
             out.append((f"{MASK_LABELS[s]} otsu", (s, 0.0, "otsu")))
-    return out
+    return out + [TRUE_MASK] * bool(true)
 
 
-def edit_mask(mask: tuple[str, float, str] | None):
-    """A fresh `EditMask` for one sample, from a `mask_options` entry (None: no mask)."""
-    return None if mask is None else editmask.EditMask(mask[1], source=mask[0], cut=mask[2])
+def edit_mask(mask: tuple[str, float, str] | None, truth: torch.Tensor | None = None):
+    """A fresh `EditMask` for one sample, from a `mask_options` entry (None: no mask); the true
+    mask's entry gives `truth` (pixel masks ``[B x frames, H, W]``, one video after another)."""
+    if mask is None:
+        return None
+    if mask[0] == "true":
+        return editmask.EditMask(given=truth)
+    return editmask.EditMask(mask[1], source=mask[0], cut=mask[2])
 
 
-def add_mask_arguments(p) -> None:
+def add_mask_arguments(p, true_mask: bool = False) -> None:
     p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9],
                    help="quantiles of the '+ mask' rows (0.9: LEDITS++'s default)")
     p.add_argument("--mask-source", nargs="+", choices=list(editmask.SOURCES), default=["attention"],
                    help="maps of the '+ mask' rows: attention ('mask t'), prediction difference ('diff mask t')")
     p.add_argument("--mask-cut", nargs="+", choices=list(editmask.CUTS), default=["quantile"],
                    help="cuts of the '+ mask' rows: per-frame quantiles (--mask-threshold), Otsu's level ('otsu')")
+    if true_mask:
+        p.add_argument("--true-mask", action="store_true",
+                       help="also '+ true mask' rows: the edited object's true pixels given as the mask (a "
+                            "mask exactly right)")

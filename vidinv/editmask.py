@@ -10,7 +10,8 @@ however large):
   differ between the source and the edited prompt (`changed_tokens`), recorded by the family's
   attention processors (`Probe`), averaged over the probed layers and the steps so far;
 - "difference": DiffEdit's map (Couairon et al., ICLR 2023), the difference of the model's
-  predictions under the edited and the source prompt on the trajectory's own latents, made once
+  predictions under the edited and the source prompt (and, image-to-video, first frame: an edited
+  first frame counts as a change, `image_changed`) on the trajectory's own latents, made once
   before sampling (`difference_steps`, `difference_map`);
 or it is given (ComfyUI's MASK, `from_pixels`). Then, after
 sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt no
@@ -19,6 +20,7 @@ for every option.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 
@@ -62,6 +64,24 @@ def prompt_tokens(tokenize, traj, cond, length: int) -> torch.Tensor:
         return parts if rows > 1 and len(parts) == rows else [label]
 
     return changed_tokens(tokenize, prompts(traj.prompt), prompts(cond.prompt), length)
+
+
+def image_changed(source, edited, batch: int) -> torch.Tensor:
+    """``[batch]`` bool: the videos whose image conditioning `edited` (an edited first frame's: a
+    tensor ``[B or 1, ...]``, or a dataclass of such tensors) differs from the `source`'s; none
+    when it is absent or the source's own."""
+    out = torch.zeros(batch, dtype=torch.bool)
+    if edited is None or edited is source:
+        return out
+    pairs = [(source, edited)] if isinstance(edited, torch.Tensor) else \
+        [(getattr(source, f.name), getattr(edited, f.name)) for f in dataclasses.fields(edited)]
+    for a, b in pairs:
+        if a is None or b is None:
+            out |= (a is None) != (b is None)
+        else:
+            d = (a.float() - b.float()).abs().flatten(1).amax(1)
+            out |= (d > 0).expand(batch)
+    return out
 
 
 class Probe:
@@ -150,7 +170,8 @@ def difference_map(predict_source, predict_edit, latent_for_step, steps: int, ro
 def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor:
     """ComfyUI MASK ``[N, H, W]`` (or ``[H, W]``; 1 = may change) -> a latent mask ``[B, F, 1, h, w]``
     in 0..1: one pixel frame for latent frame 0 and `temporal` for each later one (the VAE's
-    grouping; a single mask frame holds for every frame), max over each group, area-resized."""
+    grouping; a single mask frame holds for every frame), max over each group, area-resized. A
+    batch of B videos shares the mask, or takes one video's frames after another (N = B x frames)."""
     b, f, _, h, w = latent_shape
     m = mask.float()
     if m.dim() == 2:
@@ -158,14 +179,17 @@ def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor
     if m.dim() != 3 or not torch.isfinite(m).all():
         raise errors.InputError(f"the mask has shape {tuple(mask.shape)}; a MASK is [frames, height, width] of "
                                 "finite values", "Connect a ComfyUI MASK (e.g. from Load Image's mask output).")
-    n = m.shape[0]
+    n, frames = m.shape[0], (f - 1) * temporal + 1
+    if b > 1 and n == b * frames:  # one mask video per video of the batch
+        return torch.cat([from_pixels(part, (1, f, 1, h, w), temporal) for part in m.split(frames)])
     if n == 1:
         groups = [m] * f
-    elif n == (f - 1) * temporal + 1:
+    elif n == frames:
         groups = [m[:1]] + [m[1 + (k - 1) * temporal:1 + k * temporal] for k in range(1, f)]
     else:
-        raise errors.InputError(f"the mask has {n} frames; the video has {(f - 1) * temporal + 1} (or give one "
-                                "frame for all)", "Give one mask frame per video frame, or a single one.")
+        batch = f" ({b} x {frames} for one per video)" if b > 1 else ""
+        raise errors.InputError(f"the mask has {n} frames; the video has {frames}{batch} (or give one frame for all)",
+                                "Give one mask frame per video frame, or a single one.")
     per_frame = torch.stack([g.amax(0) for g in groups])[:, None]  # [F, 1, H, W]
     latent = F.interpolate(per_frame, size=(h, w), mode="area").clamp(0, 1)
     return latent[None].expand(b, -1, -1, -1, -1).contiguous()

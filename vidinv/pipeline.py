@@ -239,26 +239,35 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
             hooks: Hooks):
     """(probe or None, blend or None) of a guided sample: `blend(i, x)` keeps step i's result inside
     the edit mask and the trajectory's next latent outside it (`vidinv.editmask`). A difference mask
-    is made here, before sampling (`editmask.difference_map`: two unguided calls per probed step)."""
+    is made here, before sampling (`editmask.difference_map`: two unguided calls per probed step),
+    for the rows whose prompt or first frame changed; an attention mask cannot see a first frame's
+    change, so a row where only that changed is refused."""
     if edit_mask is None:
         return None, None
     probe, fixed = None, None
+    source_image, _ = fam.latent_extras(traj)
     if edit_mask.given is not None:
         fixed = editmask.from_pixels(edit_mask.given, noise.shape, model.temporal_factor)
     elif edit_mask.source == "difference":
-        rows = fam.edit_mask_tokens(model, traj, cond).sum(1) > 0
+        rows = (fam.edit_mask_tokens(model, traj, cond).sum(1) > 0) | \
+            editmask.image_changed(source_image, image, noise.shape[0])
         if rows.any():
-            source_image, _ = fam.latent_extras(traj)
             predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, im), hooks)
                        for c, im in ((fam.source_conditioning(traj), source_image), (cond, image))]
             with on_device(fam.network(model), model):
                 scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
-        else:  # no prompt token changed (a reconstruction): the map is empty, no model call needed
+        else:  # neither the prompt nor the first frame changed (a reconstruction): the map is empty
             scores = torch.zeros(noise.shape[0], noise.shape[1], *noise.shape[-2:])
         fixed = editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), noise.shape,
                                        edit_mask.threshold, edit_mask.cut)
     else:
-        probe = editmask.Probe(fam.edit_mask_tokens(model, traj, cond))
+        tokens = fam.edit_mask_tokens(model, traj, cond)
+        if bool((editmask.image_changed(source_image, image, noise.shape[0]) & (tokens.sum(1) == 0)).any()):
+            raise errors.InputError("the attention mask follows the prompt's changed words, and the prompt is the "
+                                    "source's while the first frame is edited: the mask would be empty and the "
+                                    "edit lost", "Set mask_source to 'difference' (it sees the first frame's "
+                                    "change too), or connect a MASK.")
+        probe = editmask.Probe(tokens)
         patch = fam.patch_grid(model)
         grid_tokens = tuple(n // p for n, p in zip((noise.shape[1], *noise.shape[-2:]), patch))
 

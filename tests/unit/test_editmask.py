@@ -2,13 +2,15 @@
 mask it makes, Otsu's cut, the prediction-difference map and its probed steps, the given MASK's
 resampling, and guided sampling with a mask on a tiny random CogVideoX in float64: reconstruction
 stays exact, an all-ones mask changes nothing, an empty one gives the trajectory back, the attention
-and the difference masks (either cut) cover part of the video, with either trajectory kind."""
+and the difference masks (either cut) cover part of the video, with either trajectory kind; an
+image-to-video edit of the first frame alone is seen by the difference mask, refused by the attention one."""
 import pytest
 import torch
 
 from vidinv import editmask, errors, pipeline
 from vidinv.attention import ReferenceOptions
 from vidinv.family import Guidance
+from vidinv.hooks import Hooks
 from vidinv.models import cogvideox
 from vidinv.solver import Solver
 
@@ -93,6 +95,11 @@ def test_a_given_mask_follows_the_vae_frame_grouping():
         editmask.from_pixels(torch.ones(4, 16, 16), (1, 3, 4, 4, 4), 4)
     px = editmask.to_pixels(m, 4, 4)
     assert px.shape == (9, 16, 16, 3) and px[5:, :8, :8].eq(1).all() and px[:5].eq(0).all()
+    both = editmask.from_pixels(torch.cat([mask, 1 - mask]), (2, 3, 4, 4, 4), 4)  # one mask video per video
+    assert both.shape == (2, 3, 1, 4, 4) and both[0].equal(m[0]) and both[1, :2].eq(1).all()
+    assert both[1, 2, 0, :2, :2].eq(0).all()
+    with pytest.raises(errors.InputError, match=r"the video has 9 \(2 x 9 for one per video\)"):
+        editmask.from_pixels(torch.ones(10, 16, 16), (2, 3, 4, 4, 4), 4)
     with pytest.raises(errors.InputError, match="threshold"):
         editmask.EditMask(0.0)
 
@@ -142,3 +149,61 @@ def test_given_masks(setup, kind):
     assert rel(ones, pipeline.guided_sample(patched, edit)) < 1e-12
     zeros = pipeline.guided_sample(patched, edit, edit_mask=editmask.EditMask(given=torch.zeros(32, 32)))
     assert rel(zeros, traj.clean) < 1e-6
+
+
+def test_image_changed_compares_tensors_and_their_dataclasses():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Condition:  # the shape of Wan's image conditioning
+        latents: torch.Tensor
+        embeds: torch.Tensor | None
+
+    src = torch.zeros(2, 3, 4)
+    assert not editmask.image_changed(src, None, 2).any() and not editmask.image_changed(src, src, 2).any()
+    edited = src.clone()
+    edited[1, 0, 0] = 1.0
+    assert editmask.image_changed(src, edited, 2).tolist() == [False, True]
+    assert editmask.image_changed(src, torch.ones(1, 3, 4), 2).tolist() == [True, True]  # one frame for all
+    cond = Condition(src, None)
+    assert not editmask.image_changed(cond, Condition(src.clone(), None), 2).any()
+    assert editmask.image_changed(cond, Condition(edited, None), 2).tolist() == [False, True]
+    assert editmask.image_changed(cond, Condition(src, torch.ones(2, 1)), 2).all()
+
+
+def test_image_to_video_masks_see_an_edited_first_frame(tiny64):
+    """CogVideoX image-to-video: with the source prompt and an edited first frame the difference mask
+    marks what the new frame changes (the edit is not lost), an attention mask is refused before any
+    model call (it follows changed words only), and with the source's frame the mask is empty and the
+    reconstruction exact."""
+    model = tiny64("5b-i2v")
+    h, w = int(model.transformer.config.sample_height), int(model.transformer.config.sample_width)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 2, model.latent_channels, h, w, generator=gen, dtype=torch.float64)
+    image = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    src = cogvideox.encode_text(model, "a red circle moving right")
+    traj = pipeline.invert(model, src, x0, STEPS, settings=Solver(iters=20, tol=1e-12), image_latents=image)
+    patched = pipeline.with_reference(model, traj, ReferenceOptions())
+    plain = pipeline.guided_sample(patched, src)
+    same = editmask.EditMask(source="difference", cut="otsu")
+    assert rel(pipeline.guided_sample(patched, src, edit_mask=same), plain) < 1e-6 and not same.latent.any()
+    new_frame = image.clone()
+    new_frame[..., : h // 2, :] += 3.0
+    m = editmask.EditMask(source="difference", cut="otsu")
+    masked = pipeline.guided_sample(patched, src, image_latents=new_frame, edit_mask=m)
+    assert 0.0 < float(m.latent.mean()) < 1.0 and rel(masked, traj.clean) > 1e-6
+    outside = (1 - m.latent).bool().expand_as(masked)
+    assert torch.allclose(masked[outside], traj.clean.double()[outside])
+    calls = []
+    with pytest.raises(errors.InputError, match="follows the prompt's changed words.*Set mask_source to 'difference'"):
+        pipeline.guided_sample(patched, src, image_latents=new_frame, hooks=CountCalls(calls),
+                               edit_mask=editmask.EditMask(source="attention", cut="otsu"))
+    assert not calls
+
+
+class CountCalls(Hooks):
+    def __init__(self, calls):
+        self.calls = calls
+
+    def before_call(self):
+        self.calls.append(1)
