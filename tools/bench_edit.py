@@ -94,7 +94,8 @@ def run(args) -> dict:
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
     ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     naive = naive_trajectory(model, src, x0, steps)
-    truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float()
+    truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float() \
+        if args.true_mask else None
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
     def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None):

@@ -87,7 +87,8 @@ def run(args) -> dict:
                       **{f"ours w={w:g}": (exact, ReferenceOptions(weight=w), "inverted") for w in args.weights}}
 
     masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
-    truth = torch.from_numpy(np.concatenate([scenes.true_masks(s)[0] for s in specs])).float()
+    truth = torch.from_numpy(np.concatenate([scenes.true_masks(s)[0] for s in specs])).float() \
+        if args.true_mask else None
 
     def methods(cond, g):
         out = {"ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(

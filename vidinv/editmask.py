@@ -14,9 +14,9 @@ however large):
   first frame counts as a change, `image_changed`) on the trajectory's own latents, made once
   before sampling (`difference_steps`, `difference_map`);
 or it is given (ComfyUI's MASK, `from_pixels`). Then, after
-sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt no
-token differs: the mask is empty and the sample is the trajectory's, so reconstruction stays exact
-for every option.
+sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt (and
+first frame) nothing differs: the mask is empty and the sample is the trajectory's, so
+reconstruction stays exact for every option.
 """
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ def difference_map(predict_source, predict_edit, latent_for_step, steps: int, ro
                    window: tuple[float, float] = DIFFERENCE_WINDOW) -> torch.Tensor:
     """DiffEdit's map ``[B, F, h, w]``: ``|edit(x_i, i) - source(x_i, i)|`` averaged over the latent
     channels, summed over the probed steps' trajectory latents (`difference_steps`); zero in the
-    rows where `rows` is False (no prompt token changed: the map is then empty whatever the
-    arithmetic's noise)."""
+    rows where `rows` is False (neither a prompt token nor the first frame changed: the map is then
+    empty whatever the arithmetic's noise)."""
     total = None
     for i in difference_steps(steps, window):
         x = latent_for_step(i)
