@@ -25,6 +25,25 @@ def load_pack(name: str = "vidinv_pack"):
     return mod
 
 
+DESELECTED: list = []  # the items a -m / -k selection left out of this session
+
+
+def pytest_deselected(items):
+    DESELECTED.extend(items)
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode_marker(request):
+    """Tests marked ``@pytest.mark.inference_mode`` run inside ``torch.inference_mode()``, as
+    ComfyUI runs every node (its execution.py), fixtures of function scope included: what autograd,
+    in-place updates or stored tensors do differently there shows up outside the host too."""
+    if request.node.get_closest_marker("inference_mode") is None:
+        yield
+        return
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules on tiny SVD UNets (`pytestmark = pytest.mark.usefixtures("one_thread")`): their

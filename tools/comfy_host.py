@@ -177,6 +177,26 @@ def configured(host_dir: Path = DEFAULT_HOST_DIR) -> Host:
     return ExistingHost(Path(tree), os.environ.get(PYTHON_ENV)) if tree else Host(host_dir)
 
 
+EXECUTED: set[str] = set()  # node types run in a successful prompt by any Server of this process
+
+
+def executed_node_types(entry: dict) -> set[str]:
+    """The node types a finished /history entry ran: the nodes its output nodes depend on, walked
+    through the links of the queued prompt (history's ``prompt`` is [number, id, prompt, extra,
+    outputs to execute]); empty unless the prompt succeeded."""
+    if entry.get("status", {}).get("status_str") != "success":
+        return set()
+    _, _, prompt, _, outputs = entry["prompt"][:5]
+    seen, todo = set(), list(outputs)
+    while todo:
+        nid = str(todo.pop())
+        if nid in seen or nid not in prompt:
+            continue
+        seen.add(nid)
+        todo += [v[0] for v in prompt[nid].get("inputs", {}).values() if isinstance(v, list) and len(v) == 2]
+    return {prompt[nid]["class_type"] for nid in seen}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -271,6 +291,7 @@ class Server:
             if hist and prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
                 entry = hist[prompt_id]
                 if entry["status"].get("status_str") in ("success", "error"):
+                    EXECUTED.update(executed_node_types(entry))
                     return entry
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI died:\n{self.tail()}")

@@ -20,6 +20,7 @@ import torch
 from . import ddim, errors, families, solver
 from .hooks import Hooks
 from .models import cogvideox
+from .models import loading
 from .models.loading import on_device
 
 NEGATIVE_MODES = ("conditioning", "source prompt", "null-text")
@@ -99,6 +100,7 @@ def check_memory(model, traj, checkpoint: bool, what: str = "null-text inversion
                                 "Turn gradient checkpointing on, use bf16, fewer frames or a smaller size.")
 
 
+@loading.outside_inference_mode
 def optimise_steps(model, traj, guidance: float, branch: str, init: torch.Tensor, iters: int, lr: float, tol: float,
                    checkpoint: bool | None, hooks: Hooks | None, what: str) -> tuple[torch.Tensor, list[float]]:
     """The optimisation loop null-text inversion and prompt tuning share: walk guidance-`guidance` DDIM
@@ -108,7 +110,11 @@ def optimise_steps(model, traj, guidance: float, branch: str, init: torch.Tensor
     the sample then takes that step. `branch` says which CFG branch carries the trainable embedding:
     "negative" (null-text: u; c is the source prompt's) or "positive" (prompt tuning: c; u is the
     source's negative, absent at guidance 1). Each step starts from the previous step's embedding,
-    the first from `init` ``[B, L, D]``. Returns the embeddings ``[T, B, L, D]`` and the losses."""
+    the first from `init` ``[B, L, D]``. Returns the embeddings ``[T, B, L, D]`` and the losses.
+
+    It runs outside inference mode (ComfyUI runs nodes inside it, where autograd is off and every
+    tensor is an inference tensor that a backward pass refuses): the trajectory's tensors it uses are
+    copied to ordinary ones, and the model's weights are made ordinary where they are not."""
     hooks = hooks or Hooks()
     traj.check_model(model)
     schedule = ddim.schedule_from_config(model.scheduler_config)
@@ -117,24 +123,26 @@ def optimise_steps(model, traj, guidance: float, branch: str, init: torch.Tensor
     check_memory(model, traj, checkpoint, what)
     b = traj.latents.shape[1]
     fixed_text = traj.embeds if branch == "negative" else traj.negative_embeds
-    fixed_text = fixed_text.expand(b, -1, -1)
+    fixed_text = loading.ordinary(fixed_text).expand(b, -1, -1)
     use_cfg = guidance > 1.0
     emb = init.expand(b, -1, -1).clone().to(model.device, torch.float32)
-    x = traj.noise.to(model.device)
+    x = loading.ordinary(traj.noise).to(model.device)
+    image_latents = loading.ordinary(traj.image_latents)
     embeds, losses = [], []
     with on_device(model.transformer, model), checkpointing(model.transformer, checkpoint):
+        loading.ordinary_weights(model.transformer)
         for i, (t, p) in enumerate(ddim.grid(schedule, traj.steps)):
             a, bb = ddim.coefficients(schedule, t, p)
             w = cogvideox.guidance_scale_at(guidance, traj.dynamic_cfg, t, traj.steps)
-            target = traj.latent_for_step(i + 1).to(model.device) if i + 1 < traj.steps else traj.clean.to(model.device)
+            target = loading.ordinary(traj.latent_for_step(i + 1) if i + 1 < traj.steps else traj.clean).to(model.device)
             fixed = None
             if use_cfg:
                 hooks.before_call()
                 with torch.no_grad():
-                    fixed = cogvideox.transformer_call(model, x, fixed_text, t, traj.image_latents)
+                    fixed = cogvideox.transformer_call(model, x, fixed_text, t, image_latents)
 
             def step(e):
-                out = cogvideox.transformer_call(model, x, e, t, traj.image_latents)
+                out = cogvideox.transformer_call(model, x, e, t, image_latents)
                 if fixed is not None:
                     u, c = (out, fixed) if branch == "negative" else (fixed, out)
                     out = u + w * (c - u)

@@ -38,3 +38,16 @@ def test_a_tree_without_python_says_how_to_make_one(monkeypatch, tmp_path):
     monkeypatch.delenv(comfy_host.PYTHON_ENV, raising=False)
     with pytest.raises(RuntimeError, match="comfy_host.py venv --comfyui"):
         comfy_host.configured().build()
+
+
+def history_entry(status: str) -> dict:
+    prompt = {"1": {"class_type": "Load", "inputs": {"x": 1}},
+              "2": {"class_type": "Work", "inputs": {"model": ["1", 0], "text": "a"}},
+              "3": {"class_type": "Save", "inputs": {"samples": ["2", 0]}},
+              "4": {"class_type": "Unused", "inputs": {"model": ["1", 0]}}}
+    return {"prompt": [0, "id", prompt, {}, ["3"]], "status": {"status_str": status}}
+
+
+def test_executed_node_types_follow_the_outputs_of_a_successful_prompt():
+    assert comfy_host.executed_node_types(history_entry("success")) == {"Load", "Work", "Save"}
+    assert comfy_host.executed_node_types(history_entry("error")) == set()

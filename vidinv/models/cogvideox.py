@@ -149,6 +149,7 @@ def fingerprint(path: Path, transformer) -> str:
                                 for name in ("config.json", "scheduler_config.json")], transformer)
 
 
+@loading.outside_inference_mode
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> CogVideoX:
     """Load a diffusers CogVideoX folder. Modules rest on `offload_device` and move to `device`
     for the stage that uses them (see `on_device`)."""

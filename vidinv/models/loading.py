@@ -111,13 +111,56 @@ def fingerprint(configs: Iterable[Path], network: torch.nn.Module) -> str:
 
 @contextlib.contextmanager
 def on_device(module: torch.nn.Module, model):
-    """Run `module` on ``model.device``; move it back to ``model.offload_device`` afterwards."""
-    module.to(model.device)
+    """Run `module` on ``model.device``; move it back to ``model.offload_device`` afterwards. The
+    moves run outside inference mode (`outside_inference_mode`), so a model moved inside a ComfyUI
+    node keeps ordinary weights."""
+    with torch.inference_mode(False):
+        module.to(model.device)
     try:
         yield module
     finally:
         if model.offload_device != model.device:
-            module.to(model.offload_device)
+            with torch.inference_mode(False):
+                module.to(model.offload_device)
+
+
+# ----------------------------------------------------------------------------- inference mode
+
+def outside_inference_mode(fn):
+    """Run `fn` with inference mode off. ComfyUI runs every node inside ``torch.inference_mode()``,
+    where each tensor made (a loaded weight, a weight moved to another device) is an *inference
+    tensor*: autograd refuses to save it for a backward pass, and it cannot be updated in place
+    outside inference mode later. Loaders are wrapped in this so a model loaded by a node has
+    ordinary weights, usable by the optimising nodes (null-text, prompt tuning)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def ordinary(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` as an ordinary tensor (a copy where it is an inference tensor, else `t` itself); call it
+    outside inference mode, where the copy is ordinary."""
+    return t.clone() if t is not None and t.is_inference() else t
+
+
+def ordinary_weights(module: torch.nn.Module) -> int:
+    """Replace any inference-tensor parameter or buffer of `module` by an ordinary copy with the
+    same values (the values, dtype, device and requires_grad are kept; a weight shared between
+    submodules stays shared), one tensor at a time, so autograd can run through the module.
+    Returns how many tensors were replaced (0 for a module loaded by this pack's loaders)."""
+    replaced: dict[int, torch.Tensor] = {}
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for table, make in ((sub._parameters, lambda p: torch.nn.Parameter(p.clone(), p.requires_grad)),
+                                (sub._buffers, lambda b: b.clone())):
+                for name, t in table.items():
+                    if t is not None and t.is_inference():
+                        if id(t) not in replaced:
+                            replaced[id(t)] = make(t)
+                        table[name] = replaced[id(t)]
+    return len(replaced)
 
 
 # ----------------------------------------------------------------------------- VAE memory modes

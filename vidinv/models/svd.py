@@ -154,6 +154,7 @@ def fingerprint(path: Path, unet) -> str:
     return loading.fingerprint([path / sub / name for sub, name in FILES.items()], unet)
 
 
+@loading.outside_inference_mode
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> SVD:
     """Load a diffusers Stable Video Diffusion folder. Modules rest on `offload_device` and move to
     `device` for the stage that uses them (`vidinv.models.loading.on_device`)."""

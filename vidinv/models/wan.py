@@ -192,6 +192,7 @@ def fingerprint(path: Path, transformer) -> str:
                                transformer)
 
 
+@loading.outside_inference_mode
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> Wan:
     """Load a diffusers Wan text-to-video or image-to-video folder. Modules rest on `offload_device` and move to
     `device` for the stage that uses them. `from_pretrained` of the transformer needs `accelerate`
