@@ -1,6 +1,7 @@
 """ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
 from . import host
 from .common import guard
+from .native_nodes import NativeInvert, NativeLoadTrajectory, NativeReferenceAttention
 from .cogvideox_nodes import (DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion,
                               PromptTuningInversion)
 from .pipeline_nodes import FriendlyInvert, FriendlySample, GuidedSample, ReferenceAttention
@@ -37,6 +38,9 @@ NODES = {
     "VInvWanSample": (WanSample, "Flow Sample (Wan)"),
     "VInvFriendlyInvert": (FriendlyInvert, "Edit-Friendly Invert (DDPM)"),
     "VInvFriendlySample": (FriendlySample, "Edit-Friendly Sample (DDPM)"),
+    "VInvNativeInvert": (NativeInvert, "Invert (native, exact)"),
+    "VInvNativeReferenceAttention": (NativeReferenceAttention, "Reference Attention (native)"),
+    "VInvNativeLoadTrajectory": (NativeLoadTrajectory, "Load Trajectory (native)"),
 }
 NODE_CLASS_MAPPINGS = {key: guard(cls, name) for key, (cls, name) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

@@ -211,6 +211,35 @@ def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     return F.scaled_dot_product_attention(q1, k1, v1, scale=1.0 / math.sqrt(d))[..., :d]
 
 
+def keys_with_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: torch.Tensor, v_ref: torch.Tensor,
+                        heads: int, weight: float):
+    """For an attention function of fixed form ``attend(q, k, v, heads)`` on ``[B, L, heads * d]`` (ComfyUI's
+    `optimized_attention`, whatever kernel or override is behind it): (q1, k1, v1, unpad) such that
+    ``unpad(attend(q1, k1, v1, heads))`` is the attention of q over ``[own K/V ; reference K/V]`` with the
+    logit bias ``log(weight)`` on the reference keys. Weight 1 is plain concatenation; otherwise each
+    head gets `KEY_PAD` more dimensions, the bias riding in the first of them (queries carry 1 there,
+    reference keys the bias), and q is scaled so that the kernel's ``1 / sqrt(d + KEY_PAD)`` acts as
+    ``1 / sqrt(d)``."""
+    k_all, v_all = torch.cat([k, k_ref], dim=1), torch.cat([v, v_ref], dim=1)
+    if weight == 1.0:
+        return q, k_all, v_all, lambda out: out
+    b, lq, width = q.shape
+    d = width // heads
+    wide = d + KEY_PAD
+
+    def padded(t: torch.Tensor, first: torch.Tensor | float) -> torch.Tensor:
+        t = t.unflatten(-1, (heads, -1))
+        extra = t.new_zeros(*t.shape[:-1], KEY_PAD)
+        extra[..., 0] = first if not torch.is_tensor(first) else first.to(t.dtype)
+        return torch.cat([t, extra], dim=-1).flatten(-2)
+
+    bias = torch.cat([torch.zeros(k.shape[1]), torch.full((k_ref.shape[1],), math.log(weight) * math.sqrt(wide))])
+    q1 = padded(q * math.sqrt(wide / d), 1.0)
+    k1 = padded(k_all, bias.to(k.device).view(1, -1, 1))
+    v1 = padded(v_all, 0.0)
+    return q1, k1, v1, lambda out: out.unflatten(-1, (heads, wide))[..., :v.shape[-1] // heads].flatten(-2)
+
+
 def project_heads(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values ``[B, heads, L, d]`` of the sequence `x` ``[B, L, C]`` through a
     diffusers `Attention` module's projections and q/k norms, as its processors compute them."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from . import errors
 from .family import Family
-from .models import cogvideox, svd, wan
+from .models import cogvideox, native, svd, wan
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (cogvideox.FAMILY, svd.FAMILY, wan.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (cogvideox.FAMILY, svd.FAMILY, wan.FAMILY, native.FAMILY)}
 DEFAULT = cogvideox.FAMILY.name  # model values and trajectory files from before the field are CogVideoX
 
 

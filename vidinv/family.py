@@ -68,6 +68,7 @@ class Family(Protocol):
     display_name: str  # for messages ("CogVideoX")
     trajectory_version: int  # the trajectory file version this family's trajectories are written as
     text_conditioned: bool  # whether the conditioning is a prompt (negative prompts, null-text apply)
+    model_conditioned: bool  # whether its trajectories carry core's model-level conditioning (model_conds)
     grid_kind: str  # `vidinv.solver.Grid.kind` of its sampler ("ddim", "euler")
     solver_choice: bool  # whether its Invert node lets the user pick the solver (for hints)
 

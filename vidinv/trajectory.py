@@ -91,6 +91,7 @@ class Trajectory:
     tuned_embeds: torch.Tensor | None = None  # [T, 1 or B, L, D] from prompt-tuning inversion, noisiest first
     image_embeds: torch.Tensor | None = None  # Wan I2V: the first frame's CLIP tokens [B, N, D]
     noise_maps: torch.Tensor | None = None  # edit-friendly: [T, B, F, C, H, W] per sampling step, noisiest first
+    model_conds: dict | None = None  # native: {"<row kind>.<name>": tensor}, the model-level conditioning used
 
     def __post_init__(self):
         if self.above_tolerance is None:
@@ -128,7 +129,7 @@ class Trajectory:
     @property
     def size_mb(self) -> float:
         tensors = [self.latents, self.embeds, self.negative_embeds, self.image_latents, self.null_embeds,
-                   self.tuned_embeds, self.image_embeds, self.noise_maps]
+                   self.tuned_embeds, self.image_embeds, self.noise_maps, *(self.model_conds or {}).values()]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 1e6
 
     @property
@@ -249,6 +250,8 @@ class Trajectory:
         for name in OPTIONAL_TENSORS:
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name).contiguous()
+        for name, t in (self.model_conds or {}).items():
+            tensors[MODEL_CONDS + name] = t.contiguous()
         meta = {k: getattr(self, k) for k in ("timesteps", "scheduler_config", "model_fingerprint", "model_name",
                                               "prompt", "negative_prompt", "guidance", "dynamic_cfg", "iterations",
                                               "tolerance", "residuals", "calls", "extra", "family",
@@ -302,6 +305,7 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
                         None),  # None: derived from the residuals (files written before the key)
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
+MODEL_CONDS = "model_conds."  # the prefix of a native trajectory's conditioning tensors in a file
 OPTIONAL_TENSORS = ("image_latents", "null_embeds", "tuned_embeds", "image_embeds", "noise_maps")
 
 
@@ -344,7 +348,11 @@ def read_tensors(tensors: dict, name: str) -> dict:
     for key in TENSORS:
         if key not in tensors:
             raise errors.InputError(f"{name!r} lacks the tensor {key!r}", "Save the trajectory again.")
-    for key in (*TENSORS, *OPTIONAL_TENSORS):
+    unknown = [k for k in tensors if k not in (*TENSORS, *OPTIONAL_TENSORS) and not k.startswith(MODEL_CONDS)]
+    if unknown:
+        raise errors.InputError(f"{name!r} holds a tensor {errors.shorten(unknown[0], 60)!r} that no trajectory has",
+                                "Choose a file written by the Save Trajectory node.")
+    for key in tensors:
         t = tensors.get(key)
         if t is None:
             continue
@@ -357,7 +365,8 @@ def read_tensors(tensors: dict, name: str) -> dict:
         if not torch.isfinite(t).all():
             raise errors.InputError(f"{name!r}: tensor {key!r} holds NaN or infinite values",
                                     "The inversion that wrote it diverged or the file was altered; invert again.")
-    return {k: tensors.get(k) for k in (*TENSORS, *OPTIONAL_TENSORS)}
+    conds = {k[len(MODEL_CONDS):]: t for k, t in tensors.items() if k.startswith(MODEL_CONDS)}
+    return {**{k: tensors.get(k) for k in (*TENSORS, *OPTIONAL_TENSORS)}, "model_conds": conds or None}
 
 
 def load(path) -> Trajectory:
@@ -433,6 +442,8 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
         refuse("an edit-friendly trajectory carries no null-text or prompt-tuned embeddings")
     if traj.image_embeds is not None and traj.image_latents is None:
         refuse(f"image_embeds {tuple(traj.image_embeds.shape)} without image_latents")
+    if traj.family in families.FAMILIES and bool(traj.model_conds) != families.get(traj.family).model_conditioned:
+        refuse("model_conds belong to ComfyUI-native trajectories, and every native trajectory has them")
     if tuned is not None and not families.get(traj.family).text_conditioned:
         refuse(f"a {families.display_name(traj.family)} trajectory carries no prompt-tuned embeddings")
     for key in ("residuals", "calls"):

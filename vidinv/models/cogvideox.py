@@ -447,6 +447,7 @@ class CogVideoXFamily:
     display_name = "CogVideoX"
     trajectory_version = 1  # what every version of the pack reads and writes
     text_conditioned = True
+    model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = "ddim"  # `vidinv.solver.Grid.kind` of its sampler
     solver_choice = True
 

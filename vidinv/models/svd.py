@@ -478,6 +478,7 @@ class SVDFamily:
     display_name = "Stable Video Diffusion"
     trajectory_version = 2  # so that a pack from before SVD refuses the file instead of misreading it
     text_conditioned = False
+    model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = "euler"  # `vidinv.solver.Grid.kind` of its sampler
     solver_choice = False
 

@@ -465,6 +465,7 @@ class WanFamily:
     display_name = "Wan"
     trajectory_version = 4  # 3 is taken by prompt-tuned files; older packs refuse Wan files
     text_conditioned = True
+    model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = flow.KIND
     solver_choice = True
 

@@ -1,0 +1,358 @@
+"""The adapter to ComfyUI core's sampling internals, for the native path (docs/design.md, "Two ways
+in"): the one module that knows how core calls a MODEL. Tested on ComfyUI 0.3.75 and 0.33.0, whose
+interfaces used here are the same: ``comfy.samplers.CFGGuider`` / ``Sampler``, the model sampling
+classes, ``ModelPatcher.clone`` / ``add_wrapper_with_key`` (APPLY_MODEL, OUTER_SAMPLE),
+``transformer_options["optimized_attention_override"]`` (core >= 0.3.60) and the ``("double_block", i)``
+block replacement of Wan. Where a later core differs, this module is the place to say so.
+
+- `invert`: core's Euler sampler inverted on a MODEL. A `comfy.samplers.Sampler` of our own runs inside
+  core's own `CFGGuider.sample`, so the denoiser is core's (conds processed, model loaded and patched,
+  CFG as core does it) and the pack's solver (`vidinv.solver`) inverts each step. An APPLY_MODEL
+  wrapper keeps the model-level conditioning of each CFG row for the reference passes.
+- `InvertedNoise`: the inverted noise as core's NOISE, for SamplerCustomAdvanced.
+- `ReferencePatch`: reference attention as a MODEL patch (Wan): each chosen block is marked through
+  the block replacement, its first attention call (the self-attention) records or injects reference
+  K/V through the attention override, and an APPLY_MODEL wrapper runs the reference pass of each
+  step with the trajectory's latent and conditioning before the sample's call.
+
+Nothing here is imported outside ComfyUI (the node module imports it lazily)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import torch
+
+from ..vidinv import attention, errors, solver
+from ..vidinv.models import native
+from . import host
+
+CACHE_KEYS = ("easycache", "lazycache")  # core's cache nodes skip forwards: no exact round trip with them
+KEY = "vidinv_reference"
+
+
+# ----------------------------------------------------------------------------- the model
+
+def model_sampling(model):
+    """(kind, sigma_data, the sampling object) of a MODEL; kinds whose Euler step the pack does not
+    invert are refused by name."""
+    import comfy.model_sampling as ms
+    sampling = model.get_model_object("model_sampling")
+    name = type(sampling).__name__
+    if isinstance(sampling, (ms.X0, getattr(ms, "COSMOS_RFLOW", ()))) or not isinstance(sampling, (ms.EPS, ms.CONST)):
+        raise errors.InputError(f"this MODEL's sampling ({name}, {', '.join(c.__name__ for c in type(sampling).__mro__[1:3])}) "
+                                "is not one the exact inversion supports",
+                                "Use a flow (CONST: Wan, HunyuanVideo, LTX-Video, Mochi), EPS or V-prediction model.")
+    kind = "flow" if isinstance(sampling, ms.CONST) else ("v" if isinstance(sampling, ms.V_PREDICTION) else "eps")
+    return kind, float(getattr(sampling, "sigma_data", 1.0)), sampling
+
+
+def refuse_caches(model, node: str) -> None:
+    """Core's cache nodes (EasyCache, LazyCache) skip model calls by estimate: neither an inversion nor a
+    reference pass stays exact behind them."""
+    keys = {k for kinds in getattr(model, "wrappers", {}).values() for k in kinds}
+    found = sorted(k for k in keys if k in CACHE_KEYS)
+    if found:
+        raise errors.InputError(f"{node}: the MODEL carries {', '.join(found)} (a cache node), which skips model "
+                                "calls by estimate; the round trip would not be exact",
+                                "Connect the MODEL before the EasyCache / LazyCache node.")
+
+
+def fingerprint(model) -> str:
+    """A MODEL's identity for trajectories: its class, its sampling (kind, shift, sigma range), a few
+    weights of the diffusion model and the patches (LoRAs) applied to it."""
+    h = hashlib.sha256(type(model.model).__name__.encode())
+    sampling = model.get_model_object("model_sampling")
+    h.update(repr((type(sampling).__name__, float(getattr(sampling, "shift", 0.0)),
+                   float(sampling.sigma_min), float(sampling.sigma_max))).encode())
+    params = list(model.model.diffusion_model.named_parameters())
+    for name, p in params[:2] + params[-2:]:
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    for key in sorted(getattr(model, "patches", {})):
+        h.update(key.encode())
+        h.update(repr([float(p[0]) for p in model.patches[key] if isinstance(p[0], (int, float))]).encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the inversion
+
+class ConditioningCapture:
+    """An APPLY_MODEL wrapper that keeps, per CFG row kind (0 positive, 1 negative), the floating-point
+    tensors the model is called with (``c_crossattn``, ``c_concat``, extra conds), one video's rows,
+    from the first call that has that kind."""
+
+    def __init__(self):
+        self.conds: dict[str, torch.Tensor] = {}
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                 **kwargs):
+        kinds = list(transformer_options.get("cond_or_uncond") or [0])
+        rows = x.shape[0] // len(kinds)
+        for j, kind in enumerate(kinds):
+            if any(k.startswith(f"{kind}.") for k in self.conds):
+                continue
+            for name, value in {"c_concat": c_concat, "c_crossattn": c_crossattn, **kwargs}.items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    part = value[j * rows:(j + 1) * rows] if value.shape[:1] == x.shape[:1] else value
+                    self.conds[f"{kind}.{name}"] = part.detach().float().cpu().clone()
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def sampler_class():
+    import comfy.samplers
+
+    class InverseSampler(comfy.samplers.Sampler):
+        """Core's Euler sampler run backwards: `sample` gets core's denoiser (the guider) and the
+        processed latent, inverts every step with the pack's solver and keeps the latents."""
+
+        def __init__(self, settings: solver.Solver, kind: str, sigma_data: float, start=None, after=None):
+            self.settings, self.kind, self.sigma_data, self.start, self.after = settings, kind, sigma_data, start, after
+            self.latents = self.stats = None
+
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            x0 = latent_image if self.start is None else self.start.to(latent_image)
+            grid = native.euler_grid(sigmas.cpu(), self.kind, self.sigma_data)
+            s_in = x0.new_ones([x0.shape[0]])
+
+            def denoise(x, i):
+                host.check_interrupt()
+                return model_wrap(x, sigmas[i] * s_in, model_options=extra_args["model_options"],
+                                  seed=extra_args.get("seed"))
+
+            def after(info):
+                if self.after is not None:
+                    self.after()
+
+            self.latents, self.stats = solver.invert(denoise, x0, grid, self.settings, after)
+            return self.latents[-1]
+
+    return InverseSampler
+
+
+def invert_segment(model, positive, negative, cfg: float, sigmas: torch.Tensor, latent: torch.Tensor,
+                   settings: solver.Solver, capture: ConditioningCapture, start=None, after=None):
+    """One model's part of the inversion, through core's CFGGuider: (latents cleanest first, stats)."""
+    import comfy.patcher_extension as pe
+    import comfy.samplers
+    kind, sigma_data, _ = model_sampling(model)
+    patched = model.clone()
+    patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, capture)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    inverse = sampler_class()(settings, kind, sigma_data, start, after)
+    guider.sample(torch.zeros_like(latent), latent, inverse, sigmas, disable_pbar=True, seed=0)
+    return inverse.latents, inverse.stats
+
+
+def latent_samples(latent: dict, model) -> torch.Tensor:
+    """The LATENT's samples with core's empty-latent channel fix (as SamplerCustomAdvanced does)."""
+    import comfy.sample
+    samples = latent["samples"]
+    if getattr(samples, "is_nested", False):
+        raise errors.InputError("a nested (multi-part) LATENT is not supported by the inversion",
+                                "Invert a single video latent.")
+    return comfy.sample.fix_empty_latent_channels(model, samples)
+
+
+# ----------------------------------------------------------------------------- the noise
+
+class InvertedNoise:
+    """Core's NOISE for SamplerCustomAdvanced: the noise that core's first step turns into the inverted
+    x_T exactly (its ``noise_scaling`` solved for the noise, given the LATENT the sampler gets: flow
+    models ``sigma n + (1 - sigma) latent``, EPS / V ``n * sqrt(1 + sigma^2) + latent`` at the model's
+    highest sigma, else ``n * sigma + latent``)."""
+
+    def __init__(self, x_T: torch.Tensor, model, sigma0: float):
+        self.x_T, self.model, self.sigma0, self.seed = x_T, model, float(sigma0), 0
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        latent = input_latent["samples"]
+        if tuple(latent.shape) != tuple(self.x_T.shape):
+            raise errors.InputError(f"the inverted noise has shape {tuple(self.x_T.shape)}, the sampler's LATENT "
+                                    f"{tuple(latent.shape)}", "Give the sampler the latent that was inverted (or an "
+                                    "empty latent of its size).")
+        kind, _, sampling = model_sampling(self.model)
+        base = self.model.model
+        lat = base.process_latent_in(latent.float()) if torch.count_nonzero(latent) > 0 else latent.float()
+        x_T, s = self.x_T.double(), self.sigma0
+        if kind == "flow":
+            noise = (x_T - (1.0 - s) * lat.double()) / s
+        else:
+            max_sigma = float(sampling.sigma_max)
+            scale = math.sqrt(1.0 + s * s) if math.isclose(max_sigma, s, rel_tol=1e-5) or s > max_sigma else s
+            noise = (x_T - lat.double()) / scale
+        return noise.float()
+
+
+# ----------------------------------------------------------------------------- reference attention
+
+def wan_blocks(model) -> int:
+    """The block count of a Wan MODEL; other core models are refused by name (the reference patch
+    knows Wan's block structure: self-attention is each block's first attention call)."""
+    from comfy.ldm.wan import model as wan_model
+    net = model.get_model_object("diffusion_model")
+    if type(net) is not wan_model.WanModel:
+        name = type(net).__name__
+        raise errors.InputError(
+            f"Reference Attention (native) supports core's Wan 2.1 / 2.2 models (WanModel); this MODEL is {name}",
+            "HunyuanVideo, LTX-Video, Mochi, Cosmos, core's CogVideoX and Wan variants (VACE, camera, S2V, ...) "
+            "are not supported yet: their attention blocks differ. Plain inversion and sampling work for them.")
+    return len(net.blocks)
+
+
+@dataclasses.dataclass(eq=False)
+class RowInjection(attention.Injection):
+    """A sample call's injection where each latent row names its reference row (-1: none)."""
+    index: torch.Tensor = None
+
+
+class ReferencePatch:
+    """The state of one patched MODEL: the trajectory, options and chosen blocks; the block being run
+    (set by its block replacement) and how many attention calls it has made; the attention override
+    that was there before (chained: every attention call still goes through it)."""
+
+    def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...], previous=None):
+        self.traj, self.options, self.blocks, self.previous = traj, options, frozenset(blocks), previous
+        self.channel = attention.Channel()
+        self.block, self.calls = None, 0
+        self.active = set(options.active_steps(traj.steps))
+        self.ndim = int(traj.scheduler_config["ndim"])
+
+    # -- installed on a clone
+    def install(self, model):
+        import comfy.patcher_extension as pe
+        patched = model.clone()
+        opts = patched.model_options.setdefault("transformer_options", {})
+        self.previous = opts.get("optimized_attention_override")
+        opts["optimized_attention_override"] = self
+        existing = opts.get("patches_replace", {}).get("dit", {})
+        for i in sorted(self.blocks):
+            patched.set_model_patch_replace(self.marker(i, existing.get(("double_block", i))), "dit", "double_block", i)
+        patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, self.apply_model)
+        patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, self.outer_sample)
+        return patched
+
+    def marker(self, index: int, previous):
+        def run_block(args, extra):
+            self.block, self.calls = index, 0
+            try:
+                return previous(args, extra) if previous is not None else extra["original_block"](args)
+            finally:
+                self.block = None
+        return run_block
+
+    # -- before sampling: the sampler's sigmas and latent against the trajectory
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        guider = getattr(executor, "class_obj", None)
+        if guider is not None:
+            refuse_caches(guider.model_patcher, "Reference Attention (native)")
+        native.check_sub_run(self.traj.sigmas, native.check_sigmas(sigmas.cpu()))
+        want = tuple(native.from_pack(self.traj.clean, self.ndim).shape)
+        if tuple(latent_image.shape) != want:
+            raise errors.InputError(f"the sampler's latent has shape {tuple(latent_image.shape)}, the trajectory's "
+                                    f"{want}", "Sample the latent that was inverted (or an empty latent of its size).")
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    # -- each model call: the reference pass, then the sample's call with injection
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                    **kwargs):
+        step = native.step_of(self.traj.sigmas, float(t.flatten()[0]))
+        if step is None or step not in self.active or self.options.weight == 0:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        kinds = list(transformer_options.get("cond_or_uncond") or [0])
+        rows = x.shape[0] // len(kinds)
+        ref_kinds, chunk = [], []
+        for kind in kinds:
+            if kind == 1 and self.options.rows == "conditional":
+                chunk.append(-1)
+                continue
+            ref = kind if any(k.startswith(f"{kind}.") for k in self.traj.model_conds) else 0
+            if ref not in ref_kinds:
+                ref_kinds.append(ref)
+            chunk.append(ref_kinds.index(ref))
+        if not ref_kinds:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        latent = native.from_pack(self.traj.latent_for_step(step), self.ndim).to(x.device, x.dtype)
+        if latent.shape[0] != rows:
+            raise errors.InputError(f"the sampler runs {rows} video(s) per row kind, the trajectory holds "
+                                    f"{latent.shape[0]}", "Sample the batch that was inverted.")
+        named = reference_conds(self.traj.model_conds, ref_kinds, {"c_concat": c_concat, "c_crossattn": c_crossattn,
+                                                                   **kwargs}, x.device)
+        ref_options = dict(transformer_options, cond_or_uncond=list(ref_kinds))
+        recording = attention.Recording(self.blocks)
+        with self.channel.using(recording):
+            try:
+                executor(latent.repeat(len(ref_kinds), *[1] * (latent.dim() - 1)), t[:rows].repeat(len(ref_kinds)),
+                         named.pop("c_concat"), named.pop("c_crossattn"), None, ref_options, **named)
+            except attention.StopReference:
+                pass
+        if set(recording.kv) != set(self.blocks):
+            raise RuntimeError(f"the reference pass recorded {len(recording.kv)} of {len(self.blocks)} blocks")
+        index = torch.tensor([c * rows + r if c >= 0 else -1 for c in chunk for r in range(rows)])
+        state = RowInjection(recording, index >= 0, self.options.weight, index)
+        with self.channel.using(state):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+    # -- every attention call of the patched model
+    def __call__(self, func, *args, **kwargs):
+        def inner(*a, **k):
+            return self.previous(func, *a, **k) if self.previous is not None else func(*a, **k)
+
+        if self.block is None or self.calls:
+            self.calls += self.block is not None
+            return inner(*args, **kwargs)
+        self.calls = 1  # the block's first attention call: its self-attention
+        q, k, v, *rest = args
+        heads = kwargs["heads"] if "heads" in kwargs else rest[0]
+        mask = kwargs.get("mask", rest[1] if len(rest) > 1 else None)
+        if kwargs.get("skip_reshape") or mask is not None:
+            raise RuntimeError("Reference Attention (native): an attention layout this patch does not know "
+                               "(pre-split heads or a mask) in a Wan self-attention")
+        recording = self.channel.recording(self.block)
+        if recording is not None:
+            recording.record(self.block, k, v)
+        state = self.channel.injection(self.block)
+        if not isinstance(state, RowInjection):
+            return inner(*args, **kwargs)
+        k_ref, v_ref, _ = state.recording.kv[self.block]
+        on = state.index >= 0
+        out = None
+        if bool((~on).any()):
+            out = torch.empty(q.shape[0], q.shape[1], v.shape[-1], device=q.device, dtype=q.dtype)
+            out[~on] = inner(q[~on], k[~on], v[~on], *rest, **kwargs)
+        q1, k1, v1, unpad = attention.keys_with_reference(q[on], k[on], v[on], k_ref[state.index[on]],
+                                                          v_ref[state.index[on]], heads, state.weight)
+        joined = unpad(inner(q1, k1, v1, *rest, **kwargs))
+        if out is None:
+            return joined
+        out[on] = joined
+        return out
+
+
+def reference_conds(conds: dict, ref_kinds: list, sample: dict, device) -> dict:
+    """The model-call arguments of a reference pass: for each argument the sample's call has, the
+    trajectory's tensors of each reference row kind, one after another (text of unequal length is
+    repeated to a common length, as core batches CFG rows); arguments the trajectory did not keep
+    (non-tensors) come from the sample's call."""
+    out = {}
+    for name, value in sample.items():
+        parts = [conds.get(f"{kind}.{name}") for kind in ref_kinds]
+        if all(p is None for p in parts):
+            if torch.is_tensor(value) and value.is_floating_point():
+                raise errors.InputError(f"the sampler's conditioning has {name!r}, which the inversion's did not",
+                                        "Sample with conditioning of the kind the video was inverted with.")
+            out[name] = value
+            continue
+        if any(p is None for p in parts):
+            raise errors.InputError(f"the trajectory keeps {name!r} for some CFG rows only",
+                                    "Invert the video again.")
+        if name == "c_crossattn" and len({p.shape[1] for p in parts}) > 1:
+            length = math.lcm(*(p.shape[1] for p in parts))
+            parts = [p.repeat(1, length // p.shape[1], 1) for p in parts]
+        dtype = value.dtype if torch.is_tensor(value) else parts[0].dtype
+        out[name] = torch.cat(parts).to(device, dtype)
+    return out

@@ -1,0 +1,217 @@
+"""The native path's nodes: exact inversion of core's Euler sampler on a MODEL from core's loaders, reference
+attention as a MODEL patch, and loading a native trajectory back. Core's own samplers do the sampling
+(SamplerCustomAdvanced with the inverted NOISE and the patched MODEL); the adapter to core's internals
+is `nodes/native.py`, imported when a node runs."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..vidinv import attention, errors, solver, trajectory
+from ..vidinv.family import check_scale
+from ..vidinv.models import native as family
+from . import host
+from .common import CATEGORY, ITERATIONS, TOLERANCE, TRAJECTORY
+from ..vidinv.pipeline import check_dtype
+from .pipeline_nodes import TRAJECTORY_DTYPE
+from .trajectory_nodes import trajectory_files
+
+NATIVE = f"{CATEGORY}/native"
+SOLVER = (["anderson", "plain"], {"default": "anderson", "tooltip": "Anderson acceleration (safeguarded) converges "
+                                  "where the model is stiff (near the clean end); plain is textbook."})
+DAMPING = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                     "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 without guidance, "
+                                "0.5 with CFG."})
+NOISE_TIP = ("The inverted noise as core's NOISE: connect it to SamplerCustomAdvanced (with the same SIGMAS, cfg "
+             "and conditioning it reconstructs the latent; with the Reference Attention (native) MODEL and an "
+             "edited prompt it edits). Two models: the high-noise sampler takes it, the low-noise one DisableNoise.")
+
+
+def native_trajectory(traj, node: str):
+    if traj.family != family.NAME:
+        raise errors.InputError(f"{node} takes a trajectory of a ComfyUI MODEL (from Invert (native)); this one is "
+                                f"a {traj.family_name} trajectory made with {traj.model_name!r}",
+                                "Use the pack's own nodes for it (Guided Sample, DDIM / Flow Sample), or invert "
+                                "the video again with Invert (native).")
+    return traj
+
+
+def noise_of(traj, model):
+    from . import native
+    return native.InvertedNoise(family.from_pack(traj.noise, int(traj.scheduler_config["ndim"])), model,
+                                traj.sigmas[0])
+
+
+class NativeInvert:
+    DESCRIPTION = ("Exact inversion of core's Euler sampler on a MODEL from core's loaders (Load Diffusion Model, "
+                   "with LoRAs, fp8, GGUF, core's offloading): each step's inverse is solved with the pack's "
+                   "fixed-point solver through core's own CFG, so that SamplerCustomAdvanced (sampler 'euler', the "
+                   "same SIGMAS, cfg and conditioning) started from the NOISE returns the latent to within the "
+                   "reported residuals. Wan 2.2's two experts: connect the low-noise MODEL and the step where it "
+                   "takes over.")
+    CATEGORY = NATIVE
+    RETURN_TYPES = (TRAJECTORY, "NOISE")
+    RETURN_NAMES = ("trajectory", "noise")
+    OUTPUT_TOOLTIPS = ("The trajectory (every latent, the sigmas, each CFG row's conditioning): Reference Attention "
+                       "(native) and Save Trajectory take it.", NOISE_TIP)
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to invert with (the high-noise expert of Wan 2.2 A14B)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Describe the source video."}),
+            "negative": ("CONDITIONING", {"tooltip": "The negative prompt (used when cfg > 1)."}),
+            "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance, as the sampler will use it: the round trip is "
+                                         "exact at any cfg when both directions use the same."}),
+            "sigmas": ("SIGMAS", {"tooltip": "From a scheduler node (BasicScheduler), as for the sampler."}),
+            "latent": ("LATENT", {"tooltip": "The source video's latent from core's VAE Encode."}),
+            "iterations": ITERATIONS,
+            "tolerance": TOLERANCE,
+            "solver": SOLVER,
+            "damping": DAMPING,
+            "trajectory_dtype": TRAJECTORY_DTYPE,
+        }, "optional": {
+            "low_noise_model": ("MODEL", {"tooltip": "Wan 2.2 A14B: the low-noise expert, which runs from "
+                                                     "switch_step on."}),
+            "switch_step": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                    "tooltip": "With a low-noise model: the first step it runs (the high-noise "
+                                               "sampler's end_at_step); steps before it use 'model'."}),
+        }}
+
+    def invert(self, model, positive, negative, cfg, sigmas, latent, iterations, tolerance, solver, damping,
+               trajectory_dtype, low_noise_model=None, switch_step=0):
+        from . import native
+        check_scale(cfg)
+        storage = check_dtype(trajectory_dtype)
+        experts = [model] + ([low_noise_model] if low_noise_model is not None else [])
+        for m in experts:
+            native.refuse_caches(m, "Invert (native)")
+        kinds = {native.model_sampling(m)[:2] for m in experts}
+        if len(kinds) > 1:
+            raise errors.InputError(f"the two models sample differently ({sorted(kinds)})",
+                                    "Give both experts the same model sampling (ModelSamplingSD3 shift).")
+        (kind, sigma_data), = kinds
+        sig = family.check_sigmas(sigmas.cpu())
+        steps = len(sig) - 1
+        plan = family.expert_steps(steps, switch_step if len(experts) > 1 else 0, len(experts))
+        samples = native.latent_samples(latent, model)
+        settings = solver_settings(iterations, tolerance, solver, damping, cfg)
+        capture = native.ConditioningCapture()
+        progress = host.Progress(steps)
+        done = []
+
+        def after():
+            done.append(1)
+            progress.after_step(len(done) - 1, steps, {})
+
+        cut = plan.index(1) if len(experts) > 1 else steps  # the sampling steps the first model runs
+        parts = [(model, sigmas)] if len(experts) == 1 else [(experts[1], sigmas[cut:]), (model, sigmas[:cut + 1])]
+        latents, stats = [], []
+        for m, part in parts:  # the cleanest part first; each starts where the one before ended
+            lat, st = native.invert_segment(m, positive, negative, cfg, part, samples, settings, capture,
+                                            start=latents[-1] if latents else None, after=after)
+            latents, stats = latents + lat[1 if latents else 0:], stats + st
+        traj = trajectory.Trajectory(
+            latents=torch.stack([family.to_pack(x.float().cpu()) for x in latents]).to(storage),
+            timesteps=sig[:-1], sigmas=sig, family=family.NAME, model_name=type(model.model).__name__,
+            scheduler_config={"sampling": kind, "sigma_data": sigma_data, "ndim": samples.dim(),
+                              "model": type(model.model).__name__},
+            model_fingerprint=native.fingerprint(model), prompt="", negative_prompt="",
+            embeds=torch.zeros(family.PLACEHOLDER), negative_embeds=torch.zeros(family.PLACEHOLDER),
+            guidance=float(cfg), dynamic_cfg=False, iterations=int(settings.iters), tolerance=float(settings.tol),
+            residuals=[s.residual for s in stats], calls=[s.calls for s in stats], model_conds=capture.conds,
+            extra={**settings.record(), "experts": [native.fingerprint(m) for m in experts],
+                   "switch_step": int(cut) if len(experts) > 1 else 0})
+        trajectory.validate(traj, "the native inversion")
+        host.free_memory()
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise_of(traj, model))}
+
+
+def solver_settings(iterations, tolerance, kind: str, damping: float, cfg: float) -> solver.Solver:
+    return solver.Solver(iterations, tolerance, memory=5 if kind == "anderson" else 0,
+                         damping=damping or None).resolved(cfg > 1.0)
+
+
+class NativeReferenceAttention:
+    DESCRIPTION = ("Reference attention as a MODEL patch (core's Wan 2.1 / 2.2): a clone of the MODEL whose chosen "
+                   "blocks' self-attention also attends to the K/V of the trajectory's latent at each step's sigma "
+                   "(recomputed through the same model with the conditioning each CFG row had at inversion), so that "
+                   "core's SamplerCustomAdvanced with an edited prompt is the guided sample. With the source prompt it "
+                   "reconstructs as plain sampling does. The MODEL given is left untouched; patch each of Wan 2.2's "
+                   "two experts with the same trajectory.")
+    CATEGORY = NATIVE
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The patched MODEL: give it to the sampler's guider.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        defaults = attention.ReferenceOptions()
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model (or one expert) the trajectory was inverted with."}),
+            "trajectory": (TRAJECTORY, {"tooltip": "From Invert (native) or Load Trajectory (native)."}),
+            "blocks": ("STRING", {"default": defaults.blocks, "tooltip": "'all', or indices and ranges like '0-7', "
+                                  "'0,2,4', '10-' of the model's blocks."}),
+            "start": ("FLOAT", {"default": defaults.start, "min": 0.0, "max": 1.0, "step": 0.05,
+                                "tooltip": "Fraction of the steps where injection starts."}),
+            "end": ("FLOAT", {"default": defaults.end, "min": 0.0, "max": 1.0, "step": 0.05,
+                              "tooltip": "Fraction of the steps where injection ends."}),
+            "weight": ("FLOAT", {"default": defaults.weight, "min": 0.0, "max": 100.0, "step": 0.5,
+                                 "tooltip": "log-bias log(weight) on the reference keys: 1 = plain concatenation, "
+                                            "0 = off, more = stronger pull to the source."}),
+            "rows": (list(attention.ROWS), {"default": defaults.rows,
+                                            "tooltip": "Inject into every CFG row, or only the conditional one."}),
+        }}
+
+    def patch(self, model, trajectory, blocks, start, end, weight, rows):
+        from . import native
+        traj = native_trajectory(trajectory, "Reference Attention (native)")
+        native.refuse_caches(model, "Reference Attention (native)")
+        count = native.wan_blocks(model)
+        if native.fingerprint(model) not in traj.extra["experts"]:
+            raise errors.InputError(f"this MODEL is not the one the trajectory was inverted with ({traj.model_name!r}: "
+                                    f"fingerprints {', '.join(traj.extra['experts'])})",
+                                    "Patch the model (or expert) that made the trajectory, with the same LoRAs.")
+        options = attention.ReferenceOptions(blocks=blocks, start=start, end=end, weight=weight, rows=rows)
+        options.validate(count)
+        patched = native.ReferencePatch(traj, options, options.block_indices(count)).install(model)
+        return {"ui": {"vinv_guidance": [{"steps": traj.steps, "active": list(options.active_steps(traj.steps)),
+                                          "blocks": blocks, "weight": weight}]}, "result": (patched,)}
+
+
+class NativeLoadTrajectory:
+    DESCRIPTION = ("Loads a trajectory of a ComfyUI MODEL (saved by Save Trajectory after Invert (native)) and "
+                   "checks it against the MODEL; returns it with its inverted NOISE.")
+    CATEGORY = NATIVE
+    RETURN_TYPES = (TRAJECTORY, "NOISE")
+    RETURN_NAMES = ("trajectory", "noise")
+    OUTPUT_TOOLTIPS = ("The loaded trajectory.", NOISE_TIP)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model (the high-noise expert of two) the trajectory belongs to."}),
+            "file": (trajectory_files(), {"tooltip": "A .safetensors trajectory from ComfyUI's input folder, or one "
+                                                     "saved to the output folder ('[output]')."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, file, **_):
+        try:
+            return hashlib.sha256(host.annotated_path(file).read_bytes()).hexdigest()
+        except (errors.InputError, OSError):
+            return str(file)
+
+    def load(self, model, file):
+        from . import native
+        traj = native_trajectory(trajectory.load(host.annotated_path(file)), "Load Trajectory (native)")
+        if native.fingerprint(model) != traj.extra["experts"][0]:
+            raise errors.InputError(f"this trajectory was made with another MODEL ({traj.model_name!r}, fingerprint "
+                                    f"{traj.extra['experts'][0]})", "Load the model (the high-noise expert) that "
+                                    "inverted the video, with the same LoRAs.")
+        return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise_of(traj, model))}
