@@ -482,8 +482,8 @@ class SVDFamily:
     solver_choice = False
 
     # -- model and VAE
-    def network(self, model: SVD) -> torch.nn.Module:
-        return model.unet
+    def networks(self, model: SVD) -> tuple[torch.nn.Module, ...]:
+        return (model.unet,)
 
     def encode_frames(self, model, images, frames, size, width, height, tiling):
         """Every frame (no temporal compression, no padding); 0 keeps the video's size, rounded down
@@ -652,7 +652,7 @@ class SVDFamily:
         return svd_attention.self_attention_layers(model.unet, options.blocks, options.temporal)
 
     def reference_processors(self, model, layers):
-        return svd_attention.processors(layers)
+        return (svd_attention.processors(layers),)
 
     def edit_mask_tokens(self, model, traj, cond):
         raise errors.InputError("Stable Video Diffusion has no prompt to take a mask from (by attention or by "
