@@ -522,6 +522,9 @@ class SVDFamily:
             raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; it does not apply to Stable "
                                     "Video Diffusion", "Turn dynamic_cfg off, or use Guided Sample (SVD) for SVD's "
                                     "frame-wise min/max guidance.")
+        if guidance.second is not None:
+            raise errors.InputError(f"a second expert's guidance {guidance.second} was given; Stable Video Diffusion "
+                                    "has one network", "Leave the second guidance unset.")
         check_guidance(guidance.first_scale, guidance.scale)
 
     def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):

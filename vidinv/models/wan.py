@@ -666,7 +666,7 @@ class WanFamily:
         check_image_condition(model, image_latents, latent)
 
     def check_guidance(self, guidance):
-        guidance.check_one_scale(self.display_name, experts=2)  # a one-network model refuses it in check_inputs
+        guidance.check_one_scale(self.display_name, experts=2)  # a one-network model refuses it in `denoiser`
         if guidance.dynamic:
             raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; Wan takes one scale",
                                     "Turn dynamic_cfg off for Wan.")
