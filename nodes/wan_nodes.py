@@ -23,6 +23,16 @@ STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
                             "WanPipeline's default)."})
 
 
+GUIDANCE_2 = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                        "tooltip": "Wan 2.2 two-expert models (A14B): the guidance of the low-noise expert "
+                                   "(transformer_2; diffusers' guidance_scale_2); 0 = the same as guidance. A "
+                                   "one-network model takes 0 (or the same value) only."})
+
+
+def guidance_of(guidance: float, guidance_2: float) -> Guidance:
+    return Guidance(guidance, second=guidance_2 if guidance_2 else None)
+
+
 def available_models() -> dict:
     """The bundled tiny Wan first (the default), then Wan folders under models/Wan and models/diffusers."""
     models = {name: path for name, path in host.BUNDLED_WAN_MODELS.items() if path.is_dir()}
@@ -38,7 +48,10 @@ class LoadWan(LoaderNode):
     DESCRIPTION = ("Loads a Wan 2.x text-to-video or image-to-video model from a diffusers-format folder "
                    "(transformer, VAE, UMT5 text encoder, tokenizer, scheduler; CLIP image encoder for image-to-"
                    "video). Folders are found under models/Wan and models/diffusers. Image-to-video models take "
-                   "the video's first frame as their conditioning (VAE Encode adds it). Wan 2.2 two-expert and "
+                   "the video's first frame as their conditioning (VAE Encode adds it). Wan 2.2: two-expert folders "
+                   "(A14B T2V and I2V: 'transformer' for high noise, 'transformer_2' for low noise, switched at "
+                   "boundary_ratio as diffusers does; with offload only the expert in use is on the GPU) and TI2V-5B "
+                   "(VAE Encode adds the first frame's latent, which replaces the first latent frame). Wan 2.1 "
                    "first-last-frame folders are refused with a message.")
     OUTPUT_TOOLTIPS = ("The loaded Wan model; the VAE, Reference Attention, Guided Sample and trajectory nodes "
                        "accept it too.",)
@@ -113,12 +126,16 @@ class WanInvert(InvertNode):
                                                "tooltip": "Anderson acceleration (safeguarded) or plain fixed-point "
                                                           "iteration."}),
             "trajectory_dtype": TRAJECTORY_DTYPE,
+        }, "optional": {
+            "guidance_2": GUIDANCE_2,
         }}
 
-    def invert(self, model, conditioning, latent, steps, guidance, iterations, tolerance, solver, trajectory_dtype):
+    def invert(self, model, conditioning, latent, steps, guidance, iterations, tolerance, solver, trajectory_dtype,
+               guidance_2=0.0):
         require_wan(model, "Flow Invert (Wan)")
         settings = Solver(iterations, tolerance, memory=5 if solver == "anderson" else 0)
-        return run_invert(model, conditioning, latent, steps, Guidance(guidance), settings, trajectory_dtype)
+        return run_invert(model, conditioning, latent, steps, guidance_of(guidance, guidance_2), settings,
+                          trajectory_dtype)
 
 
 class WanSample(SampleNode):
@@ -142,9 +159,10 @@ class WanSample(SampleNode):
                            "optimisation)."}),
         }, "optional": {
             "trajectory": (TRAJECTORY, {"tooltip": "The inversion's trajectory, for the 'source prompt' negative."}),
+            "guidance_2": GUIDANCE_2,
         }}
 
-    def sample(self, model, conditioning, latent, steps, guidance, negative, trajectory=None):
+    def sample(self, model, conditioning, latent, steps, guidance, negative, trajectory=None, guidance_2=0.0):
         require_wan(model, "Flow Sample (Wan)")
-        return run_sample("Flow Sample (Wan)", model, conditioning, latent, steps, Guidance(guidance), negative,
-                          trajectory)
+        return run_sample("Flow Sample (Wan)", model, conditioning, latent, steps, guidance_of(guidance, guidance_2),
+                          negative, trajectory)

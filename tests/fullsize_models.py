@@ -96,7 +96,7 @@ def samplers(model) -> dict:
     """name -> (ReferenceOptions or None for plain sampling, start, the trajectory's inversion
     guidance: a trajectory inverted under CFG gets a reference row per CFG row)."""
     opts = attention.ReferenceOptions
-    layers = int(families.of(model).network(model).config.num_layers)
+    layers = int(families.of(model).networks(model)[0].config.num_layers)
     text = families.of(model).name == "cogvideox"  # the published recipe injects the text tokens where there are any
     return {
         "plain": (None, "inverted", 1.0),
@@ -140,7 +140,7 @@ def step_flops(model, edit, traj, guidance: float) -> dict:
         for i, t in enumerate(traj.timesteps):
             if (i in active) not in per_kind:
                 with FlopCounterMode(display=False) as counter, \
-                        attention.installed(model.transformer, fam.reference_processors(model, layers)) as channel:
+                        attention.installed(fam.networks(model), fam.reference_processors(model, layers)) as channel:
                     ctx = None if opts is None else attention.per_step(
                         channel, layers, source.latent_for_step, call, opts.weight, opts.rows, guidance > 1.0,
                         active.__contains__, opts.text)(i, x)

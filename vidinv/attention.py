@@ -348,21 +348,29 @@ Processors = Callable[[Channel], dict]  # channel -> {processor name: processor 
 
 
 @contextlib.contextmanager
-def installed(module, processors: Processors):
-    """Swap reference processors into `module` (a diffusers model) for the duration of the block and
-    yield their `Channel`; `processors(channel)` makes them (a family's, for its chosen layers). The
-    model's own processors come back in ``finally``."""
+def installed(modules, processors):
+    """Swap reference processors into `modules` (a diffusers model, or a tuple of them: a family's
+    networks, such as Wan 2.2's two experts) for the duration of the block and yield their one
+    `Channel`; `processors` (one per module, `Processors`: ``processors(channel)`` makes them for a
+    family's chosen layers). Every model's own processors come back in ``finally``."""
+    if isinstance(modules, torch.nn.Module):
+        modules, processors = (modules,), (processors,)
     channel = Channel()
-    ours = processors(channel)
-    saved = module.attn_processors
-    unknown = [n for n in ours if n not in saved]
-    if unknown:
-        raise errors.InputError(f"no attention layer {unknown[0]!r} in this model", "Choose layers of this model.")
-    module.set_attn_processor({**saved, **ours})
+    saved = []
     try:
+        for module, make in zip(modules, processors, strict=True):
+            ours = make(channel)
+            own = module.attn_processors
+            unknown = [n for n in ours if n not in own]
+            if unknown:
+                raise errors.InputError(f"no attention layer {unknown[0]!r} in this model",
+                                        "Choose layers of this model.")
+            saved.append((module, own))
+            module.set_attn_processor({**own, **ours})
         yield channel
     finally:
-        module.set_attn_processor(saved)
+        for module, own in reversed(saved):
+            module.set_attn_processor(own)
 
 
 # ----------------------------------------------------------------------------- one guided step

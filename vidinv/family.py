@@ -27,10 +27,13 @@ class Guidance:
     dynamic: CogVideoX's dynamic CFG (a function of the timestep).
     first: SVD's frame-wise guidance, the first frame's scale (rising linearly to `scale`);
         None = `scale` on every frame.
+    second: the second network's scale where a family has two experts chosen by timestep (Wan 2.2
+        A14B's low-noise expert, diffusers' ``guidance_scale_2``); None = `scale`.
     """
     scale: float = 1.0
     dynamic: bool = False
     first: float | None = None
+    second: float | None = None
 
     @property
     def first_scale(self) -> float:
@@ -38,17 +41,28 @@ class Guidance:
         return self.scale if self.first is None else self.first
 
     @property
+    def second_scale(self) -> float:
+        """The second expert's scale (`scale` when both experts share it)."""
+        return self.scale if self.second is None else self.second
+
+    @property
     def uses_cfg(self) -> bool:
         """CFG rows are batched when any scale exceeds 1 (as the diffusers pipelines decide)."""
-        return max(self.scale, self.first_scale) > 1.0
+        return max(self.scale, self.first_scale, self.second_scale) > 1.0
 
-    def check_one_scale(self, family: str) -> None:
-        """What a family with one guidance scale (CogVideoX, Wan) accepts: a scale >= 1 and no
-        frame-wise first-frame scale; `family` names it in the message."""
+    def check_one_scale(self, family: str, experts: int = 1) -> None:
+        """What a family with one guidance scale per network (CogVideoX, Wan) accepts: scales >= 1, no
+        frame-wise first-frame scale, and a second expert's scale only with two `experts`; `family`
+        names it in the message."""
         check_scale(self.scale)
         if self.first is not None and self.first != self.scale:
             raise errors.InputError(f"first-frame guidance {self.first} is Stable Video Diffusion's frame-wise "
                                     f"guidance; {family} takes one scale", "Give one guidance scale.")
+        if self.second is not None and self.second != self.scale:
+            if experts < 2:
+                raise errors.InputError(f"a second expert's guidance {self.second} was given, and this {family} model "
+                                        "has one network", "Leave the second guidance unset (or equal to guidance).")
+            check_scale(self.second)
 
 
 def check_scale(guidance: float) -> None:
@@ -73,8 +87,10 @@ class Family(Protocol):
     solver_choice: bool  # whether its Invert node lets the user pick the solver (for hints)
 
     # -- model
-    def network(self, model) -> torch.nn.Module:
-        """The denoising network (what moves to the compute device for a sampling loop)."""
+    def networks(self, model) -> tuple[torch.nn.Module, ...]:
+        """The denoising networks, in a fixed order (what moves to the compute device for a sampling
+        loop, `loading.networks_on_device`, and receives the reference processors): one, or Wan
+        2.2's two experts chosen by timestep (its denoiser puts the one in use on the device)."""
 
     # -- VAE
     def encode_frames(self, model, images: torch.Tensor, frames: str, size: str, width: int, height: int,
@@ -157,8 +173,9 @@ class Family(Protocol):
     def reference_layers(self, model, options) -> tuple:
         """Keys of the attention layers that receive the reference (their K/V are recorded under them)."""
 
-    def reference_processors(self, model, layers) -> Callable:
-        """``processors(channel) -> {processor name: processor}`` for those layers (`vidinv.attention.installed`)."""
+    def reference_processors(self, model, layers) -> tuple[Callable, ...]:
+        """One ``processors(channel) -> {processor name: processor}`` per network of `networks` for those
+        layers (`vidinv.attention.installed` swaps them into every network, with one channel)."""
 
     # -- edit masks (`vidinv.editmask`)
     def edit_mask_tokens(self, model, traj, cond) -> torch.Tensor:

@@ -21,7 +21,7 @@ from . import attention, editmask, errors, families, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
-from .models.loading import DTYPES, on_device
+from .models.loading import DTYPES, networks_on_device
 from .trajectory import STORAGE_DTYPES, Trajectory
 
 
@@ -63,7 +63,7 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
         hooks.after_step(info["i"], steps, {k: v for k, v in info.items() if k not in ("i", "x", "stats")}
                          | {"residual": info["stats"].residual, "calls": info["stats"].calls})
 
-    with on_device(fam.network(model), model):
+    with networks_on_device(fam.networks(model), model):
         latents, stats = solver.invert(denoise, latent, grid, settings, callback=after)
     return record(model, fam, cond, guidance, grid, image_latents, latents, storage, iterations=int(settings.iters),
                   tolerance=float(settings.tol), extra={**settings.record(), "pad_frames": int(pad_frames)},
@@ -90,7 +90,7 @@ def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Gui
         hooks.after_step(info["i"], steps, {k: v for k, v in info.items() if k not in ("i", "x", "map")}
                          | {"residual": 0.0, "calls": 1})
 
-    with on_device(fam.network(model), model):
+    with networks_on_device(fam.networks(model), model):
         latents, maps = friendly.invert(denoise, latent, grid, torch.Generator().manual_seed(int(seed)),
                                         callback=after)
     return record(model, fam, cond, guidance, grid, image_latents, latents, storage, iterations=0, tolerance=0.0,
@@ -116,7 +116,7 @@ def run(model, fam, denoise, noise: torch.Tensor, grid: solver.Grid, hooks: Hook
     def after(info):
         hooks.after_step(info["i"], grid.steps, {k: v for k, v in info.items() if k != "i"})
 
-    with on_device(fam.network(model), model):
+    with networks_on_device(fam.networks(model), model):
         if noise_maps is None:
             return solver.sample(denoise, noise, grid, after, start, blend)
         return friendly.sample(denoise, noise, grid, noise_maps, callback=after, start=start, blend=blend)
@@ -216,7 +216,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)
     active = set(opts.active_steps(traj.steps))
-    with attention.installed(fam.network(model), fam.reference_processors(model, layers)) as channel:
+    with attention.installed(fam.networks(model), fam.reference_processors(model, layers)) as channel:
         per_step = attention.per_step(channel, layers, traj.latent_for_step, reference, opts.weight, opts.rows,
                                       guidance.uses_cfg, active.__contains__, opts.text)
 
@@ -254,7 +254,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
         if rows.any():
             predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, im), hooks)
                        for c, im in ((fam.source_conditioning(traj), source_image), (cond, image))]
-            with on_device(fam.network(model), model):
+            with networks_on_device(fam.networks(model), model):
                 scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
         else:  # neither the prompt nor the first frame changed (a reconstruction): the map is empty
             scores = torch.zeros(noise.shape[0], noise.shape[1], *noise.shape[-2:])

@@ -119,3 +119,39 @@ def test_options_wan_does_not_have_are_refused(pack, graph, errors):
         m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 3.0, False, "inverted", 0, "null-text")
     with pytest.raises(errors.InputError, match="the trajectory has 8 steps|inverted noise"):
         m["VInvWanSample"]().sample(graph["model"], graph["cond"], graph["noise"], 5, 1.0, "conditioning")
+
+
+def test_wan22_nodes_two_experts_and_ti2v(pack, errors, tmp_path):
+    """Load Wan Model takes a two-expert folder and a TI2V folder; Flow Invert / Flow Sample take the
+    low-noise expert's guidance (recorded in the trajectory) and round-trip; VAE Encode adds TI2V's
+    first-frame latent and Flow Sample of the inverted noise gives the latent back; a one-network
+    model refuses a second guidance."""
+    host = pack.nodes.host
+    saved = dict(host._FALLBACK_DIRS)
+    host._FALLBACK_DIRS.update(models=tmp_path / "models", input=tmp_path / "input", output=tmp_path / "output")
+    write_tiny_wan(tmp_path / "models" / "Wan" / "two", seed=5, boundary_ratio=0.875)
+    write_tiny_wan(tmp_path / "models" / "Wan" / "ti2v", seed=6, ti2v=True)
+    write_tiny_wan(tmp_path / "models" / "Wan" / "one")
+    m = pack.NODE_CLASS_MAPPINGS
+    try:
+        for name, size, g2 in (("two", 16, 3.0), ("ti2v", 32, 0.0)):
+            model, = m["VInvLoadWan"]().load(name, "fp32", "none")
+            frames = torch.rand(5, size, size, 3, generator=torch.Generator().manual_seed(1))
+            latent, _ = m["VInvVAEEncode"]().encode(model, frames, "trim to 4k+1", "resize and crop", size, size,
+                                                    "auto")["result"]
+            assert (latent["vinv"]["image_latents"] is not None) == (name == "ti2v")
+            cond, = m["VInvWanEncodeText"]().encode(model, "a red circle", "")["result"]
+            traj, noise = m["VInvWanInvert"]().invert(model, cond, latent, 6, 4.0, 30, 1e-7, "anderson", "fp32",
+                                                      guidance_2=g2)["result"]
+            assert traj.conditioning.get("guidance_2") == (g2 or None)
+            back, = m["VInvWanSample"]().sample(model, cond, noise, 6, 4.0, "conditioning", guidance_2=g2)
+            assert rel(back["samples"], latent["samples"]) < 1e-3
+        one, = m["VInvLoadWan"]().load("one", "fp32", "none")
+        cond, = m["VInvWanEncodeText"]().encode(one, "a red circle", "")["result"]
+        frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+        latent, _ = m["VInvVAEEncode"]().encode(one, frames, "trim to 4k+1", "resize and crop", 16, 16, "auto")["result"]
+        with pytest.raises(errors.InputError, match="one network"):
+            m["VInvWanInvert"]().invert(one, cond, latent, 4, 4.0, 3, 1e-7, "anderson", "fp32", guidance_2=2.0)
+    finally:
+        host._FALLBACK_DIRS.clear()
+        host._FALLBACK_DIRS.update(saved)

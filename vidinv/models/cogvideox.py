@@ -452,8 +452,8 @@ class CogVideoXFamily:
     solver_choice = True
 
     # -- model and VAE
-    def network(self, model: CogVideoX) -> torch.nn.Module:
-        return model.transformer
+    def networks(self, model: CogVideoX) -> tuple[torch.nn.Module, ...]:
+        return (model.transformer,)
 
     def encode_frames(self, model, images, frames, size, width, height, tiling):
         """4k+1 frames fitted to the model's size grid; 1.5's frame pairs padded; I2V's first frame
@@ -584,7 +584,7 @@ class CogVideoXFamily:
         return options.block_indices(int(model.transformer.config.num_layers))
 
     def reference_processors(self, model, layers):
-        return cogvideox_attention.processors(model.transformer, layers)
+        return (cogvideox_attention.processors(model.transformer, layers),)
 
     # -- edit masks
     def edit_mask_tokens(self, model, traj, cond):

@@ -124,6 +124,39 @@ def on_device(module: torch.nn.Module, model):
                 module.to(model.offload_device)
 
 
+@contextlib.contextmanager
+def networks_on_device(modules, model):
+    """The denoising networks of one sampling or inversion loop on ``model.device``. One network moves
+    there for the loop. Of several (experts chosen by timestep), when the model offloads, only the
+    one in use is on the device: the family's denoiser calls `use` before each call. Every network
+    is back on ``model.offload_device`` afterwards."""
+    modules = tuple(modules)
+    if len(modules) == 1:
+        with on_device(modules[0], model):
+            yield
+        return
+    try:
+        yield
+    finally:
+        if model.offload_device != model.device:
+            with torch.inference_mode(False):
+                for m in modules:
+                    m.to(model.offload_device)
+
+
+def use(module: torch.nn.Module, modules, model) -> torch.nn.Module:
+    """`module` (one of the networks `modules`) on ``model.device`` for the next call; when the model
+    offloads, the others go back to ``model.offload_device`` first, so one network at a time takes
+    device memory."""
+    with torch.inference_mode(False):
+        if model.offload_device != model.device:
+            for m in modules:
+                if m is not module:
+                    m.to(model.offload_device)
+        module.to(model.device)
+    return module
+
+
 # ----------------------------------------------------------------------------- inference mode
 
 def outside_inference_mode(fn):

@@ -483,8 +483,8 @@ class SVDFamily:
     solver_choice = False
 
     # -- model and VAE
-    def network(self, model: SVD) -> torch.nn.Module:
-        return model.unet
+    def networks(self, model: SVD) -> tuple[torch.nn.Module, ...]:
+        return (model.unet,)
 
     def encode_frames(self, model, images, frames, size, width, height, tiling):
         """Every frame (no temporal compression, no padding); 0 keeps the video's size, rounded down
@@ -523,6 +523,9 @@ class SVDFamily:
             raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; it does not apply to Stable "
                                     "Video Diffusion", "Turn dynamic_cfg off, or use Guided Sample (SVD) for SVD's "
                                     "frame-wise min/max guidance.")
+        if guidance.second is not None:
+            raise errors.InputError(f"a second expert's guidance {guidance.second} was given; Stable Video Diffusion "
+                                    "has one network", "Leave the second guidance unset.")
         check_guidance(guidance.first_scale, guidance.scale)
 
     def denoiser(self, model, cond, guidance, grid, image_latents=None, negative=None, attention=None, positive=None):
@@ -653,7 +656,7 @@ class SVDFamily:
         return svd_attention.self_attention_layers(model.unet, options.blocks, options.temporal)
 
     def reference_processors(self, model, layers):
-        return svd_attention.processors(layers)
+        return (svd_attention.processors(layers),)
 
     def edit_mask_tokens(self, model, traj, cond):
         raise errors.InputError("Stable Video Diffusion has no prompt to take a mask from (by attention or by "

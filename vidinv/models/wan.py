@@ -6,24 +6,41 @@ Every shape and setting is read from the folder's configs: latent channels (``z_
 spatial and temporal compression (``scale_factor_spatial`` / ``scale_factor_temporal``), the latent
 normalisation (``latents_mean`` / ``latents_std``), the transformer's patch size, heads, layers and
 input channels, the text width, the CLIP image width (``image_dim``), the flow shift of the scheduler.
-Wan 2.1 T2V 1.3B / 14B, Wan 2.1 I2V 14B (480p, 720p) and the bundled tiny model take the same path
-(Wan 2.2 TI2V-5B used for text-to-video is single-transformer and should too; nothing tests it
-yet).
+Wan 2.1 T2V 1.3B / 14B, Wan 2.1 I2V 14B (480p, 720p), Wan 2.2 TI2V-5B, Wan 2.2 T2V / I2V A14B and the
+bundled tiny model take the same path.
+
+Wan 2.2 A14B folders hold two experts, ``transformer`` (high noise) and ``transformer_2`` (low noise),
+and ``boundary_ratio`` in model_index.json: as the diffusers pipelines do, a step at model time t
+uses the first when ``t >= boundary_ratio * num_train_timesteps`` (compared in float32, as a
+timestep tensor compares), else the second (`expert_index`), with its own guidance scale
+(``Guidance.second``, diffusers' ``guidance_scale_2``). The inverse step calls the expert of its
+noisier point, which is the one the sampler calls there. With offloading only the expert in use is on
+the device (`loading.use`).
 
 Image-to-video (`ImageCondition`), as WanImageToVideoPipeline conditions: the video's first frame,
 encoded by the VAE as the clip [first frame, grey frames] and normalised, rides with the latent on
 channels after a first-frame mask (``scale_factor_temporal`` channels, ones on the first latent frame);
 the CLIP vision encoder's second-to-last hidden states of that frame enter cross-attention ahead of
-the text (``encoder_hidden_states_image``), the same for both CFG rows.
+the text (``encoder_hidden_states_image``), the same for both CFG rows (Wan 2.2 I2V A14B has no CLIP
+encoder: ``image_dim`` is null, and only the channels carry the frame).
 
-Refused with a message: Wan 2.2's two-expert folders (``transformer_2`` with ``boundary_ratio``) and
-Wan 2.1 first-last-frame folders (``pos_embed_seq_len``: two images), which this version leaves for
-later.
+Wan 2.2 TI2V-5B (``expand_timesteps`` in model_index.json, a transformer that takes the latent alone)
+samples text-to-video without a first frame, and image-to-video with one, as WanImageToVideoPipeline
+does with ``expand_timesteps``: the first latent frame of the transformer's input is the first
+frame's latent (`ImageCondition` of one latent frame), and the transformer gets per-token timesteps,
+0 on that frame's tokens (it is clean) and t elsewhere. The first latent frame of the sampled latent
+is clean at every step: its velocity is the one whose clean estimate is the image latent,
+``(x - image) / sigma`` (`first_frame_velocity`), so a sample from any noise ends on the image latent
+(where diffusers puts it back after the loop), and every latent of an inversion keeps it there.
+
+Refused with a message: Wan 2.1 first-last-frame folders (``pos_embed_seq_len``: two images), which
+this version leaves for later.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import math
 from pathlib import Path
@@ -67,15 +84,8 @@ def check_model_folder(path: Path) -> None:
     if not loading.readable_check(is_model_folder, path, "transformer/config.json"):
         raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
                                 "Choose a Wan model folder.")
-    index = loading.read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
-    second = index.get("transformer_2")
-    if (path / "transformer_2").is_dir() or (isinstance(second, list) and second[0] is not None):
-        raise errors.InputError(
-            f"{path.name!r} is a Wan 2.2 two-expert folder (a high-noise 'transformer' and a low-noise "
-            f"'transformer_2' switched at boundary_ratio {index.get('boundary_ratio')!r}); this version of the pack "
-            "inverts single-transformer Wan models only",
-            "Use a single-transformer Wan folder (Wan 2.1 T2V 1.3B or 14B); two-expert support is planned.")
     tcfg = loading.read_json(path / "transformer" / "config.json")
+    check_experts(path, tcfg, folder_index(path))
     if tcfg.get("pos_embed_seq_len"):
         raise errors.InputError(
             f"{path.name!r} is a Wan first-last-frame folder (pos_embed_seq_len {tcfg['pos_embed_seq_len']!r}: CLIP "
@@ -88,6 +98,46 @@ def check_model_folder(path: Path) -> None:
             f"{', '.join(missing)}", "Download the whole diffusers repository (for example "
             "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers): its CLIP image encoder and image processor are needed.")
     check_channels(path, tcfg)
+
+
+def folder_index(path: Path) -> dict:
+    return loading.read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+
+
+EXPERT_KEYS = ("in_channels", "out_channels", "patch_size", "num_layers", "num_attention_heads", "attention_head_dim",
+               "text_dim", "image_dim", "added_kv_proj_dim", "rope_max_seq_len")  # must agree between the experts
+
+
+def check_experts(path: Path, tcfg: dict, index: dict) -> None:
+    """A Wan 2.2 two-expert folder: ``transformer_2`` beside ``transformer``, a ``boundary_ratio`` in
+    (0, 1) to switch at, and experts of one shape; and ``expand_timesteps`` only on a transformer that
+    takes the latent alone (TI2V-5B)."""
+    second, ratio = index.get("transformer_2"), index.get("boundary_ratio")
+    named = isinstance(second, list) and second[0] is not None
+    if named or (path / "transformer_2").is_dir():
+        if not (path / "transformer_2" / "config.json").is_file():
+            raise errors.InputError(f"{path.name!r}: model_index.json names a 'transformer_2' (Wan 2.2 low-noise "
+                                    "expert) that the folder does not hold",
+                                    "Download the whole diffusers repository (for example "
+                                    "Wan-AI/Wan2.2-T2V-A14B-Diffusers), both transformers.")
+        if not (errors.is_number(ratio) and 0 < ratio < 1):
+            raise errors.InputError(f"{path.name!r} holds two Wan experts but its boundary_ratio is "
+                                    f"{errors.describe_value(ratio)}, not a number between 0 and 1",
+                                    "Use the folder's own model_index.json (Wan 2.2 A14B: 0.875 T2V, 0.9 I2V).")
+        other = loading.read_json(path / "transformer_2" / "config.json")
+        bad = [k for k in EXPERT_KEYS if tcfg.get(k) != other.get(k)]
+        if bad:
+            raise errors.InputError(f"{path.name!r}: the two experts differ in {bad[0]} ({tcfg.get(bad[0])!r} in "
+                                    f"transformer, {other.get(bad[0])!r} in transformer_2)",
+                                    "The two transformers of this folder do not belong together.")
+    elif ratio is not None:
+        raise errors.InputError(f"{path.name!r} has a boundary_ratio ({ratio!r}) but no 'transformer_2' to switch to",
+                                "Download the whole two-expert folder, or remove boundary_ratio from model_index.json.")
+    vcfg = loading.read_json(path / "vae" / "config.json")
+    if index.get("expand_timesteps") and int(tcfg.get("in_channels", 16)) != int(vcfg.get("z_dim", 16)):
+        raise errors.InputError(f"{path.name!r}: expand_timesteps (Wan 2.2 TI2V's first frame in place of the first "
+                                f"latent frame) with a transformer of in_channels {tcfg.get('in_channels')!r} that "
+                                "also takes channel conditioning", "Use the folder's own model_index.json.")
 
 
 def check_channels(path: Path, tcfg: dict) -> None:
@@ -130,6 +180,29 @@ class Wan:
     image_processor: object = None
     reference: object = None
     family: str = "wan"
+    transformer_2: torch.nn.Module | None = None  # Wan 2.2 A14B: the low-noise expert
+    boundary_ratio: float | None = None  # with transformer_2: where the experts switch
+    expand_timesteps: bool = False  # Wan 2.2 TI2V: per-token timesteps, the first frame's latent in place
+
+    @property
+    def experts(self) -> tuple[torch.nn.Module, ...]:
+        """The denoising networks, high noise first."""
+        return (self.transformer,) if self.transformer_2 is None else (self.transformer, self.transformer_2)
+
+    @property
+    def boundary(self) -> float | None:
+        """The model time where the low-noise expert takes over (None: one network)."""
+        if self.transformer_2 is None:
+            return None
+        return float(self.boundary_ratio) * int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def expert(self, t: float) -> torch.nn.Module:
+        return self.experts[expert_index(t, self.boundary)]
+
+    @property
+    def first_frame_in_place(self) -> bool:
+        """Wan 2.2 TI2V: image-to-video puts the first frame's latent in place of the first latent frame."""
+        return self.expand_timesteps and not self.is_i2v
 
     @property
     def latent_channels(self) -> int:
@@ -174,6 +247,11 @@ class Wan:
         return int(self.transformer.config.in_channels) != self.latent_channels
 
     @property
+    def takes_first_frame(self) -> bool:
+        """Whether a first frame conditions this model (always for I2V, optionally for TI2V)."""
+        return self.is_i2v or self.first_frame_in_place
+
+    @property
     def condition_channels(self) -> int:
         """Channels of the I2V condition: the first-frame mask (one per frame of the temporal factor) and
         the first frame's latent (0 for text-to-video)."""
@@ -181,22 +259,44 @@ class Wan:
 
     def describe(self) -> str:
         c = self.transformer.config
-        return (f"{self.name}: Wan {'I2V' if self.is_i2v else 'T2V'}, {c.num_layers} blocks, {c.num_attention_heads} heads x {c.attention_head_dim}, "
+        kind = "I2V" if self.is_i2v else "TI2V" if self.first_frame_in_place else "T2V"
+        experts = ""
+        if self.transformer_2 is not None:
+            experts = (f", two experts (high noise at model time >= {self.boundary:g}, boundary_ratio "
+                       f"{self.boundary_ratio:g}; "
+                       + ("offloaded: only the expert in use on the device)" if self.offload_device != self.device
+                          else "both on the device)"))
+        return (f"{self.name}: Wan {kind}, {c.num_layers} blocks, {c.num_attention_heads} heads x {c.attention_head_dim}, "
                 f"{self.latent_channels} latent channels, patch {list(self.patch_size)}, VAE {self.spatial_factor}x/"
-                f"{self.temporal_factor}x, flow shift {self.flow_shift:g}, {str(self.dtype).replace('torch.', '')}")
+                f"{self.temporal_factor}x, flow shift {self.flow_shift:g}, {str(self.dtype).replace('torch.', '')}"
+                f"{experts}")
 
 
-def fingerprint(path: Path, transformer) -> str:
-    return loading.fingerprint([path / sub / name for sub in ("transformer", "scheduler", "vae", *I2V_SUBFOLDERS)
-                                for name in ("config.json", "scheduler_config.json", "preprocessor_config.json")],
-                               transformer)
+def expert_index(t: float, boundary: float | None) -> int:
+    """0 (the high-noise expert) at model time ``t >= boundary``, else 1, compared in float32 as the
+    diffusers pipelines compare their float32 timestep tensor with the boundary; 0 without a boundary."""
+    if boundary is None:
+        return 0
+    return 0 if torch.tensor(float(t), dtype=torch.float32) >= torch.tensor(boundary, dtype=torch.float32) else 1
+
+
+def fingerprint(path: Path, transformer, transformer_2=None, boundary_ratio=None, expand_timesteps=False) -> str:
+    """The configs and the transformer's weights; a two-expert folder adds the second expert's and the
+    boundary, a TI2V folder its per-token timesteps (a single-transformer Wan 2.1 folder's is unchanged)."""
+    one = loading.fingerprint([path / sub / name for sub in ("transformer", "scheduler", "vae", *I2V_SUBFOLDERS)
+                               for name in ("config.json", "scheduler_config.json", "preprocessor_config.json")],
+                              transformer)
+    if transformer_2 is None and not expand_timesteps:
+        return one
+    two = "" if transformer_2 is None else loading.fingerprint([path / "transformer_2" / "config.json"], transformer_2)
+    return hashlib.sha256(f"{one}|{two}|{boundary_ratio!r}|{bool(expand_timesteps)}".encode()).hexdigest()[:16]
 
 
 @loading.outside_inference_mode
 def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str | None = None) -> Wan:
-    """Load a diffusers Wan text-to-video or image-to-video folder. Modules rest on `offload_device` and move to
-    `device` for the stage that uses them. `from_pretrained` of the transformer needs `accelerate`
-    (DESIGN fact 10)."""
+    """Load a diffusers Wan text-to-video or image-to-video folder (Wan 2.2: with its two experts, or
+    TI2V's per-token timesteps). Modules rest on `offload_device` and move to `device` for the stage
+    that uses them. `from_pretrained` of the transformer needs `accelerate` (DESIGN fact 10)."""
     path = Path(path)
     check_model_folder(path)
     flow.check_config(loading.read_json(path / "scheduler" / "scheduler_config.json"))
@@ -216,6 +316,13 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
     offload_device = torch.device(offload_device or device)
     transformer = WanTransformer3DModel.from_pretrained(
         path / "transformer", **dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype))
+    index = folder_index(path)
+    transformer_2 = boundary_ratio = None
+    if (path / "transformer_2").is_dir():
+        transformer_2 = WanTransformer3DModel.from_pretrained(
+            path / "transformer_2", **dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype))
+        boundary_ratio = float(index["boundary_ratio"])
+    expand = bool(index.get("expand_timesteps", False))
     vae = AutoencoderKLWan.from_pretrained(path / "vae", **dtype_kwarg(diffusers.__version__, (0, 42), torch_dtype))
     text_encoder = UMT5EncoderModel.from_pretrained(
         path / "text_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
@@ -227,11 +334,13 @@ def load(path, dtype: str = "fp32", device=None, offload_device=None, name: str 
         image_encoder = CLIPVisionModel.from_pretrained(
             path / "image_encoder", **dtype_kwarg(transformers.__version__, (4, 56), torch_dtype))
         image_processor = CLIPImageProcessor.from_pretrained(path / "image_processor")
-    for m in (transformer, vae, text_encoder, image_encoder):
+    for m in (transformer, transformer_2, vae, text_encoder, image_encoder):
         if m is not None:
             m.eval().requires_grad_(False).to(offload_device)
     return Wan(name or path.name, str(path), transformer, vae, text_encoder, tokenizer, scheduler_config,
-               torch_dtype, device, offload_device, fingerprint(path, transformer), image_encoder, image_processor)
+               torch_dtype, device, offload_device,
+               fingerprint(path, transformer, transformer_2, boundary_ratio, expand), image_encoder, image_processor,
+               transformer_2=transformer_2, boundary_ratio=boundary_ratio, expand_timesteps=expand)
 
 
 # ----------------------------------------------------------------------------- text
@@ -326,8 +435,10 @@ class ImageCondition:
     """What an image-to-video sample is conditioned on, from its first frame: `latents` ``[B, F, M + C,
     h, w]`` (the first-frame mask, M = the VAE's temporal factor, then the VAE latent of [first frame,
     grey frames], normalised), concatenated to the noisy latent on channels at every call, and
-    `embeds` ``[B, N, D]`` (CLIP tokens; None for a transformer without ``image_dim``). It rides
-    with the latent as its image conditioning; `shape` is the latents' (what the pipeline compares)."""
+    `embeds` ``[B, N, D]`` (CLIP tokens; None for a transformer without ``image_dim``). Wan 2.2 TI2V:
+    `latents` ``[B, 1, C, h, w]``, the first frame's normalised VAE latent, put in place of the first
+    latent frame at every call, and no `embeds`. It rides with the latent as its image conditioning;
+    `shape` is the latents' (what the pipeline compares)."""
     latents: torch.Tensor
     embeds: torch.Tensor | None
 
@@ -346,7 +457,9 @@ class ImageCondition:
 def encode_image_condition(model: Wan, first_frame: torch.Tensor, latent_frames: int,
                            tiling: str = "auto") -> ImageCondition:
     """The I2V conditioning of a first frame (IMAGE ``[1, H, W, 3]``, already at the video's size) for a
-    latent of `latent_frames` frames, as WanImageToVideoPipeline builds it."""
+    latent of `latent_frames` frames, as WanImageToVideoPipeline builds it (TI2V: the frame's latent)."""
+    if model.first_frame_in_place:
+        return ImageCondition(encode_video(model, first_frame[:1], tiling), None)
     n = (latent_frames - 1) * model.temporal_factor + 1
     clip = torch.cat([first_frame[:1], torch.full((n - 1, *first_frame.shape[1:]), GREY)])
     z = encode_video(model, clip, tiling)  # [1, F, C, h, w]
@@ -364,7 +477,18 @@ def encode_image_condition(model: Wan, first_frame: torch.Tensor, latent_frames:
 
 def check_image_condition(model: Wan, image, latent: torch.Tensor) -> None:
     """An image-to-video model needs its first-frame conditioning, of the latent's frames and size;
-    a text-to-video model takes none."""
+    a text-to-video model takes none; TI2V takes none or one first-frame latent."""
+    if model.first_frame_in_place:
+        if image is None:
+            return
+        want = (1, model.latent_channels, *latent.shape[-2:])
+        if not isinstance(image, ImageCondition) or image.embeds is not None or \
+                tuple(image.latents.shape[1:]) != want or image.latents.shape[0] not in (1, latent.shape[0]):
+            raise errors.InputError(f"{model.name} (Wan 2.2 TI2V) takes the first frame's latent [1 or B, "
+                                    f"{', '.join(map(str, want))}] as its image conditioning, got "
+                                    f"{describe_condition(image)}", "Encode the video with this model's VAE Encode "
+                                    "node (it adds the first frame's latent).")
+        return
     if not model.is_i2v:
         if image is not None:
             raise errors.InputError(f"the latent carries image-to-video conditioning, which {model.name} (Wan "
@@ -385,6 +509,12 @@ def check_image_condition(model: Wan, image, latent: torch.Tensor) -> None:
         raise errors.InputError(f"{model.name} takes CLIP image tokens of width {width}, the conditioning has "
                                 f"{'none' if image.embeds is None else image.embeds.shape[-1]}",
                                 "Encode the video with this model's VAE Encode node.")
+
+
+def describe_condition(image) -> str:
+    if isinstance(image, ImageCondition):
+        return f"latents {tuple(image.latents.shape)}" + ("" if image.embeds is None else " with CLIP tokens")
+    return type(image).__name__
 
 
 # ----------------------------------------------------------------------------- denoiser
@@ -410,21 +540,50 @@ def transformer_call(model: Wan, x: torch.Tensor, text: torch.Tensor, t: float,
     rows, image_tokens = x.shape[0], None
     if image is not None:
         image = image.rows(rows)
-        x = torch.cat([x, image.latents.to(x.dtype)], dim=2)
-        image_tokens = None if image.embeds is None else image.embeds.to(model.device, model.dtype)
+        if model.first_frame_in_place:  # TI2V: the first frame's latent in place of the first latent frame
+            x = torch.cat([image.latents.to(x.dtype), x[:, 1:]], dim=1)
+        else:
+            x = torch.cat([x, image.latents.to(x.dtype)], dim=2)
+            image_tokens = None if image.embeds is None else image.embeds.to(model.device, model.dtype)
     inp = x.to(model.device, model.dtype).permute(0, 2, 1, 3, 4)  # the transformer's [B, C, F, H, W]
-    timestep = torch.full((rows,), float(t), device=model.device, dtype=torch.float32)
-    out = model.transformer(hidden_states=inp, timestep=timestep, encoder_hidden_states=text.to(model.device, model.dtype),
-                            encoder_hidden_states_image=image_tokens, return_dict=False)[0]
+    if model.expand_timesteps:
+        timestep = token_timesteps(model, x.shape, t, image is not None).to(model.device).expand(rows, -1)
+    else:
+        timestep = torch.full((rows,), float(t), device=model.device, dtype=torch.float32)
+    network = loading.use(model.expert(t), model.experts, model)
+    out = network(hidden_states=inp, timestep=timestep, encoder_hidden_states=text.to(model.device, model.dtype),
+                  encoder_hidden_states_image=image_tokens, return_dict=False)[0]
     return out.permute(0, 2, 1, 3, 4).to(torch.promote_types(out.dtype, torch.float32))
 
 
-def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.Grid, negative=None, attention=None,
-                  image: ImageCondition | None = None):
-    """``denoise(x, i)`` for step i of the flow grid: the CFG rows batched into one transformer call,
-    combined ``u + s (c - u)``; the same callable serves sampling and inversion. `image`: an
-    image-to-video model's first-frame conditioning."""
-    use_cfg = guidance > 1.0
+def token_timesteps(model: Wan, shape, t: float, first_frame: bool) -> torch.Tensor:
+    """``[1, tokens]`` float32 model times of a TI2V call on a latent of `shape` ``[R, F, C, h, w]``: t on
+    every patch, 0 on the first latent frame's when it is the first frame's latent (clean), as
+    WanImageToVideoPipeline samples its frame mask at the patch grid."""
+    p_t, p_h, p_w = model.patch_size
+    mask = torch.ones(shape[1], *shape[-2:], dtype=torch.float32)
+    if first_frame:
+        mask[0] = 0.0
+    return (mask[::p_t, ::p_h, ::p_w] * torch.tensor(float(t), dtype=torch.float32)).flatten()[None]
+
+
+def first_frame_velocity(x: torch.Tensor, out: torch.Tensor, image: ImageCondition, sigma: float) -> torch.Tensor:
+    """TI2V with a first frame: the first latent frame's velocity is the one whose clean estimate
+    ``x - sigma v`` is the image latent, so that frame reaches it at sigma 0 and an inversion from it
+    stays on it (the transformer's own output there belongs to no token it denoises)."""
+    out = out.clone()
+    target = image.rows(x.shape[0]).latents[:, 0].to(out.dtype)
+    out[:, 0] = (x[:, 0].to(out.dtype) - target) / sigma
+    return out
+
+
+def make_denoiser(model: Wan, cond: Conditioning, guidance: Guidance, grid: solver.Grid, negative=None,
+                  attention=None, image: ImageCondition | None = None):
+    """``denoise(x, i)`` for step i of the flow grid: the CFG rows batched into one call of the expert
+    of the step's model time (`expert_index`), combined ``u + s (c - u)`` with that expert's scale
+    (`Guidance.second` for the low-noise one); the same callable serves sampling and inversion.
+    `image`: an image-to-video model's first-frame conditioning."""
+    use_cfg = guidance.uses_cfg
 
     def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
         t = grid.timesteps[i]
@@ -434,8 +593,12 @@ def make_denoiser(model: Wan, cond: Conditioning, guidance: float, grid: solver.
             out = transformer_call(model, torch.cat([x, x]) if use_cfg else x, text, t, image)
         if use_cfg:
             u, c = out.chunk(2)
-            out = u + guidance * (c - u)
-        return out.cpu()
+            scale = guidance.scale if expert_index(t, model.boundary) == 0 else guidance.second_scale
+            out = u + scale * (c - u)
+        out = out.cpu()
+        if image is not None and model.first_frame_in_place:
+            out = first_frame_velocity(x, out, image, grid.sigmas[i])
+        return out
 
     return denoise
 
@@ -469,8 +632,8 @@ class WanFamily:
     grid_kind = flow.KIND
     solver_choice = True
 
-    def network(self, model: Wan) -> torch.nn.Module:
-        return model.transformer
+    def networks(self, model: Wan) -> tuple[torch.nn.Module, ...]:
+        return model.experts
 
     def encode_frames(self, model, images, frames, size, width, height, tiling):
         """4k+1 frames (the VAE's temporal factor), fitted to the size grid; 0 keeps the video's size,
@@ -480,7 +643,9 @@ class WanFamily:
         h, w = images.shape[1:3]
         clip, note_size = video.fit_size(clip, height or max(m, h // m * m), width or max(m, w // m * m), m, size)
         z = encode_video(model, clip, tiling)
-        image = encode_image_condition(model, clip[:1], z.shape[1], tiling) if model.is_i2v else None
+        image = encode_image_condition(model, clip[:1], z.shape[1], tiling) if model.takes_first_frame else None
+        if image is not None and model.first_frame_in_place:  # TI2V: the latent the sampler ends on
+            z[:, :1] = image.latents
         return z, image, 0, clip, f"{note_frames}; {note_size}"
 
     def encode_video(self, model, frames):
@@ -502,7 +667,7 @@ class WanFamily:
         check_image_condition(model, image_latents, latent)
 
     def check_guidance(self, guidance):
-        guidance.check_one_scale(self.display_name)
+        guidance.check_one_scale(self.display_name, experts=2)  # a one-network model refuses it in `denoiser`
         if guidance.dynamic:
             raise errors.InputError("dynamic_cfg is CogVideoX's guidance schedule; Wan takes one scale",
                                     "Turn dynamic_cfg off for Wan.")
@@ -511,17 +676,20 @@ class WanFamily:
         if positive is not None:
             raise errors.InputError("prompt tuning is CogVideoX's; a Wan trajectory carries no tuned embeddings",
                                     "Set tuned_eta to 1 for Wan.")
-        return make_denoiser(model, cond, guidance.scale, grid, negative, attention, image_latents)
+        guidance.check_one_scale(self.display_name, len(model.experts))  # before any model call
+        return make_denoiser(model, cond, guidance, grid, negative, attention, image_latents)
 
     # -- trajectories
     def trajectory_fields(self, model, cond, guidance, grid, image_latents):
         image = dict(image_latents=image_latents.latents.float(), image_embeds=image_latents.embeds) \
             if image_latents is not None else {}
+        second = {} if guidance.second is None else dict(conditioning={"guidance_2": float(guidance.second)})
         return dict(prompt=cond.prompt, negative_prompt=cond.negative_prompt, embeds=cond.embeds,
-                    negative_embeds=cond.negative_embeds, guidance=float(guidance.scale), dynamic_cfg=False, **image)
+                    negative_embeds=cond.negative_embeds, guidance=float(guidance.scale), dynamic_cfg=False,
+                    **image, **second)
 
     def trajectory_guidance(self, traj):
-        return Guidance(traj.guidance)
+        return Guidance(traj.guidance, second=traj.conditioning.get("guidance_2"))
 
     def source_conditioning(self, traj):
         return Conditioning(traj.prompt, traj.negative_prompt, traj.embeds, traj.negative_embeds,
@@ -568,11 +736,16 @@ class WanFamily:
         if any(not a > b for a, b in zip(sig, sig[1:])) or sig[-1] != 0 or sig[0] > 1:
             refuse(f"the sigmas {sig[:2]}...{sig[-2:]} do not fall from at most 1 to 0")
         lat, image, tokens = traj.latents, traj.image_latents, traj.image_embeds
-        if image is not None and (image.dim() != 5 or image.shape[0] not in (1, lat.shape[1])
-                                  or image.shape[1] != lat.shape[2] or image.shape[-2:] != lat.shape[-2:]
-                                  or image.shape[2] <= lat.shape[3]):
-            refuse(f"image_latents {tuple(image.shape)} must be [1 or B, F, mask + C, H, W] for latents "
-                   f"{tuple(lat.shape[1:])}")
+        channels = image is not None and image.dim() == 5 and (
+            (image.shape[1] == lat.shape[2] and image.shape[2] > lat.shape[3])  # I2V: mask and latent on channels
+            or (image.shape[1] == 1 and image.shape[2] == lat.shape[3]))  # TI2V: the first frame's latent
+        if image is not None and (not channels or image.shape[0] not in (1, lat.shape[1])
+                                  or image.shape[-2:] != lat.shape[-2:]):
+            refuse(f"image_latents {tuple(image.shape)} must be [1 or B, F, mask + C, H, W] (I2V) or [1 or B, 1, C, H, "
+                   f"W] (TI2V) for latents {tuple(lat.shape[1:])}")
+        second = traj.conditioning.get("guidance_2")
+        if second is not None and not (errors.is_number(second) and second >= 1):
+            refuse(f"conditioning.guidance_2 {errors.describe_value(second)} is not a number >= 1")
         if tokens is not None and (tokens.dim() != 3 or image is None or tokens.shape[0] != image.shape[0]):
             refuse(f"image_embeds {tuple(tokens.shape)} must be [B, N, D] and come with image_latents of B rows")
 
@@ -594,7 +767,7 @@ class WanFamily:
         image-to-video sample (the reference passes keep the source's)."""
         if first_frame is None:
             return None
-        if not model.is_i2v:
+        if not model.takes_first_frame:
             raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
                                     "Disconnect first_frame, or load a Wan image-to-video model.")
         first_frame = video.check_images(first_frame, "first_frame")
@@ -619,7 +792,7 @@ class WanFamily:
         return options.block_indices(model.num_layers)
 
     def reference_processors(self, model, layers):
-        return wan_attention.processors(model.transformer, layers)
+        return tuple(wan_attention.processors(network, layers) for network in model.experts)
 
     def edit_mask_tokens(self, model, traj, cond):
         """The edited prompt's tokens not in the source prompt (one row per video): the cross-attention
