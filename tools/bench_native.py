@@ -25,7 +25,12 @@ Attention (native) at its defaults) and diffusers path (`vidinv.pipeline`, as to
   colour edits      the next colour's caption at guidance 5 from the guidance-1 inverted noise:
                     "exact" (plain sampling) and "ours default" (reference attention, weight 4,
                     all blocks, all steps), scored as tools/bench_wan.py does
-  speed             plain vs guided sampling of the edit at guidance 5, median of --repeats
+  speed             plain vs guided sampling of the edit at guidance 5, interleaved rounds, median
+                    of --repeats (wall and process CPU seconds)
+
+On a CPU shared with other work use --threads 1: with 2 threads and another process busy on the
+second core, torch's thread pool waited its way to ~20x slower model calls here (4.4 s vs 0.22 s
+for one 16-row call of the fixture). The full run (8 videos, 50 steps) took 588 s on one thread.
 """
 from __future__ import annotations
 
