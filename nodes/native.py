@@ -80,8 +80,8 @@ def fingerprint(model) -> str:
 
 class ConditioningCapture:
     """An APPLY_MODEL wrapper that keeps, per CFG row kind (0 positive, 1 negative), the floating-point
-    tensors the model is called with (``c_crossattn``, ``c_concat``, extra conds), one video's rows,
-    from the first call that has that kind."""
+    tensors the model is called with (``c_crossattn``, ``c_concat``, extra conds): that kind's rows (one
+    per video of the batch), from the first call that has that kind."""
 
     def __init__(self):
         self.conds: dict[str, torch.Tensor] = {}
@@ -250,6 +250,7 @@ class ReferencePatch:
         guider = getattr(executor, "class_obj", None)
         if guider is not None:
             refuse_caches(guider.model_patcher, "Reference Attention (native)")
+        check_euler(sampler)
         native.check_sub_run(self.traj.sigmas, native.check_sigmas(sigmas.cpu()))
         want = tuple(native.from_pack(self.traj.clean, self.ndim).shape)
         if tuple(latent_image.shape) != want:
@@ -331,6 +332,18 @@ class ReferencePatch:
             return joined
         out[on] = joined
         return out
+
+
+def check_euler(sampler) -> None:
+    """The trajectory is the path of core's `euler` sampler: another sampler (or one with churn / added
+    noise) leaves it, so the reference would be of other latents than the sample's."""
+    from comfy.k_diffusion import sampling
+    function = getattr(sampler, "sampler_function", None)
+    if function is not sampling.sample_euler or getattr(sampler, "extra_options", {}).get("s_churn", 0):
+        name = getattr(function, "__name__", type(sampler).__name__).removeprefix("sample_")
+        raise errors.InputError(f"Reference Attention (native) follows the path of core's 'euler' sampler, the one the "
+                                f"trajectory inverts; this sampler is {name!r}",
+                                "Pick 'euler' in KSamplerSelect for the patched MODEL.")
 
 
 def reference_conds(conds: dict, ref_kinds: list, sample: dict, device) -> dict:

@@ -4,8 +4,6 @@ attention as a MODEL patch, and loading a native trajectory back. Core's own sam
 is `nodes/native.py`, imported when a node runs."""
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from ..vidinv import attention, errors, solver, trajectory
@@ -14,8 +12,8 @@ from ..vidinv.models import native as family
 from . import host
 from .common import CATEGORY, ITERATIONS, TOLERANCE, TRAJECTORY
 from ..vidinv.pipeline import check_dtype
-from .pipeline_nodes import TRAJECTORY_DTYPE
-from .trajectory_nodes import trajectory_files
+from .pipeline_nodes import ROWS_INPUT, TRAJECTORY_DTYPE, reference_window
+from .trajectory_nodes import file_changed, trajectory_files
 
 NATIVE = f"{CATEGORY}/native"
 SOLVER = (["anderson", "plain"], {"default": "anderson", "tooltip": "Anderson acceleration (safeguarded) converges "
@@ -150,21 +148,11 @@ class NativeReferenceAttention:
 
     @classmethod
     def INPUT_TYPES(cls):
-        defaults = attention.ReferenceOptions()
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model (or one expert) the trajectory was inverted with."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From Invert (native) or Load Trajectory (native)."}),
-            "blocks": ("STRING", {"default": defaults.blocks, "tooltip": "'all', or indices and ranges like '0-7', "
-                                  "'0,2,4', '10-' of the model's blocks."}),
-            "start": ("FLOAT", {"default": defaults.start, "min": 0.0, "max": 1.0, "step": 0.05,
-                                "tooltip": "Fraction of the steps where injection starts."}),
-            "end": ("FLOAT", {"default": defaults.end, "min": 0.0, "max": 1.0, "step": 0.05,
-                              "tooltip": "Fraction of the steps where injection ends."}),
-            "weight": ("FLOAT", {"default": defaults.weight, "min": 0.0, "max": 100.0, "step": 0.5,
-                                 "tooltip": "log-bias log(weight) on the reference keys: 1 = plain concatenation, "
-                                            "0 = off, more = stronger pull to the source."}),
-            "rows": (list(attention.ROWS), {"default": defaults.rows,
-                                            "tooltip": "Inject into every CFG row, or only the conditional one."}),
+            **reference_window(),
+            "rows": ROWS_INPUT,
         }}
 
     def patch(self, model, trajectory, blocks, start, end, weight, rows):
@@ -200,12 +188,7 @@ class NativeLoadTrajectory:
                                                      "saved to the output folder ('[output]')."}),
         }}
 
-    @classmethod
-    def IS_CHANGED(cls, file, **_):
-        try:
-            return hashlib.sha256(host.annotated_path(file).read_bytes()).hexdigest()
-        except (errors.InputError, OSError):
-            return str(file)
+    IS_CHANGED = classmethod(file_changed)
 
     def load(self, model, file):
         from . import native

@@ -268,6 +268,27 @@ class FriendlySample(SampleNode):
         return (latent_value(out, model, image_latents, pad),)
 
 
+def reference_window() -> dict:
+    """The Reference Attention inputs every patching node shares: blocks, step window and weight."""
+    d = attention.ReferenceOptions()
+    return {
+        "blocks": ("STRING", {"default": d.blocks,
+                              "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
+        "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
+                            "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
+        "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
+                          "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
+        "weight": ("FLOAT", {"default": d.weight, "min": 0.0, "max": 20.0, "step": 0.1,
+                             "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more "
+                                        "= stronger pull to the source."}),
+    }
+
+
+ROWS_INPUT = (list(attention.ROWS), {"default": attention.ReferenceOptions().rows,
+                                     "tooltip": "Inject into all CFG rows, or only the conditional one (keeps CFG "
+                                                "reconstruction exact)."})
+
+
 class ReferenceAttention:
     DESCRIPTION = ("Patches a copy of the model so that guided sampling attends to the trajectory's keys and "
                    "values at each step (RoPE applied per token group). The input model is not changed.")
@@ -284,23 +305,13 @@ class ReferenceAttention:
             "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From an Invert node (DDIM, Euler (SVD), Flow (Wan)) or Load "
                                                     "Trajectory."}),
-            "blocks": ("STRING", {"default": d.blocks,
-                                  "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
-            "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
-                                "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
-            "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
-                              "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
-            "weight": ("FLOAT", {"default": d.weight, "min": 0.0, "max": 20.0, "step": 0.1,
-                                 "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, "
-                                            "0 = off, more = stronger pull to the source."}),
+            **reference_window(),
             "reference_text": ("BOOLEAN", {"default": d.text,
                                            "tooltip": "Also attend to the reference's text tokens (the source "
                                                       "prompt). Off keeps the text's share of attention. "
                                                       "CogVideoX only (SVD and Wan self-attention holds "
                                                       "image tokens only)."}),
-            "rows": (list(attention.ROWS), {"default": d.rows,
-                                            "tooltip": "Inject into all CFG rows, or only the conditional one "
-                                                       "(keeps CFG reconstruction exact)."}),
+            "rows": ROWS_INPUT,
             "reference_conditioning": (list(attention.REFERENCE_TEXT), {
                 "default": d.reference_text,
                 "tooltip": "'source': reference pass with the inversion's prompt, once per step for all rows. "

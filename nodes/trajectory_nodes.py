@@ -58,6 +58,15 @@ def next_path(prefix: str) -> Path:
     return base.parent / f"{base.name}_{n:05d}{SUFFIX}"
 
 
+def file_changed(cls, file, **_) -> str:
+    """A file node's IS_CHANGED: the file's hash, so ComfyUI reruns the node when the file changes. Only
+    files inside ComfyUI's folders are read; the node refuses the others with the reason."""
+    try:
+        return hashlib.sha256(host.annotated_path(file).read_bytes()).hexdigest()
+    except (errors.InputError, OSError):
+        return str(file)
+
+
 class SaveTrajectory:
     DESCRIPTION = "Saves a trajectory as .safetensors (latents, conditioning, grid, metadata) in the output folder."
     CATEGORY = f"{CATEGORY}/trajectory"
@@ -98,12 +107,7 @@ class LoadTrajectory:
                                                      "or one saved to the output folder ('[output]')."}),
         }}
 
-    @classmethod
-    def IS_CHANGED(cls, file, **_):
-        try:  # only files inside ComfyUI's folders are read; load() refuses the others with the reason
-            return hashlib.sha256(host.annotated_path(file).read_bytes()).hexdigest()
-        except (errors.InputError, OSError):
-            return str(file)
+    IS_CHANGED = classmethod(file_changed)
 
     def load(self, model, file):
         traj = trajectory.load(host.annotated_path(file))

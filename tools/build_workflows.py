@@ -45,6 +45,22 @@ CORE = {
     "SaveImage": Shape("Save Image", [("images", "IMAGE")], ["filename_prefix"], [], {}),
     "SaveLatent": Shape("SaveLatent", [("samples", "LATENT")], ["filename_prefix"], [], {}),
     "LoadImage": Shape("Load Image", [], ["image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")], {"image": ["image"]}),
+    "UNETLoader": Shape("Load Diffusion Model", [], ["unet_name", "weight_dtype"], [("MODEL", "MODEL")], {}),
+    "CLIPLoader": Shape("Load CLIP", [], ["clip_name", "type", "device"], [("CLIP", "CLIP")], {}),
+    "CLIPTextEncode": Shape("CLIP Text Encode (Prompt)", [("clip", "CLIP")], ["text"],
+                            [("CONDITIONING", "CONDITIONING")], {}),
+    "VAELoader": Shape("Load VAE", [], ["vae_name"], [("VAE", "VAE")], {}),
+    "VAEEncode": Shape("VAE Encode", [("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")], {}),
+    "VAEDecode": Shape("VAE Decode", [("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")], {}),
+    "BasicScheduler": Shape("BasicScheduler", [("model", "MODEL")], ["scheduler", "steps", "denoise"],
+                            [("SIGMAS", "SIGMAS")], {}),
+    "CFGGuider": Shape("CFGGuider", [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                       ["cfg"], [("GUIDER", "GUIDER")], {}),
+    "KSamplerSelect": Shape("KSamplerSelect", [], ["sampler_name"], [("SAMPLER", "SAMPLER")], {}),
+    "SamplerCustomAdvanced": Shape("SamplerCustomAdvanced", [("noise", "NOISE"), ("guider", "GUIDER"),
+                                                             ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                                                             ("latent_image", "LATENT")], [],
+                                   [("output", "LATENT"), ("denoised_output", "LATENT")], {}),
     "ImageStitch": Shape("Image Stitch", [("image1", "IMAGE"), ("image2", "IMAGE")],
                          ["direction", "match_image_size", "spacing_width", "spacing_color"], [("IMAGE", "IMAGE")], {}),
 }
@@ -494,9 +510,93 @@ def wan_edit(pack) -> Workflow:
     return wf
 
 
+# the files of ComfyUI's own Wan 2.1 text-to-video template, in models/diffusion_models, text_encoders and vae
+NATIVE_FILES = {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                "vae_name": "wan_2.1_vae.safetensors"}
+NATIVE_STEPS, NATIVE_CFG = 30, 5.0
+
+
+def native_sampler(wf: Workflow, model: int, positive: int, negative: int, noise: int, sigmas: int, latent: int,
+                   x, y, title: str) -> int:
+    """CFGGuider + KSamplerSelect (euler) + SamplerCustomAdvanced from the inverted noise."""
+    guider = wf.add("CFGGuider", (x, y), {"cfg": NATIVE_CFG}, size=(260, 100))
+    wf.connect(model, "MODEL" if wf.nodes[model - 1]["type"] == "UNETLoader" else "model", guider, "model")
+    wf.connect(positive, "CONDITIONING", guider, "positive")
+    wf.connect(negative, "CONDITIONING", guider, "negative")
+    pick = wf.add("KSamplerSelect", (x, y + 130), {"sampler_name": "euler"}, size=(260, 60))
+    run = wf.add("SamplerCustomAdvanced", (x + 290, y), title=title, size=(280, 160))
+    wf.connect(noise, "noise", run, "noise")
+    wf.connect(guider, "GUIDER", run, "guider")
+    wf.connect(pick, "SAMPLER", run, "sampler")
+    wf.connect(sigmas, "SIGMAS", run, "sigmas")
+    wf.connect(latent, "LATENT", run, "latent_image")
+    return run
+
+
+def native_wan_edit(pack) -> Workflow:
+    """The edit on the models a Wan user already has: core's loaders, text encoder and VAE; Invert (native)
+    on core's MODEL; core's SamplerCustomAdvanced reconstructs from the inverted NOISE and, with the
+    Reference Attention (native) MODEL and the edited prompt, edits."""
+    wf = Workflow(pack)
+    wf.group("1. Models, source video and prompts (core's nodes)", -20, -40, 720, 1100)
+    video = wf.add("LoadVideo", (0, 40), {"file": SAMPLE}, size=(300, 320))
+    parts = wf.add("GetVideoComponents", (0, 400), size=(300, 90))
+    wf.connect(video, "VIDEO", parts, "video")
+    unet = wf.add("UNETLoader", (340, 40), {"unet_name": NATIVE_FILES["unet_name"], "weight_dtype": "default"},
+                  size=(340, 100))
+    clip = wf.add("CLIPLoader", (340, 180), {"clip_name": NATIVE_FILES["clip_name"], "type": "wan",
+                                             "device": "default"}, size=(340, 110))
+    vae = wf.add("VAELoader", (340, 330), {"vae_name": NATIVE_FILES["vae_name"]}, size=(340, 60))
+    enc = wf.add("VAEEncode", (0, 540), size=(300, 60))
+    wf.connect(parts, "images", enc, "pixels")
+    wf.connect(vae, "VAE", enc, "vae")
+    texts = {}
+    for i, (key, text, title) in enumerate((("source", SOURCE_PROMPT, "Source prompt"),
+                                           ("edit", EDIT_PROMPT, "Edited prompt"), ("negative", "", "Negative prompt"))):
+        texts[key] = wf.add("CLIPTextEncode", (340, 430 + 200 * i), {"text": text}, title=title, size=(340, 160))
+        wf.connect(clip, "CLIP", texts[key], "clip")
+    wf.group("2. Exact inversion of core's Euler sampler", 720, -40, 420, 1100, "#a1309b")
+    sigmas = wf.add("BasicScheduler", (740, 40), {"scheduler": "simple", "steps": NATIVE_STEPS, "denoise": 1.0},
+                    size=(340, 110))
+    wf.connect(unet, "MODEL", sigmas, "model")
+    inv = wf.add("VInvNativeInvert", (740, 190), {"cfg": NATIVE_CFG}, size=(380, 420))
+    wf.connect(unet, "MODEL", inv, "model")
+    wf.connect(texts["source"], "CONDITIONING", inv, "positive")
+    wf.connect(texts["negative"], "CONDITIONING", inv, "negative")
+    wf.connect(sigmas, "SIGMAS", inv, "sigmas")
+    wf.connect(enc, "LATENT", inv, "latent")
+    ref = wf.add("VInvNativeReferenceAttention", (740, 650), size=(380, 250))
+    wf.connect(unet, "MODEL", ref, "model")
+    wf.connect(inv, "trajectory", ref, "trajectory")
+    wf.note("Invert (native) runs core's own CFG at the same cfg, SIGMAS and prompts as the samplers on the "
+            "right, so SamplerCustomAdvanced (euler) from its NOISE returns the source latent to within the "
+            "residuals it plots. Reference Attention (native) patches a clone of the MODEL: the samplers' MODEL "
+            "is left as it was. Wan 2.2 A14B: load both experts, connect the low-noise one to Invert (native) with "
+            "switch_step, patch each expert, and split the SIGMAS with SplitSigmas at that step (the low-noise "
+            "sampler gets DisableNoise).", (740, 930), (380, 170))
+    wf.group("3. Reconstruct and edit with core's sampler", 1140, -40, 1000, 1100, "#8a8")
+    rec = native_sampler(wf, unet, texts["source"], texts["negative"], inv, sigmas, enc, 1160, 40,
+                         "Sample (reconstruct)")
+    edit = native_sampler(wf, ref, texts["edit"], texts["negative"], inv, sigmas, enc, 1160, 300,
+                          "Sample (edit, reference attention)")
+    for run, y, title, prefix in ((rec, 560, "Decode reconstruction", "reconstruction"),
+                                  (edit, 700, "Decode edit", "edit")):
+        dec = wf.add("VAEDecode", (1160, y), title=title, size=(260, 60))
+        wf.connect(run, "output", dec, "samples")
+        wf.connect(vae, "VAE", dec, "vae")
+        save_section(wf, dec, "IMAGE", parts, 1740, y - 520 if prefix == "reconstruction" else y - 160,
+                     f"vinv/native_{prefix}")
+    for node, prefix, title in ((enc, "source", "Latent: source"), (rec, "reconstruction", "Latent: reconstruction"),
+                                (edit, "edit", "Latent: edit")):
+        save = wf.add("SaveLatent", (1450, 560 + 140 * ["source", "reconstruction", "edit"].index(prefix)),
+                      {"filename_prefix": f"vinv/native_{prefix}"}, title=title, size=(260, 80))
+        wf.connect(node, "LATENT" if node == enc else "output", save, "samples")
+    return wf
+
+
 BUILDS = {"encode_decode": encode_decode, "reconstruct": reconstruct, "edit": edit,
           "trajectory_save_load": trajectory_save_load, "i2v_edit": i2v_edit, "svd_edit": svd_edit,
-          "wan_edit": wan_edit}
+          "wan_edit": wan_edit, "native_wan_edit": native_wan_edit}
 
 
 def dumps(data: dict) -> str:

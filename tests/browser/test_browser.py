@@ -46,7 +46,7 @@ def default_of(spec):
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "default" in opts:
         return opts["default"]
-    choices = spec[0] if isinstance(spec[0], list) else opts.get("options") or [None]
+    choices = (spec[0] if isinstance(spec[0], list) else opts.get("options")) or [None]  # [] : no files listed
     return choices[0]["key"] if isinstance(choices[0], dict) else choices[0]
 
 

@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.host
 SNAPSHOT = Path(__file__).with_name("interface_snapshot.json")
 # combo lists that depend on the machine
-DYNAMIC = {("VInvLoadCogVideoX", "model"), ("VInvLoadSVD", "model"), ("VInvLoadWan", "model"), ("VInvLoadTrajectory", "file")}
+DYNAMIC = {("VInvLoadCogVideoX", "model"), ("VInvLoadSVD", "model"), ("VInvLoadWan", "model"), ("VInvLoadTrajectory", "file"),
+           ("VInvNativeLoadTrajectory", "file")}
 
 
 def interface(object_info: dict) -> dict:

@@ -238,6 +238,13 @@ def test_wrong_sigmas_cache_nodes_and_other_models_are_refused(server):
     assert "not the trajectory's" in err["exception_message"], err
 
     g = inversion_graph(1.0, 10)
+    patch(g, "p", "1")
+    core_sample(g, "wrong_sampler", model="p")
+    g["ak"]["inputs"]["sampler_name"] = "dpmpp_2m"
+    err = error_of(server, g)
+    assert err["node_type"] == "SamplerCustomAdvanced" and "'dpmpp_2m'" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 10)
     g["c"] = node("EasyCache", model=["1", 0], reuse_threshold=0.2, start_percent=0.15, end_percent=0.95,
                   verbose=False)
     g["7"]["inputs"]["model"] = ["c", 0]
@@ -251,3 +258,33 @@ def test_wrong_sigmas_cache_nodes_and_other_models_are_refused(server):
     core_sample(g, "never", model="p")
     err = error_of(server, g)
     assert err["node_type"] == "VInvNativeReferenceAttention" and "not the one" in err["exception_message"], err
+
+
+def native_workflow() -> dict:
+    """workflows/api/native_wan_edit.json on the tiny files: core's loaders pointed at them, and each CLIP
+    Text Encode replaced by the test's conditioning node (the same text; no tiny UMT5 exists)."""
+    from tests.host.helpers import api_prompt
+    prompt = api_prompt("native_wan_edit.json", {("UNETLoader", "unet_name"): native_models.HIGH,
+                                                  ("VAELoader", "vae_name"): native_models.VAE})
+    for nid, n in list(prompt.items()):
+        if n["class_type"] == "CLIPLoader":
+            del prompt[nid]
+        elif n["class_type"] == "CLIPTextEncode":
+            n.update(class_type="VInvTestConditioning", inputs={"text": n["inputs"]["text"] or NEGATIVE, "tokens": 12})
+    return prompt
+
+
+def test_the_native_edit_workflow_runs_on_core_loaded_files(server):
+    from tests.host.helpers import outputs_of
+    prompt = native_workflow()
+    entry = run(server, prompt)
+    latents = {n["_meta"]["title"]: nid for nid, n in prompt.items() if n["class_type"] == "SaveLatent"}
+    src, rec, edit = (saved_latent(server, entry, latents[f"Latent: {k}"]) for k in ("source", "reconstruction", "edit"))
+    assert src.shape[2] == 3 and rel(rec, src) < 1e-4  # 9 frames -> 3 latent frames; cfg 5, 30 steps
+    assert rel(edit, src) > 1e-3
+    summary = next(out["vinv_trajectory"][0] for nid, out in entry["outputs"].items()
+                   if prompt[nid]["class_type"] == "VInvNativeInvert")
+    assert summary["family"] == "native" and summary["steps"] == 30 and not summary["above_tolerance"]
+    videos = outputs_of(entry, "SaveVideo", prompt)
+    assert len(videos) == 2 and all((server.base / "output" / v["images"][0]["subfolder"] /
+                                     v["images"][0]["filename"]).stat().st_size > 0 for v in videos)

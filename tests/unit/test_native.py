@@ -89,7 +89,6 @@ def explicit(q, k, v, k_ref, v_ref, heads, weight):
 def plain_attention(q, k, v, heads):
     """An attention function of ComfyUI's form ([B, L, heads * d], its own 1/sqrt(head width))."""
     b, lq, width = q.shape
-    d = width // heads
     split = (lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2))
     return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, lq, -1)
 

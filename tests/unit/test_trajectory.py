@@ -211,8 +211,8 @@ def test_inconsistent_svd_files(tmp_path):
         trajectory.load(t.save(tmp_path / "c.safetensors"))
     p = tmp_path / "future.safetensors"
     save_file({"latents": torch.zeros(1)}, str(p),
-              metadata={"vidinv": json.dumps({"format": trajectory.FORMAT, "version": 6})})
-    with pytest.raises(errors.InputError, match="version 6.*up to version 5"):  # 3: tuned, 4: Wan, 5: edit-friendly
+              metadata={"vidinv": json.dumps({"format": trajectory.FORMAT, "version": 7})})
+    with pytest.raises(errors.InputError, match="version 7.*up to version 6"):  # 3: tuned, 4: Wan, 5: edit-friendly, 6: native
         trajectory.load(p)
 
 

@@ -144,7 +144,7 @@ class NativeFamily:
                                 "Attention (native) patch, not by this pack's diffusers-model nodes",
                                 "Use SamplerCustomAdvanced with the trajectory's NOISE and the patched MODEL.")
 
-    network = encode_frames = encode_video = decode = grid = check_inputs = check_guidance = denoiser = _refuse
+    networks = encode_frames = encode_video = decode = grid = check_inputs = check_guidance = denoiser = _refuse
     trajectory_fields = source_conditioning = first_frame_latents = edit_conditioning = _refuse
     reference_options = check_reference = reference_layers = reference_processors = _refuse
     edit_mask_tokens = patch_grid = reference_call = _refuse
