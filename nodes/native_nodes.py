@@ -84,6 +84,9 @@ class NativeInvert:
         from . import native
         check_scale(cfg)
         storage = check_dtype(trajectory_dtype)
+        if switch_step and low_noise_model is None:
+            raise errors.InputError(f"switch_step {switch_step} without a low_noise_model",
+                                    "Connect Wan 2.2's low-noise expert, or set switch_step to 0 for one model.")
         experts = [model] + ([low_noise_model] if low_noise_model is not None else [])
         for m in experts:
             native.refuse_caches(m, "Invert (native)")
@@ -96,6 +99,7 @@ class NativeInvert:
         steps = len(sig) - 1
         plan = family.expert_steps(steps, switch_step if len(experts) > 1 else 0, len(experts))
         samples = native.latent_samples(latent, model)
+        family.to_pack(samples)  # a latent of another rank is refused here, before any model call
         settings = solver_settings(iterations, tolerance, solver, damping, cfg)
         capture = native.ConditioningCapture()
         progress = host.Progress(steps)

@@ -253,6 +253,12 @@ def test_wrong_sigmas_cache_nodes_and_other_models_are_refused(server):
     assert err["node_type"] == "VInvNativeInvert" and "easycache" in err["exception_message"], err
 
     g = inversion_graph(1.0, 10)
+    g["7"]["inputs"]["switch_step"] = 4
+    core_sample(g, "no_expert")
+    err = error_of(server, g)
+    assert err["node_type"] == "VInvNativeInvert" and "without a low_noise_model" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 10)
     g["8"] = node("UNETLoader", unet_name=native_models.LOW, weight_dtype="default")
     patch(g, "p", "8")
     core_sample(g, "never", model="p")
