@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..vidinv import errors, trajectory
@@ -10,7 +11,7 @@ from .common import CATEGORY, MODEL, TRAJECTORY
 from .pipeline_nodes import trajectory_noise
 
 SUFFIX = ".safetensors"
-MAX_PREFIX = 200  # characters: with the numbering the file name stays under every file system's 255
+MAX_PREFIX = 200  # characters and UTF-8 bytes: with the numbering the name stays under every file system's 255
 
 
 def trajectory_files() -> list[str]:
@@ -37,9 +38,15 @@ def next_path(prefix: str) -> Path:
     shown = errors.shorten(prefix)
     if "\0" in prefix:
         raise errors.InputError(f"filename_prefix {shown!r} contains a NUL byte", fix)
+    if any(unicodedata.category(c) == "Cc" for c in prefix):
+        raise errors.InputError(f"filename_prefix {shown!r} contains a control character (a newline, tab or escape)",
+                                fix)
     if len(prefix) > MAX_PREFIX:
         raise errors.InputError(f"filename_prefix {shown!r} is {len(prefix)} characters long (at most {MAX_PREFIX})",
                                 fix)
+    if len(prefix.encode("utf-8")) > MAX_PREFIX:  # file systems count bytes: 'é' is two
+        raise errors.InputError(f"filename_prefix {shown!r} is {len(prefix.encode('utf-8'))} bytes long in UTF-8 (at "
+                                f"most {MAX_PREFIX})", fix)
     if PurePosixPath(prefix).is_absolute() or PureWindowsPath(prefix).anchor:
         raise errors.InputError(f"filename_prefix {shown!r} is an absolute path; it is always under ComfyUI's "
                                 "output folder", fix)

@@ -173,26 +173,37 @@ def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor
     grouping; a single mask frame holds for every frame), max over each group, area-resized. A
     batch of B videos shares the mask, or takes one video's frames after another (N = B x frames)."""
     b, f, _, h, w = latent_shape
-    m = mask.float()
+    m = mask if mask.dtype == torch.float32 else mask.float()
     if m.dim() == 2:
         m = m[None]
-    if m.dim() != 3 or not torch.isfinite(m).all():
+    if m.dim() != 3 or 0 in m.shape:
         raise errors.InputError(f"the mask has shape {tuple(mask.shape)}; a MASK is [frames, height, width] of "
                                 "finite values", "Connect a ComfyUI MASK (e.g. from Load Image's mask output).")
     n, frames = m.shape[0], (f - 1) * temporal + 1
     if b > 1 and n == b * frames:  # one mask video per video of the batch
         return torch.cat([from_pixels(part, (1, f, 1, h, w), temporal) for part in m.split(frames)])
     if n == 1:
-        groups = [m] * f
+        groups = [m]
     elif n == frames:
         groups = [m[:1]] + [m[1 + (k - 1) * temporal:1 + k * temporal] for k in range(1, f)]
     else:
         batch = f" ({b} x {frames} for one per video)" if b > 1 else ""
         raise errors.InputError(f"the mask has {n} frames; the video has {frames}{batch} (or give one frame for all)",
                                 "Give one mask frame per video frame, or a single one.")
-    per_frame = torch.stack([g.amax(0) for g in groups])[:, None]  # [F, 1, H, W]
-    latent = F.interpolate(per_frame, size=(h, w), mode="area").clamp(0, 1)
-    return latent[None].expand(b, -1, -1, -1, -1).contiguous()
+
+    def shrunk(group: torch.Tensor) -> torch.Tensor:
+        """One latent frame's mask [1, h, w]: the max over its pixel frames, area-resized. Each group is
+        brought to the latent's size before the next, so a mask of any resolution costs at most one
+        extra pixel frame (none for one frame per group), never one copy per latent frame."""
+        frame = group[0] if group.shape[0] == 1 else group.amax(0)
+        return F.interpolate(frame[None, None], size=(h, w), mode="area")[0]
+
+    per_frame = torch.stack([shrunk(g) for g in groups]).expand(f, -1, -1, -1)  # [F, 1, h, w]
+    if not torch.isfinite(per_frame).all():  # a NaN or infinity anywhere in a frame reaches its average
+        raise errors.InputError(f"the mask of shape {tuple(mask.shape)} holds NaN or infinite values; a MASK is "
+                                "[frames, height, width] of finite values", "Connect a ComfyUI MASK (e.g. from Load "
+                                                                            "Image's mask output).")
+    return per_frame.clamp(0, 1)[None].expand(b, -1, -1, -1, -1).contiguous()
 
 
 def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:

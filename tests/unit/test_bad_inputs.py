@@ -436,6 +436,10 @@ def test_load_trajectory_paths_stay_inside_the_folders(pack, folders, tmp_path):
     ("../../x", "points outside the output folder"),
     ("a/\0b", "contains a NUL byte"),
     ("p" * 300, "is 300 characters long (at most 200)"),
+    ("é" * 196, "is 392 bytes long in UTF-8 (at most 200)"),
+    ("a\nb", "contains a control character"),
+    ("tab\there", "contains a control character"),
+    ("esc\x1b[0m", "contains a control character"),
 ])
 def test_save_trajectory_prefix_refused(pack, folders, prefix, fragment):
     save = pack.NODE_CLASS_MAPPINGS["VInvSaveTrajectory"]()
