@@ -28,7 +28,8 @@ def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0,
     """A ComfyUI LATENT: ``samples`` [B, F, C, H, W] (the transformer's layout, scaled) plus
     what the later stages need under the key ``vinv``; `steps`: the step count of the trajectory
     whose noise this is (its sampler must use the same grid)."""
-    meta = {"model_fingerprint": model.fingerprint, "image_latents": image_latents, "pad_frames": pad}
+    meta = {"model_fingerprint": model.fingerprint, "model_name": model.name, "image_latents": image_latents,
+            "pad_frames": pad}
     if steps is not None:
         meta["trajectory_steps"] = int(steps)
     return {"samples": samples, "vinv": meta}
@@ -46,9 +47,18 @@ def check_steps(node: str, steps: int, latent: dict, trajectory=None) -> None:
                                 "on (invert again to use another step count).")
 
 
-def latent_parts(latent: dict):
-    """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one)."""
+def latent_parts(latent: dict, model, node: str):
+    """(samples, image_latents, pad_frames) of a LATENT made by this pack (or a plain one). A latent of
+    this pack carries its model's fingerprint: one made by another model is refused, even where the
+    shapes happen to match (another family's, or another model of one family, samples or decodes
+    wrongly without a word)."""
     meta = latent.get("vinv") or {}
+    made_by = meta.get("model_fingerprint")
+    if made_by is not None and made_by != model.fingerprint:
+        raise errors.InputError(f"{node}: this latent was made by the model {meta.get('model_name', made_by)!r}, not "
+                                f"by {model.name!r} (fingerprints {made_by} and {model.fingerprint})",
+                                "Encode (or invert) the video with the model you give this node, or give it the "
+                                "model that made the latent (the same folder and precision).")
     return latent["samples"], meta.get("image_latents"), int(meta.get("pad_frames", 0))
 
 

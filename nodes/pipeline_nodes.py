@@ -124,7 +124,7 @@ def run_invert(model, conditioning, latent: dict, steps: int, guidance: Guidance
 def run_inversion(model, latent: dict, steps: int, invert) -> dict:
     """`invert(samples, image_latents, hooks, pad_frames) -> Trajectory` on the LATENT's parts, with
     progress; the trajectory's summary on the node, the trajectory and its noise as outputs."""
-    samples, image_latents, pad = latent_parts(latent)
+    samples, image_latents, pad = latent_parts(latent, model, "the Invert node")
     traj = invert(samples, image_latents, host.Progress(steps), pad)
     host.free_memory()
     return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, trajectory_noise(traj, model))}
@@ -133,7 +133,7 @@ def run_inversion(model, latent: dict, steps: int, invert) -> dict:
 def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidance: Guidance,
                negative: str = "conditioning", trajectory=None, tuned_eta: float = 1.0) -> tuple:
     """The body of every plain Sample node: the step count checked against the noise's trajectory."""
-    samples, image_latents, pad = latent_parts(latent)
+    samples, image_latents, pad = latent_parts(latent, model, node)
     if (latent.get("vinv") or {}).get("trajectory_kind") == friendly.KIND:
         raise errors.InputError(f"{node}: the latent is the noise of an edit-friendly trajectory, which only its own "
                                 "noise maps bring back", "Sample it with Edit-Friendly Sample (DDPM), or Reference "

@@ -74,7 +74,7 @@ class VAEDecodeVideo:
         }}
 
     def decode(self, model, latent, tiling):
-        samples, _, pad = latent_parts(latent)
+        samples, _, pad = latent_parts(latent, model, "VAE Decode Video")
         frames = families.of(model).decode(model, samples[:, pad:], tiling)
         host.free_memory()
         return (frames,)

@@ -543,3 +543,19 @@ def test_reference_attention_blocks_text_refused_on_the_node(pack, tiny_graph):
     with pytest.raises(ierr, match=f"outside 0..{spatial - 1}. This model has {spatial} blocks"):  # SVD's spatial blocks
         m["VInvReferenceAttention"]().patch(g["svd"], g["svd_traj"], "0-99999999999", 0.0, 1.0, 1.0, False, "all",
                                             "source")
+
+
+def test_a_latent_of_another_model_is_refused_even_when_shapes_match(pack):
+    """Issue 38: the bundled CogVideoX's and Wan's latents are both [1, 3, 16, 8, 8]; DDIM Sample took Wan
+    noise, CogVideoX's VAE Decode a Wan latent, Flow Invert a CogVideoX latent. A pack latent names its model."""
+    from types import SimpleNamespace
+    common = pack.nodes.common
+    cog = SimpleNamespace(fingerprint="c" * 16, name="tiny-cogvideox (bundled)")
+    wan = SimpleNamespace(fingerprint="w" * 16, name="tiny-wan (bundled)")
+    latent = common.latent_value(torch.zeros(1, 3, 16, 8, 8), wan)
+    assert common.latent_parts(latent, wan, "VAE Decode Video")[0].shape == (1, 3, 16, 8, 8)
+    with pytest.raises(pack.vidinv.errors.InputError, match=r"VAE Decode Video: this latent was made by the model "
+                                                            r"'tiny-wan \(bundled\)', not by 'tiny-cogvideox"):
+        common.latent_parts(latent, cog, "VAE Decode Video")
+    plain = {"samples": torch.zeros(1, 3, 16, 8, 8)}  # a latent from outside the pack names no model
+    assert common.latent_parts(plain, cog, "DDIM Sample")[2] == 0
