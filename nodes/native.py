@@ -41,8 +41,8 @@ def model_sampling(model):
     sampling = model.get_model_object("model_sampling")
     name = type(sampling).__name__
     if isinstance(sampling, (ms.X0, getattr(ms, "COSMOS_RFLOW", ()))) or not isinstance(sampling, (ms.EPS, ms.CONST)):
-        raise errors.InputError(f"this MODEL's sampling ({name}, {', '.join(c.__name__ for c in type(sampling).__mro__[1:3])}) "
-                                "is not one the exact inversion supports",
+        raise errors.InputError(f"this MODEL samples as {name}, which is not one of the samplings the exact "
+                                "inversion supports",
                                 "Use a flow (CONST: Wan, HunyuanVideo, LTX-Video, Mochi), EPS or V-prediction model.")
     kind = "flow" if isinstance(sampling, ms.CONST) else ("v" if isinstance(sampling, ms.V_PREDICTION) else "eps")
     return kind, float(getattr(sampling, "sigma_data", 1.0)), sampling

@@ -134,7 +134,8 @@ def optimise_steps(model, traj, guidance: float, branch: str, init: torch.Tensor
         for i, (t, p) in enumerate(ddim.grid(schedule, traj.steps)):
             a, bb = ddim.coefficients(schedule, t, p)
             w = cogvideox.guidance_scale_at(guidance, traj.dynamic_cfg, t, traj.steps)
-            target = loading.ordinary(traj.latent_for_step(i + 1) if i + 1 < traj.steps else traj.clean).to(model.device)
+            target = traj.latent_for_step(i + 1) if i + 1 < traj.steps else traj.clean
+            target = loading.ordinary(target).to(model.device)
             fixed = None
             if use_cfg:
                 hooks.before_call()

@@ -212,7 +212,8 @@ def test_the_original_model_is_untouched_and_a_saved_trajectory_loads(server):
     server.post("/free", {"unload_models": True, "free_memory": True})
     g2 = inversion_graph(1.0, 10)
     del g2["7"]
-    g2["7"] = node("VInvNativeLoadTrajectory", model=["1", 0], file=f"{saved['subfolder']}/{saved['filename']} [output]")
+    g2["7"] = node("VInvNativeLoadTrajectory", model=["1", 0],
+                   file=f"{saved['subfolder']}/{saved['filename']} [output]")
     patch(g2, "p", "1", trajectory=("7", 0))
     g2["e"] = node("VInvTestConditioning", text=EDIT, tokens=12)
     core_sample(g2, "patched_edit", model="p", text="e", tag="b")
@@ -285,7 +286,8 @@ def test_the_native_edit_workflow_runs_on_core_loaded_files(server):
     prompt = native_workflow()
     entry = run(server, prompt)
     latents = {n["_meta"]["title"]: nid for nid, n in prompt.items() if n["class_type"] == "SaveLatent"}
-    src, rec, edit = (saved_latent(server, entry, latents[f"Latent: {k}"]) for k in ("source", "reconstruction", "edit"))
+    src, rec, edit = (saved_latent(server, entry, latents[f"Latent: {k}"])
+                      for k in ("source", "reconstruction", "edit"))
     assert src.shape[2] == 3 and rel(rec, src) < 1e-4  # 9 frames -> 3 latent frames; cfg 5, 30 steps
     assert rel(edit, src) > 1e-3
     summary = next(out["vinv_trajectory"][0] for nid, out in entry["outputs"].items()

@@ -42,8 +42,10 @@ def test_cogvideox_every_stage(tiny_folders, tmp_path):
     plain = rel(pipeline.sample(model, cond, traj.noise, STEPS, Guidance(4.0)), x0)
     nt = nulltext.null_text_inversion(model, traj, 4.0, iters=20, tol=0)
     pt = nulltext.prompt_tuning_inversion(model, traj, 4.0, iters=20, tol=0)
-    with_nt = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(4.0), negative=nulltext.negative_for("null-text", nt))
-    with_pt = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(4.0), positive=nulltext.positive_for(pt, cond, 0.0))
+    with_nt = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(4.0),
+                              negative=nulltext.negative_for("null-text", nt))
+    with_pt = pipeline.sample(model, cond, traj.noise, STEPS, Guidance(4.0),
+                              positive=nulltext.positive_for(pt, cond, 0.0))
     assert rel(with_nt, x0) * 3 < plain and rel(with_pt, x0) * 3 < plain, (rel(with_nt, x0), rel(with_pt, x0), plain)
     assert ordinary(model.transformer) and not model.transformer.gradient_checkpointing
     # the optimised trajectory through its file and back, then guided with a mask

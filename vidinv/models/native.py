@@ -48,8 +48,9 @@ def check_sigmas(sigmas) -> list[float]:
     """SIGMAS as Python floats: at least two, finite, strictly decreasing, none negative."""
     values = [float(s) for s in (sigmas.flatten().tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(values) < 2 or not all(math.isfinite(s) for s in values):
-        raise errors.InputError(f"SIGMAS has {len(values)} value(s){'' if all(map(math.isfinite, values)) else ', not all finite'}; "
-                                "an inversion needs at least two finite noise levels",
+        finite = "" if all(map(math.isfinite, values)) else ", not all finite"
+        raise errors.InputError(f"SIGMAS has {len(values)} value(s){finite}; an inversion needs at least two finite "
+                                "noise levels",
                                 "Connect SIGMAS from a scheduler node (BasicScheduler) with steps >= 1.")
     if any(not a > b for a, b in zip(values, values[1:])) or values[-1] < 0:
         raise errors.InputError(f"SIGMAS {errors.shorten(str([round(s, 4) for s in values]))} is not strictly "
