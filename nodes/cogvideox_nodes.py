@@ -9,9 +9,9 @@ from ..vidinv import families, nulltext
 from ..vidinv.family import Guidance
 from ..vidinv.models import cogvideox
 from ..vidinv.models.loading import DTYPES
-from ..vidinv.solver import Solver
 from . import host
-from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
+from .common import (CATEGORY, CONDITIONING, DAMPING, ITERATIONS, MODEL, SOLVER, TOLERANCE, TRAJECTORY,
+                     solver_settings)
 from .pipeline_nodes import (DYNAMIC, GUIDANCE, NEGATIVE, OFFLOAD, TRAJECTORY_DTYPE, TUNED_ETA, InvertNode,
                              LoaderNode, SampleNode, run_invert, run_load, run_sample)
 
@@ -103,20 +103,15 @@ class DDIMInvert(InvertNode):
             "dynamic_cfg": DYNAMIC,
             "iterations": ITERATIONS,
             "tolerance": TOLERANCE,
-            "solver": (["anderson", "plain"], {"default": "anderson",
-                                               "tooltip": "Anderson acceleration (safeguarded) converges where the "
-                                                          "model is stiff (near the clean end); plain is textbook."}),
-            "damping": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                  "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 "
-                                             "without guidance, 0.5 with CFG (which makes undamped steps overshoot "
-                                             "near the clean end)."}),
+            "solver": SOLVER,
+            "damping": DAMPING,
             "trajectory_dtype": TRAJECTORY_DTYPE,
         }}
 
     def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
                damping, trajectory_dtype):
         families.require(model, FAMILY, "DDIM Invert", SVD_SAMPLING)
-        settings = Solver(iterations, tolerance, memory=5 if solver == "anderson" else 0, damping=damping or None)
+        settings = solver_settings(iterations, tolerance, solver, damping)
         return run_invert(model, conditioning, latent, steps, Guidance(guidance, dynamic_cfg), settings,
                           trajectory_dtype)
 

@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..vidinv import errors
+from ..vidinv.solver import Solver
 
 CATEGORY = "video inversion"
 MODEL = "VINV_MODEL"
@@ -19,6 +20,19 @@ ITERATIONS = ("INT", {"default": 10, "min": 0, "max": 100,
                       "tooltip": "Fixed-point refinements per step on average (each one model call; 0 is the "
                                  "naive inverse). With a tolerance the budget is pooled: easy steps stop early "
                                  "and the stiff clean end gets what they save."})
+SOLVER = (["anderson", "plain"], {"default": "anderson",
+                                  "tooltip": "Anderson acceleration (safeguarded) converges where the model is stiff "
+                                             "(near the clean end); plain is textbook."})
+DAMPING = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                     "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 without "
+                                "guidance, 0.5 with CFG (which makes undamped steps overshoot near the clean end)."})
+
+
+def solver_settings(iterations: int, tolerance: float, solver: str, damping: float = 0.0) -> Solver:
+    """The Solver an exact Invert node's inputs ask for (damping 0: automatic)."""
+    return Solver(iterations, tolerance, memory=5 if solver == "anderson" else 0, damping=damping or None)
+
+
 TOLERANCE = ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
                        "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 makes exactly "
                                   "'iterations' refinements on every step."})

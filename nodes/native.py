@@ -212,13 +212,13 @@ class RowInjection(attention.Injection):
 
 class ReferencePatch:
     """The state of one patched MODEL: the trajectory, options and chosen blocks; the block being run
-    (set by its block replacement) and how many attention calls it has made; the attention override
-    that was there before (chained: every attention call still goes through it)."""
+    (set by its block replacement) and whether its self-attention (its first attention call) has run;
+    the attention override that was there before (chained: every attention call still goes through it)."""
 
-    def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...], previous=None):
-        self.traj, self.options, self.blocks, self.previous = traj, options, frozenset(blocks), previous
+    def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...]):
+        self.traj, self.options, self.blocks, self.previous = traj, options, frozenset(blocks), None
         self.channel = attention.Channel()
-        self.block, self.calls = None, 0
+        self.block, self.seen = None, False
         self.active = set(options.active_steps(traj.steps))
         self.ndim = int(traj.scheduler_config["ndim"])
 
@@ -238,7 +238,7 @@ class ReferencePatch:
 
     def marker(self, index: int, previous):
         def run_block(args, extra):
-            self.block, self.calls = index, 0
+            self.block, self.seen = index, False
             try:
                 return previous(args, extra) if previous is not None else extra["original_block"](args)
             finally:
@@ -303,10 +303,9 @@ class ReferencePatch:
         def inner(*a, **k):
             return self.previous(func, *a, **k) if self.previous is not None else func(*a, **k)
 
-        if self.block is None or self.calls:
-            self.calls += self.block is not None
+        if self.block is None or self.seen:
             return inner(*args, **kwargs)
-        self.calls = 1  # the block's first attention call: its self-attention
+        self.seen = True  # the block's first attention call: its self-attention
         q, k, v, *rest = args
         heads = kwargs["heads"] if "heads" in kwargs else rest[0]
         mask = kwargs.get("mask", rest[1] if len(rest) > 1 else None)

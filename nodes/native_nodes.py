@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import torch
 
-from ..vidinv import attention, errors, solver, trajectory
+from ..vidinv import attention, errors, trajectory
 from ..vidinv.family import check_scale
 from ..vidinv.models import native as family
 from . import host
-from .common import CATEGORY, ITERATIONS, TOLERANCE, TRAJECTORY
+from .common import CATEGORY, DAMPING, ITERATIONS, SOLVER, TOLERANCE, TRAJECTORY, solver_settings
 from ..vidinv.pipeline import check_dtype
 from .pipeline_nodes import ROWS_INPUT, TRAJECTORY_DTYPE, reference_window
 from .trajectory_nodes import file_changed, trajectory_files
 
 NATIVE = f"{CATEGORY}/native"
-SOLVER = (["anderson", "plain"], {"default": "anderson", "tooltip": "Anderson acceleration (safeguarded) converges "
-                                  "where the model is stiff (near the clean end); plain is textbook."})
-DAMPING = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                     "tooltip": "Fraction of each step towards G(x); 1 = undamped. 0 = automatic: 1 without guidance, "
-                                "0.5 with CFG."})
 NOISE_TIP = ("The inverted noise as core's NOISE: connect it to SamplerCustomAdvanced (with the same SIGMAS, cfg "
              "and conditioning it reconstructs the latent; with the Reference Attention (native) MODEL and an "
              "edited prompt it edits). Two models: the high-noise sampler takes it, the low-noise one DisableNoise.")
@@ -97,44 +92,39 @@ class NativeInvert:
         (kind, sigma_data), = kinds
         sig = family.check_sigmas(sigmas.cpu())
         steps = len(sig) - 1
-        plan = family.expert_steps(steps, switch_step if len(experts) > 1 else 0, len(experts))
+        family.expert_steps(steps, switch_step, len(experts))  # checks switch_step for two models
         samples = native.latent_samples(latent, model)
         family.to_pack(samples)  # a latent of another rank is refused here, before any model call
-        settings = solver_settings(iterations, tolerance, solver, damping, cfg)
+        settings = solver_settings(iterations, tolerance, solver, damping).resolved(cfg > 1.0)
         capture = native.ConditioningCapture()
         progress = host.Progress(steps)
-        done = []
+        done = iter(range(steps))
 
         def after():
-            done.append(1)
-            progress.after_step(len(done) - 1, steps, {})
+            progress.after_step(next(done), steps, {})
 
-        cut = plan.index(1) if len(experts) > 1 else steps  # the sampling steps the first model runs
-        parts = [(model, sigmas)] if len(experts) == 1 else [(experts[1], sigmas[cut:]), (model, sigmas[:cut + 1])]
+        # the cleanest part first; with two models the second runs the steps from switch_step on
+        parts = [(model, sigmas)] if len(experts) == 1 else \
+            [(experts[1], sigmas[switch_step:]), (model, sigmas[:switch_step + 1])]
         latents, stats = [], []
-        for m, part in parts:  # the cleanest part first; each starts where the one before ended
+        for m, part in parts:  # each part starts where the one before ended
             lat, st = native.invert_segment(m, positive, negative, cfg, part, samples, settings, capture,
                                             start=latents[-1] if latents else None, after=after)
             latents, stats = latents + lat[1 if latents else 0:], stats + st
+        prints = [native.fingerprint(m) for m in experts]
         traj = trajectory.Trajectory(
             latents=torch.stack([family.to_pack(x.float().cpu()) for x in latents]).to(storage),
             timesteps=sig[:-1], sigmas=sig, family=family.NAME, model_name=type(model.model).__name__,
             scheduler_config={"sampling": kind, "sigma_data": sigma_data, "ndim": samples.dim(),
                               "model": type(model.model).__name__},
-            model_fingerprint=native.fingerprint(model), prompt="", negative_prompt="",
+            model_fingerprint=prints[0], prompt="", negative_prompt="",
             embeds=torch.zeros(family.PLACEHOLDER), negative_embeds=torch.zeros(family.PLACEHOLDER),
             guidance=float(cfg), dynamic_cfg=False, iterations=int(settings.iters), tolerance=float(settings.tol),
             residuals=[s.residual for s in stats], calls=[s.calls for s in stats], model_conds=capture.conds,
-            extra={**settings.record(), "experts": [native.fingerprint(m) for m in experts],
-                   "switch_step": int(cut) if len(experts) > 1 else 0})
+            extra={**settings.record(), "experts": prints, "switch_step": int(switch_step) if len(experts) > 1 else 0})
         trajectory.validate(traj, "the native inversion")
         host.free_memory()
         return {"ui": {"vinv_trajectory": [traj.summary()]}, "result": (traj, noise_of(traj, model))}
-
-
-def solver_settings(iterations, tolerance, kind: str, damping: float, cfg: float) -> solver.Solver:
-    return solver.Solver(iterations, tolerance, memory=5 if kind == "anderson" else 0,
-                         damping=damping or None).resolved(cfg > 1.0)
 
 
 class NativeReferenceAttention:

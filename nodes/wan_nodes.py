@@ -10,9 +10,8 @@ from ..vidinv import families
 from ..vidinv.family import Guidance
 from ..vidinv.models import wan
 from ..vidinv.models.loading import DTYPES
-from ..vidinv.solver import Solver
 from . import host
-from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE, TRAJECTORY
+from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, SOLVER, TOLERANCE, TRAJECTORY, solver_settings
 from .pipeline_nodes import (GUIDANCE, OFFLOAD, TRAJECTORY_DTYPE, InvertNode, LoaderNode, SampleNode, run_invert,
                              run_load, run_sample)
 
@@ -122,9 +121,7 @@ class WanInvert(InvertNode):
             "guidance": GUIDANCE,
             "iterations": ITERATIONS,
             "tolerance": TOLERANCE,
-            "solver": (["anderson", "plain"], {"default": "anderson",
-                                               "tooltip": "Anderson acceleration (safeguarded) or plain fixed-point "
-                                                          "iteration."}),
+            "solver": SOLVER,
             "trajectory_dtype": TRAJECTORY_DTYPE,
         }, "optional": {
             "guidance_2": GUIDANCE_2,
@@ -133,7 +130,7 @@ class WanInvert(InvertNode):
     def invert(self, model, conditioning, latent, steps, guidance, iterations, tolerance, solver, trajectory_dtype,
                guidance_2=0.0):
         require_wan(model, "Flow Invert (Wan)")
-        settings = Solver(iterations, tolerance, memory=5 if solver == "anderson" else 0)
+        settings = solver_settings(iterations, tolerance, solver)
         return run_invert(model, conditioning, latent, steps, guidance_of(guidance, guidance_2), settings,
                           trajectory_dtype)
 
