@@ -2,6 +2,7 @@
 from . import host
 from .common import guard
 from .native_nodes import NativeInvert, NativeLoadTrajectory, NativeReferenceAttention
+from .flowedit_nodes import FlowEdit
 from .cogvideox_nodes import (DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion,
                               PromptTuningInversion)
 from .pipeline_nodes import FriendlyInvert, FriendlySample, GuidedSample, ReferenceAttention
@@ -36,6 +37,7 @@ NODES = {
     "VInvWanEncodeText": (WanEncodeText, "Encode Text (Wan)"),
     "VInvWanInvert": (WanInvert, "Flow Invert (Wan, exact)"),
     "VInvWanSample": (WanSample, "Flow Sample (Wan)"),
+    "VInvFlowEdit": (FlowEdit, "FlowEdit (flow models)"),
     "VInvFriendlyInvert": (FriendlyInvert, "Edit-Friendly Invert (DDPM)"),
     "VInvFriendlySample": (FriendlySample, "Edit-Friendly Sample (DDPM)"),
     "VInvNativeInvert": (NativeInvert, "Invert (native, exact)"),

@@ -23,6 +23,12 @@ the source's VAE reconstruction as tools/bench_edit.py does:
                       quantile t of each frame, --mask-threshold; "mask t" from the cross-attention,
                       "diff mask t" from the prediction difference, --mask-source; "... otsu":
                       cut at Otsu's level, --mask-cut)
+  flowedit N/M g/h    FlowEdit (`vidinv.flowedit`, Kulikov et al. 2025): no inversion, the paper's steps
+                      n_max = N down to n_min + 1 (M = n_min, then plain target steps), source guidance
+                      g, target guidance h, n_avg 1, seed 0 (--flowedit N/M/g/h ...)
+Every edit row counts the network rows it ran per video per step ("rows/step": one CFG pair = 2, as
+the paper counts FlowEdit's 4 per step); rows spent on the trajectory it starts from are listed
+beside the table (they are paid once per video, whatever the number of edits).
 Speed: plain vs guided sampling at guidance 5 (CFG on), median of --repeats.
 """
 from __future__ import annotations
@@ -55,6 +61,34 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     sigma = grid.sigmas[k]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     return pipeline.sample(model, cond, (1 - sigma) * x0 + sigma * noise, steps, Guidance(guidance), start=k)
+
+
+class RowCounter:
+    """Network rows run through the model's experts while active (a forward pre-hook on each, counting
+    the batch of its hidden states): what a method costs, whatever it batches into one call."""
+
+    def __init__(self, model):
+        self.rows, self.handles = 0, []
+        self.model = model
+
+    def __enter__(self):
+        def hook(module, args, kwargs):
+            self.rows += int(kwargs["hidden_states"].shape[0])
+        self.handles = [e.register_forward_pre_hook(hook, with_kwargs=True) for e in self.model.experts]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def flowedit_specs(texts) -> list[tuple[int, int, float, float]]:
+    """--flowedit "N/M/g/h" -> (n_max, n_min, source guidance, target guidance)."""
+    out = []
+    for text in texts:
+        n_max, n_min, g_src, g_tar = text.split("/")
+        out.append((int(n_max), int(n_min), float(g_src), float(g_tar)))
+    return out
 
 
 def run(args) -> dict:
@@ -91,7 +125,12 @@ def run(args) -> dict:
         baseline = float(np.mean(rel_err(pipeline.sample(model, src, fresh, steps, Guidance(g)), x0)))
         result["tables"].append({"steps": steps, "guidance": g, "fresh_noise_rel_err": baseline, "rows": rows})
     exact, naive = trajectories[1.0, "default"], trajectories[1.0, "naive (inverse Euler step)"]
-    ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
+    inversion_rows = {}
+    with RowCounter(model) as counter:
+        ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
+    inversion_rows["edit-friendly"] = counter.rows / len(specs) / steps
+    for label, key in (("exact", "default"), ("naive", "naive (inverse Euler step)")):
+        inversion_rows[label] = float(np.mean(trajectories[1.0, key].calls))  # guidance 1: one row per call
     skip = round(0.2 * steps)
 
     def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None):
@@ -100,6 +139,9 @@ def run(args) -> dict:
 
     published = ReferenceOptions(reference_text="edit")
     result["reconstruction"] = reconstruction_rows({
+        **{f"flowedit {n_max}/0 {g_src:g}/{g_src:g} (source prompt both sides)": pipeline.flow_edit(
+            model, src, src, x0, steps, n_max, 0, 1, Guidance(g_src), Guidance(g_src), 0)
+           for n_max, g_src in dict.fromkeys((n, gs) for n, _, gs, _ in flowedit_specs(args.flowedit))},
         "exact plain": pipeline.sample(model, src, exact.noise, steps),
         "ours default": guided(exact, ReferenceOptions(), src, 1.0),
         f"ours default, guidance {args.guidance:g} trajectory": guided(
@@ -126,6 +168,10 @@ def run(args) -> dict:
         "edit-friendly from 0.2": lambda: pipeline.sample(model, edit, ef.latent_for_step(skip), steps, Guidance(g),
                                                           start=skip, noise_maps=ef.noise_maps),
         "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
+        **{f"flowedit {n_max}/{n_min} {g_src:g}/{g_tar:g}": (
+            lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar: pipeline.flow_edit(
+                model, src, edit, x0, steps, n_max, n_min, 1, Guidance(g_src), Guidance(g_tar), 0))
+           for n_max, n_min, g_src, g_tar in flowedit_specs(args.flowedit)},
         **{f"{name} + {m}": (lambda traj=traj, o=o, mo=mo: guided(traj, o, edit, g, mask=mo))
            for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),
@@ -133,9 +179,25 @@ def run(args) -> dict:
                                  ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
-    rows = edit_rows(methods, lambda z: score_frames(decode(z), specs, targets, "colour", recon),
+    counted = {}
+
+    def counting(name, fn):
+        def run_counted():
+            with RowCounter(model) as counter:
+                z = fn()
+            counted[name] = counter.rows / len(specs) / steps
+            return z
+        return run_counted
+
+    rows = edit_rows({k: counting(k, fn) for k, fn in methods.items()},
+                     lambda z: score_frames(decode(z), specs, targets, "colour", recon),
                      {"edit": "colour", "guidance": g})
+    for r in rows:
+        r["rows_per_step"] = counted[r["method"]]
     result["tables_edit"] = [{"edit": "colour", "guidance": g, "rows": rows}]
+    result["inversion_rows_per_step"] = inversion_rows
+    if not args.speed:
+        return result
     result["speed"] = {"guidance": g, "repeats": args.repeats, "samplers": time_samplers({
         "plain": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
         "guided": lambda: guided(exact, ReferenceOptions(), edit, g),
@@ -145,8 +207,19 @@ def run(args) -> dict:
 
 def markdown(result: dict, command: str) -> str:
     inversion = inversion_markdown(result, command)
-    edits = edit_markdown({**result, "tables": result["tables_edit"]}, command)
-    return inversion + "\n" + edits.split("\n", 3)[3]  # the edit tables without a second header
+    edits = edit_markdown({**result, "tables": []}, command)
+    out = [inversion, edits.split("\n", 3)[3]]  # reconstruction and speed, without a second header
+    for tab in result["tables_edit"]:
+        out += [f"**colour edits, guidance {tab['guidance']:g}** (rows/step: network rows per video per step of "
+                "the edit itself)", "",
+                "| method | target hit | direction kept | mask IoU | centroid error (px) | rows/step | seconds |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
+                f"{r['centroid_err_px']:.2f} | {r['rows_per_step']:.2f} | {r['seconds']:.1f} |" for r in tab["rows"]]
+    inv = result.get("inversion_rows_per_step", {})
+    out += ["", "Rows per video per step of the trajectories the edits start from (guidance 1): " +
+            ", ".join(f"{k} {v:.2f}" for k, v in inv.items()), ""]
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
@@ -159,6 +232,10 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     add_mask_arguments(p)
+    p.add_argument("--flowedit", nargs="*", default=["35/0/1.5/5", "33/0/3.5/13.5"],
+                   help="FlowEdit rows, each n_max/n_min/source guidance/target guidance")
+    p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                   help="time plain vs guided sampling (--no-speed skips it)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

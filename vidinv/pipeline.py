@@ -17,7 +17,7 @@ import dataclasses
 
 import torch
 
-from . import attention, editmask, errors, families, friendly, solver
+from . import attention, editmask, errors, families, flow, flowedit, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
@@ -282,3 +282,36 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
         return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
 
     return probe, blend
+
+
+@torch.no_grad()
+def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: int, n_min: int = 0, n_avg: int = 1,
+              source_guidance: Guidance = Guidance(), target_guidance: Guidance = Guidance(), seed: int = 0,
+              image_latents: torch.Tensor | None = None, hooks: Hooks | None = None) -> torch.Tensor:
+    """FlowEdit (`vidinv.flowedit`) of the clean `latent` from the `source` to the `target`
+    conditioning on the model's `steps`-step grid, without inversion: the paper's steps n_max down to
+    n_min + 1, then n_min plain steps with the target. A model whose grid is not a flow grid, a window
+    the grid does not hold and n_avg < 1 are refused before any model call. Progress counts the
+    n_max steps run; every fresh noise comes from `seed`."""
+    hooks = hooks or Hooks()
+    fam = families.of(model)
+    if fam.grid_kind != flow.KIND:
+        raise errors.InputError(f"FlowEdit needs a flow-matching model; {getattr(model, 'name', '?')!r} is a "
+                                f"{fam.display_name} model (its sampler is {fam.grid_kind!r})",
+                                "Load a flow model (Wan), or edit this one with its Invert node + Reference "
+                                "Attention + Guided Sample.")
+    for cond, guidance in ((source, source_guidance), (target, target_guidance)):
+        checked_family(model, cond, latent, guidance, image_latents)
+    grid = fam.grid(model, steps)
+    first, _ = flowedit.window(grid.steps, n_min, n_max)
+    if not (errors.is_count(n_avg) and n_avg >= 1):
+        raise errors.InputError(f"FlowEdit's n_avg {n_avg!r} is not a whole number >= 1", "Set n_avg to 1 or more.")
+    v_src = guarded(fam.denoiser(model, source, source_guidance, grid, image_latents), hooks)
+    v_tar = guarded(fam.denoiser(model, target, target_guidance, grid, image_latents), hooks)
+
+    def after(info):
+        hooks.after_step(info["i"] - first, n_max, {k: v for k, v in info.items() if k != "i"})
+
+    with networks_on_device(fam.networks(model), model):
+        return flowedit.sample(v_src, v_tar, latent, grid, n_max, n_min, n_avg,
+                               torch.Generator().manual_seed(int(seed)), after)
