@@ -2,9 +2,8 @@
 family (Wan). It reads its inputs into the shared values and runs `pipeline.flow_edit`."""
 from __future__ import annotations
 
-from ..vidinv import errors
+from ..vidinv import errors, pipeline
 from ..vidinv.family import Guidance
-from ..vidinv import pipeline
 from . import host
 from .common import CATEGORY, CONDITIONING, MODEL, latent_parts, latent_value
 from .preview import latent_preview

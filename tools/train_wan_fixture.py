@@ -7,6 +7,11 @@ Stages (each seeded and reproducible on CPU; run in order):
     python tools/train_wan_fixture.py vae-decoder   # refine the VAE decoder (encoder and latents fixed)
     python tools/train_wan_fixture.py export   # diffusers folder -> assets/tiny-wan
 
+A held-out model (BENCHMARKS section 6, "Defaults on a model not tuned on") is the same recipe with
+another --seed and other shapes: --blocks, --heads, --head-dim, --ffn, --text-width, --text-layers
+(the transformer and UMT5), --vae-from FOLDER to reuse a trained Wan folder's VAE (its latent
+channels) instead of training one, --out outside the repository.
+
 Intermediate checkpoints go to --work (default: .fixture-work-wan/, git-ignored). The recipe is in
 assets/tiny-wan/MODEL_CARD.md; tools/evaluate_wan_fixture.py measures the gates.
 """
@@ -169,6 +174,29 @@ def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
+def shapes(args) -> tuple[dict, dict]:
+    """(UMT5 config, transformer config): the bundled model's, with the shapes the arguments change."""
+    text = dict(UMT5_CONFIG)
+    if args.text_width:
+        text.update(d_model=args.text_width, d_kv=args.text_width // text["num_heads"], d_ff=2 * args.text_width)
+    if args.text_layers:
+        text.update(num_layers=args.text_layers)
+    model = dict(TRANSFORMER_CONFIG, text_dim=text["d_model"])
+    for key, value in (("num_layers", args.blocks), ("num_attention_heads", args.heads),
+                       ("attention_head_dim", args.head_dim), ("ffn_dim", args.ffn)):
+        if value:
+            model[key] = value
+    return text, model
+
+
+def copy_vae(args) -> None:
+    """--vae-from: a trained Wan folder's VAE in float32 as this run's VAE (no VAE stage)."""
+    from diffusers import AutoencoderKLWan
+    AutoencoderKLWan.from_pretrained(Path(args.vae_from) / "vae", torch_dtype=torch.float32).save_pretrained(
+        Path(args.work) / "vae")
+    log(f"VAE taken from {args.vae_from}")
+
+
 def train_dit(args) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -176,6 +204,8 @@ def train_dit(args) -> None:
     rng = seed_all(args.seed + 1)
     work = Path(args.work)
     start = time.time()
+    if args.vae_from and not (work / "vae").exists():
+        copy_vae(args)
     data_file = work / "latents.pt"
     if data_file.exists():
         data = torch.load(data_file)
@@ -190,8 +220,9 @@ def train_dit(args) -> None:
 
     tokenizer = build_tokenizer()
     tokenizer.model_max_length = TEXT_LEN
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **UMT5_CONFIG))
-    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    text_config, transformer_config = shapes(args)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **text_config))
+    transformer = WanTransformer3DModel(**transformer_config)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, {args.steps} steps")
@@ -217,6 +248,7 @@ def train_dit(args) -> None:
     text_encoder.save_pretrained(work / "text_encoder")
     tokenizer.save_pretrained(work / "tokenizer")
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
+               "text_config": text_config, "transformer_config": transformer_config, "vae_from": args.vae_from,
                "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
                "dataset": len(latents), "seed": args.seed}, open(work / "dit_train.json", "w"), indent=1)
     log(f"transformer done in {time.time() - start:.0f}s")
@@ -257,6 +289,13 @@ def main(argv=None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.12)
     p.add_argument("--out", default=str(ROOT / "assets" / "tiny-wan"))
+    p.add_argument("--blocks", type=int, default=None, help="transformer blocks (bundled: 8)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (bundled: 4)")
+    p.add_argument("--head-dim", type=int, default=None, help="attention head width (bundled: 32)")
+    p.add_argument("--ffn", type=int, default=None, help="transformer FFN width (bundled: 256)")
+    p.add_argument("--text-width", type=int, default=None, help="UMT5 d_model = the transformer's text_dim (64)")
+    p.add_argument("--text-layers", type=int, default=None, help="UMT5 layers (bundled: 2)")
+    p.add_argument("--vae-from", default=None, help="reuse this Wan folder's VAE instead of the vae stage")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
