@@ -39,10 +39,12 @@ class FlowEdit:
             "steps": ("INT", {"default": 50, "min": 1, "max": MAX_STEPS,
                               "tooltip": "Steps of the model's shifted sigma grid the window is counted on (the "
                                          "paper's T)."}),
-            "n_max": ("INT", {"default": 35, "min": 1, "max": MAX_STEPS,
+            "n_max": ("INT", {"default": 33, "min": 1, "max": MAX_STEPS,
                               "tooltip": "FlowEdit starts n_max steps before the clean end (the paper's n_max; "
                                          "= steps starts at pure noise). More: stronger edits, less of the source "
-                                         "kept. Model calls: 2 guided calls per step in the window."}),
+                                         "kept. 33 of 50 is the paper's SD3 setting and was FlowEdit's best on the "
+                                         "bundled tiny Wan (BENCHMARKS section 6). Model calls: 2 guided calls per "
+                                         "step in the window."}),
             "n_min": ("INT", {"default": 0, "min": 0, "max": MAX_STEPS - 1,
                               "tooltip": "The last n_min steps are plain sampling of the target prompt from the "
                                          "edit, re-noised (the paper's SDEdit-like tail); 0 = none (then the source "
@@ -50,11 +52,12 @@ class FlowEdit:
             "n_avg": ("INT", {"default": 1, "min": 1, "max": 16,
                               "tooltip": "Fresh noises averaged per step (the paper's n_avg; each costs 2 guided "
                                          "calls)."}),
-            "source_guidance": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 30.0, "step": 0.1,
+            "source_guidance": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1,
                                           "tooltip": "Classifier-free guidance of the source velocity (1 = off)."}),
-            "target_guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
+            "target_guidance": ("FLOAT", {"default": 13.5, "min": 1.0, "max": 30.0, "step": 0.1,
                                           "tooltip": "Classifier-free guidance of the target velocity (1 = off); "
-                                                     "the paper uses more than the source's."}),
+                                                     "the paper uses more than the source's (3.5 / 13.5 for SD3: "
+                                                     "these defaults, the best tried on the bundled tiny Wan)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the fresh noise drawn at every step."}),
         }}

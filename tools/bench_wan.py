@@ -140,7 +140,7 @@ def run(args) -> dict:
 
     fresh = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     trajectories = {}
-    for g in (1.0, args.guidance):
+    for g in (1.0, args.guidance) if args.cfg_round_trip else (1.0,):
         rows = []
         for name, settings in (("default", Solver(iters=10, tol=1e-5)), ("naive (inverse Euler step)", Solver(0, 0.0))):
             calls = [0]
@@ -181,8 +181,9 @@ def run(args) -> dict:
            for n_max, _, g_src, _ in flowedit_specs(args.flowedit)[:1]},  # exact by construction: the first spec
         "exact plain": pipeline.sample(model, src, exact.noise, steps),
         "ours default": guided(exact, ReferenceOptions(), src, 1.0),
-        f"ours default, guidance {args.guidance:g} trajectory": guided(
-            trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance),
+        **({f"ours default, guidance {args.guidance:g} trajectory": guided(
+            trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance)}
+           if args.cfg_round_trip else {}),
         "published": guided(naive, published, src, 1.0, "fresh"),
         "edit-friendly": pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
         "edit-friendly + ours": guided(ef, ReferenceOptions(), src, 1.0)}, x0, recon, decode)
@@ -272,6 +273,8 @@ def main(argv=None) -> None:
     add_mask_arguments(p)
     p.add_argument("--flowedit", nargs="*", default=["35/0/1.5/5", "33/0/3.5/13.5"],
                    help="FlowEdit rows, each n_max/n_min/source guidance/target guidance")
+    p.add_argument("--cfg-round-trip", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the round trip at --guidance (--no-cfg-round-trip: guidance 1 only)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")
