@@ -2,7 +2,9 @@
 family (Wan). It reads its inputs into the shared values and runs `pipeline.flow_edit`."""
 from __future__ import annotations
 
-from ..vidinv import errors, pipeline
+import torch
+
+from ..vidinv import editmask, errors, pipeline
 from ..vidinv.family import Guidance
 from . import host
 from .common import CATEGORY, CONDITIONING, MODEL, latent_parts, latent_value
@@ -20,11 +22,14 @@ class FlowEdit:
         "model calls per step in the window, nothing stored); pick Flow Invert + Reference Attention + Guided Sample "
         "when you edit one video several times, need the exact trajectory (reconstruction, masks from it, saved "
         "trajectories) or want the source's attention to hold the layout. With the source prompt and guidance on "
-        "both sides and n_min 0 it returns the source exactly.")
+        "both sides and n_min 0 it returns the source exactly. Optionally masks the edit (a MASK, or the "
+        "prediction difference between the prompts): outside the mask the source is kept.")
     CATEGORY = f"{CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode Video shows it).",)
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "edit_mask")
+    OUTPUT_TOOLTIPS = ("The edited clean latent (VAE Decode Video shows it).",
+                       "Where the edit was allowed to change the video (white), frame by frame at the video's size; "
+                       "all white without a mask.")
     FUNCTION = "edit"
 
     @classmethod
@@ -60,10 +65,22 @@ class FlowEdit:
                                                      "these defaults, the best tried on the bundled tiny Wan)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the fresh noise drawn at every step."}),
+        }, "optional": {
+            "mask_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                               "Above 0, mask the edit by how much the model's prediction changes between the two "
+                               "prompts on the source noised to the cleanest 40 % of the levels (DiffEdit; 10 one-row "
+                               "model calls before editing), cut per frame (mask_cut: with 'otsu' any value above 0 "
+                               "switches it on; with 'quantile' the quantile kept). Outside the mask every step keeps "
+                               "the source. 0 = no mask."}),
+            "mask_cut": (list(editmask.CUTS), {"default": "otsu", "tooltip":
+                         "'otsu' keeps the part of each frame's map that stands out (Otsu's level); 'quantile' keeps "
+                         "the share mask_threshold says."}),
+            "mask": ("MASK", {"tooltip": "The region the edit may change (white = 1), instead of the map; one frame "
+                                         "for the whole video or one per frame. Overrides mask_threshold."}),
         }}
 
     def edit(self, model, source_conditioning, target_conditioning, latent, steps, n_max, n_min, n_avg,
-             source_guidance, target_guidance, seed):
+             source_guidance, target_guidance, seed, mask_threshold=0.0, mask_cut="otsu", mask=None):
         node = "FlowEdit"
         samples, image_latents, pad = latent_parts(latent, model, node)
         if (latent.get("vinv") or {}).get("trajectory_steps") is not None:
@@ -71,7 +88,13 @@ class FlowEdit:
                                     "clean source latent", "Connect VAE Encode Video's latent (FlowEdit needs no "
                                     "inversion), or sample the noise with Flow Sample / Guided Sample.")
         progress = host.Progress(min(n_max, steps), latent_preview(model))
+        edit_mask = None if mask is None and not mask_threshold else \
+            editmask.EditMask(mask_threshold, mask, "difference", mask_cut)
         out = pipeline.flow_edit(model, source_conditioning, target_conditioning, samples, steps, n_max, n_min, n_avg,
-                                 Guidance(source_guidance), Guidance(target_guidance), seed, image_latents, progress)
+                                 Guidance(source_guidance), Guidance(target_guidance), seed, image_latents, progress,
+                                 edit_mask)
+        latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None else \
+            edit_mask.latent
+        frames = editmask.to_pixels(latent_mask[:, pad:], model.spatial_factor, model.temporal_factor)
         host.free_memory()
-        return (latent_value(out, model, image_latents, pad),)
+        return (latent_value(out, model, image_latents, pad), frames)

@@ -29,7 +29,9 @@ the source's VAE reconstruction as tools/bench_edit.py does:
                       the edit sampled by the same solver at guidance 5 (no feature injection)
   flowedit N/M g/h    FlowEdit (`vidinv.flowedit`, Kulikov et al. 2025): no inversion, the paper's steps
                       n_max = N down to n_min + 1 (M = n_min, then plain target steps), source guidance
-                      g, target guidance h, n_avg 1, seed 0 (--flowedit N/M/g/h ...)
+                      g, target guidance h, n_avg 1, seed 0 (--flowedit N/M/g/h ...); the first
+                      one also with the difference masks ("+ diff mask ...": DiffEdit's map on the
+                      source noised to the cleanest 40 % of the levels, `pipeline.flow_edit`)
 Every edit row counts the network rows it ran per video per step ("rows/step": one CFG pair = 2, as
 the paper counts FlowEdit's 4 per step); rows spent on the trajectory it starts from are listed
 beside the table (they are paid once per video, whatever the number of edits).
@@ -211,6 +213,12 @@ def run(args) -> dict:
             lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar: pipeline.flow_edit(
                 model, src, edit, x0, steps, n_max, n_min, 1, Guidance(g_src), Guidance(g_tar), 0))
            for n_max, n_min, g_src, g_tar in flowedit_specs(args.flowedit)},
+        **{f"flowedit {n_max}/{n_min} {g_src:g}/{g_tar:g} + {m}": (
+            lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar, mo=mo: pipeline.flow_edit(
+                model, src, edit, x0, steps, n_max, n_min, 1, Guidance(g_src), Guidance(g_tar), 0,
+                edit_mask=edit_mask(mo)))
+           for n_max, n_min, g_src, g_tar in flowedit_specs(args.flowedit)[:1]
+           for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut) if mo[0] == "difference"},
         **{f"{name} + {m}": (lambda traj=traj, o=o, mo=mo: guided(traj, o, edit, g, mask=mo))
            for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),

@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from . import errors, flow
+from . import editmask, errors, flow
 from .solver import Denoiser, Grid, require_finite, working
 
 
@@ -76,12 +76,17 @@ def check_grid(grid: Grid) -> None:
 @torch.no_grad()
 def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_max: int, n_min: int = 0,
            n_avg: int = 1, generator: torch.Generator | None = None,
-           callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+           callback: Callable[[dict], None] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """FlowEdit of the clean source latent `x_src` on the flow `grid` (module docstring): returns
     the edited clean latent. `v_src(x, j)` / `v_tar(x, j)`: the guided velocities under the source
     and target conditioning at the pack's step j; `generator` draws every fresh noise (CPU, in
     order: n_avg per FlowEdit step, then one for the tail). `callback` receives ``{"i", "x",
-    "denoised", "sigma", "phase"}`` after each step (i counts the pack's steps)."""
+    "denoised", "sigma", "phase"}`` after each step (i counts the pack's steps).
+
+    `mask` (a latent mask ``[B, F, 1, h, w]`` in 0..1, `vidinv.editmask`): after every step the
+    edit is kept inside it and the source outside: ``Z_edit`` is blended with ``X_src`` (where
+    FlowEdit's path sits when nothing is edited), a tail step's latent with the source noised to
+    the next level by the tail's own noise."""
     check_grid(grid)
     first, tail = window(grid.steps, n_min, n_max)
     if not (errors.is_count(n_avg) and n_avg >= 1):
@@ -102,18 +107,23 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
             z_tar = z_src + (z_edit - x_src)
             delta += (working(v_tar(z_tar, j)) - working(v_src(z_src, j))) / n_avg
         z_edit = z_edit + (t_next - t) * delta
+        if mask is not None:
+            z_edit = editmask.blend(z_edit, mask, x_src)
         require_finite(z_edit, "FlowEdit", j, grid.steps, f"sigma {t:.4g}")
         if callback is not None:
             callback({"i": j, "x": z_edit, "denoised": z_edit, "sigma": t, "phase": "flowedit"})
     if tail == grid.steps:  # n_min = 0
         return z_edit
     t = sigmas[tail]
-    x = z_edit + ((1.0 - t) * x_src + t * noise() - x_src)
+    tail_noise = noise()
+    x = z_edit + ((1.0 - t) * x_src + t * tail_noise - x_src)
     for j in range(tail, grid.steps):
         t, t_next = sigmas[j], sigmas[j + 1]
         v = working(v_tar(x, j))
         denoised = x - t * v
         x = x + (t_next - t) * v
+        if mask is not None:
+            x = editmask.blend(x, mask, (1.0 - t_next) * x_src + t_next * tail_noise)
         require_finite(x, "FlowEdit (tail)", j, grid.steps, f"sigma {t:.4g}")
         if callback is not None:
             callback({"i": j, "x": x, "denoised": denoised, "sigma": t, "phase": "tail"})

@@ -287,12 +287,19 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
 @torch.no_grad()
 def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: int, n_min: int = 0, n_avg: int = 1,
               source_guidance: Guidance = Guidance(), target_guidance: Guidance = Guidance(), seed: int = 0,
-              image_latents: torch.Tensor | None = None, hooks: Hooks | None = None) -> torch.Tensor:
+              image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
+              edit_mask: editmask.EditMask | None = None) -> torch.Tensor:
     """FlowEdit (`vidinv.flowedit`) of the clean `latent` from the `source` to the `target`
     conditioning on the model's `steps`-step grid, without inversion: the paper's steps n_max down to
     n_min + 1, then n_min plain steps with the target. A model whose grid is not a flow grid, a window
     the grid does not hold and n_avg < 1 are refused before any model call. Progress counts the
-    n_max steps run; every fresh noise comes from `seed`."""
+    n_max steps run; every fresh noise comes from `seed`.
+
+    `edit_mask`: a given MASK, or the prediction-difference map (``source="difference"``; the
+    attention map needs a trajectory's sample and is refused) cut per frame: DiffEdit's unguided
+    predictions under the two prompts on the source noised (noise from ``seed + 1``) to the levels
+    of the cleanest 40 % of the steps, ten one-row calls before editing; rows whose prompts are equal
+    get an empty mask (the source, exactly). The mask used is left in ``edit_mask.latent``."""
     hooks = hooks or Hooks()
     fam = families.of(model)
     if fam.grid_kind != flow.KIND:
@@ -306,12 +313,39 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
     first, _ = flowedit.window(grid.steps, n_min, n_max)
     if not (errors.is_count(n_avg) and n_avg >= 1):
         raise errors.InputError(f"FlowEdit's n_avg {n_avg!r} is not a whole number >= 1", "Set n_avg to 1 or more.")
+    if edit_mask is not None and edit_mask.given is None and edit_mask.source != "difference":
+        raise errors.InputError(f"FlowEdit's mask source {edit_mask.source!r} follows a sample's attention; FlowEdit "
+                                "has no such sample", "Use the 'difference' mask source, or give a MASK.")
     v_src = guarded(fam.denoiser(model, source, source_guidance, grid, image_latents), hooks)
     v_tar = guarded(fam.denoiser(model, target, target_guidance, grid, image_latents), hooks)
+    mask = None
+    if edit_mask is not None:
+        mask = flow_edit_mask(model, fam, source, target, latent, grid, image_latents, edit_mask, seed, hooks)
+        edit_mask.latent = mask
 
     def after(info):
         hooks.after_step(info["i"] - first, n_max, {k: v for k, v in info.items() if k != "i"})
 
     with networks_on_device(fam.networks(model), model):
         return flowedit.sample(v_src, v_tar, latent, grid, n_max, n_min, n_avg,
-                               torch.Generator().manual_seed(int(seed)), after)
+                               torch.Generator().manual_seed(int(seed)), after, mask)
+
+
+def flow_edit_mask(model, fam, source, target, latent: torch.Tensor, grid: solver.Grid, image_latents,
+                   edit_mask: editmask.EditMask, seed: int, hooks: Hooks) -> torch.Tensor:
+    """FlowEdit's latent mask ``[B, F, 1, h, w]``: the given MASK, or the difference map of the
+    unguided predictions under the two prompts on the noised source (`flow_edit`)."""
+    if edit_mask.given is not None:
+        return editmask.from_pixels(edit_mask.given, latent.shape, model.temporal_factor)
+    batch = latent.shape[0]
+    rows = (source.embeds.expand(batch, -1, -1) != target.embeds.expand(batch, -1, -1)).flatten(1).any(1)
+    if not bool(rows.any()):
+        return torch.zeros(batch, latent.shape[1], 1, *latent.shape[-2:])
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    noised = {i: (1.0 - grid.sigmas[i]) * latent.float() + grid.sigmas[i] * torch.randn(latent.shape, generator=g)
+              for i in editmask.difference_steps(grid.steps)}
+    predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, image_latents), hooks) for c in (source, target)]
+    with networks_on_device(fam.networks(model), model):
+        scores = editmask.difference_map(*predict, noised.__getitem__, grid.steps, rows)
+    return editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), latent.shape,
+                                  edit_mask.threshold, edit_mask.cut)

@@ -229,10 +229,14 @@ def test_node_runs_the_pipeline_and_refuses_bad_latents(pack, folders):
     src, tar = (pwan.encode_text(model, p) for p in ("a red circle moving right", "a blue circle moving right"))
     x = latent().float()
     value = common.latent_value(x, model)
-    out, = node.edit(model, src, tar, value, STEPS, 3, 0, 1, 1.0, 3.0, 7)
+    out, frames = node.edit(model, src, tar, value, STEPS, 3, 0, 1, 1.0, 3.0, 7)
     want = pack.vidinv.pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, pack.vidinv.family.Guidance(1.0),
                                           pack.vidinv.family.Guidance(3.0), 7)
     assert torch.equal(out["samples"], want)
+    pixels = (FRAMES - 1) * model.temporal_factor + 1, HW * model.spatial_factor, HW * model.spatial_factor
+    assert frames.shape == (pixels[0], *pixels[1:], 3) and bool((frames == 1).all())
+    masked, mask_frames = node.edit(model, src, tar, value, STEPS, 3, 0, 1, 1.0, 3.0, 7, 0.5, "otsu")
+    assert 0 < float(mask_frames.mean()) < 1 and not torch.equal(masked["samples"], out["samples"])
     assert out["vinv"]["model_fingerprint"] == model.fingerprint
     other = pwan.load(folders[1], "fp32")
     with pytest.raises(perrors.InputError, match="made by the model"):
@@ -243,3 +247,49 @@ def test_node_runs_the_pipeline_and_refuses_bad_latents(pack, folders):
         node.edit(model, src, tar, value, STEPS, 9, 0, 1, 1.0, 3.0, 7)
     with pytest.raises(perrors.InputError, match="n_avg 0 is outside"):
         node.edit(model, src, tar, value, STEPS, 3, 0, 0, 1.0, 3.0, 7)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def test_mask_keeps_the_source_outside_exactly():
+    """Linear velocities, 6 steps, with a tail: where the mask is 0 the result is the source bit for
+    bit, where it is 1 it is the unmasked edit's (the blend is elementwise, the velocities here too)."""
+    x = torch.randn(1, 2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    v_src, v_tar = linear(torch.tensor(0.3)), linear(torch.tensor(-0.5))
+    mask = torch.zeros(1, 2, 1, 4, 4)
+    mask[..., :2, :] = 1.0
+
+    def run(m):
+        return flowedit.sample(v_src, v_tar, x, GRID, 5, 2, 1, torch.Generator().manual_seed(1), mask=m)
+    free, masked = run(None), run(mask)
+    inside = mask.expand_as(x).bool()
+    assert torch.equal(masked[~inside], x[~inside])
+    torch.testing.assert_close(masked[inside], free[inside], rtol=1e-6, atol=1e-6)
+    assert float((masked[inside] - x[inside]).abs().max()) > 1e-2
+    assert torch.equal(run(torch.ones(1, 2, 1, 4, 4)), free)
+
+
+def test_difference_mask_on_the_tiny_wan(models):
+    """The difference mask: with the source prompt on both sides it is empty and costs no call (the
+    source, exactly); with an edit it is made from ten unguided calls before the edit; the
+    attention source is refused before any call."""
+    from vidinv import editmask
+    model = models[0]
+    src, tar = prompts(model)
+    x = latent()
+    hooks, em = Counting(), editmask.EditMask(0.0, source="difference", cut="otsu")
+    same = pipeline.flow_edit(model, src, src, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(2.0), 0, hooks=hooks,
+                              edit_mask=em)
+    assert torch.equal(same, x) and float(em.latent.sum()) == 0.0 and hooks.calls == 3 * 2
+    hooks, em = Counting(), editmask.EditMask(0.0, source="difference", cut="otsu")
+    out = pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, hooks=hooks,
+                             edit_mask=em)
+    probes = len(editmask.difference_steps(STEPS))
+    assert hooks.calls == 3 * 2 + 2 * probes
+    keep = ~em.latent.expand_as(x).bool()
+    assert 0 < float(em.latent.mean()) < 1 and torch.equal(out[keep], x[keep])
+    hooks = Counting()
+    with pytest.raises(errors.InputError, match="attention"):
+        pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, hooks=hooks,
+                           edit_mask=editmask.EditMask(0.9, source="attention"))
+    assert hooks.calls == 0
