@@ -21,9 +21,10 @@ class FlowEdit:
         "n_min steps with the target prompt. Pick it when you have no trajectory and want one quick edit (2 guided "
         "model calls per step in the window, nothing stored); pick Flow Invert + Reference Attention + Guided Sample "
         "when you edit one video several times, need the exact trajectory (reconstruction, masks from it, saved "
-        "trajectories) or want the source's attention to hold the layout. With the source prompt and guidance on "
-        "both sides and n_min 0 it returns the source exactly. Optionally masks the edit (a MASK, or the "
-        "prediction difference between the prompts): outside the mask the source is kept.")
+        "trajectories) or want the source's attention to hold the layout (on the pack's tiny Wans that chain kept "
+        "the object's shape and path better, at more model calls: BENCHMARKS section 6). With the source prompt "
+        "and guidance on both sides and n_min 0 it returns the source exactly. Optionally masks the edit (a MASK, "
+        "or the prediction difference between the prompts): outside the mask the source is kept.")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("latent", "edit_mask")
