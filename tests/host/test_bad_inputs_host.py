@@ -111,6 +111,17 @@ def hostile_wan(g: dict) -> dict:
             "32": node("SaveLatent", samples=["31", 0], filename_prefix="never/wan")}
 
 
+def foreign_latent(g: dict) -> dict:
+    """The good graph's frames encoded by the bundled Wan, decoded by the bundled CogVideoX (both latents
+    are [1, 2, 16, 8, 8] here: only the latent's model tells them apart)."""
+    return {"1": g["1"], "2": g["2"], "3": g["3"],
+            "30": node("VInvLoadWan", model="tiny-wan (bundled)", precision="fp32", offload="none"),
+            "31": node("VInvVAEEncode", model=["30", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
+                       width=0, height=0, tiling="auto"),
+            "32": node("VInvVAEDecode", model=["1", 0], latent=["31", 0], tiling="auto"),
+            "33": node("PreviewImage", images=["32", 0])}
+
+
 def mutate(nid, **inputs):
     def change(g):
         g[nid]["inputs"].update(inputs)
@@ -245,6 +256,12 @@ ROWS = [
     ("encode 4096 x 81 frames", lambda g, o: mutate("4", width=4096, height=4096)(mutate("3", amount=81)(g)),
      "VInvVAEEncode", "resizing 81 frames of 64x64 to 4096x4096 needs about 4"),
     ("wan folder 1e9 layers", lambda g, o: hostile_wan(g), "VInvLoadWan", "num_layers is a number (1000000000), expected a whole number from 1 to 1024"),
+    ("wan latent to cogvideox decode", lambda g, o: foreign_latent(g), "VInvVAEDecode",
+     "VAE Decode Video: this latent was made by the model 'tiny-wan (bundled)', not by 'tiny-cogvideox (bundled)'"),
+    ("save 196 e-acute", lambda g, o: mutate("13", filename_prefix="\u00e9" * 196)(g), "VInvSaveTrajectory",
+     "is 392 bytes long in UTF-8"),
+    ("save newline", lambda g, o: mutate("13", filename_prefix="a\nb")(g), "VInvSaveTrajectory",
+     "contains a control character"),
     ("file exact with noise maps", lambda g, o: load_graph("exact_with_maps.safetensors"), "VInvLoadTrajectory",
      "is declared exact (version 1) but carries noise maps"),
     ("file latents x1e6", lambda g, o: load_graph("huge_latents.safetensors"), "VInvLoadTrajectory",
@@ -298,6 +315,7 @@ def test_bad_input_is_refused(server, before, files, name, build, node_type, fra
     assert len(message) < 1200, len(message)  # no listing of indices, no echo of a long field
     if name in SIZES_AND_FILES:  # refused before any work: at once, with nothing allocated (issue 38)
         assert seconds < 3.0 and grown < 200 * 2**20, (seconds, grown / 2**20)
+        print(f"{name}: refused in {seconds:.2f} s, server memory {grown / 2**20:+.0f} MiB")
 
 
 def test_rgba_frames_encode_like_rgb(server, before):
