@@ -61,7 +61,7 @@ VAE_FIELDS = {
 }
 SCHEDULER_FIELDS = {**configcheck.SCHEDULER_FIELDS, "snr_shift_scale": _n(None, 1e4, positive=True),
                     "beta_start": _n(0, 1), "beta_end": _n(0, 1), "steps_offset": _c(0, 100_000)}
-POSITION_TABLE_LIMIT = 2 << 30  # bytes: the 5B's table is 0.2 GB; a config asking more is not a real model
+POSITION_TABLE_LIMIT = 2 << 30  # bytes: 2B's table is 0.13 GiB; a config asking more is not a real model
 
 
 def _promises(cfg: dict) -> list:
@@ -97,10 +97,11 @@ def _cross_checks(cfg: dict, refuse) -> None:
     tokens = ((t["sample_frames"] - 1) // t["temporal_compression_ratio"] + 1) * \
         (t["sample_height"] // t["patch_size"]) * (t["sample_width"] // t["patch_size"]) + t["max_text_seq_length"]
     size = tokens * t["num_attention_heads"] * t["attention_head_dim"] * 4
-    if size > POSITION_TABLE_LIMIT:
+    table = not t["use_rotary_positional_embeddings"] or t["use_learned_positional_embeddings"]  # as diffusers
+    if table and size > POSITION_TABLE_LIMIT:
         refuse(f"transformer/config.json: sample_frames {t['sample_frames']} x sample_height {t['sample_height']} x "
                f"sample_width {t['sample_width']} make a position table of {size / 2**30:.1f} GiB "
-               f"(more than {POSITION_TABLE_LIMIT / 2**30:.0f} GiB; CogVideoX-5B's is 0.2 GiB)")
+               f"(more than {POSITION_TABLE_LIMIT / 2**30:.0f} GiB; CogVideoX-2B's is 0.13 GiB)")
     text = cfg.get("text_encoder/config.json", {}).get("d_model")
     if text is not None and text != t["text_embed_dim"]:
         refuse(f"transformer/config.json: text_embed_dim {t['text_embed_dim']} differs from the text encoder's "
