@@ -19,8 +19,7 @@ log = logging.getLogger("vidinv")
 FAMILY = cogvideox.FAMILY.name
 STEPS = ("INT", {"default": 50, "min": 1, "max": 1000,
                  "tooltip": "DDIM steps on the model's own grid (trailing spacing for CogVideoX)."})
-SVD_SAMPLING = ("For Stable Video Diffusion use Euler Invert (SVD, exact) and Euler Sample (SVD), or Reference "
-                "Attention + Guided Sample.")
+LOAD = "Load a CogVideoX folder with Load CogVideoX Model for the CogVideoX nodes."
 
 
 def available_models() -> dict:
@@ -73,8 +72,7 @@ class EncodeText:
         }}
 
     def encode(self, model, prompt, negative_prompt):
-        families.require(model, FAMILY, "Encode Text", "Stable Video Diffusion is conditioned on an image, not text: use "
-                          "Encode First Frame (SVD).")
+        families.require(model, FAMILY, "Encode Text", LOAD)
         cond = cogvideox.encode_text(model, prompt, negative_prompt)
         ui = {}
         if cond.truncated:
@@ -110,7 +108,7 @@ class DDIMInvert(InvertNode):
 
     def invert(self, model, conditioning, latent, steps, guidance, dynamic_cfg, iterations, tolerance, solver,
                damping, trajectory_dtype):
-        families.require(model, FAMILY, "DDIM Invert", SVD_SAMPLING)
+        families.require(model, FAMILY, "DDIM Invert", LOAD)
         settings = solver_settings(iterations, tolerance, solver, damping)
         return run_invert(model, conditioning, latent, steps, Guidance(guidance, dynamic_cfg), settings,
                           trajectory_dtype)
@@ -140,7 +138,7 @@ class DDIMSample(SampleNode):
 
     def sample(self, model, conditioning, latent, steps, guidance, dynamic_cfg, negative, trajectory=None,
                tuned_eta=1.0):
-        families.require(model, FAMILY, "DDIM Sample", SVD_SAMPLING)
+        families.require(model, FAMILY, "DDIM Sample", LOAD)
         return run_sample("DDIM Sample", model, conditioning, latent, steps, Guidance(guidance, dynamic_cfg), negative,
                           trajectory, tuned_eta)
 
@@ -176,9 +174,8 @@ class OptimiseNode:
 
     def run(self, optimise, node, model, trajectory, guidance, iterations, learning_rate, tolerance,
             gradient_checkpointing):
-        families.require(model, FAMILY, node,
-                          f"{node} optimises text embeddings; Stable Video Diffusion has none. Invert "
-                          "SVD under guidance with Euler Invert (SVD, exact) instead: it is exact at any guidance.")
+        families.require(model, FAMILY, node, f"{node} optimises CogVideoX's text embeddings; the other families' "
+                          "exact Invert nodes are exact at any guidance without it.")
         checkpoint = None if gradient_checkpointing == "auto" else gradient_checkpointing == "on"
         progress = host.Progress(trajectory.steps)
         traj = optimise(model, trajectory, guidance, iterations, learning_rate, tolerance, checkpoint, hooks=progress)

@@ -20,6 +20,9 @@ except ImportError:  # pytest, scripts
     _mm = _utils = _fp = None
 
 IN_COMFY = _fp is not None
+if IN_COMFY:  # the memory budget (vidinv.budget) follows what ComfyUI's model management says is free
+    from ..vidinv import budget as _budget
+    _budget.free_memory = lambda device: int(_mm.get_free_memory(torch.device(device or "cpu")))
 PACK_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = {"tiny-cogvideox (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox",
                   "tiny-cogvideox-i2v (bundled)": PACK_ROOT / "assets" / "tiny-cogvideox-i2v"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..vidinv import attention, errors, trajectory
+from ..vidinv import attention, budget, errors, trajectory
 from ..vidinv.family import check_scale
 from ..vidinv.models import native as family
 from . import host
@@ -95,6 +95,7 @@ class NativeInvert:
         family.expert_steps(steps, switch_step, len(experts))  # checks switch_step for two models
         samples = native.latent_samples(latent, model)
         family.to_pack(samples)  # a latent of another rank is refused here, before any model call
+        budget.require_trajectory(steps, samples)
         settings = solver_settings(iterations, tolerance, solver, damping).resolved(cfg > 1.0)
         capture = native.ConditioningCapture()
         progress = host.Progress(steps)

@@ -9,6 +9,7 @@ from .common import CATEGORY, MODEL, latent_parts, latent_value
 
 log = logging.getLogger("vidinv")
 TILING = ("auto", "on", "off")
+MAX_SIZE = 4096  # pixels a side: above every video model's size (Wan 1280, CogVideoX 1.5 1360); memory is checked too
 
 
 class VAEEncodeVideo:
@@ -34,11 +35,11 @@ class VAEEncodeVideo:
             "size": (list(video.SIZE_POLICIES), {
                 "default": video.SIZE_POLICIES[0],
                 "tooltip": "How to reach width x height: scale and centre-crop, stretch, or stop with an error."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIZE, "step": 8,
                               "tooltip": "Target width in pixels; 0 = the model's native width (Stable Video "
                                          "Diffusion: the video's own width). Must be a multiple of 8 x patch "
                                          "size (16 for CogVideoX; 8 for SVD)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIZE, "step": 8,
                                "tooltip": "Target height in pixels; 0 = the model's native height (Stable "
                                           "Video Diffusion: the video's own height)."}),
             "tiling": (list(TILING), {"default": "auto",

@@ -34,8 +34,12 @@ def display_name(name: str) -> str:
 
 
 def require(model, name: str, node: str, fix: str) -> Family:
-    """Refuse a model of another family on a node of family `name`, before any work starts."""
-    if name_of(model) != name:
+    """Refuse a model of another family on a node of family `name`, before any work starts. The hint
+    names the model's own family's nodes (`Family.own_nodes`), then `fix` (how to get a model of
+    family `name`)."""
+    got = name_of(model)
+    if got != name:
+        own = FAMILIES[got].own_nodes + " " if got in FAMILIES else ""
         raise errors.InputError(f"{node} works on {display_name(name)} models only; {getattr(model, 'name', '?')!r} "
-                                f"is a {display_name(name_of(model))} model, not {display_name(name)}", fix)
+                                f"is a {display_name(got)} model, not {display_name(name)}", own + fix)
     return FAMILIES[name]

@@ -80,8 +80,10 @@ class Family(Protocol):
 
     name: str  # stored in trajectories and model values ("cogvideox")
     display_name: str  # for messages ("CogVideoX")
+    own_nodes: str  # the nodes to use for its models, named when one reaches another family's node
     trajectory_version: int  # the trajectory file version this family's trajectories are written as
     text_conditioned: bool  # whether the conditioning is a prompt (negative prompts, null-text apply)
+    optimisable: bool  # whether null-text and prompt-tuning inversion run on it (their embeddings in trajectories)
     model_conditioned: bool  # whether its trajectories carry core's model-level conditioning (model_conds)
     grid_kind: str  # `vidinv.solver.Grid.kind` of its sampler ("ddim", "euler")
     solver_choice: bool  # whether its Invert node lets the user pick the solver (for hints)

@@ -20,6 +20,8 @@ setting), sigmas ``shift s / (1 + (shift - 1) s)`` of a linear ramp, then 0.
 """
 from __future__ import annotations
 
+import json
+
 import inspect
 import math
 
@@ -33,7 +35,8 @@ def shift_of(config: dict) -> float:
     """The flow shift of a scheduler config: FlowMatchEuler's ``shift``, or UniPC's ``flow_shift``."""
     value = config.get("shift", config.get("flow_shift", 1.0))
     if not (errors.is_number(value) and value > 0):
-        raise errors.InputError(f"the scheduler's flow shift {errors.describe_value(value)} is not a number > 0",
+        raise errors.InputError(f"the scheduler's flow shift is {errors.shorten(json.dumps(value))}; it must be a finite "
+                                "number > 0 (Wan 2.1: 3.0 at 480p, 5.0 at 720p)",
                                 "Use the model's own scheduler_config.json.")
     return float(value)
 

@@ -17,7 +17,7 @@ import dataclasses
 
 import torch
 
-from . import attention, editmask, errors, families, flow, flowedit, friendly, solver
+from . import attention, budget, editmask, errors, families, flow, flowedit, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
@@ -57,6 +57,7 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
     settings = settings.resolved(guidance.uses_cfg)
     storage = check_dtype(dtype)
     grid = fam.grid(model, steps)
+    budget.require_trajectory(steps, latent)
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
 
     def after(info):
@@ -83,6 +84,7 @@ def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Gui
     fam = checked_family(model, cond, latent, guidance, image_latents)
     storage = check_dtype(dtype)
     grid = fam.grid(model, steps)
+    budget.require_trajectory(steps, latent, maps=True, what="the edit-friendly inversion")
     friendly.posterior(grid)  # a grid without levels is refused before any model call
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
 

@@ -41,7 +41,9 @@ sampler (latents[T] is the noise it reconstructs from), and ``"edit-friendly"`` 
 latents drawn from q(x_t | x_0) and ``noise_maps`` ``[T, B, F, C, H, W]`` (noisiest first), with which
 the family's stochastic sampler reproduces x_0; ``extra.seed`` is the seed they were drawn with.
 Edit-friendly files are written as version `FRIENDLY_VERSION` (5) or their family's, whichever is
-larger, so earlier packs refuse them rather than sample them deterministically. ``above_tolerance`` (the inversion steps, cleanest first and
+larger, so earlier packs refuse them rather than sample them deterministically. A file declares its
+kind in the metadata (``kind``; files from before the key: version 5 is edit-friendly, any other
+exact), and loading holds it to the declaration (`check_kind`): a hand-edited file cannot change kind. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
 ignore; files without it get it from their residuals and tolerance, so neither version changes.
 """
@@ -61,6 +63,7 @@ FORMAT = "vidinv.trajectory"
 TUNED_VERSION = 3  # the version of files that carry tuned_embeds (older packs read up to 2)
 FRIENDLY_VERSION = 5  # the version of edit-friendly files (noise_maps; older packs read up to 4)
 VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))
+KINDS = ("exact", friendly.KIND)  # what a file declares in its metadata ("kind")
 STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 
 
@@ -260,12 +263,8 @@ class Trajectory:
             meta["sigmas"] = self.sigmas
         if self.conditioning:
             meta["conditioning"] = self.conditioning
-        version = families.get(self.family).trajectory_version
-        if self.tuned_embeds is not None:
-            version = max(version, TUNED_VERSION)
-        if self.noise_maps is not None:
-            version = max(version, FRIENDLY_VERSION)
-        meta.update(format=FORMAT, version=version)
+        meta.update(format=FORMAT, version=file_version(self.family, self.tuned_embeds is not None, self.kind),
+                    kind=self.kind)
         try:  # what load() would refuse is never written (a NaN, a wrong type)
             check_fields(json.loads(json.dumps(meta)), path.name)
             read_tensors(tensors, path.name)
@@ -275,6 +274,18 @@ class Trajectory:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"vidinv": json.dumps(meta)})
         return path
+
+
+def file_version(family: str, tuned: bool, kind: str) -> int:
+    """The version a trajectory file is written as: its family's, raised to `TUNED_VERSION` when it
+    carries prompt-tuned embeddings and to `FRIENDLY_VERSION` when edit-friendly, so a pack that
+    cannot read those parts refuses the file."""
+    version = families.get(family).trajectory_version if family in families.FAMILIES else 0
+    if tuned:
+        version = max(version, TUNED_VERSION)
+    if kind == friendly.KIND:
+        version = max(version, FRIENDLY_VERSION)
+    return version
 
 
 def numbers(test):
@@ -303,6 +314,7 @@ OPTIONAL_FIELDS = {  # key -> (what, test, default)
     "conditioning": ("a JSON object", lambda v: isinstance(v, dict), {}),
     "above_tolerance": ("a list of step indices", lambda v: isinstance(v, list) and all(type(k) is int for k in v),
                         None),  # None: derived from the residuals (files written before the key)
+    "kind": (f"one of {', '.join(KINDS)}", lambda v: v in KINDS, None),  # None: files from before the key
 }
 TENSORS = ("latents", "embeds", "negative_embeds")
 MODEL_CONDS = "model_conds."  # the prefix of a native trajectory's conditioning tensors in a file
@@ -389,9 +401,28 @@ def load(path) -> Trajectory:
         raise errors.InputError(f"{path.name!r} is a safetensors file but not a trajectory (no 'vidinv' metadata)",
                                 "Choose a file written by the Save Trajectory node.")
     fields = read_metadata(raw, path.name)
+    declared, version = fields.pop("kind"), json.loads(raw)["version"]
     traj = Trajectory(**read_tensors(tensors, path.name), **fields)
     validate(traj, path.name)
+    check_kind(traj, declared, version, path.name)
     return traj
+
+
+def check_kind(traj: Trajectory, declared: str | None, version: int, name: str) -> None:
+    """A file's kind is what it declares (files from before the declaration: what their version says,
+    as only edit-friendly files were written as `FRIENDLY_VERSION`), never what its tensors suggest:
+    an edit-friendly file needs its noise maps, an exact one has none, and the version must be the one
+    the kind and contents are written as (`file_version`), so no edit turns one kind into another."""
+    kind = declared or (friendly.KIND if version == FRIENDLY_VERSION else "exact")
+    fix = "The file was altered; save the trajectory again from its Invert node."
+    if kind != traj.kind:
+        has = "carries noise maps" if traj.noise_maps is not None else "has no noise maps"
+        raise errors.InputError(f"{name!r} is declared {kind} (version {version}) but {has}", fix)
+    expected = file_version(traj.family, traj.tuned_embeds is not None, kind)
+    if version != expected:
+        raise errors.InputError(f"{name!r} is version {version}, but a {kind} {traj.family_name} trajectory"
+                                f"{' with prompt-tuned embeddings' if traj.tuned_embeds is not None else ''} is written "
+                                f"as version {expected}", fix)
 
 
 def steps_above(residuals, tolerance: float) -> list[int]:
@@ -444,8 +475,12 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
         refuse(f"image_embeds {tuple(traj.image_embeds.shape)} without image_latents")
     if traj.family in families.FAMILIES and bool(traj.model_conds) != families.get(traj.family).model_conditioned:
         refuse("model_conds belong to ComfyUI-native trajectories, and every native trajectory has them")
-    if tuned is not None and not families.get(traj.family).text_conditioned:
-        refuse(f"a {families.display_name(traj.family)} trajectory carries no prompt-tuned embeddings")
+    if traj.family in families.FAMILIES and not families.get(traj.family).optimisable:
+        for key in ("null_embeds", "tuned_embeds"):
+            if getattr(traj, key) is not None:
+                refuse(f"a {families.display_name(traj.family)} trajectory carries no {key} (null-text and prompt "
+                       "tuning are CogVideoX's)")
+    check_magnitudes(traj, refuse)
     for key in ("residuals", "calls"):
         if len(getattr(traj, key)) != steps:
             refuse(f"{len(getattr(traj, key))} {key} for {steps} steps (one per step)")
@@ -461,3 +496,24 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
         raise errors.InputError(f"{source}: model family {traj.family!r} is not one of {', '.join(families.FAMILIES)}",
                                 "Update the pack, or save the trajectory again.")
     families.get(traj.family).validate_trajectory(traj, refuse)
+
+
+LATENT_LIMIT = 1e5  # no latent comes near this (~N(0, 1); SVD's noisiest, sigma 700 x noise, stays under 1e4)
+EMBED_RATIO = 100.0  # optimised embeddings stay within this many times the RMS of the prompt's own
+
+
+def check_magnitudes(traj: Trajectory, refuse) -> None:
+    """Values no inversion writes: latents or noise maps beyond `LATENT_LIMIT`, null-text or tuned
+    embeddings whose RMS is more than `EMBED_RATIO` times the source conditioning's."""
+    for key in ("latents", "noise_maps", "image_latents"):
+        t = getattr(traj, key)
+        if t is not None and float(t.abs().max()) > LATENT_LIMIT:
+            refuse(f"{key} reach {float(t.abs().max()):.3g}, beyond any latent ({LATENT_LIMIT:g})")
+    scale = max(float(traj.embeds.float().pow(2).mean().sqrt()), float(traj.negative_embeds.float().pow(2).mean().sqrt()),
+                1e-3)
+    for key in ("null_embeds", "tuned_embeds"):
+        t = getattr(traj, key)
+        if t is not None and float(t.float().pow(2).mean().sqrt()) > EMBED_RATIO * scale:
+            refuse(f"{key} have an RMS of {float(t.float().pow(2).mean().sqrt()):.3g}, over {EMBED_RATIO:g}x the "
+                   f"prompt embeddings' ({scale:.3g}): no optimisation writes that",
+                   "The file was altered; run the inversion again.")

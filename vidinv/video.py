@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import errors
+from . import budget, errors
 
 FRAME_POLICIES = ("trim to 4k+1", "error")
 SIZE_POLICIES = ("resize and crop", "stretch", "error")
@@ -45,7 +45,7 @@ def fit_frame_count(frames: torch.Tensor, temporal_factor: int, policy: str = "t
     if n < need:
         raise errors.InputError(f"the video has {n} frame(s); this model needs at least {need} "
                                 f"({temporal_factor}k+1 frames, k >= {minimum_latent_frames - 1})",
-                                f"Load a longer clip (e.g. {temporal_factor * 12 + 1} frames for CogVideoX).")
+                                f"Load a clip of at least {need} frames.")
     use = (n - 1) // temporal_factor * temporal_factor + 1
     if use == n:
         return frames, f"{n} frames used ({temporal_factor}k+1)"
@@ -81,6 +81,8 @@ def fit_size(frames: torch.Tensor, height: int, width: int, multiple: int, polic
                                 "Resize the video, or set size to 'resize and crop'.")
     if policy not in SIZE_POLICIES:
         raise errors.InputError(f"size policy {policy!r} is not one of {SIZE_POLICIES}", "Pick one of them.")
+    budget.require(budget.resize_bytes(n, height, width, h, w), f"resizing {n} frames of {w}x{h} to {width}x{height}",
+                   "Choose a smaller width and height (0 = the model's native size) or fewer frames", frames.device)
     x = frames[..., :3].permute(0, 3, 1, 2)
     if policy == "stretch":
         out = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)

@@ -11,10 +11,17 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import time
+from pathlib import Path
+
+import torch
+
 from tests.host.helpers import node, svd_round_trip
+from tests.unit.test_untrusted import light_copy
 from tools import comfy_host
 
 pytestmark = pytest.mark.host
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "vinv_red_circle_right_first_frame_green.png"  # 64x64, copied into input/ by the pack
 MODEL = "tiny-cogvideox (bundled)"
 ANY_NODE = '''
@@ -96,6 +103,25 @@ def any_value(graph: dict, nid: str, key: str, value) -> dict:
     return graph
 
 
+def hostile_wan(g: dict) -> dict:
+    """The good graph's frames encoded by the Wan folder models/Wan/hostile-layers."""
+    return {"2": g["2"], "3": g["3"], "30": node("VInvLoadWan", model="hostile-layers", precision="fp32", offload="none"),
+            "31": node("VInvVAEEncode", model=["30", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
+                       width=0, height=0, tiling="auto"),
+            "32": node("SaveLatent", samples=["31", 0], filename_prefix="never/wan")}
+
+
+def foreign_latent(g: dict) -> dict:
+    """The good graph's frames encoded by the bundled Wan, decoded by the bundled CogVideoX (both latents
+    are [1, 2, 16, 8, 8] here: only the latent's model tells them apart)."""
+    return {"1": g["1"], "2": g["2"], "3": g["3"],
+            "30": node("VInvLoadWan", model="tiny-wan (bundled)", precision="fp32", offload="none"),
+            "31": node("VInvVAEEncode", model=["30", 0], images=["3", 0], frames="trim to 4k+1", size="resize and crop",
+                       width=0, height=0, tiling="auto"),
+            "32": node("VInvVAEDecode", model=["1", 0], latent=["31", 0], tiling="auto"),
+            "33": node("PreviewImage", images=["32", 0])}
+
+
 def mutate(nid, **inputs):
     def change(g):
         g[nid]["inputs"].update(inputs)
@@ -158,6 +184,13 @@ def files(server, before, tmp_path_factory):
     write("wide_embeds.safetensors", embeds=tensors["embeds"].repeat(1, 1, 2).contiguous(),
           negative_embeds=tensors["negative_embeds"].repeat(1, 1, 2).contiguous())
     write("pad_frames.safetensors", json.dumps({**meta, "extra": {**meta["extra"], "pad_frames": 10 ** 6}}))
+    steps = len(meta["timesteps"])
+    write("exact_with_maps.safetensors", noise_maps=torch.zeros(steps, *lat.shape[1:]))
+    write("huge_latents.safetensors", latents=lat * 1e6)
+    hostile = server.base / "models" / "Wan" / "hostile-layers"
+    light_copy(ROOT / "assets" / "tiny-wan", hostile)
+    cfg = json.loads((hostile / "transformer" / "config.json").read_text())
+    (hostile / "transformer" / "config.json").write_text(json.dumps({**cfg, "num_layers": 1_000_000_000}))
     outside = tmp_path_factory.mktemp("outside") / "outside.safetensors"
     outside.write_bytes(good.read_bytes())
     (server.base / "input" / "link_out.safetensors").symlink_to(outside)
@@ -218,6 +251,21 @@ ROWS = [
      "has 128 channels, the model's conditioning has 64"),
     ("file pad frames", lambda g, o: load_graph("pad_frames.safetensors"), "VInvLoadTrajectory",
      "extra.pad_frames must be a whole number from 0 to"),
+    ("encode 8192 widget", lambda g, o: mutate("4", width=8192, height=8192)(g), "VInvVAEEncode",
+     "Value 8192 bigger than max of 4096"),
+    ("encode 4096 x 81 frames", lambda g, o: mutate("4", width=4096, height=4096)(mutate("3", amount=81)(g)),
+     "VInvVAEEncode", "resizing 81 frames of 64x64 to 4096x4096 needs about 4"),
+    ("wan folder 1e9 layers", lambda g, o: hostile_wan(g), "VInvLoadWan", "num_layers is a number (1000000000), expected a whole number from 1 to 1024"),
+    ("wan latent to cogvideox decode", lambda g, o: foreign_latent(g), "VInvVAEDecode",
+     "VAE Decode Video: this latent was made by the model 'tiny-wan (bundled)', not by 'tiny-cogvideox (bundled)'"),
+    ("save 196 e-acute", lambda g, o: mutate("13", filename_prefix="\u00e9" * 196)(g), "VInvSaveTrajectory",
+     "is 392 bytes long in UTF-8"),
+    ("save newline", lambda g, o: mutate("13", filename_prefix="a\nb")(g), "VInvSaveTrajectory",
+     "contains a control character"),
+    ("file exact with noise maps", lambda g, o: load_graph("exact_with_maps.safetensors"), "VInvLoadTrajectory",
+     "is declared exact (version 1) but carries noise maps"),
+    ("file latents x1e6", lambda g, o: load_graph("huge_latents.safetensors"), "VInvLoadTrajectory",
+     "latents reach"),
     ("file /etc/passwd", lambda g, o: load_graph(["/etc/passwd"]), "VInvLoadTrajectory",
      "'/etc/passwd' is not a readable file in ComfyUI's input folder"),
     ("file absolute outside", lambda g, o: load_graph([str(o)]), "VInvLoadTrajectory",
@@ -229,6 +277,10 @@ ROWS = [
     ("file missing", lambda g, o: load_graph(["missing.safetensors"]), "VInvLoadTrajectory",
      "'missing.safetensors' is not a readable file in ComfyUI's input folder"),
 ]
+
+
+SIZES_AND_FILES = {"encode 8192 widget", "encode 4096 x 81 frames", "wan folder 1e9 layers", "file exact with noise maps",
+                   "file latents x1e6"}
 
 
 def refusal(server, prompt) -> tuple[str | None, str]:
@@ -245,12 +297,25 @@ def refusal(server, prompt) -> tuple[str | None, str]:
     return err["node_type"], err["exception_message"]
 
 
+def server_rss(server) -> int:
+    """The server process's resident memory in bytes."""
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 @pytest.mark.parametrize("name, build, node_type, fragment", ROWS, ids=[r[0] for r in ROWS])
 def test_bad_input_is_refused(server, before, files, name, build, node_type, fragment):
+    rss, start = server_rss(server), time.perf_counter()
     got_type, message = refusal(server, build(good_graph(f"attack-{len(name)}"), files))
+    seconds, grown = time.perf_counter() - start, server_rss(server) - rss
     assert got_type == node_type, message
     assert fragment in message, message
     assert len(message) < 1200, len(message)  # no listing of indices, no echo of a long field
+    if name in SIZES_AND_FILES:  # refused before any work: at once, with nothing allocated (issue 38)
+        assert seconds < 3.0 and grown < 200 * 2**20, (seconds, grown / 2**20)
+        print(f"{name}: refused in {seconds:.2f} s, server memory {grown / 2**20:+.0f} MiB")
 
 
 def test_rgba_frames_encode_like_rgb(server, before):

@@ -95,10 +95,12 @@ def test_load_trajectory_round_trip(pack, graph):
 
 def test_other_families_nodes_refuse_a_wan_model_and_back(pack, graph, errors):
     m, model = pack.NODE_CLASS_MAPPINGS, graph["model"]
-    with pytest.raises(errors.InputError, match="DDIM Invert works on CogVideoX models only.*Wan model"):
+    with pytest.raises(errors.InputError, match="DDIM Invert works on CogVideoX models only.*Wan model") as err:
         m["VInvDDIMInvert"]().invert(model, graph["cond"], graph["latent"], 4, 1.0, False, 1, 1e-5, "anderson", 0.0,
                                      "fp32")
-    with pytest.raises(errors.InputError, match="Encode Text works on CogVideoX models only"):
+    assert "For Wan use Encode Text (Wan), Flow Invert (Wan, exact)" in str(err.value)  # the model's own nodes
+    assert "SVD" not in str(err.value)
+    with pytest.raises(errors.InputError, match="Encode Text works on CogVideoX models only.*For Wan use"):
         m["VInvEncodeText"]().encode(model, "a prompt", "")
     with pytest.raises(errors.InputError, match="Null-Text Inversion works on CogVideoX models only"):
         m["VInvNullTextInversion"]().optimise(model, graph["traj"], 6.0, 1, 0.05, 1e-5, "auto")

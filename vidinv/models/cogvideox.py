@@ -17,7 +17,7 @@ import torch
 
 from .. import ddim, editmask, errors, solver, video
 from ..family import Guidance, check_scale
-from . import cogvideox_attention, loading
+from . import cogvideox_attention, configcheck, loading
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 from .rope import rotary_table
 
@@ -34,10 +34,84 @@ def is_model_folder(path) -> bool:
 
 def find_model_folders(roots) -> dict[str, Path]:
     """CogVideoX folders directly under each root, keyed by folder name (first root wins)."""
-    return loading.find_model_folders(roots, is_model_folder)
+    return loading.find_model_folders(roots, is_model_folder, check_model_folder)
 
 
 skip_folder = loading.skip_folder  # the scan's once-per-folder log (tests clear its cache)
+
+
+_c, _n, _F = configcheck.count, configcheck.number, configcheck.Field
+TRANSFORMER_FIELDS = {  # diffusers' defaults where a key may be left out
+    "num_attention_heads": _c(1, 1024, default=30), "attention_head_dim": _c(1, 4096, default=64),
+    "in_channels": _c(1, 4096, default=16), "out_channels": _c(1, 4096, null=True, default=16),
+    "time_embed_dim": _c(1, 65536, default=512), "ofs_embed_dim": _c(1, 65536, null=True),
+    "text_embed_dim": _c(1, 65536, default=4096), "num_layers": _c(1, 1024, default=30),
+    "sample_width": _c(1, 4096, default=90), "sample_height": _c(1, 4096, default=60),
+    "sample_frames": _c(1, 4096, default=49), "patch_size": _c(1, 64, default=2),
+    "patch_size_t": _c(1, 64, null=True, default=None), "temporal_compression_ratio": _c(1, 64, default=4),
+    "max_text_seq_length": _c(1, 16384, default=226), "use_rotary_positional_embeddings": _F("bool", default=False),
+    "use_learned_positional_embeddings": _F("bool", default=False), "norm_eps": _n(0, 1, positive=True),
+    "spatial_interpolation_scale": _n(None, 1e4, positive=True), "temporal_interpolation_scale": _n(None, 1e4, positive=True),
+}
+VAE_FIELDS = {
+    "in_channels": _c(1, 64, default=3), "out_channels": _c(1, 64, default=3), "latent_channels": _c(1, 1024, default=16),
+    "block_out_channels": _F("ints", 1, 65536, default=[128, 256, 256, 512]), "layers_per_block": _c(1, 64),
+    "norm_num_groups": _c(1, 4096), "temporal_compression_ratio": _n(1, 64), "scaling_factor": _n(None, 1e4, positive=True),
+    "sample_height": _c(1, 1 << 16), "sample_width": _c(1, 1 << 16), "invert_scale_latents": _F("bool"),
+}
+SCHEDULER_FIELDS = {**configcheck.SCHEDULER_FIELDS, "snr_shift_scale": _n(None, 1e4, positive=True),
+                    "beta_start": _n(0, 1), "beta_end": _n(0, 1), "steps_offset": _c(0, 100_000)}
+POSITION_TABLE_LIMIT = 2 << 30  # bytes: 2B's table is 0.13 GiB; a config asking more is not a real model
+
+
+def _promises(cfg: dict) -> list:
+    out = []
+    t = cfg.get("transformer/config.json")
+    if t is not None:
+        inner, p, pt = t["num_attention_heads"] * t["attention_head_dim"], t["patch_size"], t["patch_size_t"]
+        embed = (inner, t["in_channels"], p, p) if pt is None else (inner, t["in_channels"] * p * p * pt)
+        out += [configcheck.Blocks("transformer", "transformer_blocks.", t["num_layers"], "num_layers"),
+                configcheck.Promise("transformer", "patch_embed.proj.weight", embed,
+                                    "num_attention_heads x attention_head_dim, in_channels, patch_size, patch_size_t"),
+                configcheck.Promise("transformer", "patch_embed.text_proj.weight", (inner, t["text_embed_dim"]),
+                                    "text_embed_dim"),
+                configcheck.Promise("transformer", "time_embedding.linear_1.weight", (t["time_embed_dim"], inner),
+                                    "time_embed_dim"),
+                configcheck.Promise("transformer", "proj_out.weight",
+                                    ((t["out_channels"] or t["in_channels"]) * p * p * (pt or 1), inner),
+                                    "out_channels x patch sizes")]
+    v = cfg.get("vae/config.json")
+    if v is not None:
+        first, last = v["block_out_channels"][0], v["block_out_channels"][-1]
+        out += [configcheck.Promise("vae", "encoder.conv_in.conv.weight", (first, v["in_channels"], 3, 3, 3),
+                                    "block_out_channels, in_channels"),
+                configcheck.Promise("vae", "decoder.conv_in.conv.weight", (last, v["latent_channels"], 3, 3, 3),
+                                    "block_out_channels, latent_channels")]
+    return out + configcheck.t5_promises(cfg.get("text_encoder/config.json", {}))
+
+
+def _cross_checks(cfg: dict, refuse) -> None:
+    t = cfg.get("transformer/config.json")
+    if t is None:
+        return
+    tokens = ((t["sample_frames"] - 1) // t["temporal_compression_ratio"] + 1) * \
+        (t["sample_height"] // t["patch_size"]) * (t["sample_width"] // t["patch_size"]) + t["max_text_seq_length"]
+    size = tokens * t["num_attention_heads"] * t["attention_head_dim"] * 4
+    table = not t["use_rotary_positional_embeddings"] or t["use_learned_positional_embeddings"]  # as diffusers
+    if table and size > POSITION_TABLE_LIMIT:
+        refuse(f"transformer/config.json: sample_frames {t['sample_frames']} x sample_height {t['sample_height']} x "
+               f"sample_width {t['sample_width']} make a position table of {size / 2**30:.1f} GiB "
+               f"(more than {POSITION_TABLE_LIMIT / 2**30:.0f} GiB; CogVideoX-2B's is 0.13 GiB)")
+    text = cfg.get("text_encoder/config.json", {}).get("d_model")
+    if text is not None and text != t["text_embed_dim"]:
+        refuse(f"transformer/config.json: text_embed_dim {t['text_embed_dim']} differs from the text encoder's "
+               f"d_model {text}")
+
+
+SPEC = configcheck.Spec(
+    files={"model_index.json": {}, "transformer/config.json": TRANSFORMER_FIELDS, "vae/config.json": VAE_FIELDS,
+           "text_encoder/config.json": configcheck.T5_FIELDS, "scheduler/scheduler_config.json": SCHEDULER_FIELDS},
+    promises=_promises, extra=_cross_checks)
 
 
 def check_model_folder(path: Path) -> None:
@@ -53,6 +127,8 @@ def check_model_folder(path: Path) -> None:
     if not loading.readable_check(is_model_folder, path, "transformer/config.json"):
         raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
                                 "Choose a CogVideoX model folder.")
+    configs = configcheck.check_configs(path, SPEC)  # every field's type and range first
+    configcheck.check_weights(path, SPEC, configs)  # then the sizes against the weights' headers
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -227,6 +303,7 @@ def encode_video(model: CogVideoX, frames: torch.Tensor, tiling: str = "auto",
     ``[1, F, C, h, w]`` float32, scaled by the VAE's scaling factor. The posterior mean is used
     unless `sample` (then drawn with `seed`)."""
     n, h, w, _ = frames.shape
+    loading.require_vae_memory(model, n, h, w, should_tile(model, h, w, tiling), "VAE-encoding")
     x = frames.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1  # [1, 3, N, H, W] in -1..1
     with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
         dist = vae.encode(x.to(model.device, model.dtype)).latent_dist
@@ -299,6 +376,8 @@ def decode_video(model: CogVideoX, latents: torch.Tensor, tiling: str = "auto") 
             f"{model.name}'s VAE",
             "Decode with the model that made the latent.")
     h, w = latents.shape[-2] * model.spatial_factor, latents.shape[-1] * model.spatial_factor
+    loading.require_vae_memory(model, latents.shape[0] * frames_for_latents(model, latents.shape[1]), h, w,
+                               should_tile(model, h, w, tiling), "VAE-decoding")
     out = []
     with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
         for z in latents:  # one video at a time keeps peak memory at one video
@@ -445,8 +524,10 @@ class CogVideoXFamily:
     timestep grid, text conditioning, joint text-image attention with RoPE for the reference."""
     name = "cogvideox"
     display_name = "CogVideoX"
+    own_nodes = 'For CogVideoX use Encode Text (CogVideoX), DDIM Invert (exact) and DDIM Sample, or Reference Attention + Guided Sample.'  # the hint when one of its models reaches another family's node
     trajectory_version = 1  # what every version of the pack reads and writes
     text_conditioned = True
+    optimisable = True  # null-text / prompt-tuning embeddings (DDIM: CogVideoX)
     model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = "ddim"  # `vidinv.solver.Grid.kind` of its sampler
     solver_choice = True

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .. import errors
+from .. import budget, errors
 
 log = logging.getLogger("vidinv")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,10 +51,19 @@ def skip_folder(path: str, reason: str) -> None:
     log.warning("vidinv: skipped model folder %s: %s", path, reason)
 
 
-def find_model_folders(roots: Iterable, accept: Callable[[Path], bool]) -> dict[str, Path]:
+@functools.lru_cache(maxsize=1024)
+def refused_folder(path: str, reason: str) -> None:
+    """Log once (per folder and reason) that a listed folder will be refused when loaded."""
+    log.warning("vidinv: model folder %s will be refused when loaded: %s", path, reason)
+
+
+def find_model_folders(roots: Iterable, accept: Callable[[Path], bool],
+                       check: Callable[[Path], None] | None = None) -> dict[str, Path]:
     """Model folders directly under each root for which `accept` holds, keyed by folder name (first
     root wins). A folder (or root) that cannot be read, whatever the reason, is skipped and logged
-    once: one broken download must not take the loader away from every other model."""
+    once: one broken download must not take the loader away from every other model. `check` (the
+    family's folder check, configs against their weights) runs on each accepted folder; a folder it
+    refuses stays listed, so choosing it shows the check's message, and the reason is logged once."""
     found: dict[str, Path] = {}
     for root in roots:
         root = Path(root)
@@ -67,6 +76,11 @@ def find_model_folders(roots: Iterable, accept: Callable[[Path], bool]) -> dict[
             try:
                 if child.name not in found and child.is_dir() and accept(child):
                     found[child.name] = child
+                    if check is not None:
+                        try:
+                            check(child)
+                        except errors.InputError as err:
+                            refused_folder(str(child), str(err))
             except Exception as err:  # noqa: BLE001 - any unreadable folder is skipped, never fatal
                 skip_folder(str(child), f"{type(err).__name__}: {err}")
     return found
@@ -225,3 +239,20 @@ def check_tiled_size(got, expected, what: str) -> None:
     if tuple(got) != tuple(expected):
         raise errors.InputError(f"VAE tiling returned {what} of size {tuple(got)} instead of {tuple(expected)} "
                                 "(the VAE's tiles are too small for this frame size)", "Set tiling to 'off' or 'auto'.")
+
+
+VAE_FRAMES_AT_ONCE = 8  # the video VAEs encode and decode a few frames at a time (CogVideoX 8, Wan 4, SVD 14 a chunk)
+
+
+def require_vae_memory(model, frames: int, height: int, width: int, tiled: bool, what: str) -> None:
+    """Refuse, before the VAE runs, frames whose VAE work exceeds the memory budget (`vidinv.budget`):
+    the frames in -1..1 and on the device, and a few activation maps of the VAE's first level at full
+    resolution (at the tile's when tiled) for the frames it takes at once."""
+    cfg = dict(model.vae.config)
+    channels = int(cfg.get("base_dim") or (cfg.get("block_out_channels") or [128])[0])
+    tile = (getattr(model.vae, "tile_sample_min_height", height), getattr(model.vae, "tile_sample_min_width", width))
+    itemsize = torch.finfo(model.dtype).bits // 8
+    need = 2 * budget.frames_bytes(frames, height, width) + budget.vae_bytes(
+        min(frames, VAE_FRAMES_AT_ONCE), height, width, channels, itemsize, tiled, tile)
+    budget.require(need, f"{what} {frames} frames of {width}x{height}",
+                   "Choose a smaller width and height or fewer frames, or set tiling to 'on'", model.device)

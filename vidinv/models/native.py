@@ -134,8 +134,10 @@ class NativeFamily:
     models are core's MODEL values, which the pack's own nodes do not take."""
     name = NAME
     display_name = "ComfyUI-native"
+    own_nodes = "For ComfyUI's own models use Invert (native, exact), Reference Attention (native) and core's SamplerCustomAdvanced."  # the hint when one of its models reaches another family's node
     trajectory_version = VERSION
     text_conditioned = False  # no prompt embeddings of its own: null-text and prompt tuning refuse it
+    optimisable = False  # null-text / prompt-tuning embeddings: CogVideoX's
     model_conditioned = True  # its trajectories carry model_conds
     grid_kind = "native-euler"
     solver_choice = True

@@ -24,7 +24,7 @@ import torch
 from .. import edm, errors, video
 from ..family import Guidance
 from ..attention import check_window_weight_rows
-from . import loading, svd_attention
+from . import configcheck, loading, svd_attention
 from .loading import dtype_kwarg, on_device, read_json
 
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
@@ -44,7 +44,7 @@ def is_model_folder(path) -> bool:
 
 def find_model_folders(roots) -> dict[str, Path]:
     """SVD folders directly under each root, keyed by folder name (first root wins)."""
-    return loading.find_model_folders(roots, is_model_folder)
+    return loading.find_model_folders(roots, is_model_folder, check_model_folder)
 
 
 def weights_variant(folder: Path) -> str | None:
@@ -57,6 +57,52 @@ def weights_variant(folder: Path) -> str | None:
         return "fp16"
     raise errors.InputError(f"{folder.parent.name!r}: {folder.name}/ holds no weights (*.safetensors or *.bin)",
                             "Download the whole model repository, weights included.")
+
+
+_c, _n, _F = configcheck.count, configcheck.number, configcheck.Field
+UNET_FIELDS = {  # diffusers' defaults where a key may be left out
+    "in_channels": _c(1, 4096, default=8), "out_channels": _c(1, 4096, default=4),
+    "block_out_channels": _F("ints", 1, 65536, default=[320, 640, 1280, 1280]),
+    "cross_attention_dim": _c(1, 65536), "num_frames": _c(1, 4096), "sample_size": _c(1, 4096, null=True),
+    "projection_class_embeddings_input_dim": _c(1, 65536, default=768), "addition_time_embed_dim": _c(1, 65536),
+}
+VAE_FIELDS = {
+    "in_channels": _c(1, 64, default=3), "out_channels": _c(1, 64, default=3), "latent_channels": _c(1, 1024, default=4),
+    "block_out_channels": _F("ints", 1, 65536, default=[64]), "layers_per_block": _c(1, 64),
+    "scaling_factor": _n(None, 1e4, positive=True), "sample_size": _c(1, 1 << 16), "force_upcast": _F("bool"),
+}
+SCHEDULER_FIELDS = {**configcheck.SCHEDULER_FIELDS, "sigma_min": _n(None, 1e6, positive=True),
+                    "sigma_max": _n(None, 1e6, positive=True)}
+
+
+def _promises(cfg: dict) -> list:
+    out = []
+    u = cfg.get("unet/config.json")
+    if u is not None:
+        first = u["block_out_channels"][0]
+        out += [configcheck.Blocks("unet", "down_blocks.", len(u["block_out_channels"]), "len(block_out_channels)"),
+                configcheck.Promise("unet", "conv_in.weight", (first, u["in_channels"], 3, 3),
+                                    "block_out_channels, in_channels"),
+                configcheck.Promise("unet", "conv_out.weight", (u["out_channels"], first, 3, 3),
+                                    "out_channels, block_out_channels"),
+                configcheck.Promise("unet", "add_embedding.linear_1.weight",
+                                    (4 * first, u["projection_class_embeddings_input_dim"]),
+                                    "block_out_channels, projection_class_embeddings_input_dim")]
+    v = cfg.get("vae/config.json")
+    if v is not None:
+        first, last = v["block_out_channels"][0], v["block_out_channels"][-1]
+        out += [configcheck.Promise("vae", "encoder.conv_in.weight", (first, v["in_channels"], 3, 3),
+                                    "block_out_channels, in_channels"),
+                configcheck.Promise("vae", "decoder.conv_in.weight", (last, v["latent_channels"], 3, 3),
+                                    "block_out_channels, latent_channels")]
+    return out + configcheck.clip_promises(cfg.get("image_encoder/config.json", {}), projection=True)
+
+
+SPEC = configcheck.Spec(
+    files={"model_index.json": {}, "unet/config.json": UNET_FIELDS, "vae/config.json": VAE_FIELDS,
+           "image_encoder/config.json": configcheck.CLIP_FIELDS, "feature_extractor/preprocessor_config.json": {},
+           "scheduler/scheduler_config.json": SCHEDULER_FIELDS},
+    promises=_promises)
 
 
 def check_model_folder(path: Path) -> None:
@@ -72,11 +118,13 @@ def check_model_folder(path: Path) -> None:
     if not loading.readable_check(is_model_folder, path, "unet/config.json"):
         raise errors.InputError(f"{path.name!r}: unet/config.json does not name {UNET_CLASS}",
                                 "Choose a Stable Video Diffusion model folder.")
+    configs = configcheck.check_configs(path, SPEC)  # every field's type and range first
     index = loading.readable_check(lambda p: loading.config_class(p / "model_index.json"), path,
                                      "model_index.json")
     if index not in (None, PIPELINE_CLASS):
         raise errors.InputError(f"{path.name!r}: model_index.json names {index!r}, "
                                 f"not {PIPELINE_CLASS}", "Choose a Stable Video Diffusion model folder.")
+    configcheck.check_weights(path, SPEC, configs)  # then the sizes against the weights' headers
 
 
 # ----------------------------------------------------------------------------- the model value
@@ -243,6 +291,7 @@ def encode_video(model: SVD, frames: torch.Tensor, chunk: int = 14, sample: bool
     VAE's scaling factor. The VAE encodes frame by frame (in chunks of `chunk` frames); the
     posterior mode is used unless `sample` (then drawn with `seed`)."""
     check_frames(model, frames)
+    loading.require_vae_memory(model, frames.shape[0], frames.shape[1], frames.shape[2], False, "VAE-encoding")
     x = frames.permute(0, 3, 1, 2).float() * 2 - 1  # [N, 3, H, W] in -1..1
     g = torch.Generator().manual_seed(int(seed))
     out = []
@@ -266,6 +315,8 @@ def decode_video(model: SVD, latents: torch.Tensor, decode_chunk_size: int = 14)
         raise errors.InputError(f"latent of shape {tuple(latents.shape)} is not [B, F, {model.latent_channels}, H, W] "
                                 f"for {model.name}'s VAE", "Decode with the model that made the latent.")
     out = []
+    h, w = latents.shape[-2] * model.spatial_factor, latents.shape[-1] * model.spatial_factor
+    loading.require_vae_memory(model, latents.shape[0] * latents.shape[1], h, w, False, "VAE-decoding")
     with on_device(model.vae, model) as vae:
         for one in latents:
             z = one / model.scaling_factor
@@ -476,8 +527,10 @@ class SVDFamily:
     for the reference."""
     name = "svd"
     display_name = "Stable Video Diffusion"
+    own_nodes = 'For Stable Video Diffusion use Encode First Frame (SVD), Euler Invert (SVD, exact) and Euler Sample (SVD), or Reference Attention + Guided Sample (SVD).'  # the hint when one of its models reaches another family's node
     trajectory_version = 2  # so that a pack from before SVD refuses the file instead of misreading it
     text_conditioned = False
+    optimisable = False  # null-text / prompt-tuning embeddings: CogVideoX's
     model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = "euler"  # `vidinv.solver.Grid.kind` of its sampler
     solver_choice = False

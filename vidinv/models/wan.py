@@ -49,7 +49,7 @@ import torch
 
 from .. import editmask, errors, flow, solver, video
 from ..family import Guidance
-from . import loading, wan_attention
+from . import configcheck, loading, wan_attention
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 
 TRANSFORMER_CLASS = "WanTransformer3DModel"
@@ -68,7 +68,7 @@ def is_model_folder(path) -> bool:
 
 def find_model_folders(roots) -> dict[str, Path]:
     """Wan folders directly under each root, keyed by folder name (first root wins)."""
-    return loading.find_model_folders(roots, is_model_folder)
+    return loading.find_model_folders(roots, is_model_folder, check_model_folder)
 
 
 def check_model_folder(path: Path) -> None:
@@ -84,6 +84,7 @@ def check_model_folder(path: Path) -> None:
     if not loading.readable_check(is_model_folder, path, "transformer/config.json"):
         raise errors.InputError(f"{path.name!r}: transformer/config.json does not name {TRANSFORMER_CLASS}",
                                 "Choose a Wan model folder.")
+    configs = configcheck.check_configs(path, SPEC)  # every field's type and range first
     tcfg = loading.read_json(path / "transformer" / "config.json")
     check_experts(path, tcfg, folder_index(path))
     if tcfg.get("pos_embed_seq_len"):
@@ -98,6 +99,84 @@ def check_model_folder(path: Path) -> None:
             f"{', '.join(missing)}", "Download the whole diffusers repository (for example "
             "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers): its CLIP image encoder and image processor are needed.")
     check_channels(path, tcfg)
+    configcheck.check_weights(path, SPEC, configs)  # then the sizes against the weights' headers
+
+
+# ----------------------------------------------------------------------------- what a folder's configs may say
+
+_c, _n, _F = configcheck.count, configcheck.number, configcheck.Field
+TRANSFORMER_FIELDS = {  # diffusers' defaults where a key may be left out
+    "patch_size": _F("ints", 1, 64, length=3, default=[1, 2, 2]), "num_attention_heads": _c(1, 1024, default=40),
+    "attention_head_dim": _c(1, 4096, default=128), "in_channels": _c(1, 4096, default=16),
+    "out_channels": _c(1, 4096, null=True, default=16), "text_dim": _c(1, 65536, default=4096),
+    "freq_dim": _c(1, 65536, default=256), "ffn_dim": _c(1, 1 << 20, default=13824),
+    "num_layers": _c(1, 1024, default=40), "cross_attn_norm": _F("bool"), "eps": _n(0, 1, positive=True),
+    "image_dim": _c(1, 65536, null=True, default=None), "added_kv_proj_dim": _c(1, 65536, null=True),
+    "rope_max_seq_len": _c(1, 65536, default=1024), "pos_embed_seq_len": _c(1, 1 << 20, null=True),
+    "qk_norm": _F("str", null=True),
+}
+VAE_FIELDS = {
+    "base_dim": _c(1, 4096, default=96), "z_dim": _c(1, 1024, default=16), "dim_mult": _F("ints", 1, 64),
+    "num_res_blocks": _c(1, 64), "in_channels": _c(1, 64, default=3), "out_channels": _c(1, 64),
+    "latents_mean": _F("numbers", -1e4, 1e4, length="z_dim"),
+    "latents_std": _F("numbers", None, 1e4, length="z_dim", positive=True),
+    "scale_factor_spatial": _c(1, 64, default=8), "scale_factor_temporal": _c(1, 64, default=4),
+    "patch_size": _c(1, 16, null=True, default=None),
+}
+SCHEDULER_FIELDS = {**configcheck.SCHEDULER_FIELDS, "flow_shift": _n(None, 1000, positive=True, null=True),
+                    "shift": _n(None, 1000, positive=True, null=True)}
+
+
+def _transformer_promises(part: str, t: dict) -> list:
+    inner, patch = t["num_attention_heads"] * t["attention_head_dim"], tuple(t["patch_size"])
+    out = [configcheck.Blocks(part, "blocks.", t["num_layers"], "num_layers"),
+           configcheck.Promise(part, "patch_embedding.weight", (inner, t["in_channels"], *patch),
+                               "num_attention_heads x attention_head_dim, in_channels, patch_size"),
+           configcheck.Promise(part, "condition_embedder.text_embedder.linear_1.weight", (inner, t["text_dim"]),
+                               "text_dim"),
+           configcheck.Promise(part, "condition_embedder.time_embedder.linear_1.weight", (inner, t["freq_dim"]),
+                               "freq_dim"),
+           configcheck.Promise(part, "blocks.0.ffn.net.0.proj.weight", (t["ffn_dim"], inner), "ffn_dim"),
+           configcheck.Promise(part, "proj_out.weight", ((t["out_channels"] or t["in_channels"]) * math.prod(patch),
+                                                         inner), "out_channels x patch_size")]
+    return out
+
+
+def _promises(cfg: dict) -> list:
+    out = []
+    for part in ("transformer", "transformer_2"):
+        if f"{part}/config.json" in cfg:
+            out += _transformer_promises(part, cfg[f"{part}/config.json"])
+    v = cfg.get("vae/config.json")
+    if v is not None:
+        out += [configcheck.Promise("vae", "encoder.conv_in.weight", (v["base_dim"], v["in_channels"], 3, 3, 3),
+                                    "base_dim, in_channels"),
+                configcheck.Promise("vae", "post_quant_conv.weight", (v["z_dim"], v["z_dim"], 1, 1, 1), "z_dim")]
+    return out + configcheck.t5_promises(cfg.get("text_encoder/config.json", {})) \
+        + configcheck.clip_promises(cfg.get("image_encoder/config.json", {}))
+
+
+def _cross_checks(cfg: dict, refuse) -> None:
+    v, t = cfg.get("vae/config.json"), cfg.get("transformer/config.json")
+    if v is not None and "dim_mult" in v:
+        spatial = 2 ** (len(v["dim_mult"]) - 1) * (v["patch_size"] or 1)
+        if v["scale_factor_spatial"] != spatial:
+            refuse(f"vae/config.json: scale_factor_spatial is {v['scale_factor_spatial']}, but its dim_mult "
+                   f"({len(v['dim_mult'])} levels) and patch_size make a spatial compression of {spatial}")
+    for key in ("latents_mean", "latents_std"):
+        if v is not None and key not in v and v["z_dim"] != 16:
+            refuse(f"vae/config.json has no {key} for its {v['z_dim']} latent channels (the default has 16)")
+    text = cfg.get("text_encoder/config.json", {}).get("d_model")
+    if t is not None and text is not None and text != t["text_dim"]:
+        refuse(f"transformer/config.json: text_dim {t['text_dim']} differs from the text encoder's d_model {text}")
+
+
+SPEC = configcheck.Spec(
+    files={"model_index.json": {"expand_timesteps": _F("bool")}, "transformer/config.json": TRANSFORMER_FIELDS,
+           "transformer_2/config.json": TRANSFORMER_FIELDS, "vae/config.json": VAE_FIELDS,
+           "text_encoder/config.json": configcheck.T5_FIELDS, "image_encoder/config.json": configcheck.CLIP_FIELDS,
+           "scheduler/scheduler_config.json": SCHEDULER_FIELDS},
+    promises=_promises, extra=_cross_checks)
 
 
 def folder_index(path: Path) -> dict:
@@ -402,6 +481,7 @@ def encode_video(model: Wan, frames: torch.Tensor, tiling: str = "auto") -> torc
     """IMAGE frames ``[N, H, W, 3]`` (0..1, N = 4k+1) -> normalised latent ``[1, F, C, h, w]`` float32
     (posterior mean, ``(z - latents_mean) / latents_std``, as the Wan pipelines normalise)."""
     n, h, w, _ = frames.shape
+    loading.require_vae_memory(model, n, h, w, should_tile(model, h, w, tiling), "VAE-encoding")
     x = frames.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1  # [1, 3, N, H, W]
     with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
         z = vae.encode(x.to(model.device, model.dtype)).latent_dist.mode()
@@ -417,6 +497,8 @@ def decode_video(model: Wan, latents: torch.Tensor, tiling: str = "auto") -> tor
         raise errors.InputError(f"latent of shape {tuple(latents.shape)} is not [B, F, {model.latent_channels}, H, W] "
                                 f"for {model.name}'s VAE", "Decode with the model that made the latent.")
     h, w = latents.shape[-2] * model.spatial_factor, latents.shape[-1] * model.spatial_factor
+    n = (latents.shape[1] - 1) * model.temporal_factor + 1
+    loading.require_vae_memory(model, latents.shape[0] * n, h, w, should_tile(model, h, w, tiling), "VAE-decoding")
     mean, std = latent_stats(model)
     out = []
     with on_device(model.vae, model) as vae, vae_memory_mode(vae, should_tile(model, h, w, tiling)):
@@ -626,8 +708,10 @@ class WanFamily:
     that rides with an I2V latent is an `ImageCondition`."""
     name = "wan"
     display_name = "Wan"
+    own_nodes = 'For Wan use Encode Text (Wan), Flow Invert (Wan, exact) and Flow Sample (Wan), or Reference Attention + Guided Sample.'  # the hint when one of its models reaches another family's node
     trajectory_version = 4  # 3 is taken by prompt-tuned files; older packs refuse Wan files
     text_conditioned = True
+    optimisable = False  # null-text / prompt-tuning embeddings: CogVideoX's
     model_conditioned = False  # model_conds belong to native trajectories
     grid_kind = flow.KIND
     solver_choice = True
