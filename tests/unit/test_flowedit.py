@@ -293,3 +293,24 @@ def test_difference_mask_on_the_tiny_wan(models):
         pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, hooks=hooks,
                            edit_mask=editmask.EditMask(0.9, source="attention"))
     assert hooks.calls == 0
+
+
+# ----------------------------------------------------------------------------- image-to-video
+
+@pytest.mark.parametrize("layout", ["i2v", "ti2v"])
+def test_image_conditioned_wan(tmp_path, layout):
+    """Wan 2.1 I2V (first frame on channels, CLIP tokens) and Wan 2.2 TI2V (the first frame's latent in
+    place): the image conditioning rides with the latent into both velocities; with the source prompt
+    on both sides the source comes back exactly; an edit runs, and on TI2V the first latent frame
+    (the image's latent) is kept exactly (its velocity is the same under both prompts)."""
+    folder = write_tiny_wan(tmp_path / layout, seed=5, **{layout: True})
+    model = wan.load(folder, "fp32")
+    frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    z, image, _, _, _ = wan.FAMILY.encode_frames(model, frames, "trim to 4k+1", "resize and crop", 16, 16, "auto")
+    src, tar = prompts(model)
+    same = pipeline.flow_edit(model, src, src, z, STEPS, 4, 0, 1, Guidance(2.0), Guidance(2.0), 0, image)
+    assert torch.equal(same, z)
+    out = pipeline.flow_edit(model, src, tar, z, STEPS, 4, 0, 1, Guidance(2.0), Guidance(4.0), 0, image)
+    assert torch.isfinite(out).all() and float((out - z).norm() / z.norm()) > 1e-3
+    if layout == "ti2v":
+        assert torch.equal(out[:, :1], z[:, :1])
