@@ -27,6 +27,11 @@ the source's VAE reconstruction as tools/bench_edit.py does:
                       whose midpoint velocity is reused as the next step's start, so one model call
                       per step (plus one), both ways; inverted with the source prompt at guidance 1,
                       the edit sampled by the same solver at guidance 5 (no feature injection)
+  rf-inversion        RF-Inversion (Rout et al., ICLR 2025, Algorithms 1 and 2): the controlled forward
+                      ODE (the empty prompt's velocity pulled towards a fixed noise draw with gamma 0.5)
+                      inverts at one call per step; the controlled reverse ODE samples the edit at
+                      guidance 5, its velocity pulled towards the source's straight path (eta 0.9) over
+                      the first quarter of the steps (the paper's settings, not tuned here)
   flowedit N/M g/h    FlowEdit (`vidinv.flowedit`, Kulikov et al. 2025): no inversion, the paper's steps
                       n_max = N down to n_min + 1 (M = n_min, then plain target steps), source guidance
                       g, target guidance h, n_avg 1, seed 0 (--flowedit N/M/g/h ...); the first
@@ -117,6 +122,37 @@ def fireflow(model, cond, x, steps, guidance, invert: bool) -> torch.Tensor:
     return x
 
 
+def rf_invert(model, x0, steps, gamma=0.5, seed=0) -> torch.Tensor:
+    """RF-Inversion's controlled forward ODE (Algorithm 1) on the model's sigma grid, rising from the
+    clean latent: ``Y += h (u + gamma ((y1 - Y) / (1 - sigma) - u))`` with u the empty prompt's velocity
+    at the step's lower sigma and y1 one fixed noise draw."""
+    sigmas, grid = midpoint_grid(model, steps)
+    u = wan.FAMILY.denoiser(model, wan.encode_text(model, ""), Guidance(1.0), grid)
+    y1 = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    y = x0.float()
+    for k in range(steps - 1, -1, -1):
+        a, b = sigmas[k + 1], sigmas[k]
+        v = u(y, 2 * (k + 1))
+        y = y + (b - a) * (v + gamma * ((y1 - y) / (1.0 - a) - v))
+    return y
+
+
+def rf_edit(model, cond, noise, x0, steps, guidance, eta=0.9, stop=0.25) -> torch.Tensor:
+    """RF-Inversion's controlled reverse ODE (Algorithm 2): Euler sampling of `cond` whose velocity
+    over the first `stop` of the steps is pulled by `eta` towards the straight path to the source
+    ``(x - x0) / sigma``."""
+    sigmas, grid = midpoint_grid(model, steps)
+    v = wan.FAMILY.denoiser(model, cond, Guidance(guidance), grid)
+    x, x0 = noise.float(), x0.float()
+    for k in range(steps):
+        a, b = sigmas[k], sigmas[k + 1]
+        vel = v(x, 2 * k)
+        if k < round(stop * steps):
+            vel = vel + eta * ((x - x0) / a - vel)
+        x = x + (b - a) * vel
+    return x
+
+
 def flowedit_specs(texts) -> list[tuple[int, int, float, float]]:
     """--flowedit "N/M/g/h" -> (n_max, n_min, source guidance, target guidance)."""
     out = []
@@ -176,8 +212,12 @@ def run(args) -> dict:
     with RowCounter(model) as counter:
         fire_noise = fireflow(model, src, x0, steps, 1.0, invert=True)
     inversion_rows["fireflow"] = counter.rows / len(specs) / steps
+    with RowCounter(model) as counter:
+        rf_noise = rf_invert(model, x0, steps)
+    inversion_rows["rf-inversion"] = counter.rows / len(specs) / steps
     result["reconstruction"] = reconstruction_rows({
         "fireflow (its own sampler)": fireflow(model, src, fire_noise, steps, 1.0, invert=False),
+        "rf-inversion (its controlled reverse ODE)": rf_edit(model, src, rf_noise, x0, steps, 1.0),
         **{f"flowedit {n_max}/0 {g_src:g}/{g_src:g} (source prompt both sides)": pipeline.flow_edit(
             model, src, src, x0, steps, n_max, 0, 1, Guidance(g_src), Guidance(g_src), 0)
            for n_max, _, g_src, _ in flowedit_specs(args.flowedit)[:1]},  # exact by construction: the first spec
@@ -209,6 +249,7 @@ def run(args) -> dict:
                                                           start=skip, noise_maps=ef.noise_maps),
         "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
         "fireflow": lambda: fireflow(model, edit, fire_noise, steps, g, invert=False),
+        "rf-inversion": lambda: rf_edit(model, edit, rf_noise, x0, steps, g),
         **{f"flowedit {n_max}/{n_min} {g_src:g}/{g_tar:g}": (
             lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar: pipeline.flow_edit(
                 model, src, edit, x0, steps, n_max, n_min, 1, Guidance(g_src), Guidance(g_tar), 0))
