@@ -124,10 +124,10 @@ def auto_damping(cfg: bool) -> float:
 @dataclasses.dataclass
 class InverseStats:
     """How one inverse step converged. `residual` is the largest per-video ``|G(x) - x| / |G(x)|``
-    of the returned iterates' predecessors (x_p itself when no refinement was made); `history` the
-    same for every refined iterate (the iterates after the start). `output`: the denoiser's output
-    at each video's returned iterate's predecessor (what `invert` predicts the next step's first
-    iterate from); `invert` drops it once used."""
+    of the returned iterates' predecessors (x_p itself when the step made one call from x_p);
+    `history` the same for every refined iterate (the iterates after the start). `output`: the
+    denoiser's output at each video's returned iterate's predecessor (what `invert` predicts the
+    next step's first iterate from); `invert` drops it once used."""
     residual: float
     calls: int
     history: list[float]
@@ -180,12 +180,12 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t, a: float, b: float, ite
         x = g(x_p)
         naive = _rel_rows(x - x_p, x)  # the residual of x_p, whose G(x_p) is the first iterate
         best_x, best_out = x.clone(), outs.pop()
-    else:
+        calls, evaluations = 1, iters
+    else:  # the start is evaluated like any refined iterate
         x, naive = working(start).to(x_p.dtype), None
         best_x, best_out = x.clone(), None
-        iters += 1  # the start is evaluated like any refined iterate
-    calls = 0 if start is not None else 1
-    for n in range(iters):
+        calls, evaluations = 0, 1 + iters
+    for n in range(evaluations):
         gx = g(x)
         out = outs.pop()
         calls += 1
@@ -200,7 +200,7 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t, a: float, b: float, ite
         best_out[better] = out[better]
         worse = (r > best_r) & torch.isfinite(best_r)
         best_r = torch.minimum(best_r, r)
-        if float(r.max()) <= tol or not bool(torch.isfinite(r).all()) or n == iters - 1:
+        if float(r.max()) <= tol or not bool(torch.isfinite(r).all()) or n == evaluations - 1:
             break
         xs.append(x)
         fs.append(f)
@@ -230,11 +230,14 @@ def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters
     on the first step and leave the next at a residual of 8e-3), and easy steps stop at the
     tolerance. A predicted first iterate (`predicted_start`) changes nothing here: the step's first
     call evaluates it instead of x_p. Without a tolerance every step makes exactly `iters`
-    refinements. `max_iters` caps one step on top of the pool. Lifting the cap (200) is no better split: it lets the bundled I2V
-    model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos), but on the bundled T2V model
-    at guidance 6 (8 videos) the clean end spends all 305 calls it may take, still ends at 9e-4, and
-    the steps after it, held to their reserve, end above the tolerance too: round trip 2.4e-3
-    instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py --methods default)."""
+    refinements. `max_iters` caps one step on top of the pool. Lifting the cap (200) is no better
+    split: it lets the bundled I2V model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos),
+    but on the bundled T2V model at guidance 6 (8 videos) the clean end spends all 305 calls it may
+    take, still ends at 9e-4, and the steps after it, held to their reserve, end above the tolerance
+    too: round trip 2.4e-3 instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py
+    --methods default; before issue 34's predicted first iterates). Nor is a lower one: the clean end
+    needs 121 (T2V) and 199 (I2V) calls at guidance 1 with 8 videos, and the videos that converge at
+    guidance 6 need 70-184 each (BENCHMARKS section 1, issue 34)."""
     if tol <= 0:
         return iters
     reserve = (steps - k - 1) * max(1, (1 + iters) // 2)
