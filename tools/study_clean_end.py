@@ -33,6 +33,9 @@ VARIANTS = {  # name: (memory, refinements, damping; None = the node's automatic
     "plain, cap 200": (0, 200, None),
     "anderson 5, cap 200, damping 1": (5, 200, 1.0),
     "anderson 10, cap 303": (10, 303, None),
+    # issue 34: less memory, and over-relaxation (a step past G, which the node's damping input does not offer)
+    "anderson 2, cap 200": (2, 200, None),
+    "anderson 5, cap 200, over-relaxed 1.5": (5, 200, 1.5),
 }
 
 

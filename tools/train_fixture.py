@@ -198,6 +198,13 @@ def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, low_share
     return t, a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
+def transformer_config(args) -> dict:
+    """TRANSFORMER_CONFIG with the shape options given (--layers, --heads, --head-dim): other
+    models of the same family, e.g. held-out models the solver defaults were not tuned on."""
+    shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim}
+    return {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
+
+
 def train_dit(args) -> None:
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
@@ -226,7 +233,7 @@ def train_dit(args) -> None:
                                                                   torch_dtype=torch.float32)
     else:
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **T5_CONFIG))
-        transformer = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG)
+        transformer = CogVideoXTransformer3DModel(**transformer_config(args))
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, {args.steps} steps")
@@ -259,7 +266,9 @@ def train_dit(args) -> None:
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
                "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
                "dataset": len(latents), "seed": args.seed, "scenes": args.scenes, "low_t": args.low_t,
-               "init": args.init}, open(work / "dit_train.json", "w"), indent=1)
+               "init": args.init, "shape": {k: v for k, v in transformer_config(args).items()
+                                            if k in ("num_layers", "num_attention_heads", "attention_head_dim")}},
+              open(work / "dit_train.json", "w"), indent=1)
     log(f"transformer done in {time.time() - start:.0f}s")
 
 
@@ -387,6 +396,9 @@ def main(argv=None) -> None:
     p.add_argument("--scenes", type=float, default=0.0,
                    help="share of two-object scenes (vidinv.scenes) in the training videos; the rest are single shapes")
     p.add_argument("--init", default=None, help="vae / dit: fine-tune the parts of this exported folder")
+    p.add_argument("--layers", type=int, default=None, help="dit: transformer blocks (default: the bundled model's)")
+    p.add_argument("--heads", type=int, default=None, help="dit: attention heads (default: the bundled model's)")
+    p.add_argument("--head-dim", type=int, default=None, help="dit: channels per head (default: the bundled model's)")
     p.add_argument("--low-t", type=float, default=0.0,
                    help="dit: share of each batch with timesteps from the lowest quarter")
     args = p.parse_args(argv)

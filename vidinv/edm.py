@@ -39,7 +39,8 @@ grid, and is undefined at a = 0. (Tiny random UNet, that step: the naive form di
 reaches 1e-17 in six plain iterations.)
 The last step needs no special case: a' = c_skip(sigma_1) > 0, ``G(x) = (x_0 - R(x)) / c_skip``, and the
 solver's first iterate ``G(x_0) = x_0 + (x_0 - D(x_0; sigma_1)) / c_skip`` is x_0 plus sigma_1 times the
-model's noise estimate at x_0 (the naive inverse Euler step). The model is always called at the noisier
+model's noise estimate at x_0 (the naive inverse Euler step; later steps start from an iterate predicted
+without a call, `vidinv.solver.predicted_start`). The model is always called at the noisier
 sigma_i, so ``sample(invert(x_0)) == x_0`` up to the fixed-point residual.
 """
 from __future__ import annotations

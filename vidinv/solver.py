@@ -15,6 +15,12 @@ iteration, where ``out = skip x + R(x)`` splits the model output into the part p
 input (EDM's c_skip; 0 for DDIM) and the rest, and ``a' = a + b skip``. Moving the skip term to the
 left keeps G well conditioned where the output is nearly the identity (see `vidinv.edm`). The model is
 always called at the noisier step, so ``sample(invert(x_0)) == x_0`` up to the fixed-point residual.
+
+**The first iterate costs no call.** Every inverse step after the clean end starts from
+`predicted_start`: the step solved with the model output extrapolated from the last two inverse
+steps' converged outputs (FireFlow's velocity reuse with one). Starting from x_p instead spends a
+call on G(x_p), the naive inverse, which only says what naive DDIM inversion already knew. The clean
+end (inverted first) has nothing to predict from and starts from x_p.
 """
 from __future__ import annotations
 
@@ -118,11 +124,14 @@ def auto_damping(cfg: bool) -> float:
 @dataclasses.dataclass
 class InverseStats:
     """How one inverse step converged. `residual` is the largest per-video ``|G(x) - x| / |G(x)|``
-    of the returned iterates' predecessors (x_p itself when no refinement was made); `history` the
-    same for every refined iterate."""
+    of the returned iterates' predecessors (x_p itself when the step made one call from x_p);
+    `history` the same for every refined iterate (the iterates after the start). `output`: the
+    denoiser's output at each video's returned iterate's predecessor (what `invert` predicts the
+    next step's first iterate from); `invert` drops it once used."""
     residual: float
     calls: int
     history: list[float]
+    output: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _rel_rows(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -132,48 +141,66 @@ def _rel_rows(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def invert_step(x_p: torch.Tensor, denoise: Denoiser, t, a: float, b: float, iters: int = 10,
-                tol: float = 0.0, damping: float = 1.0, memory: int = 5) -> tuple[torch.Tensor, InverseStats]:
+                tol: float = 0.0, damping: float = 1.0, memory: int = 5,
+                start: torch.Tensor | None = None) -> tuple[torch.Tensor, InverseStats]:
     """Solve ``x_t = G(x_t) = (x_p - b denoise(x_t, t)) / a`` for the exact inverse of one step.
 
-    1. Start from the naive inverse ``G(x_p)`` (the model evaluated at x_p): 1 call.
+    1. Evaluate G at the start: `start` when given (a first iterate that cost no model call, see
+       `predicted_start`), else x_p itself, whose G(x_p) is the naive inverse. 1 call.
     2. Refine with up to `iters` more evaluations of G, accelerated by Anderson mixing over
        the last `memory` iterates (``memory=0`` is plain fixed-point iteration); `damping`
        scales the step towards G (1 = undamped). Each video of a batch is mixed on its own
        (the model calls stay batched), and safeguarded: when its residual grows, its Anderson
-       memory is dropped and its next step is a plain one.
-    3. Stop early once every video's relative residual ``|G(x) - x| / |G(x)|`` is at most `tol`.
+       memory is dropped and its next step is a plain one. From x_p the mixing starts at G(x_p)
+       (x_p is no iterate of G's); from a given start, at the start.
+    3. Stop early once every video's relative residual ``|G(x) - x| / |G(x)|`` is at most `tol`
+       (a given start that is already there stops after its one call).
     4. Return, per video, ``G(x)`` of the evaluated iterate with the smallest residual: the
        sampler step from it lands on x_p with error ``a * residual`` at most.
 
-    ``iters=0`` is the naive inverse (its residual is that of x_p). A non-finite model output ends
-    the refinement with a non-finite residual, for the caller to report. The model is always called
-    at the noisier point t.
+    ``iters=0`` without a start is the naive inverse (its residual is that of x_p); with one, G of
+    the start. A non-finite model output ends the refinement with a non-finite residual, for the
+    caller to report. The model is always called at the noisier point t.
     Near the clean end a trained model makes G stiff (the last sampling step is the model's own
     x0 prediction, flat along noise directions): plain iteration crawls there.
     """
     x_p = working(x_p)
     batch = x_p.shape[0]
+    outs = []
 
     def g(x: torch.Tensor) -> torch.Tensor:
-        return (x_p - b * denoise(x, t).to(x_p.dtype)) / a
+        outs.append(working(denoise(x, t)).to(x_p.dtype))
+        return (x_p - b * outs[-1]) / a
 
-    x = g(x_p)
-    naive = _rel_rows(x - x_p, x)  # the residual of x_p, whose G(x_p) is the first iterate
-    calls, history = 1, []
+    history = []
     xs, fs = [], []  # Anderson memory: iterates and residuals G(x) - x
     since = [0] * batch  # per video: the first memory entry still valid
-    best_x, best_r = x.clone(), torch.full((batch,), math.inf, dtype=torch.float64)
-    for _ in range(iters):
+    best_r = torch.full((batch,), math.inf, dtype=torch.float64)
+    if start is None:
+        x = g(x_p)
+        naive = _rel_rows(x - x_p, x)  # the residual of x_p, whose G(x_p) is the first iterate
+        best_x, best_out = x.clone(), outs.pop()
+        calls, evaluations = 1, iters
+    else:  # the start is evaluated like any refined iterate
+        x, naive = working(start).to(x_p.dtype), None
+        best_x, best_out = x.clone(), None
+        calls, evaluations = 0, 1 + iters
+    for n in range(evaluations):
         gx = g(x)
+        out = outs.pop()
         calls += 1
         f = gx - x
         r = _rel_rows(f, gx)
-        history.append(float(r.max()))
+        if start is None or n > 0:
+            history.append(float(r.max()))
         better = r < best_r
         best_x[better] = gx[better]
+        if best_out is None:
+            best_out = out.clone()
+        best_out[better] = out[better]
         worse = (r > best_r) & torch.isfinite(best_r)
         best_r = torch.minimum(best_r, r)
-        if float(r.max()) <= tol or not bool(torch.isfinite(r).all()):
+        if float(r.max()) <= tol or not bool(torch.isfinite(r).all()) or n == evaluations - 1:
             break
         xs.append(x)
         fs.append(f)
@@ -186,10 +213,10 @@ def invert_step(x_p: torch.Tensor, denoise: Denoiser, t, a: float, b: float, ite
         x = torch.stack([_anderson([h[k] for h in xs[since[k]:]], [h[k] for h in fs[since[k]:]], damping)
                          if memory > 0 and len(xs) - since[k] > 1 else x[k] + damping * f[k]
                          for k in range(batch)])
-    residual = float((best_r if history else naive).max())
+    residual = float((best_r if calls > 1 or start is not None else naive).max())
     if not bool(torch.isfinite(best_x).all()):
         residual = math.nan
-    return best_x, InverseStats(residual, calls, history)
+    return best_x, InverseStats(residual, calls, history, best_out)
 
 
 def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters: int) -> int:
@@ -201,17 +228,36 @@ def step_budget(steps: int, k: int, iters: int, used: int, tol: float, max_iters
     still to come. The stiff clean end (inverted first) thus gets many iterations without
     starving the steps after it (a reserve of 4 let a 6-step inversion spend 106 of its 126 calls
     on the first step and leave the next at a residual of 8e-3), and easy steps stop at the
-    tolerance. Without a tolerance every step makes exactly `iters` refinements. `max_iters` caps
-    one step on top of the pool. Lifting the cap (200) is no better split: it lets the bundled I2V
-    model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos), but on the bundled T2V model
-    at guidance 6 (8 videos) the clean end spends all 305 calls it may take, still ends at 9e-4, and
-    the steps after it, held to their reserve, end above the tolerance too: round trip 2.4e-3
-    instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py --methods default)."""
+    tolerance. A predicted first iterate (`predicted_start`) changes nothing here: the step's first
+    call evaluates it instead of x_p. Without a tolerance every step makes exactly `iters`
+    refinements. `max_iters` caps one step on top of the pool. Lifting the cap (200) is no better
+    split: it lets the bundled I2V model's clean end reach 1e-5 at guidance 6 (248 calls, 2 videos),
+    but on the bundled T2V model at guidance 6 (8 videos) the clean end spends all 305 calls it may
+    take, still ends at 9e-4, and the steps after it, held to their reserve, end above the tolerance
+    too: round trip 2.4e-3 instead of 7.0e-4 (tools/study_clean_end.py, tools/bench_inversion.py
+    --methods default; before issue 34's predicted first iterates). Nor is a lower one: the clean end
+    needs 121 (T2V) and 199 (I2V) calls at guidance 1 with 8 videos, and the videos that converge at
+    guidance 6 need 70-184 each (BENCHMARKS section 1, issue 34)."""
     if tol <= 0:
         return iters
     reserve = (steps - k - 1) * max(1, (1 + iters) // 2)
     left = steps * (1 + iters) - used - reserve - 1  # minus this step's first call
     return max(0, min(max_iters, left))
+
+
+def predicted_start(x_p: torch.Tensor, outputs: Sequence[torch.Tensor], a: float, b: float) -> torch.Tensor | None:
+    """A first iterate for the inverse step ``x_p = a x + b out(x)`` that costs no model call.
+
+    `outputs` are the sampler's model outputs at the solutions of the inverse steps just solved
+    (cleanest first, the last one at x_p's step): the model output at x is predicted as the last
+    one (one given: the velocity reuse of FireFlow, the predictor of UniEdit-Flow's Uni-Inv) or
+    extrapolated linearly from the last two, and the step solved for x with it:
+    ``x = (x_p - b out) / a``. None (start from x_p) without outputs, or where a <= 0 (the
+    sampler step ignores its input: no prediction of the output makes x determined)."""
+    if not outputs or not a > 0.0:
+        return None
+    out = outputs[-1] if len(outputs) == 1 else 2 * outputs[-1] - outputs[-2]
+    return (working(x_p) - b * out.to(working(x_p).dtype)) / a
 
 
 def _anderson(xs: list[torch.Tensor], fs: list[torch.Tensor], damping: float) -> torch.Tensor:
@@ -289,6 +335,7 @@ def invert(denoise: Denoiser, x0: torch.Tensor, grid: Grid, solver: Solver = Sol
     damping = 1.0 if solver.damping is None else solver.damping
     steps = grid.steps
     latents, stats = [working(x0)], []
+    outputs: list[torch.Tensor] = []  # the sampler's model outputs at the last steps' solutions
     used = 0
     for k, i in enumerate(reversed(range(steps))):
         s = grid.points[i]
@@ -297,10 +344,13 @@ def invert(denoise: Denoiser, x0: torch.Tensor, grid: Grid, solver: Solver = Sol
             return working(denoise(x, i)) - skip * working(x)  # R(x) = out(x) - skip x
 
         budget = step_budget(steps, k, solver.iters, used, solver.tol, solver.max_iters)
+        first = predicted_start(latents[-1], outputs, s.a, s.b) if budget > 0 else None
         x, st = invert_step(latents[-1], network_part if s.skip else denoise, i, s.a + s.b * s.skip, s.b, budget,
-                            solver.tol, damping, solver.memory)
+                            solver.tol, damping, solver.memory, start=first)
         require_finite(x, "inversion", k, steps, s.inverse_place, st.residual)
         used += st.calls
+        outputs = (outputs + [st.output + s.skip * x])[-2:]  # out = R + skip x, at x's predecessor ~ x
+        st.output = None
         latents.append(x)
         stats.append(st)
         if callback is not None:

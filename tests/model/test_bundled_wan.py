@@ -74,14 +74,16 @@ def heldout(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("g, bound", [(1.0, 1e-4), (5.0, 1e-3)])
-def test_exact_round_trip_and_guided_reconstruction(model, heldout, g, bound):
+@pytest.mark.parametrize("g, bound, calls", [(1.0, 1e-4, 4.0), (5.0, 1e-3, 5.0)])
+def test_exact_round_trip_and_guided_reconstruction(model, heldout, g, bound, calls):
+    """Node defaults; calls per step (issue 34, first iterates predicted without a call): 3.32 / 4.08
+    measured on these 2 videos, 4.72 / 6.14 before on 8 (BENCHMARKS section 1)."""
     specs, x0, cond = heldout
     traj = pipeline.invert(model, cond, x0, 50, Guidance(g))
     back = pipeline.sample(model, cond, traj.noise, 50, Guidance(g))
     errs = [float((b - a).norm() / a.norm()) for a, b in zip(x0, back)]
     assert max(errs) <= bound, errs
-    assert np.mean(traj.calls) <= 8, traj.calls
+    assert np.mean(traj.calls) <= calls, traj.calls
     guided = pipeline.guided_sample(pipeline.with_reference(model, traj, ReferenceOptions()), cond, Guidance(g))
     assert float((guided - back).norm() / back.norm()) <= bound
 

@@ -257,3 +257,94 @@ def test_a_non_finite_model_output_stops_sampling_at_its_step():
     with pytest.raises(errors.InputError, match=rf"sampling step 5 of 6 \(timestep {t}\) gave a non-finite latent"):
         ddim.sample(poisoned(toy_denoiser(), t), x, sch, 6)
 
+
+
+# ----------------------------------------------------------------------------- predicted first iterates (issue 34)
+
+def test_a_predicted_start_costs_no_call_and_an_exact_one_converges_in_one():
+    """The first iterate predicted from the last two steps' outputs costs no model call: with a
+    model output that is independent of x and linear in the step index, the linear extrapolation
+    is exact, so every step from the third on stops after its one call (the naive start needs two:
+    G(x_p), then the call that shows its residual); the clean end (nothing to predict from) and the
+    step after it (one output: reused, not exact here) take two each."""
+    sch = ddim.schedule_from_config(COG)
+    g = torch.Generator().manual_seed(11)
+    u, w = torch.randn(2, 32, generator=g, dtype=torch.float64)
+    grid = ddim.sampler_grid(sch, 12)
+    index = {t: i for i, t in enumerate(grid.timesteps)}
+
+    def den(x, t):
+        return (u + index[t] * w).expand_as(x).clone()
+
+    counted, calls = counting(den)
+    x0 = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    lat, stats = ddim.invert(counted, x0, sch, 12, iters=10, tol=1e-12, damping=1.0)
+    assert [s.calls for s in stats] == [2, 2] + [1] * 10
+    assert len(calls) == 14 and all(s.calls == 1 + len(s.history) for s in stats)
+    assert all(s.residual <= 1e-12 for s in stats) and all(s.output is None for s in stats)
+    assert float((ddim.sample(den, lat[-1], sch, 12) - x0).norm() / x0.norm()) < 1e-12
+
+
+def test_predicted_start_is_the_step_solved_with_the_extrapolated_output():
+    x_p = torch.randn(2, 8, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    o1, o2 = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    a, b = 0.9, -0.2
+    assert solver.predicted_start(x_p, [], a, b) is None
+    assert solver.predicted_start(x_p, [o1], 0.0, b) is None  # the step ignores its input
+    assert torch.allclose(solver.predicted_start(x_p, [o1], a, b), (x_p - b * o1) / a)
+    x = solver.predicted_start(x_p, [o2, o1], a, b)  # cleanest first: o1 is the latest
+    assert torch.allclose(a * x + b * (2 * o1 - o2), x_p)
+
+
+def test_a_given_start_keeps_the_residual_report():
+    """From a given start, `residual` is still the largest |G(x) - x| / |G(x)| of the returned
+    iterates' predecessors and the result G of an evaluated iterate: with no refinement allowed
+    that is G(start) and the start's residual, after one call."""
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser(scale=0.4)
+    t, p = ddim.grid(sch, 50)[10]
+    a, b = ddim.coefficients(sch, t, p)
+    x_p = torch.randn(4, 32, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    start = x_p + 0.01 * torch.randn(4, 32, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    counted, calls = counting(den)
+    x, st = solver.invert_step(x_p, counted, t, a, b, iters=0, start=start)
+    g_start = (x_p - b * den(start, t)) / a
+    assert len(calls) == 1 and st.calls == 1 and st.history == []
+    assert torch.equal(x, g_start) and torch.equal(st.output, den(start, t))
+    assert st.residual == pytest.approx(float(solver._rel_rows(g_start - start, g_start).max()), rel=1e-12)
+    x, st = solver.invert_step(x_p, den, t, a, b, iters=30, tol=1e-12, start=start)
+    assert st.residual <= 1e-12 and st.calls == 1 + len(st.history)
+    assert float(((a * x + b * den(x, t)) - x_p).norm() / x_p.norm()) < 1e-11
+
+
+def test_fixed_refinements_still_cost_one_plus_iters_calls_per_step():
+    """Without a tolerance every step makes 1 + iters calls, predicted start or not; iters 0 is
+    the naive inverse (no prediction: G(x_p))."""
+    sch = ddim.schedule_from_config(COG)
+    x0 = torch.randn(2, 32, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    for iters in (0, 3):
+        counted, calls = counting(toy_denoiser(scale=0.5))
+        _, stats = ddim.invert(counted, x0, sch, 10, iters=iters, tol=0.0)
+        assert len(calls) == 10 * (1 + iters) and [s.calls for s in stats] == [1 + iters] * 10
+    naive, _ = ddim.invert(toy_denoiser(scale=0.5), x0, sch, 10, iters=0)
+    by_hand = [x0]
+    for t, p in reversed(ddim.grid(sch, 10)):  # x_t = (x_p - b out(x_p, t)) / a, the model at the cleaner latent
+        a, b = ddim.coefficients(sch, t, p)
+        by_hand.append((by_hand[-1] - b * toy_denoiser(scale=0.5)(by_hand[-1], t)) / a)
+    assert all(torch.allclose(m, h, rtol=0, atol=1e-12) for m, h in zip(naive, by_hand))
+
+
+def test_predicted_starts_save_calls_on_a_smooth_toy_model():
+    """On the toy model (outputs smooth in x and t), the tolerance is reached with fewer calls than
+    from the naive inverse, and the round trip is as exact."""
+    sch = ddim.schedule_from_config(COG)
+    den = toy_denoiser(scale=0.5)
+    x0 = torch.randn(3, 32, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    lat, stats = ddim.invert(den, x0, sch, 30, iters=10, tol=1e-10, damping=1.0)
+    naive_start = []
+    for k, (t, p) in enumerate(reversed(ddim.grid(sch, 30))):
+        a, b = ddim.coefficients(sch, t, p)
+        _, st = solver.invert_step(lat[k], den, t, a, b, iters=10, tol=1e-10)
+        naive_start.append(st.calls)
+    assert sum(s.calls for s in stats) < sum(naive_start) - 20, ([s.calls for s in stats], naive_start)
+    assert float((ddim.sample(den, lat[-1], sch, 30) - x0).norm() / x0.norm()) < 1e-9
