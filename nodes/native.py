@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import threading
 
 import torch
 
@@ -218,7 +219,7 @@ class ReferencePatch:
     def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...]):
         self.traj, self.options, self.blocks, self.previous = traj, options, frozenset(blocks), None
         self.channel = attention.Channel()
-        self.block, self.seen = None, False
+        self.local = threading.local()  # per thread (the reference call runs beside the sample's): block, seen
         self.active = set(options.active_steps(traj.steps))
         self.ndim = int(traj.scheduler_config["ndim"])
 
@@ -238,11 +239,11 @@ class ReferencePatch:
 
     def marker(self, index: int, previous):
         def run_block(args, extra):
-            self.block, self.seen = index, False
+            self.local.block, self.local.seen = index, False
             try:
                 return previous(args, extra) if previous is not None else extra["original_block"](args)
             finally:
-                self.block = None
+                self.local.block = None
         return run_block
 
     # -- before sampling: the sampler's sigmas and latent against the trajectory
@@ -284,18 +285,14 @@ class ReferencePatch:
         named = reference_conds(self.traj.model_conds, ref_kinds, {"c_concat": c_concat, "c_crossattn": c_crossattn,
                                                                    **kwargs}, x.device)
         ref_options = dict(transformer_options, cond_or_uncond=list(ref_kinds))
-        recording = attention.Recording(self.blocks)
-        with self.channel.using(recording):
-            try:
-                executor(latent.repeat(len(ref_kinds), *[1] * (latent.dim() - 1)), t[:rows].repeat(len(ref_kinds)),
-                         named.pop("c_concat"), named.pop("c_crossattn"), None, ref_options, **named)
-            except attention.StopReference:
-                pass
-        if set(recording.kv) != set(self.blocks):
-            raise RuntimeError(f"the reference pass recorded {len(recording.kv)} of {len(self.blocks)} blocks")
+
+        def reference():
+            executor(latent.repeat(len(ref_kinds), *[1] * (latent.dim() - 1)), t[:rows].repeat(len(ref_kinds)),
+                     named.pop("c_concat"), named.pop("c_crossattn"), None, ref_options, **named)
+
         index = torch.tensor([c * rows + r if c >= 0 else -1 for c in chunk for r in range(rows)])
-        state = RowInjection(recording, index >= 0, self.options.weight, index)
-        with self.channel.using(state):
+        with attention.guided(self.channel, self.blocks, reference, index >= 0, self.options.weight,
+                              injection=RowInjection, index=index):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     # -- every attention call of the patched model
@@ -303,22 +300,23 @@ class ReferencePatch:
         def inner(*a, **k):
             return self.previous(func, *a, **k) if self.previous is not None else func(*a, **k)
 
-        if self.block is None or self.seen:
+        block = getattr(self.local, "block", None)
+        if block is None or self.local.seen:
             return inner(*args, **kwargs)
-        self.seen = True  # the block's first attention call: its self-attention
+        self.local.seen = True  # the block's first attention call: its self-attention
         q, k, v, *rest = args
         heads = kwargs["heads"] if "heads" in kwargs else rest[0]
         mask = kwargs.get("mask", rest[1] if len(rest) > 1 else None)
         if kwargs.get("skip_reshape") or mask is not None:
             raise RuntimeError("Reference Attention (native): an attention layout this patch does not know "
                                "(pre-split heads or a mask) in a Wan self-attention")
-        recording = self.channel.recording(self.block)
+        recording = self.channel.recording(block)
         if recording is not None:
-            recording.record(self.block, k, v)
-        state = self.channel.injection(self.block)
+            recording.record(block, k, v)
+        state = self.channel.injection(block)
         if not isinstance(state, RowInjection):
             return inner(*args, **kwargs)
-        k_ref, v_ref, _ = state.recording.kv[self.block]
+        k_ref, v_ref, _ = state.reference(block)
         on = state.index >= 0
         out = None
         if bool((~on).any()):

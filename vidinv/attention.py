@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import threading
 from typing import Callable
 
 import torch
@@ -280,68 +281,82 @@ def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: t
 # ----------------------------------------------------------------------------- per-call state
 
 class StopReference(Exception):
-    """Raised by the last recording layer of a reference pass: nothing after it is needed."""
+    """Raised in a reference call once its last chosen layer has handed over its K/V (nothing after
+    it is needed), or when the sample call it runs beside has ended."""
 
 
-@dataclasses.dataclass(eq=False)
 class Recording:
-    """State of a reference pass: collects K/V ``[N, heads, L, d]`` per layer name, with the number
-    of text tokens at their front (`text`: a joint text-image layer also records its text tokens)."""
-    layers: frozenset
-    text: bool = False
-    kv: dict = dataclasses.field(default_factory=dict)  # layer -> (k, v, text_len)
+    """State of a reference call: each chosen layer hands its K/V ``[N, heads, L, d]`` to `hand`,
+    with the number of text tokens at their front (`text`: a joint text-image layer also hands
+    over its text tokens). Nothing is kept here."""
 
-    def record(self, name: str, k: torch.Tensor, v: torch.Tensor, text_len: int = 0) -> None:
-        """Keep this layer's K/V; stop the pass once every chosen layer has recorded."""
-        self.kv[name] = (k, v, text_len)
-        if len(self.kv) == len(self.layers):
-            raise StopReference
+    def __init__(self, layers, hand: Callable[[object, tuple], None], text: bool = False):
+        self.layers, self.hand, self.text = frozenset(layers), hand, text
+
+    def record(self, name, k: torch.Tensor, v: torch.Tensor, text_len: int = 0) -> None:
+        self.hand(name, (k, v, text_len))
 
 
 @dataclasses.dataclass(eq=False)
 class Injection:
-    """State of a sample pass: the recorded K/V of this step."""
-    recording: Recording
+    """State of a sample call: which latent rows receive the reference, its weight, whether its K/V
+    carry text tokens (else the sample's own text logits get ``log(1 + weight)``), and `take(layer)`,
+    the reference's ``(k, v, text_len)`` of that layer, made for this call and not kept."""
+    layers: frozenset
     rows: torch.Tensor  # [R] bool: which latent rows of the call receive the reference
     weight: float
+    text: bool
+    take: Callable[[object], tuple]
+
+    def reference(self, name) -> tuple:
+        return self.take(name)
 
 
 class Channel:
-    """Where the installed processors look for the current call's state (None = plain attention)."""
+    """Where the installed processors look for the current call's state (None = plain attention).
+    State and probe are per thread: a reference call runs in a helper thread beside the sample call
+    (`Lockstep`), each seeing its own."""
 
     def __init__(self):
-        self.state = None
-        self.probe = None  # a `vidinv.editmask.Probe` during a sample call that builds an edit mask
+        self.local = threading.local()
+
+    @property
+    def state(self):
+        return getattr(self.local, "state", None)
+
+    @property
+    def probe(self):
+        """A `vidinv.editmask.Probe` during a sample call that builds an edit mask."""
+        return getattr(self.local, "probe", None)
 
     @contextlib.contextmanager
     def using(self, state):
         if self.state is not None:
             raise RuntimeError("reference attention state is already set: calls do not nest")
-        self.state = state
+        self.local.state = state
         try:
             yield state
         finally:
-            self.state = None
+            self.local.state = None
 
     @contextlib.contextmanager
     def probing(self, probe):
         """Let the processors feed `probe` (their image queries' attention to the text) for one call."""
-        self.probe = probe
+        self.local.probe = probe
         try:
             yield probe
         finally:
-            self.probe = None
+            self.local.probe = None
 
-    def recording(self, name: str) -> Recording | None:
+    def recording(self, name) -> Recording | None:
         """The current Recording if it wants layer `name`."""
         state = self.state
         return state if isinstance(state, Recording) and name in state.layers else None
 
-    def injection(self, name: str) -> Injection | None:
-        """The current Injection if it holds K/V for layer `name` and is on (weight > 0)."""
+    def injection(self, name) -> Injection | None:
+        """The current Injection if it injects layer `name` and is on (weight > 0)."""
         state = self.state
-        ok = isinstance(state, Injection) and state.weight > 0 and name in state.recording.kv
-        return state if ok else None
+        return state if isinstance(state, Injection) and state.weight > 0 and name in state.layers else None
 
 
 Processors = Callable[[Channel], dict]  # channel -> {processor name: processor reading that channel}
@@ -373,30 +388,167 @@ def installed(modules, processors):
             module.set_attn_processor(own)
 
 
-# ----------------------------------------------------------------------------- one guided step
+# ----------------------------------------------------------------------------- one guided call
+
+def torch_thread_state() -> Callable[[], contextlib.ExitStack]:
+    """The calling thread's torch state that a helper thread must share to compute as it would:
+    grad and inference mode, autocast, the CUDA device and the dispatch modes (counters such as
+    `torch.utils.flop_counter.FlopCounterMode` see both threads); returns ``enter()``, which sets
+    them in the thread that calls it (undone when the returned stack closes)."""
+    from torch.utils import _python_dispatch as dispatch
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    modes = list(dispatch._get_current_dispatch_mode_stack())
+    casts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def enter() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
+        for device_type, dtype in casts:
+            stack.enter_context(torch.autocast(device_type, dtype))
+        if device is not None:
+            torch.cuda.set_device(device)
+        for mode in modes:
+            dispatch._push_mode(mode)
+            stack.callback(dispatch._pop_mode)
+        return stack
+
+    return enter
+
+
+class Lockstep:
+    """One guided network call: the reference call runs in a helper thread, one chosen layer at a
+    time, beside the sample call (DESIGN fact 3: nothing is held beyond what a layer needs).
+
+    Exactly one of the two threads runs at a time. When the sample call reaches a chosen layer it
+    asks for that layer's reference K/V (`take`): the reference call runs on until that layer hands
+    its K/V over (`hand`) and waits there; the sample call attends to them and drops them. After the
+    last chosen layer the reference call stops (`StopReference`): the layers after it never run for
+    it. So at any time at most one layer's reference K/V exist, and both calls compute exactly what
+    the reference pass and the sample pass computed one after the other (same rows, same kernels):
+    the outputs are those of the two-pass method, bit for bit. An error in the reference call is
+    raised in the sample call; a sample call that ends early stops the reference call. Neither call
+    nests another."""
+
+    def __init__(self, channel: Channel, layers, reference: Callable[[], object], text: bool = False):
+        self.channel, self.layers, self.reference, self.text = channel, frozenset(layers), reference, text
+        self.cond = threading.Condition()
+        self.turn = "sample"
+        self.slot = None  # (layer, kv) handed over and not yet taken
+        self.handed = self.taken = 0
+        self.error: BaseException | None = None
+        self.finished = self.cancelled = False
+        self.thread: threading.Thread | None = None
+        self.enter = torch_thread_state()
+
+    def _give(self, to: str) -> None:
+        self.turn = to
+        self.cond.notify_all()
+
+    def _wait(self, me: str) -> None:
+        while self.turn != me:
+            self.cond.wait()
+
+    # -- the reference call's side (helper thread)
+    def hand(self, name, kv: tuple) -> None:
+        with self.cond:
+            if self.cancelled:
+                raise StopReference
+            self.slot, self.handed = (name, kv), self.handed + 1
+            del kv
+            if self.handed == len(self.layers):
+                raise StopReference  # the thread gives the turn back once this call has unwound
+            self._give("sample")
+            self._wait("reference")
+            if self.cancelled:
+                raise StopReference
+
+    def _run(self) -> None:
+        with self.enter(), self.channel.using(Recording(self.layers, self.hand, self.text)):
+            try:
+                with self.cond:
+                    self._wait("reference")
+                if not self.cancelled:
+                    self.reference()
+            except StopReference:
+                pass
+            except BaseException as e:  # noqa: BLE001 - raised again in the sample call
+                self.error = e
+        with self.cond:
+            self.finished = True
+            self._give("sample")
+
+    # -- the sample call's side
+    def take(self, name) -> tuple:
+        """Layer `name`'s reference ``(k, v, text_len)``, made now; the caller drops it after use."""
+        with self.cond:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="vidinv-reference", daemon=True)
+                self.thread.start()
+            if not self.finished:
+                self._give("reference")
+                self._wait("sample")
+            if self.error is not None:
+                raise self.error
+            if self.slot is None:
+                raise RuntimeError(f"the reference call ended before layer {name!r} ({self.handed} of "
+                                   f"{len(self.layers)} layers handed over)")
+            (got, kv), self.slot = self.slot, None
+            if got != name:
+                raise RuntimeError(f"the sample call asks for layer {name!r}, the reference call reached {got!r}: "
+                                   "the two calls run their layers in another order")
+            self.taken += 1
+            return kv
+
+    def close(self, completed: bool) -> None:
+        """After the sample call: stop the reference call where it waits, and check (for a call that
+        `completed`) that every chosen layer was injected."""
+        with self.cond:
+            if self.thread is not None and not self.finished:
+                self.cancelled = True
+                self._give("reference")
+        if self.thread is not None:
+            self.thread.join()
+        self.slot = None
+        if completed and self.error is not None:
+            raise self.error
+        if completed and self.taken != len(self.layers):
+            raise RuntimeError(f"the sample call injected {self.taken} of {len(self.layers)} layers")
+
+
+@contextlib.contextmanager
+def guided(channel: Channel, layers, reference: Callable[[], object], rows: torch.Tensor, weight: float,
+           text: bool = False, injection: type = Injection, **fields):
+    """The context of one sample network call with reference attention: the chosen `layers` attend
+    also to the K/V that ``reference()`` (the same network on the reference rows) makes at that
+    layer, run in `Lockstep`. `injection`: the `Injection` class the processors expect (with its
+    extra `fields`)."""
+    lock = Lockstep(channel, layers, reference, text)
+    state = injection(frozenset(layers), rows, weight, text, lock.take, **fields)
+    completed = False
+    try:
+        with channel.using(state):
+            yield state
+        completed = True
+    finally:
+        lock.close(completed)
+
 
 def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.Tensor],
              reference_call: Callable[[torch.Tensor, int], object], weight: float = 1.0, rows: str = "all",
              cfg: bool = False, active: Callable[[int], bool] | None = None, text: bool = False):
-    """``attention(i, x)`` for a family's denoiser: at step i, run the reference pass
-    (``reference_call(reference_latent(i), i)``: one row per video, or one per CFG row) while the
-    channel records, then return the context that injects the recording into this step's sample
-    call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
+    """``attention(i, x)`` for a family's denoiser: the context of step i's sample call, in which the
+    reference call ``reference_call(reference_latent(i), i)`` (one row per video, or one per CFG row)
+    runs beside it (`guided`). Outside `active` steps, or at weight 0, it returns None (plain
+    attention)."""
     layers = frozenset(layers)
     check_rows(rows)  # a bad `rows` fails here, before any model call
 
     def attention(i: int, x: torch.Tensor):
         if weight == 0.0 or (active is not None and not active(i)):
             return None
-        rec = Recording(layers, text)
-        with channel.using(rec):
-            try:
-                reference_call(reference_latent(i), i)
-            except StopReference:
-                pass
-        if set(rec.kv) != set(layers):
-            raise RuntimeError(f"the reference pass recorded {len(rec.kv)} of {len(layers)} layers")
-        return channel.using(Injection(rec, cfg_row_mask(x.shape[0], cfg, rows), weight))
+        return guided(channel, layers, lambda: reference_call(reference_latent(i), i),
+                      cfg_row_mask(x.shape[0], cfg, rows), weight, text)
 
     return attention
 

@@ -2,6 +2,7 @@
 duplicate-key invariance (DESIGN fact 5) for every option, per-group RoPE, safety, cost."""
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -98,24 +99,17 @@ def every_block(model):
     return cogvideox_attention.processors(model.transformer, range(int(model.transformer.config.num_layers)))
 
 
-def record(model, channel, rec, x, text, t):
-    """A reference pass of x through the transformer while `channel` records into `rec`."""
-    with channel.using(rec):
-        try:
-            cogvideox.transformer_call(model, x, text, t)
-        except attention.StopReference:
-            pass
+def reference_of(model, x, text, t):
+    """A reference call: x through the transformer (its chosen layers hand their K/V over)."""
+    return lambda: cogvideox.transformer_call(model, x, text, t)
 
 
 def duplicate_call(model, x, text, t, opts, use_cfg=False):
-    """Record K/V from x itself, then inject them into the same x: must equal plain attention."""
+    """Inject the K/V of x itself into the same x: must equal plain attention."""
     blocks = opts.block_indices(int(model.transformer.config.num_layers))
-    rec = attention.Recording(frozenset(blocks), opts.text)
     rows = attention.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, x, text, t)
-        assert set(rec.kv) == set(blocks)
-        with channel.using(attention.Injection(rec, rows, opts.weight)):
+        with attention.guided(channel, blocks, reference_of(model, x, text, t), rows, opts.weight, opts.text):
             return cogvideox.transformer_call(model, x, text, t)
 
 
@@ -141,10 +135,9 @@ def test_duplicate_keys_differ_when_the_reference_differs(tiny64):
     x, other = latent(model, seed=1), latent(model, seed=2)
     opts = ReferenceOptions()
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), True)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, other, cond.embeds, 700)
-        with channel.using(attention.Injection(rec, torch.ones(1, dtype=torch.bool), 1.0)):
+        with attention.guided(channel, blocks, reference_of(model, other, cond.embeds, 700), torch.ones(1, dtype=torch.bool),
+                              1.0, True):
             out = cogvideox.transformer_call(model, x, cond.embeds, 700)
     plain = cogvideox.transformer_call(model, x, cond.embeds, 700)
     assert (out - plain).abs().max() > 1e-3
@@ -183,29 +176,33 @@ def test_cfg_rows_conditional_only_is_invariant(tiny64):
     # the reference recorded from the conditional row, injected only there
     opts = ReferenceOptions(rows="conditional")
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), True)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, x, cond.embeds, 400)
-        with channel.using(attention.Injection(rec, attention.cfg_row_mask(1, True, "conditional"), 1.0)):
+        with attention.guided(channel, blocks, reference_of(model, x, cond.embeds, 400),
+                              attention.cfg_row_mask(1, True, "conditional"), 1.0, True):
             out = cogvideox.transformer_call(model, rows_x, text, 400)
     assert torch.allclose(out, plain, rtol=0, atol=1e-10)
 
 
-def test_reference_pass_stops_after_last_injected_block(tiny64):
+def test_reference_call_stops_after_last_injected_block(tiny64):
+    """The reference call runs block 0 only (its rows leave after the last injected block); the
+    sample call runs every block."""
     model = tiny64("5b")
     cond = cogvideox.encode_text(model, "a red circle moving right")
     seen = []
-    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append(i))
+    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append((threading.current_thread().name, i)))
              for i, b in enumerate(model.transformer.transformer_blocks)]
+    x = latent(model)
     try:
-        rec = attention.Recording(frozenset({0}), True)
-        with attention.installed(model.transformer, every_block(model)) as channel, channel.using(rec):
-            with pytest.raises(attention.StopReference):
-                cogvideox.transformer_call(model, latent(model), cond.embeds, 500)
+        with attention.installed(model.transformer, every_block(model)) as channel:
+            with attention.guided(channel, {0}, reference_of(model, x, cond.embeds, 500), torch.ones(1, dtype=torch.bool),
+                                  1.0, True):
+                cogvideox.transformer_call(model, x, cond.embeds, 500)
+            assert channel.state is None
     finally:
         for h in hooks:
             h.remove()
-    assert seen == [0] and set(rec.kv) == {0}
+    main = threading.current_thread().name
+    assert sorted(seen) == sorted([(main, 0), (main, 1), ("vidinv-reference", 0)]), seen
 
 
 def test_processors_restored_after_error(tiny64):

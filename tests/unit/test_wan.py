@@ -220,11 +220,9 @@ def test_duplicate_keys_leave_wan_self_attention_unchanged(model64):
     plain = attn.processor(attn, x, None, None, rope)
     channel = attention.Channel()
     proc = wan_attention.ReferenceSelfAttnProcessor(1, channel)
-    rec = attention.Recording(frozenset({0, 1}))
-    with channel.using(rec):
-        proc(attn, x, None, None, rope)
     for weight in (0.5, 1.0, 7.0):
-        with channel.using(attention.Injection(rec, torch.tensor([True, True]), weight)):
+        with attention.guided(channel, {1}, lambda: proc(attn, x, None, None, rope), torch.tensor([True, True]),
+                              weight):
             assert torch.allclose(proc(attn, x, None, None, rope), plain, atol=1e-12)
 
 
