@@ -11,30 +11,39 @@ import weakref
 
 import torch
 
-from vidinv import attention
+from vidinv import attention as vidinv_attention
 
 
-@contextlib.contextmanager
-def guided(channel, layers, reference, rows, weight, text=False, injection=attention.Injection, **fields):
-    """`attention.guided`'s signature with the two-pass schedule: the reference call runs to its
-    last chosen layer (then stops), every layer's K/V kept in a dict, and the sample call reads them."""
-    layers = frozenset(layers)
-    kv = {}
+def guided_for(attention):
+    """`attention.guided` with the two-pass schedule, for a copy of the `vidinv.attention` module (the
+    native path loads the pack as a package of its own under ComfyUI)."""
 
-    def keep(name, pair):
-        kv[name] = pair
-        if len(kv) == len(layers):
-            raise attention.StopReference
+    @contextlib.contextmanager
+    def guided(channel, layers, reference, rows, weight, text=False, injection=attention.Injection, **fields):
+        """The reference call runs to its last chosen layer (then stops), every layer's K/V kept in a
+        dict; then the sample call reads them."""
+        layers = frozenset(layers)
+        kv = {}
 
-    with channel.using(attention.Recording(layers, keep, text)):
-        try:
-            reference()
-        except attention.StopReference:
-            pass
-    if set(kv) != set(layers):
-        raise RuntimeError(f"the reference pass recorded {len(kv)} of {len(layers)} layers")
-    with channel.using(injection(layers, rows, weight, text, kv.__getitem__, **fields)) as state:
-        yield state
+        def keep(name, pair):
+            kv[name] = pair
+            if len(kv) == len(layers):
+                raise attention.StopReference
+
+        with channel.using(attention.Recording(layers, keep, text)):
+            try:
+                reference()
+            except attention.StopReference:
+                pass
+        if set(kv) != set(layers):
+            raise RuntimeError(f"the reference pass recorded {len(kv)} of {len(layers)} layers")
+        with channel.using(injection(layers, rows, weight, text, kv.__getitem__, **fields)) as state:
+            yield state
+
+    return guided
+
+
+guided = guided_for(vidinv_attention)
 
 
 class HeldKV:
@@ -43,7 +52,8 @@ class HeldKV:
     sample call takes a layer the number still alive is appended to `alive`. Install with
     ``with HeldKV() as held:`` around guided calls of either schedule."""
 
-    def __init__(self):
+    def __init__(self, attention=vidinv_attention):
+        self.attention = attention
         self.watched: list[weakref.ref] = []
         self.alive: list[int] = []
         self.stack = contextlib.ExitStack()
@@ -52,6 +62,7 @@ class HeldKV:
         return sum(r() is not None for r in self.watched)
 
     def __enter__(self):
+        attention = self.attention
         original_record = attention.Recording.record
         original_reference = attention.Injection.reference
         held = self

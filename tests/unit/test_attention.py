@@ -11,6 +11,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from vidinv import attention, errors
 from vidinv.attention import ReferenceOptions, parse_blocks
 from vidinv.models import cogvideox, cogvideox_attention
+from tests import twopass
 
 VARIANTS = ["2b", "5b", "1.5"]
 
@@ -229,3 +230,75 @@ def test_reference_cost_ordering_by_flop_count():
     assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
     assert f["plain"] < f["guided, blocks of the first half"] < everywhere
     assert everywhere < f["published recipe (reference per CFG row)"]
+
+
+# ----------------------------------------------------------------------------- lockstep vs the two-pass method
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def both_schedules(monkeypatch, run):
+    """`run()` with the reference call in lockstep (the product) and with the old two-pass schedule."""
+    new = run()
+    with monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        old = run()
+    return new, old
+
+
+LOCKSTEP_CASES = [  # (inversion guidance, sampling guidance, options, edit mask)
+    (1.0, 1.0, ReferenceOptions(), None),
+    (1.0, 4.0, ReferenceOptions(text=True, weight=1.0, blocks="1", rows="conditional"), None),
+    (4.0, 4.0, ReferenceOptions(start=0.3), "attention"),  # a reference row per CFG row, the probe on
+    (1.0, 4.0, ReferenceOptions(reference_text="edit", text=True, weight=1.0), None),  # the published recipe
+]
+
+
+@pytest.mark.parametrize("variant, g_inv, g, opts, mask", [
+    ("5b", *case) for case in LOCKSTEP_CASES] + [(v, *LOCKSTEP_CASES[k]) for v in ("2b", "1.5") for k in (0, 2)])
+def test_lockstep_equals_the_two_pass_method(tiny64, monkeypatch, variant, g_inv, g, opts, mask):
+    """Issue 34: the reference call beside the sample call gives the outputs of the reference pass
+    before it (float64, an edit so that the reference matters; RoPE per group on 5B / 1.5)."""
+    from vidinv import editmask, pipeline
+    from vidinv.family import Guidance
+    from vidinv.solver import Solver
+    model = tiny64(variant)
+    src = cogvideox.encode_text(model, "a red circle moving right", "blurry")
+    edit = cogvideox.encode_text(model, "a blue circle moving right", "blurry")
+    traj = pipeline.invert(model, src, latent(model, seed=5), 3, Guidance(g_inv), Solver(iters=2, tol=0.0))
+    patched = pipeline.with_reference(model, traj, opts)
+
+    def run():
+        m = None if mask is None else editmask.EditMask(0.5, source=mask)
+        return pipeline.guided_sample(patched, edit, Guidance(g), edit_mask=m)
+
+    new, old = both_schedules(monkeypatch, run)
+    assert rel(new, old) <= 1e-12, rel(new, old)
+    plain = pipeline.sample(model, edit, traj.noise, traj.steps, Guidance(g))
+    assert rel(new, plain) > 1e-6  # not vacuous: the reference changes the sample (by 2e-5 and more here)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_no_reference_kv_is_held_across_layers(tiny64, monkeypatch, text):
+    """At each injected layer of a sample call at most that layer's reference K/V are alive; the
+    two-pass method held every chosen layer's (the counter is not vacuous)."""
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    x, other = latent(model, seed=1), latent(model, seed=2)
+    layers = list(range(int(model.transformer.config.num_layers)))
+    assert len(layers) >= 2
+
+    def call():
+        with attention.installed(model.transformer, every_block(model)) as channel:
+            with attention.guided(channel, layers, reference_of(model, other, cond.embeds, 700),
+                                  torch.ones(1, dtype=torch.bool), 2.0, text):
+                return cogvideox.transformer_call(model, x, cond.embeds, 700)
+
+    with twopass.HeldKV() as held:
+        call()
+    assert held.alive == [1] * len(layers), held.alive
+    with twopass.HeldKV() as held, monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        call()
+    assert held.alive == [len(layers)] * len(layers), held.alive

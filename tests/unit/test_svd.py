@@ -315,3 +315,24 @@ def test_bad_inputs_say_what_to_do(model32, model64):
     with pytest.raises(errors.InputError, match="not one of"):
         attention.cfg_row_mask(1, True, "uncond")
     assert np.array_equal(attention.cfg_row_mask(2, True, "conditional").numpy(), [False, False, True, True])
+
+
+@pytest.mark.parametrize("temporal,guidance,rows", [(False, (1.0, 1.0), "all"), (True, (1.0, 3.0), "all"),
+                                                    (False, (1.0, 3.0), "conditional")])
+def test_lockstep_equals_the_two_pass_method(model64, inverted, monkeypatch, temporal, guidance, rows):
+    """Issue 34: the UNet's reference call beside the sample call (one layer's K/V at a time) gives
+    the outputs of the whole reference pass before it, with a reference that differs from the sample."""
+    from tests import twopass
+    cond = inverted[0]
+    grid = edm.grid_from_config(model64.scheduler_config, 8)
+    x, other = latent(16) * grid.sigmas[3], latent(17) * grid.sigmas[3]
+    layers = all_layers(model64, temporal)
+    with twopass.HeldKV() as held:
+        new = guided(model64, cond, grid, *guidance, other, layers, 2.0, rows, x=x)
+    assert max(held.alive) == 1
+    with twopass.HeldKV() as held, monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        old = guided(model64, cond, grid, *guidance, other, layers, 2.0, rows, x=x)
+    assert max(held.alive) == len(layers)
+    assert rel(new, old) <= 1e-12, rel(new, old)
+    assert rel(new, svd.make_denoiser(model64, cond, grid, *guidance)(x, 3)) > 1e-6
