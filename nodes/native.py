@@ -11,9 +11,10 @@ block replacement of Wan. Where a later core differs, this module is the place t
   wrapper keeps the model-level conditioning of each CFG row for the reference passes.
 - `InvertedNoise`: the inverted noise as core's NOISE, for SamplerCustomAdvanced.
 - `ReferencePatch`: reference attention as a MODEL patch (Wan): each chosen block is marked through
-  the block replacement, its first attention call (the self-attention) records or injects reference
-  K/V through the attention override, and an APPLY_MODEL wrapper runs the reference pass of each
-  step with the trajectory's latent and conditioning before the sample's call.
+  the block replacement, its first attention call (the self-attention) hands over or injects reference
+  K/V through the attention override, and an APPLY_MODEL wrapper runs the reference call of each
+  step (the trajectory's latent and conditioning) beside the sample's call, one block at a time
+  (`vidinv.attention.Lockstep`: core's own model call in a helper thread).
 
 Nothing here is imported outside ComfyUI (the node module imports it lazily)."""
 from __future__ import annotations
@@ -212,8 +213,9 @@ class RowInjection(attention.Injection):
 
 
 class ReferencePatch:
-    """The state of one patched MODEL: the trajectory, options and chosen blocks; the block being run
-    (set by its block replacement) and whether its self-attention (its first attention call) has run;
+    """The state of one patched MODEL: the trajectory, options and chosen blocks; per thread (the
+    reference call runs beside the sample's), the block being run (set by its block replacement) and
+    whether its self-attention (its first attention call) has run;
     the attention override that was there before (chained: every attention call still goes through it)."""
 
     def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...]):
@@ -259,7 +261,7 @@ class ReferencePatch:
                                     f"{want}", "Sample the latent that was inverted (or an empty latent of its size).")
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
-    # -- each model call: the reference pass, then the sample's call with injection
+    # -- each model call: the sample's call with injection, the reference call beside it
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                     **kwargs):
         step = native.step_of(self.traj.sigmas, float(t.flatten()[0]))

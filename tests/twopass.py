@@ -54,12 +54,17 @@ class HeldKV:
 
     def __init__(self, attention=vidinv_attention):
         self.attention = attention
-        self.watched: list[weakref.ref] = []
-        self.alive: list[int] = []
+        self.watched: list[tuple[weakref.ref, weakref.ref]] = []  # (key storage, value storage) per pair
+        self.alive: list[int] = []  # pairs alive at each take
+        self.alive_bytes: list[int] = []  # bytes of their storages
         self.stack = contextlib.ExitStack()
 
     def count(self) -> int:
-        return sum(r() is not None for r in self.watched)
+        return sum(k() is not None for k, _ in self.watched)
+
+    def bytes(self) -> int:
+        live = {id(st): st.nbytes() for pair in self.watched for st in (pair[0](), pair[1]()) if st is not None}
+        return sum(live.values())
 
     def __enter__(self):
         attention = self.attention
@@ -68,12 +73,13 @@ class HeldKV:
         held = self
 
         def record(rec, name, k, v, text_len=0):
-            held.watched.append(weakref.ref(k.untyped_storage()))
+            held.watched.append((weakref.ref(k.untyped_storage()), weakref.ref(v.untyped_storage())))
             return original_record(rec, name, k, v, text_len)
 
         def reference(inj, name):
             out = original_reference(inj, name)
             held.alive.append(held.count())
+            held.alive_bytes.append(held.bytes())
             return out
 
         attention.Recording.record, attention.Injection.reference = record, reference

@@ -2,24 +2,32 @@
 the keys and values that the inversion trajectory produces at the same step.
 
 At each guided step the trajectory latent for that step runs through the same network (the
-*reference pass*, with the conditioning used at inversion); the installed processors of the chosen
-attention layers record their keys and values, and the pass stops once the last of them has
-recorded. The sample pass (all CFG rows in one call) then attends to ``[own K/V ; reference K/V]``
-with ``log(weight)`` on the reference logits (weight 1 = plain concatenation, 0 = off). Nothing is
-cached beyond the current step. With identical streams the concatenated keys are duplicates with
-identical values, so the output is unchanged for any weight (DESIGN fact 5); under CFG that holds
-row by row only, so each CFG row's reference is made with the conditioning that row had at
-inversion (`reference_per_cfg_row`).
+*reference call*, with the conditioning used at inversion) beside the sample call (all CFG rows in
+one call), layer by layer (`Lockstep`): when the sample call reaches a chosen attention layer, the
+reference call runs on to that layer and hands over its keys and values, the sample attends to
+``[own K/V ; reference K/V]`` with ``log(weight)`` on the reference logits (weight 1 = plain
+concatenation, 0 = off) and drops them. So no K/V is held across layers (DESIGN fact 3), and the
+reference call stops after the last chosen layer. With identical streams the concatenated keys are
+duplicates with identical values, so the output is unchanged for any weight (DESIGN fact 5); under
+CFG that holds row by row only, so each CFG row's reference is made with the conditioning that row
+had at inversion (`reference_per_cfg_row`).
 
 A family supplies the processors (`vidinv.models.cogvideox_attention`: joint text-image attention
-with RoPE per token group, DESIGN fact 4; `vidinv.models.svd_attention`: the UNet's self-attention)
-for the layers it chooses; everything else is here.
+with RoPE per token group, DESIGN fact 4; `vidinv.models.wan_attention`; `vidinv.models.svd_attention`:
+the UNet's self-attention) for the layers it chooses; ComfyUI's own Wan models get the same
+mechanism through a MODEL patch (`nodes.native.ReferencePatch`); everything else is here.
 
 **Per-call state.** Processors hold a `Channel`, and ``channel.using(state)`` sets the state for
-exactly one network call (reset in ``finally``): a `Recording` for a reference pass, an `Injection`
-for a sample pass, nothing for plain attention. Nothing is written on the model; `installed()`
-swaps the processors in for one block and restores the originals in ``finally`` (success, error or
-interrupt).
+exactly one network call in the calling thread (reset in ``finally``): a `Recording` in the
+reference call, an `Injection` in the sample call, nothing for plain attention. Nothing is written
+on the model; `installed()` swaps the processors in for one block and restores the originals in
+``finally`` (success, error or interrupt).
+
+**Why a thread, not one batch.** The reference rows could also ride in the sample call's batch. The
+helper thread keeps each call exactly what it was (its rows, conditioning, timestep, text length,
+expert, image conditioning, and core's own model call on the native path), so the outputs are the
+two-pass outputs bit for bit, and the two calls' transient activations never coexist: only one
+runs at a time, the other waits with its hidden state (BENCHMARKS.md section 11 counts both).
 """
 from __future__ import annotations
 
@@ -464,19 +472,20 @@ class Lockstep:
                 raise StopReference
 
     def _run(self) -> None:
-        with self.enter(), self.channel.using(Recording(self.layers, self.hand, self.text)):
-            try:
+        try:
+            with self.enter(), self.channel.using(Recording(self.layers, self.hand, self.text)):
                 with self.cond:
                     self._wait("reference")
                 if not self.cancelled:
                     self.reference()
-            except StopReference:
-                pass
-            except BaseException as e:  # noqa: BLE001 - raised again in the sample call
-                self.error = e
-        with self.cond:
-            self.finished = True
-            self._give("sample")
+        except StopReference:
+            pass
+        except BaseException as e:  # noqa: BLE001 - raised again in the sample call
+            self.error = e
+        finally:
+            with self.cond:
+                self.finished = True
+                self._give("sample")
 
     # -- the sample call's side
     def take(self, name) -> tuple:

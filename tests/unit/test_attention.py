@@ -302,3 +302,76 @@ def test_no_reference_kv_is_held_across_layers(tiny64, monkeypatch, text):
         m.setattr(attention, "guided", twopass.guided)
         call()
     assert held.alive == [len(layers)] * len(layers), held.alive
+
+
+# ----------------------------------------------------------------------------- lockstep, without a model
+
+def toy_network(channel, x, order=(0, 1, 2), fail_at=None, seen=None):
+    """A stand-in network: each layer of `order` hands over (k, v) = (x, 2x) in a reference call,
+    and adds the reference's key to x in a sample call."""
+    for name in order:
+        if name == fail_at:
+            raise ValueError(f"boom at {name}")
+        if seen is not None:
+            seen.append((threading.current_thread().name, name, torch.is_inference_mode_enabled(),
+                         torch.is_grad_enabled()))
+        rec = channel.recording(name)
+        if rec is not None:
+            rec.record(name, x.clone(), 2 * x)
+        inj = channel.injection(name)
+        if inj is not None:
+            k, v, _ = inj.reference(name)
+            x = x + k
+        else:
+            x = x + 1
+    return x
+
+
+def toy_guided(channel, reference, layers=(0, 1, 2)):
+    return attention.guided(channel, layers, reference, torch.ones(1, dtype=torch.bool), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["inference", "no_grad", "grad"])
+def test_lockstep_runs_the_two_calls_layer_by_layer_in_the_callers_torch_mode(mode):
+    channel = attention.Channel()
+    seen = []
+    ctx = {"inference": torch.inference_mode(), "no_grad": torch.no_grad(), "grad": torch.enable_grad()}[mode]
+    with ctx, toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), seen=seen)):
+        out = toy_network(channel, torch.ones(1), seen=seen)
+    # reference x: 0 -> 1 -> 2 (it adds 1 per layer and hands x before); the sample adds 0, 1, 2
+    assert float(out) == 4.0
+    main = threading.current_thread().name
+    assert [(w == main, n) for w, n, _, _ in seen] == [(True, 0), (False, 0), (True, 1), (False, 1), (True, 2),
+                                                      (False, 2)]
+    assert len({(i, g) for _, _, i, g in seen}) == 1  # the same torch mode in both threads
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+def test_an_error_in_the_reference_call_is_raised_in_the_sample_call():
+    channel = attention.Channel()
+    with pytest.raises(ValueError, match="boom at 1"):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), fail_at=1)):
+            toy_network(channel, torch.ones(1))
+    assert channel.state is None
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+def test_an_error_in_the_sample_call_stops_the_reference_call():
+    channel = attention.Channel()
+    with pytest.raises(ValueError, match="boom at 2"):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1))):
+            toy_network(channel, torch.ones(1), fail_at=2)
+    assert channel.state is None
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("reference_order, sample_order, message", [
+    ((1, 0, 2), (0, 1, 2), "another order"),
+    ((0, 1), (0, 1, 2), "ended before layer 2"),
+    ((0, 1, 2), (0, 1), "injected 2 of 3 layers")])
+def test_calls_that_disagree_on_the_layers_are_refused(reference_order, sample_order, message):
+    channel = attention.Channel()
+    with pytest.raises(RuntimeError, match=message):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), order=reference_order)):
+            toy_network(channel, torch.ones(1), order=sample_order)
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
