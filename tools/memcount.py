@@ -1,9 +1,9 @@
 """Counting tensor memory where no allocator counts it: on the CPU (torch's CPU allocator keeps no peak)
 and on the meta device (nothing is allocated at all).
 
-`LiveBytes` is a `TorchDispatchMode`: every storage an operator returns while it is active is counted
-from the moment it appears until PyTorch frees it (a weak reference on the storage), and the peak of the
-sum is kept. What it sees: tensors made by ATen operators during the block, in every thread that runs
+`LiveBytes` is a `TorchDispatchMode`: every new storage an operator returns while it is active (not
+one of its inputs' storages: views, in-place and out= results are not new) is counted from the moment
+it appears until PyTorch frees it (a weak reference on the storage), and the peak of the sum is kept. What it sees: tensors made by ATen operators during the block, in every thread that runs
 inside it (the pack's reference call runs in a helper thread that inherits the caller's dispatch modes,
 `vidinv.attention.torch_thread_state`). What it does not see: tensors that existed before (weights,
 inputs), scratch memory inside a kernel, and allocator overhead (rounding, caching, fragmentation).
@@ -36,11 +36,12 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
                 key = st._cdata
-                if key not in self.live and st.nbytes() > 0:
+                if key not in self.live and key not in inputs and st.nbytes() > 0:  # new, not a view or in place
                     self.live[key] = st.nbytes()
                     self.now += st.nbytes()
                     self.peak = max(self.peak, self.now)
