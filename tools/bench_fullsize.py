@@ -114,8 +114,9 @@ def memory_table(model, edit, traj, guidance: float, rows: list, arch: str) -> N
                      "flops_per_step": f})
 
 
-def masked_attention(q, k, v, bias):
+def masked_attention(q, k, v, bias, k_ref=None, v_ref=None):
     """The alternative to the folded bias: a broadcast ``[1, 1, 1, L_k]`` mask (no flash kernel)."""
+    k, v = attention.joined(k, k_ref), attention.joined(v, v_ref)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype).view(1, 1, 1, -1))
 
 

@@ -206,18 +206,36 @@ def key_bias(own_text: int, own_len: int, ref_len: int, weight: float, balance_t
 KEY_PAD = 8  # fused attention kernels want head sizes in multiples of 8
 
 
-def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + bias) v`` for a bias that depends on the key only, without an
-    attention mask: the bias rides in one extra head dimension (queries carry 1 there, keys
-    ``bias * sqrt(d)``), so the fused (flash) kernels still apply and no ``[L_q, L_k]`` mask is
-    ever built. q, k, v: ``[B, heads, L, d]``; bias: ``[L_k]``."""
+def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                         k_ref: torch.Tensor | None = None, v_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` over the keys ``[k ; k_ref]`` (`k_ref` None: `k` alone) for a
+    bias that depends on the key only, without an attention mask: the bias rides in one extra head
+    dimension (queries carry 1 there, keys ``bias * sqrt(d)``), so the fused (flash) kernels still
+    apply and no ``[L_q, L_k]`` mask is ever built. q, k, v: ``[B, heads, L, d]``; k_ref, v_ref
+    ``[B_ref, heads, L_ref, d]``, row b of q taking reference row ``b % B_ref``; bias: ``[L_k]``.
+    The joined keys and values are written once into their padded tensors (`joined`)."""
     d = q.shape[-1]
-    ones = q.new_ones(*q.shape[:-1], 1)
-    q1 = torch.cat([q, ones, q.new_zeros(*q.shape[:-1], KEY_PAD - 1)], dim=-1)
-    kb = (bias * math.sqrt(d)).to(device=k.device, dtype=k.dtype).view(1, 1, -1, 1).expand(*k.shape[:-1], 1)
-    k1 = torch.cat([k, kb, k.new_zeros(*k.shape[:-1], KEY_PAD - 1)], dim=-1)
-    v1 = F.pad(v, (0, KEY_PAD))
+    q1 = q.new_zeros(*q.shape[:-1], d + KEY_PAD)
+    q1[..., :d] = q
+    q1[..., d] = 1.0
+    k1 = joined(k, k_ref, KEY_PAD)
+    k1[..., d] = (bias * math.sqrt(d)).to(device=k.device, dtype=k.dtype)
+    v1 = joined(v, v_ref, KEY_PAD)
     return F.scaled_dot_product_attention(q1, k1, v1, scale=1.0 / math.sqrt(d))[..., :d]
+
+
+def joined(own: torch.Tensor, ref: torch.Tensor | None, pad: int = 0) -> torch.Tensor:
+    """``[own ; ref]`` along the tokens (``[B, heads, L, d]``; `ref` has ``B_ref`` rows, row b taking
+    ``b % B_ref``), with `pad` zero dimensions after d, in one new tensor (no intermediate copies)."""
+    b, h, lo, d = own.shape
+    lr = 0 if ref is None else ref.shape[2]
+    out = own.new_empty(b, h, lo + lr, d + pad)
+    if pad:
+        out[..., d:] = 0
+    out[:, :, :lo, :d] = own
+    if ref is not None:
+        out[:, :, lo:, :d].unflatten(0, (b // ref.shape[0], ref.shape[0])).copy_(ref.unsqueeze(0))
+    return out
 
 
 def keys_with_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: torch.Tensor, v_ref: torch.Tensor,
@@ -229,23 +247,28 @@ def keys_with_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref
     head gets `KEY_PAD` more dimensions, the bias riding in the first of them (queries carry 1 there,
     reference keys the bias), and q is scaled so that the kernel's ``1 / sqrt(d + KEY_PAD)`` acts as
     ``1 / sqrt(d)``."""
-    k_all, v_all = torch.cat([k, k_ref], dim=1), torch.cat([v, v_ref], dim=1)
     if weight == 1.0:
-        return q, k_all, v_all, lambda out: out
+        return q, torch.cat([k, k_ref], dim=1), torch.cat([v, v_ref], dim=1), lambda out: out
     b, lq, width = q.shape
     d = width // heads
     wide = d + KEY_PAD
 
-    def padded(t: torch.Tensor, first: torch.Tensor | float) -> torch.Tensor:
-        t = t.unflatten(-1, (heads, -1))
-        extra = t.new_zeros(*t.shape[:-1], KEY_PAD)
-        extra[..., 0] = first if not torch.is_tensor(first) else first.to(t.dtype)
-        return torch.cat([t, extra], dim=-1).flatten(-2)
+    def padded(parts, first) -> torch.Tensor:
+        """The parts joined along the tokens, each head padded to `wide`, `first` in its first extra
+        dimension; written once into one new tensor."""
+        rows = sum(p.shape[1] for p in parts)
+        out = parts[0].new_zeros(b, rows, heads, wide)
+        at = 0
+        for p in parts:
+            out[:, at:at + p.shape[1], :, :d] = p.unflatten(-1, (heads, d))
+            at += p.shape[1]
+        out[..., d] = first
+        return out.flatten(-2)
 
     bias = torch.cat([torch.zeros(k.shape[1]), torch.full((k_ref.shape[1],), math.log(weight) * math.sqrt(wide))])
-    q1 = padded(q * math.sqrt(wide / d), 1.0)
-    k1 = padded(k_all, bias.to(k.device).view(1, -1, 1))
-    v1 = padded(v_all, 0.0)
+    q1 = padded([q * math.sqrt(wide / d)], 1.0)
+    k1 = padded([k, k_ref], bias.to(device=k.device, dtype=k.dtype).view(1, -1, 1))
+    v1 = padded([v, v_ref], 0.0)
     return q1, k1, v1, lambda out: out.unflatten(-1, (heads, wide))[..., :v.shape[-1] // heads].flatten(-2)
 
 
@@ -277,13 +300,10 @@ def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: t
                 k_ref, v_ref = k_ref[on], v_ref[on]
             out[on] = attend_reference(q[on], k[on], v[on], k_ref, v_ref, rows[rows], own_text, weight, balance_text)
         return out
-    reps = q.shape[0] // k_ref.shape[0]
-    k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
-    v = torch.cat([v, v_ref.repeat(reps, 1, 1, 1)], dim=2)
-    bias = key_bias(own_text, q.shape[2], k_ref.shape[2], weight, balance_text)
+    bias = key_bias(own_text, k.shape[2], k_ref.shape[2], weight, balance_text)
     if not bool(bias.any()):  # weight 1 with the reference's text: plain concatenation
-        return F.scaled_dot_product_attention(q, k, v)
-    return attend_with_key_bias(q, k, v, bias)
+        return F.scaled_dot_product_attention(q, joined(k, k_ref), joined(v, v_ref))
+    return attend_with_key_bias(q, k, v, bias, k_ref, v_ref)
 
 
 # ----------------------------------------------------------------------------- per-call state
