@@ -71,12 +71,14 @@ def main(argv=None) -> int:
     from tests.fullsize_models import inputs
     from vidinv import attention, pipeline
     from vidinv.family import Guidance
-    if args.schedule == "two-pass":
+    own = args.root.resolve() == ROOT
+    schedule = args.schedule if own else "the library's own"
+    if args.schedule == "two-pass" and own:
         from tests import twopass
         attention.guided = twopass.guided
     print(f"# CPU, {args.threads} thread(s), torch {torch.__version__}, fp32, {args.frames} frames "
           f"{args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, library {args.root}, "
-          f"schedule {args.schedule}")
+          f"schedule: {schedule}")
     rows = []
     for arch in args.archs:
         model = build(arch, args.frames, args.size)
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
             base = base or live.peak
             print(f"| {label} | {live.peak / 2**20:.1f} | {live.peak / base:.2f} | {seconds:.1f} |", flush=True)
             rows.append({"arch": arch, "sampler": label, "peak_bytes": live.peak, "seconds": seconds,
-                         "weights_bytes": weights, "schedule": args.schedule, "root": str(args.root)})
+                         "weights_bytes": weights, "schedule": schedule, "root": str(args.root)})
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     return 0
