@@ -420,22 +420,24 @@ def installed(modules, processors):
 
 def torch_thread_state() -> Callable[[], contextlib.ExitStack]:
     """The calling thread's torch state that a helper thread must share to compute as it would:
-    grad and inference mode, autocast, the CUDA device and the dispatch modes (counters such as
+    grad and inference mode, autocast, the CUDA device and stream, and the dispatch modes (counters such as
     `torch.utils.flop_counter.FlopCounterMode` see both threads); returns ``enter()``, which sets
     them in the thread that calls it (undone when the returned stack closes)."""
     from torch.utils import _python_dispatch as dispatch
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     modes = list(dispatch._get_current_dispatch_mode_stack())
     casts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
-    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    device, stream = (torch.cuda.current_device(), torch.cuda.current_stream()) if cuda else (None, None)
 
     def enter() -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
         for device_type, dtype in casts:
             stack.enter_context(torch.autocast(device_type, dtype))
-        if device is not None:
+        if device is not None:  # the caller's device and stream: the two calls' kernels stay in one order
             torch.cuda.set_device(device)
+            stack.enter_context(torch.cuda.stream(stream))
         for mode in modes:
             dispatch._push_mode(mode)
             stack.callback(dispatch._pop_mode)
