@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     gpu = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "meta device (FLOP count)" if dev.type == "meta"
            else platform.processor() or platform.machine())
     print(f"# {gpu}, torch {torch.__version__}, {args.dtype}, {args.frames} frames {args.width}x{args.height}, "
-          f"guidance {args.guidance} (CFG on), {args.steps} steps per run")
+          f"guidance {args.guidance} (CFG {'on' if args.guidance > 1 else 'off'}), {args.steps} steps per run")
     rows = []
     for arch in args.archs:
         model = build(arch, dev, dtype, args.smoke)
