@@ -11,9 +11,10 @@ block replacement of Wan. Where a later core differs, this module is the place t
   wrapper keeps the model-level conditioning of each CFG row for the reference passes.
 - `InvertedNoise`: the inverted noise as core's NOISE, for SamplerCustomAdvanced.
 - `ReferencePatch`: reference attention as a MODEL patch (Wan): each chosen block is marked through
-  the block replacement, its first attention call (the self-attention) records or injects reference
-  K/V through the attention override, and an APPLY_MODEL wrapper runs the reference pass of each
-  step with the trajectory's latent and conditioning before the sample's call.
+  the block replacement, its first attention call (the self-attention) hands over or injects reference
+  K/V through the attention override, and an APPLY_MODEL wrapper runs the reference call of each
+  step (the trajectory's latent and conditioning) beside the sample's call, one block at a time
+  (`vidinv.attention.Lockstep`: core's own model call in a helper thread).
 
 Nothing here is imported outside ComfyUI (the node module imports it lazily)."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import threading
 
 import torch
 
@@ -211,14 +213,15 @@ class RowInjection(attention.Injection):
 
 
 class ReferencePatch:
-    """The state of one patched MODEL: the trajectory, options and chosen blocks; the block being run
-    (set by its block replacement) and whether its self-attention (its first attention call) has run;
+    """The state of one patched MODEL: the trajectory, options and chosen blocks; per thread (the
+    reference call runs beside the sample's), the block being run (set by its block replacement) and
+    whether its self-attention (its first attention call) has run;
     the attention override that was there before (chained: every attention call still goes through it)."""
 
     def __init__(self, traj, options: attention.ReferenceOptions, blocks: tuple[int, ...]):
         self.traj, self.options, self.blocks, self.previous = traj, options, frozenset(blocks), None
         self.channel = attention.Channel()
-        self.block, self.seen = None, False
+        self.local = threading.local()  # per thread (the reference call runs beside the sample's): block, seen
         self.active = set(options.active_steps(traj.steps))
         self.ndim = int(traj.scheduler_config["ndim"])
 
@@ -238,11 +241,11 @@ class ReferencePatch:
 
     def marker(self, index: int, previous):
         def run_block(args, extra):
-            self.block, self.seen = index, False
+            self.local.block, self.local.seen = index, False
             try:
                 return previous(args, extra) if previous is not None else extra["original_block"](args)
             finally:
-                self.block = None
+                self.local.block = None
         return run_block
 
     # -- before sampling: the sampler's sigmas and latent against the trajectory
@@ -258,7 +261,7 @@ class ReferencePatch:
                                     f"{want}", "Sample the latent that was inverted (or an empty latent of its size).")
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
-    # -- each model call: the reference pass, then the sample's call with injection
+    # -- each model call: the sample's call with injection, the reference call beside it
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                     **kwargs):
         step = native.step_of(self.traj.sigmas, float(t.flatten()[0]))
@@ -284,18 +287,14 @@ class ReferencePatch:
         named = reference_conds(self.traj.model_conds, ref_kinds, {"c_concat": c_concat, "c_crossattn": c_crossattn,
                                                                    **kwargs}, x.device)
         ref_options = dict(transformer_options, cond_or_uncond=list(ref_kinds))
-        recording = attention.Recording(self.blocks)
-        with self.channel.using(recording):
-            try:
-                executor(latent.repeat(len(ref_kinds), *[1] * (latent.dim() - 1)), t[:rows].repeat(len(ref_kinds)),
-                         named.pop("c_concat"), named.pop("c_crossattn"), None, ref_options, **named)
-            except attention.StopReference:
-                pass
-        if set(recording.kv) != set(self.blocks):
-            raise RuntimeError(f"the reference pass recorded {len(recording.kv)} of {len(self.blocks)} blocks")
+
+        def reference():
+            executor(latent.repeat(len(ref_kinds), *[1] * (latent.dim() - 1)), t[:rows].repeat(len(ref_kinds)),
+                     named.pop("c_concat"), named.pop("c_crossattn"), None, ref_options, **named)
+
         index = torch.tensor([c * rows + r if c >= 0 else -1 for c in chunk for r in range(rows)])
-        state = RowInjection(recording, index >= 0, self.options.weight, index)
-        with self.channel.using(state):
+        with attention.guided(self.channel, self.blocks, reference, index >= 0, self.options.weight,
+                              injection=RowInjection, index=index):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     # -- every attention call of the patched model
@@ -303,22 +302,23 @@ class ReferencePatch:
         def inner(*a, **k):
             return self.previous(func, *a, **k) if self.previous is not None else func(*a, **k)
 
-        if self.block is None or self.seen:
+        block = getattr(self.local, "block", None)
+        if block is None or self.local.seen:
             return inner(*args, **kwargs)
-        self.seen = True  # the block's first attention call: its self-attention
+        self.local.seen = True  # the block's first attention call: its self-attention
         q, k, v, *rest = args
         heads = kwargs["heads"] if "heads" in kwargs else rest[0]
         mask = kwargs.get("mask", rest[1] if len(rest) > 1 else None)
         if kwargs.get("skip_reshape") or mask is not None:
             raise RuntimeError("Reference Attention (native): an attention layout this patch does not know "
                                "(pre-split heads or a mask) in a Wan self-attention")
-        recording = self.channel.recording(self.block)
+        recording = self.channel.recording(block)
         if recording is not None:
-            recording.record(self.block, k, v)
-        state = self.channel.injection(self.block)
+            recording.record(block, k, v)
+        state = self.channel.injection(block)
         if not isinstance(state, RowInjection):
             return inner(*args, **kwargs)
-        k_ref, v_ref, _ = state.recording.kv[self.block]
+        k_ref, v_ref, _ = state.reference(block)
         on = state.index >= 0
         out = None
         if bool((~on).any()):

@@ -145,7 +145,7 @@ def step_flops(model, edit, traj, guidance: float) -> dict:
                         channel, layers, source.latent_for_step, call, opts.weight, opts.rows, guidance > 1.0,
                         active.__contains__, opts.text)(i, x)
                     with ctx or contextlib.nullcontext():
-                        network_call["call"](model, torch.cat([x, x]), text, t)
+                        network_call["call"](model, torch.cat([x, x]) if guidance > 1.0 else x, text, t)
                 per_kind[i in active] = counter.get_total_flops()
         total = sum(per_kind[i in active] for i in range(traj.steps))
         out[name] = total / traj.steps

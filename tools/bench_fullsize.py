@@ -18,6 +18,7 @@ FLOP ratio is what the time ratio tends to. ``--smoke`` runs the timing code on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -31,13 +32,91 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fullsize_models import ARCHS, WAN_ARCHS, build, inputs, samplers, step_flops  # noqa: E402
+from tests import twopass  # noqa: E402
+from tests.fullsize_models import ARCHS, NETWORK_CALLS, WAN_ARCHS, build, inputs, samplers, step_flops  # noqa: E402
+from tools.memcount import LiveBytes, flash_attention  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
-from vidinv import attention, pipeline  # noqa: E402
+from vidinv import attention, families, pipeline  # noqa: E402
+
+SCHEDULES = {"two-pass (before)": twopass.guided, "lockstep (after)": attention.guided}
 
 
-def masked_attention(q, k, v, bias):
+@contextlib.contextmanager
+def schedule(name: str):
+    """Guided calls with the old two-pass schedule or the lockstep one (`tests/twopass.py`)."""
+    original = attention.guided
+    attention.guided = SCHEDULES[name]
+    try:
+        yield
+    finally:
+        attention.guided = original
+
+
+def step_memory(model, edit, traj, guidance: float) -> dict:
+    """(sampler, schedule) -> (peak bytes of the tensors one guided step's network calls make, the
+    most reference K/V bytes alive when the sample call takes a layer), counted at an active step
+    with `tools.memcount.LiveBytes` and fused attention (on the meta device: no memory, no
+    arithmetic). Plain sampling has one entry, under every schedule."""
+    fam = families.of(model)
+    x = traj.noise
+    network_call = NETWORK_CALLS[fam.name]
+    text = network_call["rows"](edit, guidance, x.shape[0])
+    rows = torch.cat([x, x]) if guidance > 1.0 else x
+    grid = fam.grid(model, traj.steps)
+    out = {}
+    for name, (opts, _, inverted_guidance) in samplers(model).items():
+        if opts is not None and inverted_guidance > 1.0 and guidance <= 1.0:
+            continue  # a reference row per CFG row needs a CFG sample
+        for sched in SCHEDULES:
+            source, layers, per_step = traj, (), None
+            i = 0
+            if opts is not None:
+                source = dataclasses.replace(traj, guidance=inverted_guidance)
+                layers = fam.reference_layers(model, opts)
+                active = opts.active_steps(traj.steps)
+                i = active[0]
+                per_cfg_row = attention.reference_per_cfg_row(guidance > 1.0, inverted_guidance > 1.0, opts.rows)
+                call = fam.reference_call(model, source, grid, edit, Guidance(guidance), opts, per_cfg_row, None)
+            with schedule(sched), flash_attention(), twopass.HeldKV() as held, LiveBytes() as live, \
+                    attention.installed(fam.networks(model), fam.reference_processors(model, layers)) as channel:
+                ctx = None if opts is None else attention.per_step(
+                    channel, layers, source.latent_for_step, call, opts.weight, opts.rows, guidance > 1.0,
+                    None, opts.text)(i, x)
+                with ctx or contextlib.nullcontext():
+                    network_call["call"](model, rows, text, traj.timesteps[i])
+            out[name, sched] = (live.peak, max(held.alive_bytes, default=0))
+    return out
+
+
+def memory_table(model, edit, traj, guidance: float, rows: list, arch: str) -> None:
+    """Print and keep the counted memory (and FLOPs) of plain and guided sampling, before and after."""
+    weights = sum(p.numel() * p.element_size() for p in model.transformer.parameters())
+    mem = step_memory(model, edit, traj, guidance)
+    flops = {}
+    for sched in SCHEDULES:
+        with schedule(sched):
+            flops[sched] = step_flops(model, edit, traj, guidance)
+    plain_total = weights + mem["plain", next(iter(SCHEDULES))][0]
+    gib = 2 ** 30
+    print(f"weights {weights / gib:.2f} GiB; plain: peak activations {(plain_total - weights) / gib:.2f} GiB, "
+          f"weights + activations {plain_total / gib:.2f} GiB\n")
+    print("| sampler | schedule | stored ref. K/V GiB | peak activations GiB | weights + activations GiB "
+          "| x plain | TFLOP per step |\n|---|---|---|---|---|---|---|")
+    for (name, sched), (peak, kv) in mem.items():
+        if name == "plain" and sched != next(iter(SCHEDULES)):
+            continue
+        total = weights + peak
+        f = flops[sched][name]
+        print(f"| {name} | {'-' if name == 'plain' else sched} | {kv / gib:.2f} | {peak / gib:.2f} | {total / gib:.2f} "
+              f"| {total / plain_total:.3f} | {f / 1e12:.1f} |", flush=True)
+        rows.append({"arch": arch, "sampler": name, "schedule": sched, "guidance": guidance, "weights_bytes": weights,
+                     "peak_activation_bytes": peak, "stored_kv_bytes": kv, "total_ratio": total / plain_total,
+                     "flops_per_step": f})
+
+
+def masked_attention(q, k, v, bias, k_ref=None, v_ref=None):
     """The alternative to the folded bias: a broadcast ``[1, 1, 1, L_k]`` mask (no flash kernel)."""
+    k, v = attention.joined(k, k_ref), attention.joined(v, v_ref)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype).view(1, 1, 1, -1))
 
 
@@ -80,19 +159,22 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-mask", action="store_true",
                     help="also time the guided defaults with a broadcast attention mask instead of the folded bias")
     ap.add_argument("--flops", action="store_true", help="count FLOPs per step on the meta device (no GPU needed)")
+    ap.add_argument("--memory", action="store_true",
+                    help="count stored reference K/V, peak activations and FLOPs of one step, before (two-pass) and "
+                         "after (lockstep), on the meta device (no GPU needed)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, to test this script on a CPU")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.smoke:
         args.frames, args.height, args.width, args.steps = 9, 64, 64, 2
-    if args.flops:
+    if args.flops or args.memory:
         args.device, args.steps = "meta", 50  # the windows at the usual step count
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     dev = torch.device(args.device)
     gpu = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "meta device (FLOP count)" if dev.type == "meta"
            else platform.processor() or platform.machine())
     print(f"# {gpu}, torch {torch.__version__}, {args.dtype}, {args.frames} frames {args.width}x{args.height}, "
-          f"guidance {args.guidance} (CFG on), {args.steps} steps per run")
+          f"guidance {args.guidance} (CFG {'on' if args.guidance > 1 else 'off'}), {args.steps} steps per run")
     rows = []
     for arch in args.archs:
         model = build(arch, dev, dtype, args.smoke)
@@ -101,6 +183,10 @@ def main(argv=None) -> int:
         p = model.patch_size
         pt, ph, pw = (1, p, p) if isinstance(p, int) else p  # CogVideoX: one spatial size; Wan: (t, h, w)
         tokens = traj.latents.shape[2] // pt * (traj.latents.shape[4] // ph) * (traj.latents.shape[5] // pw)
+        if args.memory:
+            print(f"\n## {model.name}: {tokens} image tokens per row, guidance {args.guidance}\n")
+            memory_table(model, edit, traj, args.guidance, rows, arch)
+            continue
         if args.flops:
             flops = step_flops(model, edit, traj, args.guidance)
             print(f"\n## {model.name}: {tokens} image tokens per row\n")

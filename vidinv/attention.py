@@ -2,24 +2,32 @@
 the keys and values that the inversion trajectory produces at the same step.
 
 At each guided step the trajectory latent for that step runs through the same network (the
-*reference pass*, with the conditioning used at inversion); the installed processors of the chosen
-attention layers record their keys and values, and the pass stops once the last of them has
-recorded. The sample pass (all CFG rows in one call) then attends to ``[own K/V ; reference K/V]``
-with ``log(weight)`` on the reference logits (weight 1 = plain concatenation, 0 = off). Nothing is
-cached beyond the current step. With identical streams the concatenated keys are duplicates with
-identical values, so the output is unchanged for any weight (DESIGN fact 5); under CFG that holds
-row by row only, so each CFG row's reference is made with the conditioning that row had at
-inversion (`reference_per_cfg_row`).
+*reference call*, with the conditioning used at inversion) beside the sample call (all CFG rows in
+one call), layer by layer (`Lockstep`): when the sample call reaches a chosen attention layer, the
+reference call runs on to that layer and hands over its keys and values, the sample attends to
+``[own K/V ; reference K/V]`` with ``log(weight)`` on the reference logits (weight 1 = plain
+concatenation, 0 = off) and drops them. So no K/V is held across layers (DESIGN fact 3), and the
+reference call stops after the last chosen layer. With identical streams the concatenated keys are
+duplicates with identical values, so the output is unchanged for any weight (DESIGN fact 5); under
+CFG that holds row by row only, so each CFG row's reference is made with the conditioning that row
+had at inversion (`reference_per_cfg_row`).
 
 A family supplies the processors (`vidinv.models.cogvideox_attention`: joint text-image attention
-with RoPE per token group, DESIGN fact 4; `vidinv.models.svd_attention`: the UNet's self-attention)
-for the layers it chooses; everything else is here.
+with RoPE per token group, DESIGN fact 4; `vidinv.models.wan_attention`; `vidinv.models.svd_attention`:
+the UNet's self-attention) for the layers it chooses; ComfyUI's own Wan models get the same
+mechanism through a MODEL patch (`nodes.native.ReferencePatch`); everything else is here.
 
 **Per-call state.** Processors hold a `Channel`, and ``channel.using(state)`` sets the state for
-exactly one network call (reset in ``finally``): a `Recording` for a reference pass, an `Injection`
-for a sample pass, nothing for plain attention. Nothing is written on the model; `installed()`
-swaps the processors in for one block and restores the originals in ``finally`` (success, error or
-interrupt).
+exactly one network call in the calling thread (reset in ``finally``): a `Recording` in the
+reference call, an `Injection` in the sample call, nothing for plain attention. Nothing is written
+on the model; `installed()` swaps the processors in for one block and restores the originals in
+``finally`` (success, error or interrupt).
+
+**Why a thread, not one batch.** The reference rows could also ride in the sample call's batch. The
+helper thread keeps each call exactly what it was (its rows, conditioning, timestep, text length,
+expert, image conditioning, and core's own model call on the native path), so the outputs are the
+two-pass outputs bit for bit, and the two calls' transient activations never coexist: only one
+runs at a time, the other waits with its hidden state (BENCHMARKS.md section 11 counts both).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import threading
 from typing import Callable
 
 import torch
@@ -197,18 +206,36 @@ def key_bias(own_text: int, own_len: int, ref_len: int, weight: float, balance_t
 KEY_PAD = 8  # fused attention kernels want head sizes in multiples of 8
 
 
-def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + bias) v`` for a bias that depends on the key only, without an
-    attention mask: the bias rides in one extra head dimension (queries carry 1 there, keys
-    ``bias * sqrt(d)``), so the fused (flash) kernels still apply and no ``[L_q, L_k]`` mask is
-    ever built. q, k, v: ``[B, heads, L, d]``; bias: ``[L_k]``."""
+def attend_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                         k_ref: torch.Tensor | None = None, v_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` over the keys ``[k ; k_ref]`` (`k_ref` None: `k` alone) for a
+    bias that depends on the key only, without an attention mask: the bias rides in one extra head
+    dimension (queries carry 1 there, keys ``bias * sqrt(d)``), so the fused (flash) kernels still
+    apply and no ``[L_q, L_k]`` mask is ever built. q, k, v: ``[B, heads, L, d]``; k_ref, v_ref
+    ``[B_ref, heads, L_ref, d]``, row b of q taking reference row ``b % B_ref``; bias: ``[L_k]``.
+    The joined keys and values are written once into their padded tensors (`joined`)."""
     d = q.shape[-1]
-    ones = q.new_ones(*q.shape[:-1], 1)
-    q1 = torch.cat([q, ones, q.new_zeros(*q.shape[:-1], KEY_PAD - 1)], dim=-1)
-    kb = (bias * math.sqrt(d)).to(device=k.device, dtype=k.dtype).view(1, 1, -1, 1).expand(*k.shape[:-1], 1)
-    k1 = torch.cat([k, kb, k.new_zeros(*k.shape[:-1], KEY_PAD - 1)], dim=-1)
-    v1 = F.pad(v, (0, KEY_PAD))
+    q1 = q.new_zeros(*q.shape[:-1], d + KEY_PAD)
+    q1[..., :d] = q
+    q1[..., d] = 1.0
+    k1 = joined(k, k_ref, KEY_PAD)
+    k1[..., d] = (bias * math.sqrt(d)).to(device=k.device, dtype=k.dtype)
+    v1 = joined(v, v_ref, KEY_PAD)
     return F.scaled_dot_product_attention(q1, k1, v1, scale=1.0 / math.sqrt(d))[..., :d]
+
+
+def joined(own: torch.Tensor, ref: torch.Tensor | None, pad: int = 0) -> torch.Tensor:
+    """``[own ; ref]`` along the tokens (``[B, heads, L, d]``; `ref` has ``B_ref`` rows, row b taking
+    ``b % B_ref``), with `pad` zero dimensions after d, in one new tensor (no intermediate copies)."""
+    b, h, lo, d = own.shape
+    lr = 0 if ref is None else ref.shape[2]
+    out = own.new_empty(b, h, lo + lr, d + pad)
+    if pad:
+        out[..., d:] = 0
+    out[:, :, :lo, :d] = own
+    if ref is not None:
+        out[:, :, lo:, :d].unflatten(0, (b // ref.shape[0], ref.shape[0])).copy_(ref.unsqueeze(0))
+    return out
 
 
 def keys_with_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: torch.Tensor, v_ref: torch.Tensor,
@@ -220,23 +247,28 @@ def keys_with_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref
     head gets `KEY_PAD` more dimensions, the bias riding in the first of them (queries carry 1 there,
     reference keys the bias), and q is scaled so that the kernel's ``1 / sqrt(d + KEY_PAD)`` acts as
     ``1 / sqrt(d)``."""
-    k_all, v_all = torch.cat([k, k_ref], dim=1), torch.cat([v, v_ref], dim=1)
     if weight == 1.0:
-        return q, k_all, v_all, lambda out: out
+        return q, torch.cat([k, k_ref], dim=1), torch.cat([v, v_ref], dim=1), lambda out: out
     b, lq, width = q.shape
     d = width // heads
     wide = d + KEY_PAD
 
-    def padded(t: torch.Tensor, first: torch.Tensor | float) -> torch.Tensor:
-        t = t.unflatten(-1, (heads, -1))
-        extra = t.new_zeros(*t.shape[:-1], KEY_PAD)
-        extra[..., 0] = first if not torch.is_tensor(first) else first.to(t.dtype)
-        return torch.cat([t, extra], dim=-1).flatten(-2)
+    def padded(parts, first) -> torch.Tensor:
+        """The parts joined along the tokens, each head padded to `wide`, `first` in its first extra
+        dimension; written once into one new tensor."""
+        rows = sum(p.shape[1] for p in parts)
+        out = parts[0].new_zeros(b, rows, heads, wide)
+        at = 0
+        for p in parts:
+            out[:, at:at + p.shape[1], :, :d] = p.unflatten(-1, (heads, d))
+            at += p.shape[1]
+        out[..., d] = first
+        return out.flatten(-2)
 
     bias = torch.cat([torch.zeros(k.shape[1]), torch.full((k_ref.shape[1],), math.log(weight) * math.sqrt(wide))])
-    q1 = padded(q * math.sqrt(wide / d), 1.0)
-    k1 = padded(k_all, bias.to(k.device).view(1, -1, 1))
-    v1 = padded(v_all, 0.0)
+    q1 = padded([q * math.sqrt(wide / d)], 1.0)
+    k1 = padded([k, k_ref], bias.to(device=k.device, dtype=k.dtype).view(1, -1, 1))
+    v1 = padded([v, v_ref], 0.0)
     return q1, k1, v1, lambda out: out.unflatten(-1, (heads, wide))[..., :v.shape[-1] // heads].flatten(-2)
 
 
@@ -268,80 +300,91 @@ def attend_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: t
                 k_ref, v_ref = k_ref[on], v_ref[on]
             out[on] = attend_reference(q[on], k[on], v[on], k_ref, v_ref, rows[rows], own_text, weight, balance_text)
         return out
-    reps = q.shape[0] // k_ref.shape[0]
-    k = torch.cat([k, k_ref.repeat(reps, 1, 1, 1)], dim=2)
-    v = torch.cat([v, v_ref.repeat(reps, 1, 1, 1)], dim=2)
-    bias = key_bias(own_text, q.shape[2], k_ref.shape[2], weight, balance_text)
+    bias = key_bias(own_text, k.shape[2], k_ref.shape[2], weight, balance_text)
     if not bool(bias.any()):  # weight 1 with the reference's text: plain concatenation
-        return F.scaled_dot_product_attention(q, k, v)
-    return attend_with_key_bias(q, k, v, bias)
+        return F.scaled_dot_product_attention(q, joined(k, k_ref), joined(v, v_ref))
+    return attend_with_key_bias(q, k, v, bias, k_ref, v_ref)
 
 
 # ----------------------------------------------------------------------------- per-call state
 
 class StopReference(Exception):
-    """Raised by the last recording layer of a reference pass: nothing after it is needed."""
+    """Raised in a reference call once its last chosen layer has handed over its K/V (nothing after
+    it is needed), or when the sample call it runs beside has ended."""
 
 
-@dataclasses.dataclass(eq=False)
 class Recording:
-    """State of a reference pass: collects K/V ``[N, heads, L, d]`` per layer name, with the number
-    of text tokens at their front (`text`: a joint text-image layer also records its text tokens)."""
-    layers: frozenset
-    text: bool = False
-    kv: dict = dataclasses.field(default_factory=dict)  # layer -> (k, v, text_len)
+    """State of a reference call: each chosen layer hands its K/V ``[N, heads, L, d]`` to `hand`,
+    with the number of text tokens at their front (`text`: a joint text-image layer also hands
+    over its text tokens). Nothing is kept here."""
 
-    def record(self, name: str, k: torch.Tensor, v: torch.Tensor, text_len: int = 0) -> None:
-        """Keep this layer's K/V; stop the pass once every chosen layer has recorded."""
-        self.kv[name] = (k, v, text_len)
-        if len(self.kv) == len(self.layers):
-            raise StopReference
+    def __init__(self, layers, hand: Callable[[object, tuple], None], text: bool = False):
+        self.layers, self.hand, self.text = frozenset(layers), hand, text
+
+    def record(self, name, k: torch.Tensor, v: torch.Tensor, text_len: int = 0) -> None:
+        self.hand(name, (k, v, text_len))
 
 
 @dataclasses.dataclass(eq=False)
 class Injection:
-    """State of a sample pass: the recorded K/V of this step."""
-    recording: Recording
+    """State of a sample call: which latent rows receive the reference, its weight, whether its K/V
+    carry text tokens (else the sample's own text logits get ``log(1 + weight)``), and `take(layer)`,
+    the reference's ``(k, v, text_len)`` of that layer, made for this call and not kept."""
+    layers: frozenset
     rows: torch.Tensor  # [R] bool: which latent rows of the call receive the reference
     weight: float
+    text: bool
+    take: Callable[[object], tuple]
+
+    def reference(self, name) -> tuple:
+        return self.take(name)
 
 
 class Channel:
-    """Where the installed processors look for the current call's state (None = plain attention)."""
+    """Where the installed processors look for the current call's state (None = plain attention).
+    State and probe are per thread: a reference call runs in a helper thread beside the sample call
+    (`Lockstep`), each seeing its own."""
 
     def __init__(self):
-        self.state = None
-        self.probe = None  # a `vidinv.editmask.Probe` during a sample call that builds an edit mask
+        self.local = threading.local()
+
+    @property
+    def state(self):
+        return getattr(self.local, "state", None)
+
+    @property
+    def probe(self):
+        """A `vidinv.editmask.Probe` during a sample call that builds an edit mask."""
+        return getattr(self.local, "probe", None)
 
     @contextlib.contextmanager
     def using(self, state):
         if self.state is not None:
             raise RuntimeError("reference attention state is already set: calls do not nest")
-        self.state = state
+        self.local.state = state
         try:
             yield state
         finally:
-            self.state = None
+            self.local.state = None
 
     @contextlib.contextmanager
     def probing(self, probe):
         """Let the processors feed `probe` (their image queries' attention to the text) for one call."""
-        self.probe = probe
+        self.local.probe = probe
         try:
             yield probe
         finally:
-            self.probe = None
+            self.local.probe = None
 
-    def recording(self, name: str) -> Recording | None:
+    def recording(self, name) -> Recording | None:
         """The current Recording if it wants layer `name`."""
         state = self.state
         return state if isinstance(state, Recording) and name in state.layers else None
 
-    def injection(self, name: str) -> Injection | None:
-        """The current Injection if it holds K/V for layer `name` and is on (weight > 0)."""
+    def injection(self, name) -> Injection | None:
+        """The current Injection if it injects layer `name` and is on (weight > 0)."""
         state = self.state
-        ok = isinstance(state, Injection) and state.weight > 0 and name in state.recording.kv
-        return state if ok else None
+        return state if isinstance(state, Injection) and state.weight > 0 and name in state.layers else None
 
 
 Processors = Callable[[Channel], dict]  # channel -> {processor name: processor reading that channel}
@@ -373,30 +416,170 @@ def installed(modules, processors):
             module.set_attn_processor(own)
 
 
-# ----------------------------------------------------------------------------- one guided step
+# ----------------------------------------------------------------------------- one guided call
+
+def torch_thread_state() -> Callable[[], contextlib.ExitStack]:
+    """The calling thread's torch state that a helper thread must share to compute as it would:
+    grad and inference mode, autocast, the CUDA device and stream, and the dispatch modes (counters such as
+    `torch.utils.flop_counter.FlopCounterMode` see both threads); returns ``enter()``, which sets
+    them in the thread that calls it (undone when the returned stack closes)."""
+    from torch.utils import _python_dispatch as dispatch
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    modes = list(dispatch._get_current_dispatch_mode_stack())
+    casts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    device, stream = (torch.cuda.current_device(), torch.cuda.current_stream()) if cuda else (None, None)
+
+    def enter() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
+        for device_type, dtype in casts:
+            stack.enter_context(torch.autocast(device_type, dtype))
+        if device is not None:  # the caller's device and stream: the two calls' kernels stay in one order
+            torch.cuda.set_device(device)
+            stack.enter_context(torch.cuda.stream(stream))
+        for mode in modes:
+            dispatch._push_mode(mode)
+            stack.callback(dispatch._pop_mode)
+        return stack
+
+    return enter
+
+
+class Lockstep:
+    """One guided network call: the reference call runs in a helper thread, one chosen layer at a
+    time, beside the sample call (DESIGN fact 3: nothing is held beyond what a layer needs).
+
+    Exactly one of the two threads runs at a time. When the sample call reaches a chosen layer it
+    asks for that layer's reference K/V (`take`): the reference call runs on until that layer hands
+    its K/V over (`hand`) and waits there; the sample call attends to them and drops them. After the
+    last chosen layer the reference call stops (`StopReference`): the layers after it never run for
+    it. So at any time at most one layer's reference K/V exist, and both calls compute exactly what
+    the reference pass and the sample pass computed one after the other (same rows, same kernels):
+    the outputs are those of the two-pass method, bit for bit. An error in the reference call is
+    raised in the sample call; a sample call that ends early stops the reference call. Neither call
+    nests another."""
+
+    def __init__(self, channel: Channel, layers, reference: Callable[[], object], text: bool = False):
+        self.channel, self.layers, self.reference, self.text = channel, frozenset(layers), reference, text
+        self.cond = threading.Condition()
+        self.turn = "sample"
+        self.slot = None  # (layer, kv) handed over and not yet taken
+        self.handed = self.taken = 0
+        self.error: BaseException | None = None
+        self.finished = self.cancelled = False
+        self.thread: threading.Thread | None = None
+        self.enter = torch_thread_state()
+
+    def _give(self, to: str) -> None:
+        self.turn = to
+        self.cond.notify_all()
+
+    def _wait(self, me: str) -> None:
+        while self.turn != me:
+            self.cond.wait()
+
+    # -- the reference call's side (helper thread)
+    def hand(self, name, kv: tuple) -> None:
+        with self.cond:
+            if self.cancelled:
+                raise StopReference
+            self.slot, self.handed = (name, kv), self.handed + 1
+            del kv
+            if self.handed == len(self.layers):
+                raise StopReference  # the thread gives the turn back once this call has unwound
+            self._give("sample")
+            self._wait("reference")
+            if self.cancelled:
+                raise StopReference
+
+    def _run(self) -> None:
+        try:
+            with self.enter(), self.channel.using(Recording(self.layers, self.hand, self.text)):
+                with self.cond:
+                    self._wait("reference")
+                if not self.cancelled:
+                    self.reference()
+        except StopReference:
+            pass
+        except BaseException as e:  # noqa: BLE001 - raised again in the sample call
+            self.error = e
+        finally:
+            with self.cond:
+                self.finished = True
+                self._give("sample")
+
+    # -- the sample call's side
+    def take(self, name) -> tuple:
+        """Layer `name`'s reference ``(k, v, text_len)``, made now; the caller drops it after use."""
+        with self.cond:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="vidinv-reference", daemon=True)
+                self.thread.start()
+            if not self.finished:
+                self._give("reference")
+                self._wait("sample")
+            if self.error is not None:
+                raise self.error
+            if self.slot is None:
+                raise RuntimeError(f"the reference call ended before layer {name!r} ({self.handed} of "
+                                   f"{len(self.layers)} layers handed over)")
+            (got, kv), self.slot = self.slot, None
+            if got != name:
+                raise RuntimeError(f"the sample call asks for layer {name!r}, the reference call reached {got!r}: "
+                                   "the two calls run their layers in another order")
+            self.taken += 1
+            return kv
+
+    def close(self, completed: bool) -> None:
+        """After the sample call: stop the reference call where it waits, and check (for a call that
+        `completed`) that every chosen layer was injected."""
+        with self.cond:
+            if self.thread is not None and not self.finished:
+                self.cancelled = True
+                self._give("reference")
+        if self.thread is not None:
+            self.thread.join()
+        self.slot = None
+        if completed and self.error is not None:
+            raise self.error
+        if completed and self.taken != len(self.layers):
+            raise RuntimeError(f"the sample call injected {self.taken} of {len(self.layers)} layers")
+
+
+@contextlib.contextmanager
+def guided(channel: Channel, layers, reference: Callable[[], object], rows: torch.Tensor, weight: float,
+           text: bool = False, injection: type = Injection, **fields):
+    """The context of one sample network call with reference attention: the chosen `layers` attend
+    also to the K/V that ``reference()`` (the same network on the reference rows) makes at that
+    layer, run in `Lockstep`. `injection`: the `Injection` class the processors expect (with its
+    extra `fields`)."""
+    lock = Lockstep(channel, layers, reference, text)
+    state = injection(frozenset(layers), rows, weight, text, lock.take, **fields)
+    completed = False
+    try:
+        with channel.using(state):
+            yield state
+        completed = True
+    finally:
+        lock.close(completed)
+
 
 def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.Tensor],
              reference_call: Callable[[torch.Tensor, int], object], weight: float = 1.0, rows: str = "all",
              cfg: bool = False, active: Callable[[int], bool] | None = None, text: bool = False):
-    """``attention(i, x)`` for a family's denoiser: at step i, run the reference pass
-    (``reference_call(reference_latent(i), i)``: one row per video, or one per CFG row) while the
-    channel records, then return the context that injects the recording into this step's sample
-    call. Outside `active` steps, or at weight 0, it returns None (plain attention)."""
+    """``attention(i, x)`` for a family's denoiser: the context of step i's sample call, in which the
+    reference call ``reference_call(reference_latent(i), i)`` (one row per video, or one per CFG row)
+    runs beside it (`guided`). Outside `active` steps, or at weight 0, it returns None (plain
+    attention)."""
     layers = frozenset(layers)
     check_rows(rows)  # a bad `rows` fails here, before any model call
 
     def attention(i: int, x: torch.Tensor):
         if weight == 0.0 or (active is not None and not active(i)):
             return None
-        rec = Recording(layers, text)
-        with channel.using(rec):
-            try:
-                reference_call(reference_latent(i), i)
-            except StopReference:
-                pass
-        if set(rec.kv) != set(layers):
-            raise RuntimeError(f"the reference pass recorded {len(rec.kv)} of {len(layers)} layers")
-        return channel.using(Injection(rec, cfg_row_mask(x.shape[0], cfg, rows), weight))
+        return guided(channel, layers, lambda: reference_call(reference_latent(i), i),
+                      cfg_row_mask(x.shape[0], cfg, rows), weight, text)
 
     return attention
 

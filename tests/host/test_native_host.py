@@ -296,3 +296,17 @@ def test_the_native_edit_workflow_runs_on_core_loaded_files(server):
     videos = outputs_of(entry, "SaveVideo", prompt)
     assert len(videos) == 2 and all((server.base / "output" / v["images"][0]["subfolder"] /
                                      v["images"][0]["filename"]).stat().st_size > 0 for v in videos)
+
+
+def test_native_reference_call_in_lockstep_equals_the_two_pass_method(host):
+    """Issue 34 on core's own WanModel (float64, in the host's Python): the patch's reference call beside
+    the sample call gives the two-pass outputs, with at most one layer's reference K/V alive where the
+    two-pass schedule held every block's (`tests/native_lockstep.py`)."""
+    import json
+    done = subprocess.run([str(host.python), str(ROOT / "tests" / "native_lockstep.py"), str(host.comfy)],
+                          check=True, timeout=300, capture_output=True, text=True)
+    cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(cases) == 4, done.stdout + done.stderr
+    for case in cases:
+        assert case["rel"] <= 1e-12 and case["moved"] > 1e-3, case
+        assert case["takes_new"] == case["blocks"] == case["held_old"] and case["held_new"] == 1, case

@@ -2,6 +2,7 @@
 duplicate-key invariance (DESIGN fact 5) for every option, per-group RoPE, safety, cost."""
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from vidinv import attention, errors
 from vidinv.attention import ReferenceOptions, parse_blocks
 from vidinv.models import cogvideox, cogvideox_attention
+from tests import twopass
 
 VARIANTS = ["2b", "5b", "1.5"]
 
@@ -98,24 +100,17 @@ def every_block(model):
     return cogvideox_attention.processors(model.transformer, range(int(model.transformer.config.num_layers)))
 
 
-def record(model, channel, rec, x, text, t):
-    """A reference pass of x through the transformer while `channel` records into `rec`."""
-    with channel.using(rec):
-        try:
-            cogvideox.transformer_call(model, x, text, t)
-        except attention.StopReference:
-            pass
+def reference_of(model, x, text, t):
+    """A reference call: x through the transformer (its chosen layers hand their K/V over)."""
+    return lambda: cogvideox.transformer_call(model, x, text, t)
 
 
 def duplicate_call(model, x, text, t, opts, use_cfg=False):
-    """Record K/V from x itself, then inject them into the same x: must equal plain attention."""
+    """Inject the K/V of x itself into the same x: must equal plain attention."""
     blocks = opts.block_indices(int(model.transformer.config.num_layers))
-    rec = attention.Recording(frozenset(blocks), opts.text)
     rows = attention.cfg_row_mask(x.shape[0], use_cfg, opts.rows)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, x, text, t)
-        assert set(rec.kv) == set(blocks)
-        with channel.using(attention.Injection(rec, rows, opts.weight)):
+        with attention.guided(channel, blocks, reference_of(model, x, text, t), rows, opts.weight, opts.text):
             return cogvideox.transformer_call(model, x, text, t)
 
 
@@ -141,10 +136,9 @@ def test_duplicate_keys_differ_when_the_reference_differs(tiny64):
     x, other = latent(model, seed=1), latent(model, seed=2)
     opts = ReferenceOptions()
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), True)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, other, cond.embeds, 700)
-        with channel.using(attention.Injection(rec, torch.ones(1, dtype=torch.bool), 1.0)):
+        with attention.guided(channel, blocks, reference_of(model, other, cond.embeds, 700), torch.ones(1, dtype=torch.bool),
+                              1.0, True):
             out = cogvideox.transformer_call(model, x, cond.embeds, 700)
     plain = cogvideox.transformer_call(model, x, cond.embeds, 700)
     assert (out - plain).abs().max() > 1e-3
@@ -183,29 +177,33 @@ def test_cfg_rows_conditional_only_is_invariant(tiny64):
     # the reference recorded from the conditional row, injected only there
     opts = ReferenceOptions(rows="conditional")
     blocks = opts.block_indices(2)
-    rec = attention.Recording(frozenset(blocks), True)
     with attention.installed(model.transformer, every_block(model)) as channel:
-        record(model, channel, rec, x, cond.embeds, 400)
-        with channel.using(attention.Injection(rec, attention.cfg_row_mask(1, True, "conditional"), 1.0)):
+        with attention.guided(channel, blocks, reference_of(model, x, cond.embeds, 400),
+                              attention.cfg_row_mask(1, True, "conditional"), 1.0, True):
             out = cogvideox.transformer_call(model, rows_x, text, 400)
     assert torch.allclose(out, plain, rtol=0, atol=1e-10)
 
 
-def test_reference_pass_stops_after_last_injected_block(tiny64):
+def test_reference_call_stops_after_last_injected_block(tiny64):
+    """The reference call runs block 0 only (its rows leave after the last injected block); the
+    sample call runs every block."""
     model = tiny64("5b")
     cond = cogvideox.encode_text(model, "a red circle moving right")
     seen = []
-    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append(i))
+    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.append((threading.current_thread().name, i)))
              for i, b in enumerate(model.transformer.transformer_blocks)]
+    x = latent(model)
     try:
-        rec = attention.Recording(frozenset({0}), True)
-        with attention.installed(model.transformer, every_block(model)) as channel, channel.using(rec):
-            with pytest.raises(attention.StopReference):
-                cogvideox.transformer_call(model, latent(model), cond.embeds, 500)
+        with attention.installed(model.transformer, every_block(model)) as channel:
+            with attention.guided(channel, {0}, reference_of(model, x, cond.embeds, 500), torch.ones(1, dtype=torch.bool),
+                                  1.0, True):
+                cogvideox.transformer_call(model, x, cond.embeds, 500)
+            assert channel.state is None
     finally:
         for h in hooks:
             h.remove()
-    assert seen == [0] and set(rec.kv) == {0}
+    main = threading.current_thread().name
+    assert sorted(seen) == sorted([(main, 0), (main, 1), ("vidinv-reference", 0)]), seen
 
 
 def test_processors_restored_after_error(tiny64):
@@ -232,3 +230,148 @@ def test_reference_cost_ordering_by_flop_count():
     assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
     assert f["plain"] < f["guided, blocks of the first half"] < everywhere
     assert everywhere < f["published recipe (reference per CFG row)"]
+
+
+# ----------------------------------------------------------------------------- lockstep vs the two-pass method
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def both_schedules(monkeypatch, run):
+    """`run()` with the reference call in lockstep (the product) and with the old two-pass schedule."""
+    new = run()
+    with monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        old = run()
+    return new, old
+
+
+LOCKSTEP_CASES = [  # (inversion guidance, sampling guidance, options, edit mask)
+    (1.0, 1.0, ReferenceOptions(), None),
+    (1.0, 4.0, ReferenceOptions(text=True, weight=1.0, blocks="1", rows="conditional"), None),
+    (4.0, 4.0, ReferenceOptions(start=0.3), "attention"),  # a reference row per CFG row, the probe on
+    (1.0, 4.0, ReferenceOptions(reference_text="edit", text=True, weight=1.0), None),  # the published recipe
+]
+
+
+@pytest.mark.parametrize("variant, g_inv, g, opts, mask", [
+    ("5b", *case) for case in LOCKSTEP_CASES] + [(v, *LOCKSTEP_CASES[k]) for v in ("2b", "1.5") for k in (0, 2)])
+def test_lockstep_equals_the_two_pass_method(tiny64, monkeypatch, variant, g_inv, g, opts, mask):
+    """Issue 34: the reference call beside the sample call gives the outputs of the reference pass
+    before it (float64, an edit so that the reference matters; RoPE per group on 5B / 1.5)."""
+    from vidinv import editmask, pipeline
+    from vidinv.family import Guidance
+    from vidinv.solver import Solver
+    model = tiny64(variant)
+    src = cogvideox.encode_text(model, "a red circle moving right", "blurry")
+    edit = cogvideox.encode_text(model, "a blue circle moving right", "blurry")
+    traj = pipeline.invert(model, src, latent(model, seed=5), 3, Guidance(g_inv), Solver(iters=2, tol=0.0))
+    patched = pipeline.with_reference(model, traj, opts)
+
+    def run():
+        m = None if mask is None else editmask.EditMask(0.5, source=mask)
+        return pipeline.guided_sample(patched, edit, Guidance(g), edit_mask=m)
+
+    new, old = both_schedules(monkeypatch, run)
+    assert rel(new, old) <= 1e-12, rel(new, old)
+    plain = pipeline.sample(model, edit, traj.noise, traj.steps, Guidance(g))
+    assert rel(new, plain) > 1e-6  # not vacuous: the reference changes the sample (by 2e-5 and more here)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_no_reference_kv_is_held_across_layers(tiny64, monkeypatch, text):
+    """At each injected layer of a sample call at most that layer's reference K/V are alive; the
+    two-pass method held every chosen layer's (the counter is not vacuous)."""
+    model = tiny64("5b")
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    x, other = latent(model, seed=1), latent(model, seed=2)
+    layers = list(range(int(model.transformer.config.num_layers)))
+    assert len(layers) >= 2
+
+    def call():
+        with attention.installed(model.transformer, every_block(model)) as channel:
+            with attention.guided(channel, layers, reference_of(model, other, cond.embeds, 700),
+                                  torch.ones(1, dtype=torch.bool), 2.0, text):
+                return cogvideox.transformer_call(model, x, cond.embeds, 700)
+
+    with twopass.HeldKV() as held:
+        call()
+    assert held.alive == [1] * len(layers), held.alive
+    with twopass.HeldKV() as held, monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        call()
+    assert held.alive == [len(layers)] * len(layers), held.alive
+
+
+# ----------------------------------------------------------------------------- lockstep, without a model
+
+def toy_network(channel, x, order=(0, 1, 2), fail_at=None, seen=None):
+    """A stand-in network: each layer of `order` hands over (k, v) = (x, 2x) in a reference call,
+    and adds the reference's key to x in a sample call."""
+    for name in order:
+        if name == fail_at:
+            raise ValueError(f"boom at {name}")
+        if seen is not None:
+            seen.append((threading.current_thread().name, name, torch.is_inference_mode_enabled(),
+                         torch.is_grad_enabled()))
+        rec = channel.recording(name)
+        if rec is not None:
+            rec.record(name, x.clone(), 2 * x)
+        inj = channel.injection(name)
+        if inj is not None:
+            k, v, _ = inj.reference(name)
+            x = x + k
+        else:
+            x = x + 1
+    return x
+
+
+def toy_guided(channel, reference, layers=(0, 1, 2)):
+    return attention.guided(channel, layers, reference, torch.ones(1, dtype=torch.bool), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["inference", "no_grad", "grad"])
+def test_lockstep_runs_the_two_calls_layer_by_layer_in_the_callers_torch_mode(mode):
+    channel = attention.Channel()
+    seen = []
+    ctx = {"inference": torch.inference_mode(), "no_grad": torch.no_grad(), "grad": torch.enable_grad()}[mode]
+    with ctx, toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), seen=seen)):
+        out = toy_network(channel, torch.ones(1), seen=seen)
+    # reference x: 0 -> 1 -> 2 (it adds 1 per layer and hands x before); the sample adds 0, 1, 2
+    assert float(out) == 4.0
+    main = threading.current_thread().name
+    assert [(w == main, n) for w, n, _, _ in seen] == [(True, 0), (False, 0), (True, 1), (False, 1), (True, 2),
+                                                      (False, 2)]
+    assert len({(i, g) for _, _, i, g in seen}) == 1  # the same torch mode in both threads
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+def test_an_error_in_the_reference_call_is_raised_in_the_sample_call():
+    channel = attention.Channel()
+    with pytest.raises(ValueError, match="boom at 1"):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), fail_at=1)):
+            toy_network(channel, torch.ones(1))
+    assert channel.state is None
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+def test_an_error_in_the_sample_call_stops_the_reference_call():
+    channel = attention.Channel()
+    with pytest.raises(ValueError, match="boom at 2"):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1))):
+            toy_network(channel, torch.ones(1), fail_at=2)
+    assert channel.state is None
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("reference_order, sample_order, message", [
+    ((1, 0, 2), (0, 1, 2), "another order"),
+    ((0, 1), (0, 1, 2), "ended before layer 2"),
+    ((0, 1, 2), (0, 1), "injected 2 of 3 layers")])
+def test_calls_that_disagree_on_the_layers_are_refused(reference_order, sample_order, message):
+    channel = attention.Channel()
+    with pytest.raises(RuntimeError, match=message):
+        with toy_guided(channel, lambda: toy_network(channel, torch.zeros(1), order=reference_order)):
+            toy_network(channel, torch.ones(1), order=sample_order)
+    assert all(t.name != "vidinv-reference" for t in threading.enumerate())

@@ -1,5 +1,6 @@
 """Exact inversion, plain and guided sampling, on tiny random CogVideoX models in float64."""
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -245,12 +246,15 @@ def test_reference_rows_for_a_cfg_trajectory(inverted_cfg, rows, ref_rows):
     model, cond, traj, _ = inverted_cfg
     calls = []
     handle = model.transformer.register_forward_pre_hook(
-        lambda mod, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+        lambda mod, args, kwargs: calls.append((threading.current_thread().name == "vidinv-reference",
+                                                kwargs["hidden_states"].shape[0])), with_kwargs=True)
     try:
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, ReferenceOptions(rows=rows)))
         pipeline.guided_sample(patched, cond, Guidance(CFG))
         pipeline.guided_sample(patched, cond, Guidance(1.0))
     finally:
         handle.remove()
-    # with CFG: a reference pass of ref_rows and a sample pass of 2 rows per step; without: 1 and 1
-    assert calls[:2 * STEPS] == [ref_rows, 2] * STEPS and calls[2 * STEPS:] == [1, 1] * STEPS
+    # each step: the sample call starts, then the reference call beside it (in its helper thread);
+    # with CFG a sample call of 2 rows and a reference call of ref_rows; without: 1 and 1
+    assert calls[:2 * STEPS] == [(False, 2), (True, ref_rows)] * STEPS
+    assert calls[2 * STEPS:] == [(False, 1), (True, 1)] * STEPS

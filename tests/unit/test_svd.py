@@ -4,6 +4,7 @@ guidance), reference attention (duplicate-key invariance, DESIGN fact 5), safety
 import dataclasses
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -223,23 +224,27 @@ def test_guided_reconstruction_returns_the_plain_reconstruction(model64, inverte
     assert rel(out, x0) <= 1e-6
 
 
-def test_reference_pass_stops_after_the_last_recorded_layer(model64, inverted):
+def test_reference_call_stops_after_the_last_recorded_layer(model64, inverted):
     cond = inverted[0]
     grid = edm.grid_from_config(model64.scheduler_config, 8)
     seen = []
-    hooks = [model64.unet.mid_block.register_forward_pre_hook(lambda *a: seen.append("mid"))]
-    hooks += [b.register_forward_pre_hook(lambda *a: seen.append("up")) for b in model64.unet.up_blocks]
+
+    def note(where):
+        return lambda *a: seen.append((threading.current_thread().name, where))
+
+    hooks = [model64.unet.mid_block.register_forward_pre_hook(note("mid"))]
+    hooks += [b.register_forward_pre_hook(note("up")) for b in model64.unet.up_blocks]
     first = all_layers(model64)[:1]  # down_blocks.0: nothing after it is needed
+    den = svd.make_denoiser(model64, cond, grid)
     try:
         with attention.installed(model64.unet, svd_attention.processors(first)) as channel:
-            rec = attention.Recording(frozenset(first))
-            with channel.using(rec), pytest.raises(attention.StopReference):
-                svd.make_denoiser(model64, cond, grid)(latent(14), 3)
+            with attention.guided(channel, first, lambda: den(latent(14), 3), torch.ones(1, dtype=torch.bool), 1.0):
+                den(latent(15), 3)
             assert channel.state is None
     finally:
         for h in hooks:
             h.remove()
-    assert seen == [] and set(rec.kv) == set(first)
+    assert seen and all(who == threading.current_thread().name for who, _ in seen), seen
 
 
 def test_processors_restored_after_an_exception(model64, inverted):
@@ -255,7 +260,7 @@ def test_processors_restored_after_an_exception(model64, inverted):
         with attention.installed(model64.unet, svd_attention.processors(layers)) as channel:
             assert all(isinstance(model64.unet.attn_processors[n], svd_attention.ReferenceSelfAttnProcessor)
                        for n in layers)
-            with channel.using(attention.Recording(frozenset(layers))):
+            with attention.guided(channel, layers, lambda: None, torch.ones(1, dtype=torch.bool), 1.0):
                 svd.make_denoiser(model64, cond, grid, attention=boom)(latent(15), 2)
     after = model64.unet.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
@@ -310,3 +315,24 @@ def test_bad_inputs_say_what_to_do(model32, model64):
     with pytest.raises(errors.InputError, match="not one of"):
         attention.cfg_row_mask(1, True, "uncond")
     assert np.array_equal(attention.cfg_row_mask(2, True, "conditional").numpy(), [False, False, True, True])
+
+
+@pytest.mark.parametrize("temporal,guidance,rows", [(False, (1.0, 1.0), "all"), (True, (1.0, 3.0), "all"),
+                                                    (False, (1.0, 3.0), "conditional")])
+def test_lockstep_equals_the_two_pass_method(model64, inverted, monkeypatch, temporal, guidance, rows):
+    """Issue 34: the UNet's reference call beside the sample call (one layer's K/V at a time) gives
+    the outputs of the whole reference pass before it, with a reference that differs from the sample."""
+    from tests import twopass
+    cond = inverted[0]
+    grid = edm.grid_from_config(model64.scheduler_config, 8)
+    x, other = latent(16) * grid.sigmas[3], latent(17) * grid.sigmas[3]
+    layers = all_layers(model64, temporal)
+    with twopass.HeldKV() as held:
+        new = guided(model64, cond, grid, *guidance, other, layers, 2.0, rows, x=x)
+    assert max(held.alive) == 1
+    with twopass.HeldKV() as held, monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        old = guided(model64, cond, grid, *guidance, other, layers, 2.0, rows, x=x)
+    assert max(held.alive) == len(layers)
+    assert rel(new, old) <= 1e-12, rel(new, old)
+    assert rel(new, svd.make_denoiser(model64, cond, grid, *guidance)(x, 3)) > 1e-6

@@ -220,11 +220,9 @@ def test_duplicate_keys_leave_wan_self_attention_unchanged(model64):
     plain = attn.processor(attn, x, None, None, rope)
     channel = attention.Channel()
     proc = wan_attention.ReferenceSelfAttnProcessor(1, channel)
-    rec = attention.Recording(frozenset({0, 1}))
-    with channel.using(rec):
-        proc(attn, x, None, None, rope)
     for weight in (0.5, 1.0, 7.0):
-        with channel.using(attention.Injection(rec, torch.tensor([True, True]), weight)):
+        with attention.guided(channel, {1}, lambda: proc(attn, x, None, None, rope), torch.tensor([True, True]),
+                              weight):
             assert torch.allclose(proc(attn, x, None, None, rope), plain, atol=1e-12)
 
 
@@ -331,3 +329,32 @@ def test_counted_flops_of_guided_sampling_order_as_for_cogvideox():
     assert f["plain"] < f["guided, first half of the steps"] < f["guided, steps from 30 %"] < everywhere
     assert f["plain"] < f["guided, blocks of the first half"] < everywhere
     assert everywhere < f["published recipe (reference per CFG row)"]
+
+
+@pytest.mark.parametrize("g, options, mask", [
+    (1.0, ReferenceOptions(), None), (5.0, ReferenceOptions(weight=1.0, rows="conditional", blocks="0,2"), None),
+    (5.0, ReferenceOptions(start=0.2), "attention")])
+def test_lockstep_equals_the_two_pass_method(model64, conds, runs, monkeypatch, g, options, mask):
+    """Issue 34: the reference call beside the sample call (one layer's K/V at a time) gives the
+    outputs of the whole reference pass before it (float64; an edit, a reference row per CFG row
+    under CFG, the cross-attention probe on)."""
+    from tests import twopass
+    from vidinv import editmask
+    traj = runs[1][g][0]
+    patched = pipeline.with_reference(model64, traj, options)
+
+    def run():
+        m = None if mask is None else editmask.EditMask(0.5, source=mask)
+        return pipeline.guided_sample(patched, conds[1], Guidance(g), edit_mask=m)
+
+    new = run()
+    with twopass.HeldKV() as held, monkeypatch.context() as m:
+        m.setattr(attention, "guided", twopass.guided)
+        old = run()
+    assert rel(new, old) <= 1e-12, rel(new, old)
+    assert rel(new, pipeline.sample(model64, conds[1], traj.noise, traj.steps, Guidance(g))) > 1e-6
+    layers = len(options.block_indices(len(model64.transformer.blocks)))
+    assert max(held.alive) == layers  # the old schedule held every layer's K/V
+    with twopass.HeldKV() as held:
+        run()
+    assert held.alive and max(held.alive) == 1

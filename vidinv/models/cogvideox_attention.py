@@ -70,9 +70,10 @@ class ReferenceAttnProcessor:
             self.channel.probe.add(q[:, :, text_len:], k[:, :, :text_len])
         inj = self.channel.injection(self.index)
         if inj is not None:
-            k_ref, v_ref, ref_text = inj.recording.kv[self.index]
+            k_ref, v_ref, ref_text = inj.reference(self.index)
             k_ref = rotate_reference(k_ref, image_rotary_emb, ref_text)
-            out = attend_reference(q, k, v, k_ref, v_ref, inj.rows, text_len, inj.weight, not inj.recording.text)
+            out = attend_reference(q, k, v, k_ref, v_ref, inj.rows, text_len, inj.weight, not inj.text)
+            del k_ref, v_ref  # this layer's reference K/V: nothing keeps them past it
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).flatten(2)

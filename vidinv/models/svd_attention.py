@@ -60,11 +60,12 @@ class ReferenceSelfAttnProcessor:
             rec.record(self.name, k, v)
         inj = self.channel.injection(self.name)
         if inj is not None:
-            k_ref, v_ref, _ = inj.recording.kv[self.name]
+            k_ref, v_ref, _ = inj.reference(self.name)
             # attention rows are [R x (frames or pixels)], the reference [B x the same]; each latent
             # row's flag covers its frames (spatial layers) or pixels (temporal layers)
             rows = inj.rows.to(q.device).repeat_interleave(n // inj.rows.shape[0])
             out = attend_reference(q, k, v, k_ref, v_ref, rows, 0, inj.weight, False)
+            del k_ref, v_ref  # this layer's reference K/V: nothing keeps them past it
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).flatten(2).to(q.dtype)

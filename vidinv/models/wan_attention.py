@@ -79,8 +79,9 @@ class ReferenceSelfAttnProcessor:
         q, k, v = rotate(q, rotary_emb).transpose(1, 2), rotate(k, rotary_emb).transpose(1, 2), v.transpose(1, 2)
         inj = self.channel.injection(self.index)
         if inj is not None:
-            k_ref, v_ref, _ = inj.recording.kv[self.index]
+            k_ref, v_ref, _ = inj.reference(self.index)
             out = attend_reference(q, k, v, rotate_reference(k_ref, rotary_emb), v_ref, inj.rows, 0, inj.weight, False)
+            del k_ref, v_ref  # this layer's reference K/V: nothing keeps them past it
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).flatten(2).type_as(q)
