@@ -9,6 +9,7 @@ README, "Errors"). Estimates count the tensors a stage holds at once; they are b
 order, not allocator-exact."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
@@ -47,7 +48,7 @@ def limit(device=None) -> int | None:
             gb = float(raw)
         except ValueError:
             gb = -1.0
-        if not gb > 0 or gb != gb or gb == float("inf"):
+        if not (gb > 0 and math.isfinite(gb)):
             raise errors.InputError(f"{ENV}={errors.shorten(raw)} is not a number of GiB > 0",
                                     f"Set {ENV} to a positive number (e.g. 16), or unset it for half the free memory.")
         return int(gb * 2**30)

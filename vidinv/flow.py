@@ -20,9 +20,8 @@ setting), sigmas ``shift s / (1 + (shift - 1) s)`` of a linear ramp, then 0.
 """
 from __future__ import annotations
 
-import json
-
 import inspect
+import json
 import math
 
 from . import errors, solver

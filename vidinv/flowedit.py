@@ -47,9 +47,13 @@ from . import editmask, errors, flow
 from .solver import Denoiser, Grid, require_finite, working
 
 
-def window(steps: int, n_min: int, n_max: int) -> tuple[int, int]:
+def window(steps: int, n_min: int, n_max: int, n_avg: int = 1) -> tuple[int, int]:
     """The pack's step indices (first FlowEdit step, first tail step) of the paper's window
-    ``n_min < i <= n_max`` on a `steps`-step grid; InputError for a window the grid does not hold."""
+    ``n_min < i <= n_max`` on a `steps`-step grid; InputError for a window the grid does not hold,
+    or for `n_avg` (noises averaged per step) below 1."""
+    if not (errors.is_count(n_avg) and n_avg >= 1):
+        raise errors.InputError(f"FlowEdit's n_avg {errors.shorten(repr(n_avg))} is not a whole number >= 1",
+                                "Set n_avg to 1 (the paper's default) or more.")
     for name, value in (("n_min", n_min), ("n_max", n_max)):
         if not errors.is_count(value):
             raise errors.InputError(f"FlowEdit's {name} {errors.shorten(repr(value))} is not a whole number >= 0",
@@ -88,10 +92,7 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
     FlowEdit's path sits when nothing is edited), a tail step's latent with the source noised to
     the next level by the tail's own noise."""
     check_grid(grid)
-    first, tail = window(grid.steps, n_min, n_max)
-    if not (errors.is_count(n_avg) and n_avg >= 1):
-        raise errors.InputError(f"FlowEdit's n_avg {errors.shorten(repr(n_avg))} is not a whole number >= 1",
-                                "Set n_avg to 1 (the paper's default) or more.")
+    first, tail = window(grid.steps, n_min, n_max, n_avg)
     x_src = working(x_src)
     sigmas = grid.sigmas
 

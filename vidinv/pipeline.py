@@ -312,9 +312,7 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
     for cond, guidance in ((source, source_guidance), (target, target_guidance)):
         checked_family(model, cond, latent, guidance, image_latents)
     grid = fam.grid(model, steps)
-    first, _ = flowedit.window(grid.steps, n_min, n_max)
-    if not (errors.is_count(n_avg) and n_avg >= 1):
-        raise errors.InputError(f"FlowEdit's n_avg {n_avg!r} is not a whole number >= 1", "Set n_avg to 1 or more.")
+    first, _ = flowedit.window(grid.steps, n_min, n_max, n_avg)
     if edit_mask is not None and edit_mask.given is None and edit_mask.source != "difference":
         raise errors.InputError(f"FlowEdit's mask source {edit_mask.source!r} follows a sample's attention; FlowEdit "
                                 "has no such sample", "Use the 'difference' mask source, or give a MASK.")

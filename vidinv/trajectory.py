@@ -321,8 +321,9 @@ MODEL_CONDS = "model_conds."  # the prefix of a native trajectory's conditioning
 OPTIONAL_TENSORS = ("image_latents", "null_embeds", "tuned_embeds", "image_embeds", "noise_maps")
 
 
-def read_metadata(raw: str, name: str) -> dict:
-    """The trajectory's JSON metadata, checked field by field against the schema; defaults filled in."""
+def read_metadata(raw: str, name: str) -> tuple[dict, int]:
+    """The trajectory's JSON metadata, checked field by field against the schema (defaults filled in),
+    and the file's version."""
     try:
         meta = json.loads(raw)
     except ValueError as err:
@@ -335,7 +336,7 @@ def read_metadata(raw: str, name: str) -> dict:
         raise errors.InputError(f"{name!r} is format {meta.get('format')!r} version {version!r}, "
                                 f"this pack reads {FORMAT} up to version {VERSION}",
                                 "Update the pack, or save the trajectory again with this version.")
-    return check_fields(meta, name)
+    return check_fields(meta, name), version
 
 
 def check_fields(meta: dict, name: str) -> dict:
@@ -400,8 +401,8 @@ def load(path) -> Trajectory:
     if raw is None:
         raise errors.InputError(f"{path.name!r} is a safetensors file but not a trajectory (no 'vidinv' metadata)",
                                 "Choose a file written by the Save Trajectory node.")
-    fields = read_metadata(raw, path.name)
-    declared, version = fields.pop("kind"), json.loads(raw)["version"]
+    fields, version = read_metadata(raw, path.name)
+    declared = fields.pop("kind")
     traj = Trajectory(**read_tensors(tensors, path.name), **fields)
     validate(traj, path.name)
     check_kind(traj, declared, version, path.name)
@@ -502,18 +503,21 @@ LATENT_LIMIT = 1e5  # no latent comes near this (~N(0, 1); SVD's noisiest, sigma
 EMBED_RATIO = 100.0  # optimised embeddings stay within this many times the RMS of the prompt's own
 
 
+def rms(t: torch.Tensor) -> float:
+    return float(t.float().pow(2).mean().sqrt())
+
+
 def check_magnitudes(traj: Trajectory, refuse) -> None:
     """Values no inversion writes: latents or noise maps beyond `LATENT_LIMIT`, null-text or tuned
     embeddings whose RMS is more than `EMBED_RATIO` times the source conditioning's."""
     for key in ("latents", "noise_maps", "image_latents"):
         t = getattr(traj, key)
-        if t is not None and float(t.abs().max()) > LATENT_LIMIT:
-            refuse(f"{key} reach {float(t.abs().max()):.3g}, beyond any latent ({LATENT_LIMIT:g})")
-    scale = max(float(traj.embeds.float().pow(2).mean().sqrt()), float(traj.negative_embeds.float().pow(2).mean().sqrt()),
-                1e-3)
+        peak = 0.0 if t is None else float(t.abs().max())
+        if peak > LATENT_LIMIT:
+            refuse(f"{key} reach {peak:.3g}, beyond any latent ({LATENT_LIMIT:g})")
+    scale = max(rms(traj.embeds), rms(traj.negative_embeds), 1e-3)
     for key in ("null_embeds", "tuned_embeds"):
         t = getattr(traj, key)
-        if t is not None and float(t.float().pow(2).mean().sqrt()) > EMBED_RATIO * scale:
-            refuse(f"{key} have an RMS of {float(t.float().pow(2).mean().sqrt()):.3g}, over {EMBED_RATIO:g}x the "
-                   f"prompt embeddings' ({scale:.3g}): no optimisation writes that",
-                   "The file was altered; run the inversion again.")
+        if t is not None and rms(t) > EMBED_RATIO * scale:
+            refuse(f"{key} have an RMS of {rms(t):.3g}, over {EMBED_RATIO:g}x the prompt embeddings' ({scale:.3g}): "
+                   "no optimisation writes that", "The file was altered; run the inversion again.")

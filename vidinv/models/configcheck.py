@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import struct
 from pathlib import Path
@@ -31,14 +30,13 @@ class Field:
     """One config field: `kind` "int" (a whole number), "number", "bool", "str", "ints" / "numbers"
     (lists of them); `lo` / `hi` the range of a number or of each list item; `length` a list's length
     (a number, or the name of another field of the same file); `null` whether JSON null is allowed;
-    `choices` the strings allowed; `default` what the library uses when the key is absent (absent
-    keys are fine: the library's default applies); `positive` for lists of numbers that must be > 0."""
+    `default` what the library uses when the key is absent (absent keys are fine: the library's
+    default applies); `positive` for numbers that must be > 0."""
     kind: str
     lo: float | None = None
     hi: float | None = None
     null: bool = False
     length: int | str | None = None
-    choices: tuple | None = None
     default: object = _MISSING
     positive: bool = False
 
@@ -97,10 +95,10 @@ def _kind_ok(kind: str, v) -> bool:
 
 
 def _what(f: Field, length=None) -> str:
-    names = {"int": "a whole number", "number": "a finite number", "bool": "true or false", "str": "a string"}
-    base = names[f.kind.rstrip("s") if f.kind in ("ints", "numbers") else f.kind]
+    names = {"int": "a whole number", "number": "a finite number", "bool": "true or false", "str": "a string",
+             "ints": "whole numbers", "numbers": "finite numbers"}
+    base = names[f.kind]
     if f.kind in ("ints", "numbers"):
-        base = {"ints": "whole numbers", "numbers": "finite numbers"}[f.kind]
         base = f"a list of {length} {base}" if length is not None else f"a list of {base}"
     rng = ""
     if f.lo is not None and f.hi is not None:
@@ -109,8 +107,6 @@ def _what(f: Field, length=None) -> str:
         rng = f" >= {f.lo:g}"
     elif f.positive:
         rng = " > 0"
-    if f.choices:
-        return "one of " + ", ".join(repr(c) for c in f.choices)
     return base + rng + (" (or null)" if f.null else "")
 
 
@@ -129,13 +125,10 @@ def check_fields(cfg: dict, fields: dict, where: str) -> dict:
         length = cfg.get(f.length) if isinstance(f.length, str) else f.length
         if isinstance(f.length, str) and not errors.is_count(length):
             length = None
-        ok = True
         if f.kind in ("ints", "numbers"):
             item = "int" if f.kind == "ints" else "number"
             ok = isinstance(v, list) and all(_kind_ok(item, x) and _in_range(f, x) for x in v) \
                 and (length is None or len(v) == length)
-        elif f.choices is not None:
-            ok = isinstance(v, str) and v in f.choices
         else:
             ok = _kind_ok(f.kind, v) and (f.kind not in ("int", "number") or _in_range(f, v))
         if not ok:
@@ -258,10 +251,6 @@ def check_weights(folder, spec: Spec, configs: dict) -> None:
             problem = None
         if problem:
             raise errors.InputError(f"{folder.name!r}: {problem}", FIX)
-
-
-def product(values) -> int:
-    return math.prod(int(v) for v in values)
 
 
 # ----------------------------------------------------------------------------- parts several families share
