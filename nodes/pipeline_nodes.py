@@ -101,6 +101,20 @@ class GuidedSampleNode(SampleNode):
 # and a fixed quantile do not: the target hit on every model measured). It stays off by default, because
 # on the tiny Wan the edits keep slightly less structure with it; the CogVideoX edit workflow switches it on.
 MASK_THRESHOLD, MASK_SOURCE, MASK_CUT = 0.0, "difference", "otsu"
+# Every step by default: a later start (FlowEdit's window skips a third) kept less of the source on a held-out
+# Wan (BENCHMARKS section 6, issue 36), though it cost a third less.
+START_AT = 0.0
+
+
+def start_at_input(default: float, tooltip: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 0.95, "step": 0.01, "tooltip": tooltip})
+
+
+GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the noisiest, and start from the "
+                                 "trajectory's latent where the rest begins: the skipped steps cost no call, and the "
+                                 "source prompt still reconstructs exactly. 0 = every step (on a held-out Wan a late "
+                                 "start kept less of the source). A trajectory from Edit-Friendly Invert with a "
+                                 "start_at starts no earlier than that.")
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})
@@ -152,7 +166,7 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
 
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
                first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = MASK_THRESHOLD, mask=None,
-               mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT) -> dict:
+               mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT, start_at: float = START_AT) -> dict:
     """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
     `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut`;
     returned as IMAGE frames."""
@@ -170,9 +184,10 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
         editmask.EditMask(mask_threshold, mask, mask_source, mask_cut)
     progress = host.Progress(traj.steps, latent_preview(model))
     out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
-                                 edit_mask)
-    window = {"steps": traj.steps, "active": list(opts.active_steps(traj.steps)), "blocks": opts.blocks,
-              "weight": opts.weight}
+                                 edit_mask, start_at)
+    first = max(pipeline.skip_steps(start_at, traj.steps), traj.first_step)
+    window = {"steps": traj.steps, "active": [i for i in opts.active_steps(traj.steps) if i >= first],
+              "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
@@ -223,12 +238,17 @@ class FriendlyInvert(InvertNode):
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the noise each step's latent is drawn with."}),
             "trajectory_dtype": TRAJECTORY_DTYPE,
+        }, "optional": {
+            "start_at": start_at_input(START_AT, "Solve only the steps from this fraction of them on: the "
+                                       "noisiest ones, which an edit starting here never runs, cost no call "
+                                       "(Guided Sample and Edit-Friendly Sample then start there; FlowEdit's "
+                                       "window, n_max 33 of 50, skips the same share). 0 = every step."),
         }}
 
-    def invert(self, model, conditioning, latent, steps, guidance, seed, trajectory_dtype):
+    def invert(self, model, conditioning, latent, steps, guidance, seed, trajectory_dtype, start_at=START_AT):
         def invert(samples, image_latents, progress, pad):
             return pipeline.invert_friendly(model, conditioning, samples, steps, Guidance(guidance), seed,
-                                            trajectory_dtype, image_latents, progress, pad)
+                                            trajectory_dtype, image_latents, progress, pad, start_at)
         return run_inversion(model, latent, steps, invert)
 
 
@@ -261,9 +281,10 @@ class FriendlySample(SampleNode):
         trajectory.check_grid(model.scheduler_config)
         image_latents, pad = fam.latent_extras(trajectory)
         progress = host.Progress(trajectory.steps, latent_preview(model))
-        out = pipeline.sample(model, conditioning, trajectory.noise, trajectory.steps, Guidance(guidance),
-                              image_latents, nulltext.negative_for(negative, trajectory), hooks=progress,
-                              noise_maps=trajectory.noise_maps)
+        first = trajectory.first_step  # a trajectory solved from a later step starts there
+        out = pipeline.sample(model, conditioning, trajectory.latent_for_step(first), trajectory.steps,
+                              Guidance(guidance), image_latents, nulltext.negative_for(negative, trajectory), first,
+                              progress, noise_maps=trajectory.noise_maps)
         host.free_memory()
         return (latent_value(out, model, image_latents, pad),)
 
@@ -369,9 +390,11 @@ class GuidedSample(GuidedSampleNode):
                          "rest (Otsu's level), as large as the changed region is; 'quantile' keeps the share of "
                          "the frame that mask_threshold says, whatever the object's size."}),
             "mask": MASK_INPUT,
+            "start_at": GUIDED_START_AT,
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
-               tuned_eta=1.0, mask_threshold=MASK_THRESHOLD, mask=None, mask_source=MASK_SOURCE, mask_cut=MASK_CUT):
+               tuned_eta=1.0, mask_threshold=MASK_THRESHOLD, mask=None, mask_source=MASK_SOURCE, mask_cut=MASK_CUT,
+               start_at=START_AT):
         return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
-                          tuned_eta, mask_threshold, mask, mask_source, mask_cut)
+                          tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at)

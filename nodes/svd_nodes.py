@@ -11,8 +11,8 @@ from ..vidinv.models.loading import DTYPES
 from ..vidinv.solver import Solver
 from . import host
 from .common import CATEGORY, CONDITIONING, ITERATIONS, MODEL, TOLERANCE
-from .pipeline_nodes import (MASK_INPUT, OFFLOAD, SEED, TRAJECTORY_DTYPE, GuidedSampleNode, InvertNode, LoaderNode,
-                             SampleNode, run_guided, run_invert, run_load, run_sample)
+from .pipeline_nodes import (GUIDED_START_AT, MASK_INPUT, OFFLOAD, SEED, START_AT, TRAJECTORY_DTYPE, GuidedSampleNode,
+                             InvertNode, LoaderNode, SampleNode, run_guided, run_invert, run_load, run_sample)
 
 STEPS = ("INT", {"default": 25, "min": 1, "max": 1000,
                  "tooltip": "Euler steps on the model's own sigma grid (25 is SVD's default)."})
@@ -175,8 +175,10 @@ class SVDGuidedSample(GuidedSampleNode):
             "conditioning": (CONDITIONING, {"tooltip": "An edited first frame from Encode First Frame (SVD); "
                                                        "unconnected = the trajectory's source first frame."}),
             "mask": MASK_INPUT,
+            "start_at": GUIDED_START_AT,
         }}
 
-    def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None, mask=None):
+    def sample(self, model, min_guidance, max_guidance, start, seed, conditioning=None, mask=None, start_at=START_AT):
         require_svd(model, "Guided Sample (SVD)")
-        return run_guided(model, conditioning, Guidance(max_guidance, first=min_guidance), start, seed, mask=mask)
+        return run_guided(model, conditioning, Guidance(max_guidance, first=min_guidance), start, seed, mask=mask,
+                          start_at=start_at)

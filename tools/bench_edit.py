@@ -98,10 +98,10 @@ def run(args) -> dict:
         if args.true_mask else None
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, positive=None, mask=None, start_at=0.0):
         patched = dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
         return pipeline.guided_sample(patched, cond, Guidance(g), start=start, negative=negative, positive=positive,
-                                      edit_mask=edit_mask(mask, truth))
+                                      edit_mask=edit_mask(mask, truth), start_at=start_at)
 
     def wanted(name):
         return not args.methods or name in args.methods
@@ -165,6 +165,12 @@ def run(args) -> dict:
                     model, edit, ef.latent_for_step(k), steps, Guidance(g), start=k, noise_maps=ef.noise_maps))
                    for f in args.skip},
                 "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
+                **{f"{name} from {f:g}{' + ' + m if mo else ''}": (
+                    lambda traj=traj, f=f, mo=mo: guided(traj, ReferenceOptions(), edit, g, mask=mo,
+                                                         start_at=f))
+                   for f in args.skip for name, traj in (("ours default", exact), ("edit-friendly + ours", ef))
+                   for m, mo in [("", None)] + [x for x in mask_options(args.mask_threshold, args.mask_source,
+                                                                         args.mask_cut) if x[1][0] == "difference"]},
                 **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
                    for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
                    for name, traj, o, st in (

@@ -204,9 +204,9 @@ def run(args) -> dict:
         inversion_rows[label] = float(np.mean(trajectories[1.0, key].calls))  # guidance 1: one row per call
     skip = round(0.2 * steps)
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None, start_at=0.0):
         return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond, Guidance(g), start=start,
-                                      negative=negative, edit_mask=edit_mask(mask))
+                                      negative=negative, edit_mask=edit_mask(mask), start_at=start_at)
 
     published = ReferenceOptions(reference_text="edit")
     with RowCounter(model) as counter:
@@ -249,6 +249,11 @@ def run(args) -> dict:
                                                           start=skip, noise_maps=ef.noise_maps),
         "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), edit, g),
         "fireflow": lambda: fireflow(model, edit, fire_noise, steps, g, invert=False),
+        **{f"{name} from {f:g}{' + ' + m if mo else ''}": (
+            lambda traj=traj, f=f, mo=mo: guided(traj, ReferenceOptions(), edit, g, mask=mo, start_at=f))
+           for f in args.skip for name, traj in (("ours default", exact), ("edit-friendly + ours", ef))
+           for m, mo in [("", None)] + [x for x in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
+                                         if x[1][0] == "difference"]},
         "rf-inversion": lambda: rf_edit(model, edit, rf_noise, x0, steps, g),
         **{f"flowedit {n_max}/{n_min} {g_src:g}/{g_tar:g}": (
             lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar: pipeline.flow_edit(
@@ -326,6 +331,8 @@ def main(argv=None) -> None:
                    help="also the round trip at --guidance (--no-cfg-round-trip: guidance 1 only)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
+    p.add_argument("--skip", type=float, nargs="*", default=[],
+                   help="rows of the guided chains started at this fraction of the steps (from the trajectory latent)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

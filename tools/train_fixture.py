@@ -157,7 +157,7 @@ def latent_scaling_factor(vae, rng: np.random.Generator, scene_share: float, cou
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """As the CogVideoX pipeline does: pad to the model's length, truncate, no attention mask."""
-    return tokenizer(captions, padding="max_length", max_length=TEXT_LEN, truncation=True,
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      add_special_tokens=True, return_tensors="pt").input_ids
 
 
@@ -199,9 +199,10 @@ def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, low_share
 
 
 def transformer_config(args) -> dict:
-    """TRANSFORMER_CONFIG with the shape options given (--layers, --heads, --head-dim): other
-    models of the same family, e.g. held-out models the solver defaults were not tuned on."""
-    shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim}
+    """TRANSFORMER_CONFIG with the shape options given (--layers, --heads, --head-dim, --text-len,
+    --text-width): other models of the same family, e.g. held-out models the defaults were not tuned on."""
+    shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim,
+             "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width}
     return {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
 
 
@@ -225,14 +226,15 @@ def train_dit(args) -> None:
     latents, captions = data["latents"], data["captions"]
     log(f"dataset {tuple(latents.shape)} std {latents.std():.3f} ({encode_seconds:.0f}s)")
 
-    tokenizer = build_tokenizer(SCENE_VOCAB_WORDS if args.scenes else VOCAB_WORDS)
+    tokenizer = build_tokenizer(SCENE_VOCAB_WORDS if args.scenes else VOCAB_WORDS, args.text_len or TEXT_LEN)
     if args.init:  # fine-tune an exported fixture; new words get new embedding rows
         text_encoder = T5EncoderModel.from_pretrained(Path(args.init) / "text_encoder", torch_dtype=torch.float32)
         text_encoder.resize_token_embeddings(len(tokenizer))
         transformer = CogVideoXTransformer3DModel.from_pretrained(Path(args.init) / "transformer",
                                                                   torch_dtype=torch.float32)
     else:
-        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **T5_CONFIG))
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **{
+            **T5_CONFIG, **({"d_model": args.text_width} if args.text_width else {})}))
         transformer = CogVideoXTransformer3DModel(**transformer_config(args))
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
@@ -398,6 +400,10 @@ def main(argv=None) -> None:
     p.add_argument("--init", default=None, help="vae / dit: fine-tune the parts of this exported folder")
     p.add_argument("--layers", type=int, default=None, help="dit: transformer blocks (default: the bundled model's)")
     p.add_argument("--heads", type=int, default=None, help="dit: attention heads (default: the bundled model's)")
+    p.add_argument("--text-len", type=int, default=None,
+                   help="dit: tokens per caption, the transformer's max_text_seq_length (default: the bundled 16)")
+    p.add_argument("--text-width", type=int, default=None,
+                   help="dit: T5 d_model, the transformer's text_embed_dim (default: the bundled 64)")
     p.add_argument("--head-dim", type=int, default=None, help="dit: channels per head (default: the bundled model's)")
     p.add_argument("--low-t", type=float, default=0.0,
                    help="dit: share of each batch with timesteps from the lowest quarter")

@@ -26,7 +26,7 @@ BUCKETS = {"left": 63, "right": 127, "up": 191, "down": 255}  # 127 (the pipelin
 FPS = 7
 
 
-def build_tokenizer(words: list[str] = VOCAB_WORDS):
+def build_tokenizer(words: list[str] = VOCAB_WORDS, length: int = TEXT_LEN):
     """A word-level tokenizer over the caption vocabulary, built with `tokenizers` (nothing is
     downloaded) and wrapped so that `AutoTokenizer.from_pretrained` loads it from the folder.
     Ids follow T5: 0 pad, 1 end of sequence, 2 unknown; every sequence ends with </s>."""
@@ -40,7 +40,7 @@ def build_tokenizer(words: list[str] = VOCAB_WORDS):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=TEXT_LEN)
+                                   unk_token="<unk>", model_max_length=length)
 
 
 def first_frame_conditioning(model, firsts: torch.Tensor, buckets: list[int], seed: int) -> svd.Conditioning:

@@ -82,14 +82,16 @@ def noisy_latents(x0: torch.Tensor, grid: Grid, generator: torch.Generator) -> l
 
 
 def invert(denoise: Denoiser, x0: torch.Tensor, grid: Grid, generator: torch.Generator, eta: float = 1.0,
-           callback: Callable[[dict], None] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+           callback: Callable[[dict], None] | None = None, first: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Edit-friendly inversion of `x0` on `grid`: the latents ``[x_0, ..., x_N]`` (cleanest first, as
     `vidinv.solver.invert` returns them) and the noise maps ``r_i`` of sampling steps i = 0..N-1
-    (noisiest first). One `denoise` call per step. `callback` receives ``{"i", "x", "map", **info}``
-    (i counted from the clean end, as the exact inversion's)."""
+    (noisiest first). One `denoise` call per step from sampling step `first` on; the steps before it
+    (a sampler that starts at `first` never runs them) get zero maps and no call, their latents are
+    drawn all the same. `callback` receives ``{"i", "x", "map", **info}`` for each solved step (i
+    counted from the clean end, as the exact inversion's)."""
     post, latents = posterior(grid, eta), noisy_latents(x0, grid, generator)
-    steps, maps = grid.steps, [None] * grid.steps
-    for k, i in enumerate(reversed(range(steps))):  # the clean end first, as the exact inversion runs
+    steps, maps = grid.steps, [torch.zeros_like(latents[0])] * grid.steps
+    for k, i in enumerate(reversed(range(first, steps))):  # the clean end first, as the exact inversion runs
         x, target, p = latents[steps - i], latents[steps - i - 1], post[i]
         maps[i] = target - (p.a * x + p.b * working(denoise(x, i)))
         require_finite(maps[i], "inversion", k, steps, grid.points[i].inverse_place)

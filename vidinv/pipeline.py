@@ -72,32 +72,45 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
 
 
 @torch.no_grad()
+def skip_steps(start_at: float, steps: int) -> int:
+    """How many of `steps` sampling steps a sampler that starts at fraction `start_at` of them skips:
+    the steps i with ``i / steps < start_at`` (the Reference Attention window's rule). At least one
+    step is always left."""
+    if not (isinstance(start_at, (int, float)) and 0.0 <= start_at < 1.0):
+        raise errors.InputError(f"start_at {start_at!r} is not a fraction of the steps in [0, 1)",
+                                "Use 0 to sample every step, or for example 0.34 to skip the noisiest third.")
+    return min(len(attention.window_steps(0.0, start_at, steps)), steps - 1)
+
+
 def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = Guidance(), seed: int = 0,
                     dtype: str = "fp32", image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
-                    pad_frames: int = 0) -> Trajectory:
+                    pad_frames: int = 0, start_at: float = 0.0) -> Trajectory:
     """Edit-friendly DDPM inversion (`vidinv.friendly`) of `latent` on the model's `steps`-step grid:
     every latent drawn from q(x_t | x_0) with noise from `seed`, and the noise map of each step solved
     under `guidance`, one model call per step. The Trajectory carries the maps (`noise_maps`);
     sampling with them (`sample`, `guided_sample`) reproduces `latent` with the same conditioning
-    and guidance, and edits with another."""
+    and guidance, and edits with another. `start_at` > 0: only the steps a sampler starting there
+    runs are solved (`skip_steps`; ``extra.first_step``), and its samplers start there."""
     hooks = hooks or Hooks()
     fam = checked_family(model, cond, latent, guidance, image_latents)
     storage = check_dtype(dtype)
+    first = skip_steps(start_at, steps)
     grid = fam.grid(model, steps)
     budget.require_trajectory(steps, latent, maps=True, what="the edit-friendly inversion")
     friendly.posterior(grid)  # a grid without levels is refused before any model call
     denoise = guarded(fam.denoiser(model, cond, guidance, grid, image_latents), hooks)
 
     def after(info):
-        hooks.after_step(info["i"], steps, {k: v for k, v in info.items() if k not in ("i", "x", "map")}
+        hooks.after_step(info["i"], steps - first, {k: v for k, v in info.items() if k not in ("i", "x", "map")}
                          | {"residual": 0.0, "calls": 1})
 
     with networks_on_device(fam.networks(model), model):
         latents, maps = friendly.invert(denoise, latent, grid, torch.Generator().manual_seed(int(seed)),
-                                        callback=after)
+                                        callback=after, first=first)
     return record(model, fam, cond, guidance, grid, image_latents, latents, storage, iterations=0, tolerance=0.0,
-                  extra={"pad_frames": int(pad_frames), "seed": int(seed)}, residuals=[0.0] * steps,
-                  calls=[1] * steps, noise_maps=torch.stack(maps).to(storage))
+                  extra={"pad_frames": int(pad_frames), "seed": int(seed)} | ({"first_step": first} if first else {}),
+                  residuals=[0.0] * steps, calls=[1] * (steps - first) + [0] * first,
+                  noise_maps=torch.stack(maps).to(storage))
 
 
 def record(model, fam, cond, guidance: Guidance, grid: solver.Grid, image_latents, latents, storage,
@@ -167,7 +180,7 @@ def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> 
 @torch.no_grad()
 def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str = "inverted", seed: int = 0,
                   negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
-                  positive=None, edit_mask: editmask.EditMask | None = None) -> torch.Tensor:
+                  positive=None, edit_mask: editmask.EditMask | None = None, start_at: float = 0.0) -> torch.Tensor:
     """Sample the trajectory's grid with a new conditioning while the chosen attention layers also
     attend to the K/V of the trajectory latent at each step, recomputed through the same network with
     the trajectory's source conditioning (`vidinv.attention`). The model must come from
@@ -189,7 +202,12 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     trajectory's; the mask is given, or made from the sample's attention to the prompt tokens that
     differ from the source's, or from the difference of the predictions under the two prompts
     (families with a prompt, `Family.edit_mask_tokens`); the last step's mask is left in
-    ``edit_mask.latent``."""
+    ``edit_mask.latent``.
+
+    `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
+    where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
+    exactly); the layout those steps would redraw is the source's, and the skipped steps cost no call.
+    A trajectory solved from a later step only (``first_step``) starts there whatever `start_at` says."""
     spec = getattr(model, "reference", None)
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -210,7 +228,11 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     if traj.noise_maps is not None and start != "inverted":
         raise errors.InputError(f"start {start!r} with an edit-friendly trajectory: its noise maps belong to its own "
                                 "noisy latents", "Set start to 'inverted' (or use an exact trajectory).")
-    noise = start_noise(traj, start, seed, grid.init_noise_sigma)
+    skip = max(skip_steps(start_at, traj.steps), traj.first_step)
+    if skip and start != "inverted":
+        raise errors.InputError(f"start_at {start_at:g} starts from the trajectory's latent at step {skip + 1}; with "
+                                f"start {start!r} there is none", "Set start to 'inverted', or start_at to 0.")
+    noise = traj.latent_for_step(skip) if skip else start_noise(traj, start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
     probe, blend = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
@@ -234,7 +256,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
             return stack
 
         denoise = fam.denoiser(model, cond, guidance, grid, image, negative, step_attention, positive)
-        return run(model, fam, denoise, noise, grid, hooks, noise_maps=traj.noise_maps, blend=blend)
+        return run(model, fam, denoise, noise, grid, hooks, skip, noise_maps=traj.noise_maps, blend=blend)
 
 
 def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, grid: solver.Grid, image,

@@ -41,7 +41,11 @@ sampler (latents[T] is the noise it reconstructs from), and ``"edit-friendly"`` 
 latents drawn from q(x_t | x_0) and ``noise_maps`` ``[T, B, F, C, H, W]`` (noisiest first), with which
 the family's stochastic sampler reproduces x_0; ``extra.seed`` is the seed they were drawn with.
 Edit-friendly files are written as version `FRIENDLY_VERSION` (5) or their family's, whichever is
-larger, so earlier packs refuse them rather than sample them deterministically. A file declares its
+larger, so earlier packs refuse them rather than sample them deterministically. An edit-friendly
+inversion may leave its noisiest steps unsolved (``extra.first_step`` > 0, the sampling step its
+samplers start at, `vidinv.pipeline.skip_steps`): no model call was made for them, their maps are
+zeros, and such a file is written as version `PARTIAL_VERSION` (6), so that no earlier pack samples it
+from its first step. A file declares its
 kind in the metadata (``kind``; files from before the key: version 5 is edit-friendly, any other
 exact), and loading holds it to the declaration (`check_kind`): a hand-edited file cannot change kind. ``above_tolerance`` (the inversion steps, cleanest first and
 counted from 0, whose residual ended above the tolerance) is an optional key that earlier packs
@@ -62,7 +66,8 @@ from .errors import describe_value, is_count, is_number
 FORMAT = "vidinv.trajectory"
 TUNED_VERSION = 3  # the version of files that carry tuned_embeds (older packs read up to 2)
 FRIENDLY_VERSION = 5  # the version of edit-friendly files (noise_maps; older packs read up to 4)
-VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))
+PARTIAL_VERSION = 6  # edit-friendly files whose noisiest steps were not solved (extra.first_step > 0)
+VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, PARTIAL_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))
 KINDS = ("exact", friendly.KIND)  # what a file declares in its metadata ("kind")
 STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 
@@ -110,6 +115,12 @@ class Trajectory:
         """"edit-friendly" (it carries noise maps) or "exact"."""
         return "exact" if self.noise_maps is None else friendly.KIND
 
+    @property
+    def first_step(self) -> int:
+        """The first sampling step (noisiest first) the trajectory can be sampled from: 0, or where an
+        edit-friendly inversion started solving (`vidinv.pipeline.invert_friendly`'s `start_at`)."""
+        return self.extra.get("first_step", 0)
+
     def require_exact(self, what: str) -> None:
         """Refuse an edit-friendly trajectory where only an exact one makes sense."""
         if self.noise_maps is not None:
@@ -148,7 +159,7 @@ class Trajectory:
             "residuals": [float(r) for r in self.residuals], "calls": list(self.calls),
             "model": self.model_name, "prompt": self.prompt,
             "null_text": self.null_embeds is not None, "prompt_tuning": self.tuned_embeds is not None,
-            "family": self.family, "kind": self.kind,
+            "family": self.family, "kind": self.kind, "first_step": self.first_step,
             "above_tolerance": [{"step": k + 1, "residual": float(self.residuals[k]), "calls": int(self.calls[k])}
                                 for k in self.above_tolerance],
             "warning": self.tolerance_warning(),
@@ -263,8 +274,8 @@ class Trajectory:
             meta["sigmas"] = self.sigmas
         if self.conditioning:
             meta["conditioning"] = self.conditioning
-        meta.update(format=FORMAT, version=file_version(self.family, self.tuned_embeds is not None, self.kind),
-                    kind=self.kind)
+        meta.update(format=FORMAT, kind=self.kind,
+                    version=file_version(self.family, self.tuned_embeds is not None, self.kind, self.first_step > 0))
         try:  # what load() would refuse is never written (a NaN, a wrong type)
             check_fields(json.loads(json.dumps(meta)), path.name)
             read_tensors(tensors, path.name)
@@ -276,15 +287,15 @@ class Trajectory:
         return path
 
 
-def file_version(family: str, tuned: bool, kind: str) -> int:
+def file_version(family: str, tuned: bool, kind: str, partial: bool = False) -> int:
     """The version a trajectory file is written as: its family's, raised to `TUNED_VERSION` when it
-    carries prompt-tuned embeddings and to `FRIENDLY_VERSION` when edit-friendly, so a pack that
-    cannot read those parts refuses the file."""
+    carries prompt-tuned embeddings, to `FRIENDLY_VERSION` when edit-friendly and to `PARTIAL_VERSION`
+    when its noisiest steps were not solved, so a pack that cannot read those parts refuses the file."""
     version = families.get(family).trajectory_version if family in families.FAMILIES else 0
     if tuned:
         version = max(version, TUNED_VERSION)
     if kind == friendly.KIND:
-        version = max(version, FRIENDLY_VERSION)
+        version = max(version, PARTIAL_VERSION if partial else FRIENDLY_VERSION)
     return version
 
 
@@ -419,7 +430,7 @@ def check_kind(traj: Trajectory, declared: str | None, version: int, name: str) 
     if kind != traj.kind:
         has = "carries noise maps" if traj.noise_maps is not None else "has no noise maps"
         raise errors.InputError(f"{name!r} is declared {kind} (version {version}) but {has}", fix)
-    expected = file_version(traj.family, traj.tuned_embeds is not None, kind)
+    expected = file_version(traj.family, traj.tuned_embeds is not None, kind, traj.first_step > 0)
     if version != expected:
         raise errors.InputError(f"{name!r} is version {version}, but a {kind} {traj.family_name} trajectory"
                                 f"{' with prompt-tuned embeddings' if traj.tuned_embeds is not None else ''} is written "
@@ -489,6 +500,10 @@ def validate(traj: Trajectory, source: str = "trajectory") -> None:
     if not (is_count(pad) and pad < lat.shape[2]):
         refuse(f"extra.pad_frames must be a whole number from 0 to {lat.shape[2] - 1} (fewer than the "
                f"{lat.shape[2]} latent frames), got {describe_value(pad)}")
+    first = traj.extra.get("first_step", 0)
+    if not (is_count(first) and first < steps and (first == 0 or maps is not None)):
+        refuse(f"extra.first_step must be a whole number from 0 to {steps - 1} (and 0 for an exact trajectory), got "
+               f"{describe_value(first)}")
     n = min(len(traj.timesteps), len(traj.residuals), len(traj.calls))
     if not (isinstance(traj.above_tolerance, list)
             and all(type(k) is int and 0 <= k < n for k in traj.above_tolerance)):

@@ -1,5 +1,6 @@
 """Edit-friendly inversion and the edit mask in the real host, on the bundled tiny CogVideoX: Edit-
-Friendly Invert -> Edit-Friendly Sample reconstructs the source, Reference Attention + Guided Sample
+Friendly Invert -> Edit-Friendly Sample reconstructs the source (also from a start_at that left the
+noisiest steps unsolved), Reference Attention + Guided Sample
 with a mask threshold edits and returns the mask as IMAGE frames; the trajectory's noise on DDIM
 Sample is a readable node error."""
 import pytest
@@ -33,6 +34,12 @@ def graph() -> dict:
         "12": node("SaveLatent", samples=["4", 0], filename_prefix="friendly/source"),
         "13": node("SaveLatent", samples=["8", 0], filename_prefix="friendly/rec"),
         "14": node("SaveLatent", samples=["10", 0], filename_prefix="friendly/edit"),
+        # the noisiest half never solved (start_at): Edit-Friendly Sample starts where it was
+        "15": node("VInvFriendlyInvert", model=["1", 0], conditioning=["5", 0], latent=["4", 0], steps=STEPS,
+                   guidance=1.0, seed=3, trajectory_dtype="fp32", start_at=0.5),
+        "16": node("VInvFriendlySample", model=["1", 0], trajectory=["15", 0], conditioning=["5", 0], guidance=1.0,
+                   negative="conditioning"),
+        "17": node("SaveLatent", samples=["16", 0], filename_prefix="friendly/rec_late"),
     }
 
 
@@ -46,6 +53,9 @@ def test_edit_friendly_graph_reconstructs_and_masks_in_the_host(comfy):
     assert len(entry["outputs"]["11"]["images"]) == 9  # one mask frame per video frame
     assert entry["outputs"]["7"]["vinv_trajectory"][0]["kind"] == "edit-friendly"
     assert 0 < entry["outputs"]["10"]["vinv_guidance"][0]["mask_fraction"] <= 1
+    late = entry["outputs"]["15"]["vinv_trajectory"][0]
+    assert late["first_step"] == STEPS // 2 and late["calls"] == [1] * (STEPS // 2) + [0] * (STEPS // 2)
+    assert float((saved_latent(comfy, entry, "17") - src).norm() / src.norm()) < 1e-4
 
 
 def test_edit_friendly_noise_on_ddim_sample_is_a_readable_node_error(comfy):

@@ -17,6 +17,7 @@ from vidinv.attention import ReferenceOptions
 from vidinv.family import Guidance
 from vidinv.hooks import Hooks
 from vidinv.models import cogvideox, svd, wan
+from vidinv.solver import Solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COGVIDEOX = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -168,3 +169,65 @@ def test_where_only_an_exact_trajectory_makes_sense_it_is_refused(cases):
         pipeline.guided_sample(pipeline.with_reference(model, traj), cond, start="fresh")
     with pytest.raises(errors.InputError, match="noise maps .* do not fit"):
         pipeline.sample(model, cond, traj.noise, 4, noise_maps=traj.noise_maps[1:])
+
+
+# ----------------------------------------------------------------------------- start_at (issue 36)
+
+def test_skip_steps_follows_the_reference_window_rule_and_leaves_a_step():
+    assert [pipeline.skip_steps(f, 50) for f in (0.0, 0.2, 0.34, 0.5)] == [0, 10, 17, 25]
+    assert pipeline.skip_steps(0.34, 10) == len(pipeline.attention.window_steps(0.0, 0.34, 10)) == 4
+    assert pipeline.skip_steps(0.95, 4) == 3  # at least one step is sampled
+    for bad in (-0.1, 1.0, float("nan"), "0.3"):
+        with pytest.raises(errors.InputError, match="start_at"):
+            pipeline.skip_steps(bad, 50)
+
+
+@pytest.mark.parametrize("name", ["cogvideox", "wan", "svd"])
+def test_a_late_start_solves_only_its_steps_and_still_reconstructs(cases, name):
+    model, cond, edit, x0 = cases[name]
+    hooks = Count()
+    traj = pipeline.invert_friendly(model, cond, x0, 10, seed=5, hooks=hooks, start_at=0.34)
+    first = traj.first_step
+    assert first == 4 and hooks.calls == 6 and traj.calls == [1] * 6 + [0] * 4
+    assert not traj.noise_maps[:first].any() and traj.noise_maps[first:].flatten(1).norm(dim=1).min() > 0
+    full = pipeline.invert_friendly(model, cond, x0, 10, seed=5)
+    assert torch.equal(traj.latents, full.latents) and torch.equal(traj.noise_maps[first:], full.noise_maps[first:])
+    back = pipeline.sample(model, cond, traj.latent_for_step(first), 10, start=first, noise_maps=traj.noise_maps)
+    assert rel(back, x0) < 1e-6
+    patched = pipeline.with_reference(model, traj, ReferenceOptions())
+    hooks = Count()
+    assert rel(pipeline.guided_sample(patched, cond, hooks=hooks), x0) < 1e-6  # starts at first_step by itself
+    assert hooks.calls == 2 * 6  # each sampled step: its reference call and the sample's; none before first_step
+    assert rel(pipeline.guided_sample(patched, edit, start_at=0.5), back) > 1e-4
+
+
+def test_an_exact_trajectory_started_late_reconstructs_exactly(cases):
+    model, cond, edit, x0 = cases["wan"]
+    traj = pipeline.invert(model, cond, x0, 8, Guidance(), Solver(iters=30, tol=1e-12))
+    patched = pipeline.with_reference(model, traj, ReferenceOptions())
+    whole = pipeline.guided_sample(patched, cond)
+    hooks = Count()
+    late = pipeline.guided_sample(patched, cond, start_at=0.5, hooks=hooks)
+    assert hooks.calls == 2 * 4 and rel(late, x0) < 1e-6 and rel(whole, x0) < 1e-6  # latents stored as fp32
+    with pytest.raises(errors.InputError, match="start 'fresh' there is none"):
+        pipeline.guided_sample(patched, edit, start="fresh", start_at=0.5)
+
+
+def test_a_partial_file_is_version_6_and_its_first_step_is_checked(cases, tmp_path):
+    model, cond, _, x0 = cases["cogvideox"]
+    traj = pipeline.invert_friendly(model, cond, x0, 6, seed=1, start_at=0.5)
+    path = traj.save(tmp_path / "partial.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["vidinv"])
+    assert meta["version"] == trajectory.PARTIAL_VERSION == 6 and meta["extra"]["first_step"] == 3
+    loaded = trajectory.load(path)
+    assert loaded.first_step == 3 and torch.equal(loaded.noise_maps, traj.noise_maps)
+    assert trajectory.load(pipeline.invert_friendly(model, cond, x0, 6, seed=1).save(tmp_path / "whole.safetensors")
+                           ).first_step == 0
+    for bad in (6, -1, 1.5, "2"):
+        with pytest.raises(errors.InputError, match="extra.first_step must be a whole number from 0 to 5"):
+            trajectory.validate(dataclasses.replace(loaded, extra={**loaded.extra, "first_step": bad}))
+    exact = pipeline.invert(model, cond, x0, 6)
+    with pytest.raises(errors.InputError, match="0 for an exact trajectory"):
+        trajectory.validate(dataclasses.replace(exact, extra={**exact.extra, "first_step": 2}))

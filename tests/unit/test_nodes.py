@@ -146,6 +146,15 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
     guided, _ = m["VInvGuidedSample"]().sample(patched, graph["cond"], 3.0, False, "inverted", 0,
                                                "conditioning")["result"]
     assert float((guided["samples"] - rec["samples"]).norm() / x0.norm()) < 1e-5
+    late = m["VInvFriendlyInvert"]().invert(model, graph["cond"], graph["latent"], 6, 3.0, 7, "fp32", start_at=0.5)
+    part = late["result"][0]
+    assert late["ui"]["vinv_trajectory"][0]["first_step"] == 3 and sum(part.calls) == 3
+    rec_late, = m["VInvFriendlySample"]().sample(model, part, graph["cond"], 3.0, "conditioning")  # from step 3
+    assert float((rec_late["samples"] - x0).norm() / x0.norm()) < 1e-5
+    patched_late, = m["VInvReferenceAttention"]().patch(model, part, "all", 0.0, 1.0, 4.0, True, "all", "source")
+    out = m["VInvGuidedSample"]().sample(patched_late, graph["cond"], 3.0, False, "inverted", 0, "conditioning")
+    assert float((out["result"][0]["samples"] - x0).norm() / x0.norm()) < 1e-5
+    assert out["ui"]["vinv_guidance"][0]["first_step"] == 3 and min(out["ui"]["vinv_guidance"][0]["active"]) == 3
     with pytest.raises(errors.InputError, match="noise of an edit-friendly trajectory"):
         m["VInvDDIMSample"]().sample(model, graph["cond"], noise, 6, 3.0, False, "conditioning")
     with pytest.raises(errors.InputError, match="needs an edit-friendly trajectory; this one is exact"):
