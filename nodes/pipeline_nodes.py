@@ -96,11 +96,11 @@ class GuidedSampleNode(SampleNode):
                        "size; all white without a mask.")
 
 
-# Guided Sample's edit-mask defaults, by BENCHMARKS section 8's rule: when switched on, the mask is the
-# prediction difference cut at Otsu's level (it finds the object, whatever its size, where the attention
-# and a fixed quantile do not: the target hit on every model measured). It stays off by default, because
-# on the tiny Wan the edits keep slightly less structure with it; the CogVideoX edit workflow switches it on.
-MASK_THRESHOLD, MASK_SOURCE, MASK_CUT = 0.0, "difference", "otsu"
+# Guided Sample's edit-mask defaults: the prediction difference cut at Otsu's level (it finds the object,
+# whatever its size, where the attention and a fixed quantile do not), on by default since issue 36: without
+# it the chain lost to the published recipe on held-out CogVideoX and Wan models (mask IoU or path), with it
+# it did not (BENCHMARKS section 6, "Defaults on models not tuned on"). Any threshold above 0 switches it on.
+MASK_THRESHOLD, MASK_SOURCE, MASK_CUT = 0.9, "difference", "otsu"
 # Every step by default: a later start (FlowEdit's window skips a third) kept less of the source on a held-out
 # Wan (BENCHMARKS section 6, issue 36), though it cost a third less.
 START_AT = 0.0
@@ -180,7 +180,8 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     neg = nulltext.negative_for(negative, traj)
     pos = nulltext.positive_for(traj, conditioning, tuned_eta)
     image_latents = fam.first_frame_latents(model, traj, first_frame)
-    edit_mask = None if mask is None and not mask_threshold else \
+    # a threshold masks by the prompt's change: families without a prompt (SVD) take only a given MASK
+    edit_mask = None if mask is None and not (mask_threshold and fam.text_conditioned) else \
         editmask.EditMask(mask_threshold, mask, mask_source, mask_cut)
     progress = host.Progress(traj.steps, latent_preview(model))
     out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
@@ -289,7 +290,13 @@ class FriendlySample(SampleNode):
         return (latent_value(out, model, image_latents, pad),)
 
 
-def reference_window() -> dict:
+# Reference Attention's weight for the pack's families: 2, with Guided Sample's edit mask the chain issue 36's
+# rule left on held-out CogVideoX and Wan models (BENCHMARKS section 6); the library's (and the native node's,
+# whose sampling has no mask) stays 4, section 2's pick on the bundled model.
+REFERENCE_WEIGHT = 2.0
+
+
+def reference_window(weight: float = attention.ReferenceOptions().weight) -> dict:
     """The Reference Attention inputs every patching node shares: blocks, step window and weight."""
     d = attention.ReferenceOptions()
     return {
@@ -299,7 +306,7 @@ def reference_window() -> dict:
                             "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
         "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
-        "weight": ("FLOAT", {"default": d.weight, "min": 0.0, "max": 20.0, "step": 0.1,
+        "weight": ("FLOAT", {"default": weight, "min": 0.0, "max": 20.0, "step": 0.1,
                              "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more "
                                         "= stronger pull to the source."}),
     }
@@ -326,7 +333,7 @@ class ReferenceAttention:
             "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From an Invert node (DDIM, Euler (SVD), Flow (Wan)) or Load "
                                                     "Trajectory."}),
-            **reference_window(),
+            **reference_window(REFERENCE_WEIGHT),
             "reference_text": ("BOOLEAN", {"default": d.text,
                                            "tooltip": "Also attend to the reference's text tokens (the source "
                                                       "prompt). Off keeps the text's share of attention. "
@@ -373,7 +380,8 @@ class GuidedSample(GuidedSampleNode):
                                                  "the edit on (the source's first frame is used otherwise)."}),
             "tuned_eta": TUNED_ETA,
             "mask_threshold": ("FLOAT", {"default": MASK_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
-                               "CogVideoX and Wan: above 0, mask the edit by a map of where the prompt's change acts "
+                               "CogVideoX and Wan (on by default; Stable Video Diffusion takes only a connected "
+                               "MASK): above 0, mask the edit by a map of where the prompt's change acts "
                                "(mask_source), smoothed and cut per frame (mask_cut: with 'otsu' any value above 0 "
                                "switches it on; with 'quantile' this is the quantile kept, 0.9 = the top tenth, "
                                "LEDITS++'s default); 0 = no mask. With the source prompt (and first frame) the mask is "

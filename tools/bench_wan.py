@@ -244,6 +244,7 @@ def run(args) -> dict:
         "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
         "ours default": lambda: guided(exact, ReferenceOptions(), edit, g),
         "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
+        **{f"ours w={w:g}": (lambda w=w: guided(exact, ReferenceOptions(weight=w), edit, g)) for w in args.weights},
         "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(g), noise_maps=ef.noise_maps),
         "edit-friendly from 0.2": lambda: pipeline.sample(model, edit, ef.latent_for_step(skip), steps, Guidance(g),
                                                           start=skip, noise_maps=ef.noise_maps),
@@ -269,6 +270,7 @@ def run(args) -> dict:
            for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),
                                  ("ours default", exact, ReferenceOptions()),
+                                 *((f"ours w={w:g}", exact, ReferenceOptions(weight=w)) for w in args.weights),
                                  ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
@@ -331,6 +333,8 @@ def main(argv=None) -> None:
                    help="also the round trip at --guidance (--no-cfg-round-trip: guidance 1 only)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
+    p.add_argument("--weights", type=float, nargs="*", default=[],
+                   help="rows 'ours w=W' (and with each mask): exact + reference attention at this weight")
     p.add_argument("--skip", type=float, nargs="*", default=[],
                    help="rows of the guided chains started at this fraction of the steps (from the trajectory latent)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")

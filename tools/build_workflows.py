@@ -337,7 +337,7 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     wf.note("Reference Attention: every attention layer of the sample also attends to the keys and values the "
             "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
             "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection; 'weight' a log-bias on "
-            "the reference (1 = plain concatenation, 0 = off, default 4); 'reference_text' also injects the "
+            "the reference (1 = plain concatenation, 0 = off, default 2); 'reference_text' also injects the "
             "source prompt's tokens (off by default: they pull the edit back to the source's colour); 'rows' "
             "all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or edit (the "
             "published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
@@ -385,8 +385,9 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
         save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
 
 
-# The CogVideoX edit workflow switches the edit mask on (prediction difference, Otsu's cut): it passes
-# BENCHMARKS section 8's rule on both CogVideoX fixtures; the node's default stays off (see there).
+# The edit workflows run the node defaults: reference weight 2 with Guided Sample's edit mask (the
+# prediction difference cut at Otsu's level) at guidance 5, the chain issue 36's rule left for CogVideoX
+# and Wan (BENCHMARKS section 6).
 EDIT_MASK = {"mask_threshold": 0.9, "mask_source": "difference", "mask_cut": "otsu"}
 
 
@@ -484,7 +485,8 @@ def svd_edit(pack) -> Workflow:
     wf.connect(inv, "noise", samp, "latent")
     rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
     wf.group("4. Edit with reference attention", 1120, 500, 380, 640, "#b58b2a")
-    ref = wf.add("VInvReferenceAttention", (1140, 560), {"temporal": SVD_EDIT_TEMPORAL}, size=(330, 300))
+    ref = wf.add("VInvReferenceAttention", (1140, 560), {"temporal": SVD_EDIT_TEMPORAL, "weight": 4.0},
+                 size=(330, 300))  # SVD's measured chain (section 5): weight 4, no prompt mask
     wf.connect(model, "model", ref, "model")
     wf.connect(inv, "trajectory", ref, "trajectory")
     guided = wf.add("VInvSVDGuidedSample", (1140, 890), size=(330, 170))

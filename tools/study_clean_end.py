@@ -92,6 +92,40 @@ def study(model, steps: int, tol: float, count: int, guidances=(1.0, 6.0), varia
     return rows
 
 
+def spectrum(model, steps: int, count: int, calls: int = 60) -> None:
+    """Where the clean end's slow residual lives (issue 34: is there a basis in which a diagonal
+    preconditioner would help?): plain fixed-point iteration in float64 at guidance 1, then the decay
+    per iteration over the last 10 of the residual's energy per (latent channel, radial frequency band
+    of the H x W Fourier transform) and per latent position, and the share of the energy in the top
+    tenth of the positions."""
+    x0, img = latents_for(model, count)
+    x0, img = x0.double(), None if img is None else img.double()
+    model = dataclasses.replace(model, dtype=torch.float64, transformer=model.transformer.double())
+    cond = cogvideox.encode_text(model, "a red circle moving right", "")
+    schedule = ddim.schedule_from_config(model.scheduler_config)
+    t, p = ddim.grid(schedule, steps)[-1]
+    a, b = ddim.coefficients(schedule, t, p)
+    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps, img)
+    h, w = x0.shape[-2:]
+    radius = (torch.fft.fftfreq(h).view(h, 1) ** 2 + torch.fft.rfftfreq(w).view(1, -1) ** 2).sqrt()
+    bands = torch.bucketize(radius, torch.tensor([0.05, 0.15, 0.3, 0.45]))  # 5 radial bands
+    x, per_group, per_position = x0, [], []
+    for _ in range(calls):
+        gx = (x0 - b * den(x, t).double()) / a
+        r, x = gx - x, gx
+        energy = torch.fft.rfft2(r).abs() ** 2  # [B, F, C, h, w//2+1]
+        per_group.append(torch.stack([(energy * (bands == k)).sum((0, 1, 3, 4)) for k in range(5)], 1))
+        per_position.append((r ** 2).sum(2))
+    decay = lambda e: ((e[-1] / e[-11]) ** 0.05).flatten().float()  # noqa: E731  sqrt of energy, per iteration
+    q = torch.tensor([0.0, 0.5, 1.0])
+    top = per_position[-1].flatten().sort(descending=True).values
+    print(f"{model.name}, {count} videos, relative residual after {calls} calls "
+          f"{float(r.norm() / gx.norm()):.2e}: decay per call (min / median / max) by (channel, band) "
+          f"{', '.join(f'{v:.3f}' for v in decay(torch.stack(per_group)).quantile(q))}; by position "
+          f"{', '.join(f'{v:.3f}' for v in decay(torch.stack(per_position)).quantile(q))}; top tenth of the "
+          f"positions holds {float(top[:len(top) // 10].sum() / top.sum()):.0%} of the energy")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
@@ -102,9 +136,12 @@ def main() -> None:
     ap.add_argument("--bundled", action="store_true", help="only the bundled models")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 6.0])
     ap.add_argument("--variants", nargs="*", default=[], help="names from VARIANTS (default: all)")
+    ap.add_argument("--spectrum", action="store_true", help="only where the slow residual lives (bundled T2V)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(__file__).resolve().parents[1]
+    if args.spectrum:
+        return spectrum(cogvideox.load(root / "assets" / "tiny-cogvideox"), args.steps, args.videos)
     tmp = Path(tempfile.mkdtemp(prefix="clean-end-"))
     bundled = cogvideox.load(root / "assets" / "tiny-cogvideox")
     models = [bundled, cogvideox.load(root / "assets" / "tiny-cogvideox-i2v")]

@@ -164,10 +164,10 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
 
 
 def test_guided_sample_masks_and_shows_the_mask(pack, graph):
-    """Guided Sample's edit_mask output: all white without a mask (the default); with a threshold the
-    prediction-difference mask cut at Otsu's level (the defaults; the panel gives its fraction), or at
-    a quantile; the attention mask's frames (another map); unknown options refused; a given MASK in
-    the edit's place."""
+    """Guided Sample's edit_mask output: by default (any threshold above 0) the prediction-difference
+    mask cut at Otsu's level (the panel gives its fraction); all white with threshold 0; at a quantile;
+    the attention mask's frames (another map); unknown options refused; a given MASK in the edit's
+    place."""
     from vidinv_pack.vidinv import errors
     m = pack.NODE_CLASS_MAPPINGS
 
@@ -175,12 +175,12 @@ def test_guided_sample_masks_and_shows_the_mask(pack, graph):
         return m["VInvGuidedSample"]().sample(graph["patched"], graph["edit"], 1.0, False, "inverted", 0,
                                               "conditioning", **mask)
 
-    assert graph["mask_frames"].shape == graph["frames"].shape and graph["mask_frames"].eq(1).all()
-    assert "mask_fraction" not in graph["window"]
-    otsu = run(mask_threshold=0.9)
-    frames = otsu["result"][1]
+    frames = graph["mask_frames"]  # the graph's Guided Sample ran with the defaults
     assert frames.shape == graph["frames"].shape and 0 < float(frames.mean()) < 0.7
-    assert otsu["ui"]["vinv_guidance"][0]["mask_fraction"] == pytest.approx(float(frames.mean()), abs=0.02)
+    assert graph["window"]["mask_fraction"] == pytest.approx(float(frames.mean()), abs=0.02)
+    assert run(mask_threshold=0.3)["result"][1].equal(frames)  # Otsu's cut: any threshold above 0 is the same
+    off = run(mask_threshold=0.0)
+    assert off["result"][1].eq(1).all() and "mask_fraction" not in off["ui"]["vinv_guidance"][0]
     fifth = run(mask_threshold=0.8, mask_cut="quantile")
     assert 0.15 < float(fifth["result"][1].mean()) < 0.4
     a = run(mask_threshold=0.9, mask_source="attention", mask_cut="quantile")

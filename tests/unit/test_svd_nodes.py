@@ -89,6 +89,8 @@ def test_graph_shapes(graph):
     assert graph["cond"].image_latents.shape == (1, 4, 4, 4)
     assert graph["decoded"].shape == (3, 8, 8, 3)
     assert graph["window"]["active"] == list(range(STEPS))
+    # Guided Sample's edit mask is on by default for families with a prompt; SVD has none: no mask, no error
+    assert "mask_fraction" not in graph["window"] and graph["mask_frames"].eq(1).all()
 
 
 def test_invert_then_sample_reconstructs(graph):

@@ -1,0 +1,68 @@
+"""The edit chains on the example workflows' own sample video, through the library (what the edit
+workflows run in ComfyUI, without the host): exact inversion at guidance 1, then Reference Attention
++ Guided Sample with each setting given; edit hit (colour and direction), mask IoU and centroid path
+error against the source frames, as the workflows' host tests score them.
+
+    python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
+
+A setting is weight/guidance/mask (mask "on": the prediction difference cut at Otsu's level, the
+edit workflows' EDIT_MASK)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.benchkit import edit_mask  # noqa: E402
+from tools.make_sample_video import sample_spec  # noqa: E402
+from vidinv import pipeline, synthetic  # noqa: E402
+from vidinv.attention import ReferenceOptions  # noqa: E402
+from vidinv.family import Guidance  # noqa: E402
+from vidinv.models import cogvideox, wan  # noqa: E402
+from vidinv.solver import Solver  # noqa: E402
+
+
+def run(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    module = wan if (Path(args.model) / "transformer" / "config.json").read_text().find("WanTransformer") >= 0 \
+        else cogvideox
+    model = module.load(args.model, "fp32")
+    spec = sample_spec(args.video)
+    frames = synthetic.render(spec)  # what the workflows' VAE Encode passes on as the source frames
+    x0 = module.encode_video(model, torch.from_numpy(frames))
+    source = module.encode_text(model, [spec.caption])
+    edit = module.encode_text(model, [spec.caption.replace(spec.colour, args.colour)])
+    traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver())
+    rows = []
+    for setting in args.settings:
+        weight, guidance, mask = setting.split("/")
+        patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight)))
+        z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
+                                   edit_mask=edit_mask(("difference", 0.0, "otsu") if mask == "on" else None))
+        out = module.decode_video(model, z).numpy()
+        got = synthetic.describe(out)
+        rows.append({"setting": setting, "colour": got["colour"], "direction": got["direction"],
+                     "mask_iou": float(synthetic.mask_iou(out, frames)),
+                     "centroid_err_px": float(synthetic.centroid_error(out, frames))})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets" / "tiny-wan"))
+    p.add_argument("--video", default="vinv_red_circle_right.mp4")
+    p.add_argument("--colour", default="green", help="the edited prompt's colour (the workflows': green)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--settings", nargs="+", default=["4/5/off", "4/5/on"])
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
