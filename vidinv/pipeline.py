@@ -71,7 +71,6 @@ def invert(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = G
                   residuals=[s.residual for s in stats], calls=[s.calls for s in stats])
 
 
-@torch.no_grad()
 def skip_steps(start_at: float, steps: int) -> int:
     """How many of `steps` sampling steps a sampler that starts at fraction `start_at` of them skips:
     the steps i with ``i / steps < start_at`` (the Reference Attention window's rule). At least one
@@ -82,6 +81,7 @@ def skip_steps(start_at: float, steps: int) -> int:
     return min(len(attention.window_steps(0.0, start_at, steps)), steps - 1)
 
 
+@torch.no_grad()
 def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = Guidance(), seed: int = 0,
                     dtype: str = "fp32", image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
                     pad_frames: int = 0, start_at: float = 0.0) -> Trajectory:
@@ -206,7 +206,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
-    exactly); the layout those steps would redraw is the source's, and the skipped steps cost no call.
+    exactly); the skipped steps cost no call (on held-out Wans a late start kept less of the source,
+    BENCHMARKS section 6).
     A trajectory solved from a later step only (``first_step``) starts there whatever `start_at` says."""
     spec = getattr(model, "reference", None)
     if spec is None:
