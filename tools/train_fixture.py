@@ -203,7 +203,10 @@ def transformer_config(args) -> dict:
     --text-width): other models of the same family, e.g. held-out models the defaults were not tuned on."""
     shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim,
              "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width}
-    return {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
+    cfg = {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
+    if cfg["attention_head_dim"] % 16:  # before the dataset is encoded: 3-D RoPE splits a head 1/4, 3/8, 3/8
+        raise SystemExit(f"--head-dim {cfg['attention_head_dim']}: CogVideoX's 3-D RoPE needs a multiple of 16")
+    return cfg
 
 
 def train_dit(args) -> None:
@@ -211,6 +214,7 @@ def train_dit(args) -> None:
     from transformers import T5Config, T5EncoderModel
     from vidinv.models.rope import rotary_table
 
+    transformer_config(args)  # a shape diffusers cannot build is refused before the dataset is encoded
     rng = seed_all(args.seed + 1)
     work = Path(args.work)
     start = time.time()

@@ -102,6 +102,11 @@ def _cross_checks(cfg: dict, refuse) -> None:
         refuse(f"transformer/config.json: sample_frames {t['sample_frames']} x sample_height {t['sample_height']} x "
                f"sample_width {t['sample_width']} make a position table of {size / 2**30:.1f} GiB "
                f"(more than {POSITION_TABLE_LIMIT / 2**30:.0f} GiB; CogVideoX-2B's is 0.13 GiB)")
+    d = t["attention_head_dim"]
+    if t["use_rotary_positional_embeddings"] and ((d // 4) % 2 or (d // 8 * 3) % 2):
+        refuse(f"transformer/config.json: attention_head_dim {d} cannot carry CogVideoX's 3-D RoPE (its time, "
+               f"height and width parts, {d // 4}, {d // 8 * 3} and {d // 8 * 3} channels, must be even: a multiple "
+               "of 16 is; CogVideoX-5B's is 64)")
     text = cfg.get("text_encoder/config.json", {}).get("d_model")
     if text is not None and text != t["text_embed_dim"]:
         refuse(f"transformer/config.json: text_embed_dim {t['text_embed_dim']} differs from the text encoder's "
