@@ -51,7 +51,8 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
     assert got["colour"] == "green" and got["direction"] == "right", got
     assert synthetic.mask_iou(edit, source) > 0.6
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
-    assert window["steps"] == 50 and window["active"]
+    assert window["steps"] == 50 and window["active"] and window["weight"] == 2.0  # issue 36's defaults
+    assert 0 < window["mask_fraction"] < 0.5
     for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
         nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
         item = entry["outputs"][nid]["images"][0]
