@@ -186,7 +186,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     progress = host.Progress(traj.steps, latent_preview(model))
     out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
                                  edit_mask, start_at)
-    first = max(pipeline.skip_steps(start_at, traj.steps), traj.first_step)
+    first = pipeline.first_guided_step(traj, start_at)
     window = {"steps": traj.steps, "active": [i for i in opts.active_steps(traj.steps) if i >= first],
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
     if edit_mask is not None and edit_mask.latent is not None:

@@ -23,6 +23,7 @@ compression here, 8 latent channels), a transformer that takes the latent alone,
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -100,3 +101,10 @@ def write_tiny_wan(folder, seed: int = 0, dtype=torch.float32, i2v: bool = False
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def to64(model):
+    """A loaded Wan model (every expert, VAE and text encoder) in float64, for tests that compare to 1e-10."""
+    for m in (*model.experts, model.vae, model.text_encoder):
+        m.double()
+    return dataclasses.replace(model, dtype=torch.float64)

@@ -49,9 +49,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (add_mask_arguments, edit_markdown, edit_mask, edit_rows, edited_spec,  # noqa: E402
-                            encode_heldout, machine, mask_options, naive_trajectory, reconstruction_rows, report,
-                            score_frames, sdedit, time_samplers)
+from tools.benchkit import (add_mask_arguments, difference_masks, edit_markdown, edit_mask, edit_rows,  # noqa: E402
+                            edited_spec, encode_heldout, machine, mask_options, naive_trajectory, reconstruction_rows,
+                            report, score_frames, sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
@@ -169,8 +169,7 @@ def run(args) -> dict:
                     lambda traj=traj, f=f, mo=mo: guided(traj, ReferenceOptions(), edit, g, mask=mo,
                                                          start_at=f))
                    for f in args.skip for name, traj in (("ours default", exact), ("edit-friendly + ours", ef))
-                   for m, mo in [("", None)] + [x for x in mask_options(args.mask_threshold, args.mask_source,
-                                                                         args.mask_cut) if x[1][0] == "difference"]},
+                   for m, mo in [("", None)] + difference_masks(args)},
                 **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
                    for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
                    for name, traj, o, st in (

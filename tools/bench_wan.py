@@ -55,8 +55,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (CountingHooks, add_mask_arguments, edit_markdown, edit_mask, edit_rows,  # noqa: E402
-                            edited_spec, encode_heldout, inversion_markdown, machine, mask_options,
+from tools.benchkit import (CountingHooks, add_mask_arguments, difference_masks, edit_markdown, edit_mask,  # noqa: E402
+                            edit_rows, edited_spec, encode_heldout, inversion_markdown, machine, mask_options,
                             reconstruction_rows, rel_err, report, score_frames, time_samplers)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
@@ -253,8 +253,7 @@ def run(args) -> dict:
         **{f"{name} from {f:g}{' + ' + m if mo else ''}": (
             lambda traj=traj, f=f, mo=mo: guided(traj, ReferenceOptions(), edit, g, mask=mo, start_at=f))
            for f in args.skip for name, traj in (("ours default", exact), ("edit-friendly + ours", ef))
-           for m, mo in [("", None)] + [x for x in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
-                                         if x[1][0] == "difference"]},
+           for m, mo in [("", None)] + difference_masks(args)},
         "rf-inversion": lambda: rf_edit(model, edit, rf_noise, x0, steps, g),
         **{f"flowedit {n_max}/{n_min} {g_src:g}/{g_tar:g}": (
             lambda n_max=n_max, n_min=n_min, g_src=g_src, g_tar=g_tar: pipeline.flow_edit(
@@ -265,7 +264,7 @@ def run(args) -> dict:
                 model, src, edit, x0, steps, n_max, n_min, 1, Guidance(g_src), Guidance(g_tar), 0,
                 edit_mask=edit_mask(mo)))
            for n_max, n_min, g_src, g_tar in flowedit_specs(args.flowedit)[:1]
-           for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut) if mo[0] == "difference"},
+           for m, mo in difference_masks(args)},
         **{f"{name} + {m}": (lambda traj=traj, o=o, mo=mo: guided(traj, o, edit, g, mask=mo))
            for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),

@@ -254,6 +254,12 @@ def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False) ->
     return out + [TRUE_MASK] * bool(true)
 
 
+def difference_masks(args) -> list[tuple[str, tuple[str, float, str]]]:
+    """The `mask_options` entries of the prediction-difference mask only (the rows that also exist with a
+    FlowEdit or a late start)."""
+    return [m for m in mask_options(args.mask_threshold, args.mask_source, args.mask_cut) if m[1][0] == "difference"]
+
+
 def edit_mask(mask: tuple[str, float, str] | None, truth: torch.Tensor | None = None):
     """A fresh `EditMask` for one sample, from a `mask_options` entry (None: no mask); the true
     mask's entry gives `truth` (pixel masks ``[B x frames, H, W]``, one video after another)."""

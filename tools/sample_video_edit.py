@@ -29,8 +29,7 @@ from vidinv.solver import Solver  # noqa: E402
 
 def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
-    module = wan if (Path(args.model) / "transformer" / "config.json").read_text().find("WanTransformer") >= 0 \
-        else cogvideox
+    module = wan if wan.is_model_folder(Path(args.model)) else cogvideox
     model = module.load(args.model, "fp32")
     spec = sample_spec(args.video)
     frames = synthetic.render(spec)  # what the workflows' VAE Encode passes on as the source frames

@@ -81,6 +81,12 @@ def skip_steps(start_at: float, steps: int) -> int:
     return min(len(attention.window_steps(0.0, start_at, steps)), steps - 1)
 
 
+def first_guided_step(traj: Trajectory, start_at: float) -> int:
+    """The sampling step a guided sample of `traj` starts at: `start_at`'s (`skip_steps`), but never
+    before the steps the trajectory solved (``first_step``)."""
+    return max(skip_steps(start_at, traj.steps), traj.first_step)
+
+
 @torch.no_grad()
 def invert_friendly(model, cond, latent: torch.Tensor, steps: int, guidance: Guidance = Guidance(), seed: int = 0,
                     dtype: str = "fp32", image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
@@ -229,7 +235,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     if traj.noise_maps is not None and start != "inverted":
         raise errors.InputError(f"start {start!r} with an edit-friendly trajectory: its noise maps belong to its own "
                                 "noisy latents", "Set start to 'inverted' (or use an exact trajectory).")
-    skip = max(skip_steps(start_at, traj.steps), traj.first_step)
+    skip = first_guided_step(traj, start_at)
     if skip and start != "inverted":
         raise errors.InputError(f"start_at {start_at:g} starts from the trajectory's latent at step {skip + 1}; with "
                                 f"start {start!r} there is none", "Set start to 'inverted', or start_at to 0.")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import load_pack
-from tests.tiny_wan import write_tiny_wan
+from tests.tiny_wan import to64, write_tiny_wan
 from vidinv import errors, flow, flowedit, pipeline
 from vidinv.family import Guidance
 from vidinv.hooks import Hooks
@@ -99,12 +99,6 @@ def test_a_grid_that_is_not_a_flow_grid_is_refused():
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("flowedit")
     return write_tiny_wan(root / "one"), write_tiny_wan(root / "two", seed=1, boundary_ratio=0.5)
-
-
-def to64(model):
-    for m in (*model.experts, model.vae, model.text_encoder):
-        m.double()
-    return dataclasses.replace(model, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")

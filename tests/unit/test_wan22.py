@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_wan import TEMPORAL, TI2V_CHANNELS, TI2V_SPATIAL, write_tiny_wan
+from tests.tiny_wan import TEMPORAL, TI2V_CHANNELS, TI2V_SPATIAL, to64, write_tiny_wan
 from vidinv import editmask, errors, families, pipeline, trajectory
 from vidinv.attention import ReferenceOptions
 from vidinv.family import Guidance
@@ -28,12 +28,6 @@ RATIO = 0.875  # Wan2.2-T2V-A14B's boundary
 
 def rel(a, b):
     return float((a - b).norm() / b.norm())
-
-
-def to64(model):
-    for m in (*model.experts, model.vae, model.text_encoder):
-        m.double()
-    return dataclasses.replace(model, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
