@@ -290,13 +290,15 @@ class FriendlySample(SampleNode):
         return (latent_value(out, model, image_latents, pad),)
 
 
-# Reference Attention's weight for the pack's families: 2, with Guided Sample's edit mask the chain issue 36's
-# rule left on held-out CogVideoX and Wan models (BENCHMARKS section 6); the library's (and the native node's,
-# whose sampling has no mask) stays 4, section 2's pick on the bundled model.
-REFERENCE_WEIGHT = 2.0
+# Reference Attention's defaults for the pack's families: weight 2, injecting in the first 40 % of the steps, with
+# Guided Sample's edit mask the chain issue 36's rule picked on eight CogVideoX and Wan models and checked on two
+# trained after the pick (BENCHMARKS section 6: 2.60 model rows per step, under FlowEdit's 2.64). The library's
+# (and the native node's, whose sampling has no mask) stay weight 4 at every step, section 2's pick.
+REFERENCE_WEIGHT, REFERENCE_END = 2.0, 0.4
 
 
-def reference_window(weight: float = attention.ReferenceOptions().weight) -> dict:
+def reference_window(weight: float = attention.ReferenceOptions().weight,
+                     end: float = attention.ReferenceOptions().end) -> dict:
     """The Reference Attention inputs every patching node shares: blocks, step window and weight."""
     d = attention.ReferenceOptions()
     return {
@@ -304,7 +306,7 @@ def reference_window(weight: float = attention.ReferenceOptions().weight) -> dic
                               "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
         "start": ("FLOAT", {"default": d.start, "min": 0.0, "max": 1.0, "step": 0.05,
                             "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
-        "end": ("FLOAT", {"default": d.end, "min": 0.0, "max": 1.0, "step": 0.05,
+        "end": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
         "weight": ("FLOAT", {"default": weight, "min": 0.0, "max": 20.0, "step": 0.1,
                              "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more "
@@ -333,7 +335,7 @@ class ReferenceAttention:
             "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From an Invert node (DDIM, Euler (SVD), Flow (Wan)) or Load "
                                                     "Trajectory."}),
-            **reference_window(REFERENCE_WEIGHT),
+            **reference_window(REFERENCE_WEIGHT, REFERENCE_END),
             "reference_text": ("BOOLEAN", {"default": d.text,
                                            "tooltip": "Also attend to the reference's text tokens (the source "
                                                       "prompt). Off keeps the text's share of attention. "

@@ -49,9 +49,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (add_mask_arguments, difference_masks, edit_markdown, edit_mask, edit_rows,  # noqa: E402
+from tools.benchkit import (add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown, edit_mask, edit_rows,  # noqa: E402
                             edited_spec, encode_heldout, machine, mask_options, naive_trajectory, reconstruction_rows,
-                            report, score_frames, sdedit, time_samplers)
+                            reference_rows, report, score_frames, sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
@@ -152,7 +152,8 @@ def run(args) -> dict:
                 "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
                 **{f"exact from {f:g}": (lambda k=round(f * steps): pipeline.sample(
                     model, edit, exact.latent_for_step(k), steps, Guidance(g), start=k)) for f in args.late},
-                **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in OURS_SWEEP.items()},
+                **{name: (lambda o=o: guided(exact, o, edit, g))
+                   for name, o in {**OURS_SWEEP, **dict(reference_rows(args.weights))}.items()},
                 "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
                 "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
                 "exact + null-text": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g),
@@ -179,6 +180,8 @@ def run(args) -> dict:
                        ("ours default", exact, ReferenceOptions(), "inverted"),
                        ("ours w=1", exact, ReferenceOptions(weight=1.0), "inverted"),
                        ("ours w=2", exact, ReferenceOptions(weight=2.0), "inverted"),
+                       *((name, exact, o, "inverted") for name, o in reference_rows(args.weights)
+                         if name not in ("ours w=1", "ours w=2")),
                        ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
             }
@@ -219,6 +222,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip", type=float, nargs="+", default=[0.2],
                    help="fractions of the steps where the 'edit-friendly from' rows start")
     add_mask_arguments(p, true_mask=True)
+    add_reference_arguments(p)
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

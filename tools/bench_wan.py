@@ -55,9 +55,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (CountingHooks, add_mask_arguments, difference_masks, edit_markdown, edit_mask,  # noqa: E402
+from tools.benchkit import (CountingHooks, add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown, edit_mask,  # noqa: E402
                             edit_rows, edited_spec, encode_heldout, inversion_markdown, machine, mask_options,
-                            reconstruction_rows, rel_err, report, score_frames, time_samplers)
+                            reconstruction_rows, reference_rows, rel_err, report, score_frames,
+                            time_samplers)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
@@ -244,7 +245,7 @@ def run(args) -> dict:
         "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
         "ours default": lambda: guided(exact, ReferenceOptions(), edit, g),
         "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
-        **{f"ours w={w:g}": (lambda w=w: guided(exact, ReferenceOptions(weight=w), edit, g)) for w in args.weights},
+        **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in reference_rows(args.weights)},
         "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(g), noise_maps=ef.noise_maps),
         "edit-friendly from 0.2": lambda: pipeline.sample(model, edit, ef.latent_for_step(skip), steps, Guidance(g),
                                                           start=skip, noise_maps=ef.noise_maps),
@@ -269,7 +270,7 @@ def run(args) -> dict:
            for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),
                                  ("ours default", exact, ReferenceOptions()),
-                                 *((f"ours w={w:g}", exact, ReferenceOptions(weight=w)) for w in args.weights),
+                                 *((name, exact, o) for name, o in reference_rows(args.weights)),
                                  ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
@@ -332,8 +333,7 @@ def main(argv=None) -> None:
                    help="also the round trip at --guidance (--no-cfg-round-trip: guidance 1 only)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
-    p.add_argument("--weights", type=float, nargs="*", default=[],
-                   help="rows 'ours w=W' (and with each mask): exact + reference attention at this weight")
+    add_reference_arguments(p)
     p.add_argument("--skip", type=float, nargs="*", default=[],
                    help="rows of the guided chains started at this fraction of the steps (from the trajectory latent)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")

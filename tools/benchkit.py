@@ -270,6 +270,24 @@ def edit_mask(mask: tuple[str, float, str] | None, truth: torch.Tensor | None = 
     return editmask.EditMask(mask[1], source=mask[0], cut=mask[2])
 
 
+def reference_rows(specs) -> list[tuple[str, "ReferenceOptions"]]:
+    """The `--weights` rows: "W" -> ("ours w=W", weight W), "W/E" -> ("ours w=W end=E", weight W with
+    injection in the first fraction E of the steps, `ReferenceOptions.end`)."""
+    from vidinv.attention import ReferenceOptions
+    out = []
+    for spec in specs:
+        w, _, e = str(spec).partition("/")
+        label = f"ours w={float(w):g}" + (f" end={float(e):g}" if e else "")
+        out.append((label, ReferenceOptions(weight=float(w), end=float(e) if e else 1.0)))
+    return out
+
+
+def add_reference_arguments(p) -> None:
+    p.add_argument("--weights", nargs="*", default=[], metavar="W[/END]",
+                   help="rows 'ours w=W' (and with each mask): exact + reference attention at this weight; W/END: "
+                        "injecting in the first fraction END of the steps only ('ours w=W end=END')")
+
+
 def add_mask_arguments(p, true_mask: bool = False) -> None:
     p.add_argument("--mask-threshold", type=float, nargs="+", default=[0.9],
                    help="quantiles of the '+ mask' rows (0.9: LEDITS++'s default)")

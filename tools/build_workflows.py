@@ -308,7 +308,7 @@ def reconstruct(pack) -> Workflow:
 
 
 def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT,
-               guided_widgets: dict | None = None) -> tuple[Workflow, dict]:
+               guided_widgets: dict | None = None, reference_widgets: dict | None = None) -> tuple[Workflow, dict]:
     wf = Workflow(pack)
     wf.group("1. Source video, model and prompts", -20, -40, 720, 1040)
     video, parts, model, enc = source_section(wf, model_name=model_name, loader=kinds["loader"])
@@ -327,7 +327,7 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     wf.connect(inv, "noise", samp, "latent")
     rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
     wf.group("4. Edit with reference attention", 1120, 500, 380, 500, "#b58b2a")
-    ref = wf.add("VInvReferenceAttention", (1140, 560), size=(330, 270))
+    ref = wf.add("VInvReferenceAttention", (1140, 560), reference_widgets, size=(330, 270))
     wf.connect(model, "model", ref, "model")
     wf.connect(inv, "trajectory", ref, "trajectory")
     guided = wf.add("VInvGuidedSample", (1140, 860), guided_widgets, size=(330, 190))
@@ -336,8 +336,8 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     ed = decode(wf, model, guided, "latent", 1140, 1080, "Decode edit")
     wf.note("Reference Attention: every attention layer of the sample also attends to the keys and values the "
             "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
-            "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection; 'weight' a log-bias on "
-            "the reference (1 = plain concatenation, 0 = off, default 2); 'reference_text' also injects the "
+            "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection (default the first 40 %); "
+            "'weight' a log-bias on the reference (1 = plain concatenation, 0 = off, default 2); 'reference_text' also injects the "
             "source prompt's tokens (off by default: they pull the edit back to the source's colour); 'rows' "
             "all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or edit (the "
             "published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
@@ -385,9 +385,9 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
         save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
 
 
-# The edit workflows run the node defaults: reference weight 2 with Guided Sample's edit mask (the
-# prediction difference cut at Otsu's level) at guidance 5, the chain issue 36's rule left for CogVideoX
-# and Wan (BENCHMARKS section 6).
+# The edit workflows run the node defaults: reference weight 2 in the first 40 % of the steps with Guided
+# Sample's edit mask (the prediction difference cut at Otsu's level) at guidance 5, the chain issue 36's rule
+# picked for CogVideoX and Wan (BENCHMARKS section 6); the Wan workflow injects at every step (WAN_EDIT_REFERENCE).
 EDIT_MASK = {"mask_threshold": 0.9, "mask_source": "difference", "mask_cut": "otsu"}
 
 
@@ -485,8 +485,8 @@ def svd_edit(pack) -> Workflow:
     wf.connect(inv, "noise", samp, "latent")
     rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
     wf.group("4. Edit with reference attention", 1120, 500, 380, 640, "#b58b2a")
-    ref = wf.add("VInvReferenceAttention", (1140, 560), {"temporal": SVD_EDIT_TEMPORAL, "weight": 4.0},
-                 size=(330, 300))  # SVD's measured chain (section 5): weight 4, no prompt mask
+    ref = wf.add("VInvReferenceAttention", (1140, 560), {"temporal": SVD_EDIT_TEMPORAL, "weight": 4.0, "end": 1.0},
+                 size=(330, 300))  # SVD's measured chain (section 5): weight 4 at every step, no prompt mask
     wf.connect(model, "model", ref, "model")
     wf.connect(inv, "trajectory", ref, "trajectory")
     guided = wf.add("VInvSVDGuidedSample", (1140, 890), size=(330, 170))
@@ -504,10 +504,16 @@ def svd_edit(pack) -> Workflow:
     return wf
 
 
+# The Wan edit workflow injects at every step: on its own sample video the default window (the first 40 % of the
+# steps) turns the circle's motion upwards (IoU 0.35), every step keeps it (right, IoU 0.49, 7.8 px;
+# `tools/sample_video_edit.py`, BENCHMARKS section 6).
+WAN_EDIT_REFERENCE = {"end": 1.0}
+
+
 def wan_edit(pack) -> Workflow:
     """The edit workflow on the bundled tiny Wan: the same graph with Wan's loader, text encoder,
     flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes."""
-    wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT)
+    wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT, reference_widgets=WAN_EDIT_REFERENCE)
     measured_outputs(wf, ids, "wan_edit")
     return wf
 
