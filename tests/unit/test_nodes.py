@@ -81,6 +81,23 @@ def test_graph_reconstructs(graph):
     assert graph["model"].reference is None and graph["patched"].reference is not None
 
 
+def test_node_defaults_reconstruct_with_the_source_prompt(pack, graph):
+    """Reference Attention and Guided Sample at their node defaults (weight 2, the first 40 % of the steps, the
+    difference mask; issue 36) give the source latent back with the source prompt: the reference changes
+    nothing where it is on (fact 5), and the mask is empty."""
+    m = pack.NODE_CLASS_MAPPINGS
+    spec = m["VInvReferenceAttention"].INPUT_TYPES()["required"]
+    defaults = {k: v[1]["default"] for k, v in spec.items() if "default" in v[1]}
+    assert defaults["weight"] == 2.0 and defaults["end"] == 0.4 and defaults["start"] == 0.0
+    patched, = m["VInvReferenceAttention"]().patch(graph["model"], graph["traj"], **defaults)
+    g = m["VInvGuidedSample"]().sample(patched, graph["cond"], 1.0, False, "inverted", 0, "conditioning")
+    window = g["ui"]["vinv_guidance"][0]
+    assert window["active"] == [0, 1, 2] and window["weight"] == 2.0  # 6 steps: i / 6 < 0.4
+    x0 = graph["latent"]["samples"]
+    assert float((g["result"][0]["samples"] - x0).norm() / x0.norm()) < 1e-4
+    assert float((g["result"][0]["samples"] - graph["rec"]["samples"]).norm() / x0.norm()) < 1e-5
+
+
 def test_loader_lists_bundled_first_then_folders(pack, graph):
     options = pack.NODE_CLASS_MAPPINGS["VInvLoadCogVideoX"].INPUT_TYPES()["required"]["model"][0]
     assert options[0] == "tiny-cogvideox (bundled)"
