@@ -291,7 +291,7 @@ class FriendlySample(SampleNode):
 
 
 # Reference Attention's defaults for the pack's families: weight 2, injecting in the first 40 % of the steps, with
-# Guided Sample's edit mask the chain issue 36's rule picked on eight CogVideoX and Wan models and checked on two
+# Guided Sample's edit mask the chain issue 36's rule picked on eight CogVideoX and Wan models and checked on four
 # trained after the pick (BENCHMARKS section 6: 2.60 model rows per step, under FlowEdit's 2.64). The library's
 # (and the native node's, whose sampling has no mask) stay weight 4 at every step, section 2's pick.
 REFERENCE_WEIGHT, REFERENCE_END = 2.0, 0.4

@@ -49,9 +49,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown, edit_mask, edit_rows,  # noqa: E402
-                            edited_spec, encode_heldout, machine, mask_options, naive_trajectory, reconstruction_rows,
-                            reference_rows, report, score_frames, sdedit, time_samplers)
+from tools.benchkit import (add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown,  # noqa: E402
+                            edit_mask, edit_rows, edited_spec, encode_heldout, machine, mask_options, naive_trajectory,
+                            reconstruction_rows, reference_rows, report, score_frames, sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402

@@ -55,9 +55,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (CountingHooks, add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown, edit_mask,  # noqa: E402
-                            edit_rows, edited_spec, encode_heldout, inversion_markdown, machine, mask_options,
-                            reconstruction_rows, reference_rows, rel_err, report, score_frames,
+from tools.benchkit import (CountingHooks, add_mask_arguments, add_reference_arguments, difference_masks,  # noqa: E402
+                            edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout, inversion_markdown,
+                            machine, mask_options, reconstruction_rows, reference_rows, rel_err, report, score_frames,
                             time_samplers)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402

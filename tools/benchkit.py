@@ -270,7 +270,7 @@ def edit_mask(mask: tuple[str, float, str] | None, truth: torch.Tensor | None = 
     return editmask.EditMask(mask[1], source=mask[0], cut=mask[2])
 
 
-def reference_rows(specs) -> list[tuple[str, "ReferenceOptions"]]:
+def reference_rows(specs) -> list[tuple]:
     """The `--weights` rows: "W" -> ("ours w=W", weight W), "W/E" -> ("ours w=W end=E", weight W with
     injection in the first fraction E of the steps, `ReferenceOptions.end`)."""
     from vidinv.attention import ReferenceOptions
