@@ -34,11 +34,17 @@ TUNED_ETA = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                   "embedding + eta x this conditioning's. 1 = the plain prompt (no effect); 0 = the "
                                   "tuned embedding (reconstructs at the guidance it was learned at). Below 1 needs a "
                                   "trajectory from Prompt-Tuning Inversion."})
-START = (["inverted", "fresh"], {"default": "inverted",
-                                 "tooltip": "Start from the trajectory's inverted noise, or from fresh noise (the "
-                                            "published recipe)."})
+# Guided Sample starts from fresh noise inside the edit mask (issue 36's rule, BENCHMARKS section 6: the colour on
+# every dev model, where the inverted noise kept a source colour on one held-out Wan video)
+START = (list(pipeline.STARTS), {"default": pipeline.STARTS[2],
+                                 "tooltip": "Start from the trajectory's inverted noise, from fresh noise (the "
+                                            "published recipe), or from fresh noise inside the edit mask and the "
+                                            "inverted noise outside it (the default: the masked region starts free "
+                                            "of the source's colour; needs a mask made before sampling, the "
+                                            "difference map or a MASK, otherwise inverted). The source prompt "
+                                            "reconstructs exactly with 'inverted' and 'fresh in mask'."})
 SEED = ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
-                "tooltip": "Seed of the fresh noise (unused when starting from the inversion)."})
+                "tooltip": "Seed of the fresh noise (unused when starting from the inverted noise alone)."})
 
 
 TRAJECTORY_DTYPE = (list(STORAGE_DTYPES), {"default": "fp32",
@@ -191,6 +197,8 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
+    window["start"] = edit_mask.start if edit_mask is not None else \
+        pipeline.STARTS[0] if start == pipeline.STARTS[2] else start  # the start used (no mask: no masked start)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
         edit_mask.latent is None else edit_mask.latent
     source_image, pad = fam.latent_extras(traj)

@@ -184,6 +184,10 @@ def run(args) -> dict:
                          if name not in ("ours w=1", "ours w=2")),
                        ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
+                **{f"{name} + {m} + fresh in mask": (
+                    lambda o=o, mo=mo: guided(exact, o, edit, g, "fresh in mask", mask=mo))
+                   for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
+                   if args.fresh_in_mask},
             }
             methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),

@@ -272,6 +272,8 @@ def run(args) -> dict:
                                  ("ours default", exact, ReferenceOptions()),
                                  *((name, exact, o) for name, o in reference_rows(args.weights)),
                                  ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
+        **{f"{name} + {m} + fresh in mask": (lambda o=o, mo=mo: guided(exact, o, edit, g, "fresh in mask", mask=mo))
+           for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) if args.fresh_in_mask},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
     counted = {}

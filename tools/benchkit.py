@@ -286,6 +286,9 @@ def add_reference_arguments(p) -> None:
     p.add_argument("--weights", nargs="*", default=[], metavar="W[/END]",
                    help="rows 'ours w=W' (and with each mask): exact + reference attention at this weight; W/END: "
                         "injecting in the first fraction END of the steps only ('ours w=W end=END')")
+    p.add_argument("--fresh-in-mask", action="store_true",
+                   help="also the --weights rows with each difference mask started from fresh noise inside the "
+                        "mask (Guided Sample's start 'fresh in mask'): '... + fresh in mask'")
 
 
 def add_mask_arguments(p, true_mask: bool = False) -> None:

@@ -5,8 +5,9 @@ error against the source frames, as the workflows' host tests score them.
 
     python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
 
-A setting is weight/guidance/mask[/end] (mask "on": the prediction difference cut at Otsu's level, the
-edit workflows' EDIT_MASK; end: the fraction of the steps the injection runs, 1 when not given)."""
+A setting is weight/guidance/mask[/end[/start]] (mask "on": the prediction difference cut at Otsu's level, the
+edit workflows' EDIT_MASK; end: the fraction of the steps the injection runs, 1 when not given; start: Guided
+Sample's start, "inverted" when not given, "masked" for "fresh in mask")."""
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ def run(args) -> list[dict]:
     traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver())
     rows = []
     for setting in args.settings:
-        weight, guidance, mask, end = (setting.split("/") + ["1"])[:4]
+        parts = setting.split("/")
+        weight, guidance, mask = parts[:3]
+        end, start = (parts[3:] + ["1", "inverted"][len(parts) - 3:])[:2]
         patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight), end=float(end)))
         z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
+                                   start=pipeline.STARTS[2] if start == "masked" else start,
                                    edit_mask=edit_mask(("difference", 0.0, "otsu") if mask == "on" else None))
         out = module.decode_video(model, z).numpy()
         got = synthetic.describe(out)

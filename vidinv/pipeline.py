@@ -173,6 +173,11 @@ def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = N
     return dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
 
 
+# Guided sampling's starts: the trajectory's noise, fresh noise (the published recipe), or fresh noise inside the edit
+# mask and the trajectory's outside it (the masked region starts free of the source, the rest exact; issue 36)
+STARTS = ("inverted", "fresh", "fresh in mask")
+
+
 def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> torch.Tensor:
     """The trajectory's inverted noise, or fresh unit noise times `scale` (the grid's first sigma)."""
     if start == "inverted":
@@ -180,7 +185,7 @@ def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> 
     if start == "fresh":
         g = torch.Generator().manual_seed(int(seed))
         return torch.randn(traj.noise.shape, generator=g) * scale
-    raise errors.InputError(f"start {start!r} is not 'inverted' or 'fresh'", "Pick one of the two.")
+    raise errors.InputError(f"start {start!r} is not one of {', '.join(STARTS)}", "Pick one of them.")
 
 
 @torch.no_grad()
@@ -209,6 +214,11 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     differ from the source's, or from the difference of the predictions under the two prompts
     (families with a prompt, `Family.edit_mask_tokens`); the last step's mask is left in
     ``edit_mask.latent``.
+
+    ``start="fresh in mask"``: fresh noise (from `seed`) inside an edit mask made before sampling (the difference
+    map's or a given MASK), the trajectory's noise outside; with the source prompt the difference mask is empty,
+    so the source still comes back exactly. Without such a mask (none, or the attention map, made during
+    sampling) it is ``"inverted"``; ``edit_mask.start`` says which start was used.
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
@@ -239,10 +249,16 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     if skip and start != "inverted":
         raise errors.InputError(f"start_at {start_at:g} starts from the trajectory's latent at step {skip + 1}; with "
                                 f"start {start!r} there is none", "Set start to 'inverted', or start_at to 0.")
-    noise = traj.latent_for_step(skip) if skip else start_noise(traj, start, seed, grid.init_noise_sigma)
+    masked_start = start == STARTS[2]
+    noise = traj.latent_for_step(skip) if skip else \
+        start_noise(traj, STARTS[0] if masked_start else start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
-    probe, blend = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
+    probe, blend, fixed = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
+    if masked_start and fixed is not None:
+        noise = editmask.blend(start_noise(traj, STARTS[1], seed, grid.init_noise_sigma), fixed, noise)
+    if edit_mask is not None:
+        edit_mask.start = start if not masked_start or fixed is not None else STARTS[0]
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)
@@ -268,13 +284,14 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
 
 def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, grid: solver.Grid, image,
             hooks: Hooks):
-    """(probe or None, blend or None) of a guided sample: `blend(i, x)` keeps step i's result inside
-    the edit mask and the trajectory's next latent outside it (`vidinv.editmask`). A difference mask
+    """(probe or None, blend or None, the mask when it is made before sampling or None) of a guided sample:
+    `blend(i, x)` keeps step i's result inside the edit mask and the trajectory's next latent outside it
+    (`vidinv.editmask`). A difference mask
     is made here, before sampling (`editmask.difference_map`: two unguided calls per probed step),
     for the rows whose prompt or first frame changed; an attention mask cannot see a first frame's
     change, so a row where only that changed is refused."""
     if edit_mask is None:
-        return None, None
+        return None, None, None
     probe, fixed = None, None
     source_image, _ = fam.latent_extras(traj)
     if edit_mask.given is not None:
@@ -312,7 +329,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
         edit_mask.latent = mask
         return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
 
-    return probe, blend
+    return probe, blend, fixed
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
     assert synthetic.mask_iou(edit, source) > 0.6
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
     assert window["steps"] == 50 and window["weight"] == 2.0  # issue 36's defaults: the first 40 % of the steps
-    assert window["active"] == list(range(20))
+    assert window["active"] == list(range(20)) and window["start"] == "fresh in mask"
     assert 0 < window["mask_fraction"] < 0.5
     for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
         nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
@@ -190,3 +190,4 @@ def test_wan_edit_workflow(comfy):
     assert synthetic.mask_iou(edit, source) > 0.4 and synthetic.centroid_error(edit, source) < 10
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
     assert window["steps"] == 50 and window["active"] == list(range(50)) and 0 < window["mask_fraction"] < 0.5
+    assert window["start"] == "fresh in mask"

@@ -98,6 +98,39 @@ def test_node_defaults_reconstruct_with_the_source_prompt(pack, graph):
     assert float((g["result"][0]["samples"] - graph["rec"]["samples"]).norm() / x0.norm()) < 1e-5
 
 
+def test_guided_sample_fresh_noise_in_the_mask(pack, graph):
+    """start 'fresh in mask': fresh noise inside the edit mask, the inverted noise outside. With the source prompt
+    the difference mask is empty and the source comes back exactly; a MASK of ones is the fresh start, of zeros
+    the inverted one; without a mask it is the inverted start, and the panel says which start ran."""
+    m = pack.NODE_CLASS_MAPPINGS
+    sample = m["VInvGuidedSample"]().sample
+
+    def run(cond, start, **kw):
+        out = sample(graph["patched"], cond, 1.0, False, start, 7, "conditioning", **kw)
+        return out["result"][0]["samples"], out["ui"]["vinv_guidance"][0]
+
+    x0 = graph["traj"].clean
+    same, window = run(graph["cond"], "fresh in mask")
+    assert window["start"] == "fresh in mask" and window["mask_fraction"] == 0
+    assert float((same - x0).norm() / x0.norm()) < 1e-5
+    edited, window = run(graph["edit"], "fresh in mask")
+    inverted, _ = run(graph["edit"], "inverted")
+    assert window["start"] == "fresh in mask" and 0 < window["mask_fraction"] < 1
+    assert not torch.equal(edited, inverted)
+    ones, zeros = torch.ones(48, 48), torch.zeros(48, 48)
+    assert torch.equal(run(graph["edit"], "fresh in mask", mask=ones)[0], run(graph["edit"], "fresh", mask=ones)[0])
+    assert torch.equal(run(graph["edit"], "fresh in mask", mask=zeros)[0],
+                       run(graph["edit"], "inverted", mask=zeros)[0])
+    unmasked, window = run(graph["edit"], "fresh in mask", mask_threshold=0.0)
+    assert window["start"] == "inverted"
+    assert torch.equal(unmasked, run(graph["edit"], "inverted", mask_threshold=0.0)[0])
+    attention_mask = run(graph["edit"], "fresh in mask", mask_source="attention", mask_cut="quantile")[1]
+    assert attention_mask["start"] == "inverted"  # the attention map is made during sampling
+    from vidinv_pack.vidinv import errors
+    with pytest.raises(errors.InputError, match="with start 'fresh in mask' there is none"):
+        run(graph["edit"], "fresh in mask", start_at=0.5)
+
+
 def test_loader_lists_bundled_first_then_folders(pack, graph):
     options = pack.NODE_CLASS_MAPPINGS["VInvLoadCogVideoX"].INPUT_TYPES()["required"]["model"][0]
     assert options[0] == "tiny-cogvideox (bundled)"

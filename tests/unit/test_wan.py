@@ -176,6 +176,28 @@ def test_edit_mask_from_cross_attention_or_prediction_difference(model64, conds,
     assert model64.transformer.attn_processors == before
 
 
+def test_fresh_noise_in_the_mask_keeps_the_source_and_the_outside(model64, conds, runs):
+    """start 'fresh in mask' (Guided Sample's default): with the source prompt the difference mask is empty and
+    the sample is the trajectory's; with an edit, fresh noise starts the masked region (the sample differs from
+    the inverted start's) and outside the mask every step still lands on the trajectory."""
+    from vidinv import editmask
+    x0, out = runs
+    traj, back = out[5.0]
+    patched = pipeline.with_reference(model64, traj, ReferenceOptions(weight=2.0, end=0.4))
+    m = editmask.EditMask(source="difference", cut="otsu")
+    same = pipeline.guided_sample(patched, conds[0], Guidance(5.0), start="fresh in mask", edit_mask=m)
+    assert rel(same, back) < 1e-6
+    assert m.start == "fresh in mask" and not m.latent.any()
+    m = editmask.EditMask(source="difference", cut="otsu")
+    fresh = pipeline.guided_sample(patched, conds[1], Guidance(5.0), start="fresh in mask", edit_mask=m)
+    assert 0 < float(m.latent.mean()) < 1
+    outside = (1 - m.latent).bool().expand_as(fresh)
+    assert torch.allclose(fresh[outside], x0[outside], atol=1e-6)
+    inverted = pipeline.guided_sample(patched, conds[1], Guidance(5.0), edit_mask=editmask.EditMask(
+        source="difference", cut="otsu"))
+    assert rel(fresh, inverted) > 1e-4
+
+
 def test_processors_restored_after_an_error(model64, conds, runs):
     traj = runs[1][1.0][0]
     before = dict(model64.transformer.attn_processors)
