@@ -41,8 +41,9 @@ START = (list(pipeline.STARTS), {"default": pipeline.STARTS[2],
                                             "published recipe), or from fresh noise inside the edit mask and the "
                                             "inverted noise outside it (the default: the masked region starts free "
                                             "of the source's colour; needs a mask made before sampling, the "
-                                            "difference map or a MASK, otherwise inverted). The source prompt "
-                                            "reconstructs exactly with 'inverted' and 'fresh in mask'."})
+                                            "difference map or a MASK, an exact trajectory and start_at 0, "
+                                            "otherwise inverted). The source prompt reconstructs exactly with "
+                                            "'inverted' and 'fresh in mask'."})
 SEED = ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                 "tooltip": "Seed of the fresh noise (unused when starting from the inverted noise alone)."})
 
@@ -197,7 +198,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
-    window["start"] = edit_mask.start if edit_mask is not None else \
+    window["start"] = edit_mask.start if edit_mask is not None and edit_mask.start else \
         pipeline.STARTS[0] if start == pipeline.STARTS[2] else start  # the start used (no mask: no masked start)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
         edit_mask.latent is None else edit_mask.latent

@@ -218,7 +218,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     ``start="fresh in mask"``: fresh noise (from `seed`) inside an edit mask made before sampling (the difference
     map's or a given MASK), the trajectory's noise outside; with the source prompt the difference mask is empty,
     so the source still comes back exactly. Without such a mask (none, or the attention map, made during
-    sampling) it is ``"inverted"``; ``edit_mask.start`` says which start was used.
+    sampling), from an edit-friendly trajectory (its noise maps belong to its latents) or with `start_at` (no
+    noise to replace) it is ``"inverted"``; ``edit_mask.start`` says which start was used.
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
@@ -242,14 +243,16 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 f"image conditioning is {tuple(source_image.shape)}",
                                 "Give a first frame of the source video's size.")
     image = source_image if image_latents is None else image_latents
+    skip = first_guided_step(traj, start_at)
+    masked_start = start == STARTS[2] and traj.noise_maps is None and not skip
+    if start == STARTS[2] and not masked_start:  # noise maps or a late start: no noise of its own to replace
+        start = STARTS[0]
     if traj.noise_maps is not None and start != "inverted":
         raise errors.InputError(f"start {start!r} with an edit-friendly trajectory: its noise maps belong to its own "
                                 "noisy latents", "Set start to 'inverted' (or use an exact trajectory).")
-    skip = first_guided_step(traj, start_at)
     if skip and start != "inverted":
         raise errors.InputError(f"start_at {start_at:g} starts from the trajectory's latent at step {skip + 1}; with "
                                 f"start {start!r} there is none", "Set start to 'inverted', or start_at to 0.")
-    masked_start = start == STARTS[2]
     noise = traj.latent_for_step(skip) if skip else \
         start_noise(traj, STARTS[0] if masked_start else start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)

@@ -126,9 +126,8 @@ def test_guided_sample_fresh_noise_in_the_mask(pack, graph):
     assert torch.equal(unmasked, run(graph["edit"], "inverted", mask_threshold=0.0)[0])
     attention_mask = run(graph["edit"], "fresh in mask", mask_source="attention", mask_cut="quantile")[1]
     assert attention_mask["start"] == "inverted"  # the attention map is made during sampling
-    from vidinv_pack.vidinv import errors
-    with pytest.raises(errors.InputError, match="with start 'fresh in mask' there is none"):
-        run(graph["edit"], "fresh in mask", start_at=0.5)
+    late, window = run(graph["edit"], "fresh in mask", start_at=0.5)  # from the trajectory's latent: no noise
+    assert window["start"] == "inverted" and torch.equal(late, run(graph["edit"], "inverted", start_at=0.5)[0])
 
 
 def test_loader_lists_bundled_first_then_folders(pack, graph):
@@ -196,6 +195,8 @@ def test_edit_friendly_nodes_reconstruct_and_the_other_kind_is_refused(pack, gra
     guided, _ = m["VInvGuidedSample"]().sample(patched, graph["cond"], 3.0, False, "inverted", 0,
                                                "conditioning")["result"]
     assert float((guided["samples"] - rec["samples"]).norm() / x0.norm()) < 1e-5
+    default = m["VInvGuidedSample"]().sample(patched, graph["edit"], 3.0, False, "fresh in mask", 0, "conditioning")
+    assert default["ui"]["vinv_guidance"][0]["start"] == "inverted"  # the noise maps belong to their own latents
     late = m["VInvFriendlyInvert"]().invert(model, graph["cond"], graph["latent"], 6, 3.0, 7, "fp32", start_at=0.5)
     part = late["result"][0]
     assert late["ui"]["vinv_trajectory"][0]["first_step"] == 3 and sum(part.calls) == 3

@@ -242,7 +242,7 @@ def test_bad_inputs_are_refused_before_any_model_call(model64, runs):
         with pytest.raises(errors.InputError, match="step window"):
             pipeline.guided_sample(pipeline.with_reference(model64, traj,
                                                            ReferenceOptions(start=0.9, end=0.1, weight=1.0)), None)
-        with pytest.raises(errors.InputError, match="'inverted' or 'fresh'"):
+        with pytest.raises(errors.InputError, match="is not one of inverted, fresh, fresh in mask"):
             pipeline.guided_sample(pipeline.with_reference(model64, traj, ReferenceOptions(weight=1.0)), None,
                                    start="noise")
         big = svd.encode_image(model64, torch.rand(1, 12, 12, 3))
