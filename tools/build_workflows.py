@@ -505,8 +505,8 @@ def svd_edit(pack) -> Workflow:
 
 
 # The Wan edit workflow injects at every step: on its own sample video the default window (the first 40 % of the
-# steps) turns the circle's motion upwards (IoU 0.35), every step keeps it (right, IoU 0.49, 7.8 px;
-# `tools/sample_video_edit.py`, BENCHMARKS section 6).
+# steps) turns the circle's motion upwards (IoU 0.35) or, with Guided Sample's fresh start in the mask, keeps 0.36;
+# every step keeps it (right, IoU 0.50, 7.8 px; `tools/sample_video_edit.py`, BENCHMARKS section 6).
 WAN_EDIT_REFERENCE = {"end": 1.0}
 
 
