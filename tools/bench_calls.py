@@ -1,7 +1,7 @@
 """Model calls of exact inversion with the Invert nodes' defaults, on every bundled model (and any
 other model folder given): the round trip and what it cost, one table.
 
-    python tools/bench_calls.py [--videos 8] [--threads 1] [--model PATH ...] [--json calls.json]
+    python tools/bench_calls.py [--videos 8] [--threads 1] [--model PATH ...] [--per-video] [--json calls.json]
 
 Each held-out video (BENCHMARKS.md) is inverted with the node defaults (`Solver()`: 10 refinements
 per step on average, pooled, tolerance 1e-5, Anderson memory 5, automatic damping) and its caption
@@ -10,7 +10,8 @@ the source latent (relative L2 error). Rows: CogVideoX T2V and I2V at guidance 1
 Wan at guidance 1 and 5, 50 steps; SVD at its node's 25 steps and at 50, guidance 1 -> 1 (and
 1 -> 3 at 25). Columns: model calls per step (a CFG call counts once), the clean-end step's calls
 (inverted first) and the mean of the others, the largest step residual, the steps above the
-tolerance, and seconds.
+tolerance, and seconds. The videos are inverted as one batch (each step's count is its slowest video's), or
+with --per-video each on its own, as an Invert node gets one video, the counts averaged.
 """
 from __future__ import annotations
 
