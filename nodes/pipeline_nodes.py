@@ -198,8 +198,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
-    window["start"] = edit_mask.start if edit_mask is not None and edit_mask.start else \
-        pipeline.STARTS[0] if start == pipeline.STARTS[2] else start  # the start used (no mask: no masked start)
+    window["start"] = pipeline.start_used(start, traj, start_at, edit_mask)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
         edit_mask.latent is None else edit_mask.latent
     source_image, pad = fam.latent_extras(traj)

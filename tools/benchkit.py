@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vidinv import editmask, families, synthetic
+from vidinv.attention import ReferenceOptions
 from vidinv.hooks import Hooks
 
 
@@ -273,7 +274,6 @@ def edit_mask(mask: tuple[str, float, str] | None, truth: torch.Tensor | None = 
 def reference_rows(specs) -> list[tuple]:
     """The `--weights` rows: "W" -> ("ours w=W", weight W), "W/E" -> ("ours w=W end=E", weight W with
     injection in the first fraction E of the steps, `ReferenceOptions.end`)."""
-    from vidinv.attention import ReferenceOptions
     out = []
     for spec in specs:
         w, _, e = str(spec).partition("/")

@@ -42,7 +42,8 @@ def run(args) -> list[dict]:
     for setting in args.settings:
         parts = setting.split("/")
         weight, guidance, mask = parts[:3]
-        end, start = (parts[3:] + ["1", "inverted"][len(parts) - 3:])[:2]
+        end = parts[3] if len(parts) > 3 else "1"
+        start = parts[4] if len(parts) > 4 else "inverted"
         patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight), end=float(end)))
         z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
                                    start=pipeline.STARTS[2] if start == "masked" else start,

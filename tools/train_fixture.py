@@ -33,6 +33,7 @@ from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, object_wei
                               to_model_space, train_seed, training_clip, vae_batch)
 from vidinv import synthetic  # noqa: E402
 from vidinv.fixture import SCENE_VOCAB_WORDS, TEXT_LEN, VOCAB_WORDS, build_tokenizer, save_pipeline  # noqa: E402
+from vidinv.models.cogvideox import rope_fits  # noqa: E402
 
 LATENT_CHANNELS = 16
 VAE_CONFIG = dict(
@@ -204,7 +205,7 @@ def transformer_config(args) -> dict:
     shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim,
              "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width}
     cfg = {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
-    if cfg["attention_head_dim"] % 16:  # before the dataset is encoded: 3-D RoPE splits a head 1/4, 3/8, 3/8
+    if not rope_fits(cfg["attention_head_dim"]):  # the loader's rule, before the dataset is encoded
         raise SystemExit(f"--head-dim {cfg['attention_head_dim']}: CogVideoX's 3-D RoPE needs a multiple of 16")
     return cfg
 

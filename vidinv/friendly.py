@@ -82,7 +82,8 @@ def noisy_latents(x0: torch.Tensor, grid: Grid, generator: torch.Generator) -> l
 
 
 def invert(denoise: Denoiser, x0: torch.Tensor, grid: Grid, generator: torch.Generator, eta: float = 1.0,
-           callback: Callable[[dict], None] | None = None, first: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+           callback: Callable[[dict], None] | None = None,
+           first: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Edit-friendly inversion of `x0` on `grid`: the latents ``[x_0, ..., x_N]`` (cleanest first, as
     `vidinv.solver.invert` returns them) and the noise maps ``r_i`` of sampling steps i = 0..N-1
     (noisiest first). One `denoise` call per step from sampling step `first` on; the steps before it

@@ -178,6 +178,16 @@ def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = N
 STARTS = ("inverted", "fresh", "fresh in mask")
 
 
+def start_used(start: str, traj: Trajectory, start_at: float, edit_mask: editmask.EditMask | None) -> str:
+    """The start a guided sample of `traj` uses: `start`, except that "fresh in mask" is "inverted" where it has
+    nothing to act on: no mask made before sampling (none, or the attention map, made during sampling), an
+    edit-friendly trajectory (its noise maps belong to its own latents) or a late start (no noise to replace)."""
+    if start != STARTS[2]:
+        return start
+    made_before = edit_mask is not None and (edit_mask.given is not None or edit_mask.source == "difference")
+    return start if made_before and traj.noise_maps is None and not first_guided_step(traj, start_at) else STARTS[0]
+
+
 def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> torch.Tensor:
     """The trajectory's inverted noise, or fresh unit noise times `scale` (the grid's first sigma)."""
     if start == "inverted":
@@ -217,9 +227,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
 
     ``start="fresh in mask"``: fresh noise (from `seed`) inside an edit mask made before sampling (the difference
     map's or a given MASK), the trajectory's noise outside; with the source prompt the difference mask is empty,
-    so the source still comes back exactly. Without such a mask (none, or the attention map, made during
-    sampling), from an edit-friendly trajectory (its noise maps belong to its latents) or with `start_at` (no
-    noise to replace) it is ``"inverted"``; ``edit_mask.start`` says which start was used.
+    so the source still comes back exactly. Where it has nothing to act on it is ``"inverted"`` (`start_used`);
+    ``edit_mask.start`` says which start was used.
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
@@ -244,9 +253,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 "Give a first frame of the source video's size.")
     image = source_image if image_latents is None else image_latents
     skip = first_guided_step(traj, start_at)
-    masked_start = start == STARTS[2] and traj.noise_maps is None and not skip
-    if start == STARTS[2] and not masked_start:  # noise maps or a late start: no noise of its own to replace
-        start = STARTS[0]
+    start = start_used(start, traj, start_at, edit_mask)
     if traj.noise_maps is not None and start != "inverted":
         raise errors.InputError(f"start {start!r} with an edit-friendly trajectory: its noise maps belong to its own "
                                 "noisy latents", "Set start to 'inverted' (or use an exact trajectory).")
@@ -254,14 +261,14 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
         raise errors.InputError(f"start_at {start_at:g} starts from the trajectory's latent at step {skip + 1}; with "
                                 f"start {start!r} there is none", "Set start to 'inverted', or start_at to 0.")
     noise = traj.latent_for_step(skip) if skip else \
-        start_noise(traj, STARTS[0] if masked_start else start, seed, grid.init_noise_sigma)
+        start_noise(traj, STARTS[0] if start == STARTS[2] else start, seed, grid.init_noise_sigma)
     checked_family(model, cond, noise, guidance, image)
     layers = fam.reference_layers(model, opts)
     probe, blend, fixed = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
-    if masked_start and fixed is not None:
+    if start == STARTS[2]:  # fresh noise inside the mask made before sampling, the inverted noise outside
         noise = editmask.blend(start_noise(traj, STARTS[1], seed, grid.init_noise_sigma), fixed, noise)
     if edit_mask is not None:
-        edit_mask.start = start if not masked_start or fixed is not None else STARTS[0]
+        edit_mask.start = start
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)

@@ -67,7 +67,8 @@ FORMAT = "vidinv.trajectory"
 TUNED_VERSION = 3  # the version of files that carry tuned_embeds (older packs read up to 2)
 FRIENDLY_VERSION = 5  # the version of edit-friendly files (noise_maps; older packs read up to 4)
 PARTIAL_VERSION = 6  # edit-friendly files whose noisiest steps were not solved (extra.first_step > 0)
-VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, PARTIAL_VERSION, *(f.trajectory_version for f in families.FAMILIES.values()))
+VERSION = max(TUNED_VERSION, FRIENDLY_VERSION, PARTIAL_VERSION,
+              *(f.trajectory_version for f in families.FAMILIES.values()))
 KINDS = ("exact", friendly.KIND)  # what a file declares in its metadata ("kind")
 STORAGE_DTYPES = ("fp32", "fp16", "bf16")  # what latents may be stored as (the nodes' list, in this order)
 

@@ -90,6 +90,16 @@ def _promises(cfg: dict) -> list:
     return out + configcheck.t5_promises(cfg.get("text_encoder/config.json", {}))
 
 
+def rope_channels(head_dim: int) -> tuple[int, int, int]:
+    """The channels of a head that diffusers' 3-D RoPE gives time, height and width."""
+    return head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3
+
+
+def rope_fits(head_dim: int) -> bool:
+    """Whether a head of this width carries CogVideoX's 3-D RoPE: each part's channels come in pairs."""
+    return not any(c % 2 for c in rope_channels(head_dim))
+
+
 def _cross_checks(cfg: dict, refuse) -> None:
     t = cfg.get("transformer/config.json")
     if t is None:
@@ -103,9 +113,10 @@ def _cross_checks(cfg: dict, refuse) -> None:
                f"sample_width {t['sample_width']} make a position table of {size / 2**30:.1f} GiB "
                f"(more than {POSITION_TABLE_LIMIT / 2**30:.0f} GiB; CogVideoX-2B's is 0.13 GiB)")
     d = t["attention_head_dim"]
-    if t["use_rotary_positional_embeddings"] and ((d // 4) % 2 or (d // 8 * 3) % 2):
+    if t["use_rotary_positional_embeddings"] and not rope_fits(d):
+        time_, height, width = rope_channels(d)
         refuse(f"transformer/config.json: attention_head_dim {d} cannot carry CogVideoX's 3-D RoPE (its time, "
-               f"height and width parts, {d // 4}, {d // 8 * 3} and {d // 8 * 3} channels, must be even: a multiple "
+               f"height and width parts, {time_}, {height} and {width} channels, must be even: a multiple "
                "of 16 is; CogVideoX-5B's is 64)")
     text = cfg.get("text_encoder/config.json", {}).get("d_model")
     if text is not None and text != t["text_embed_dim"]:
