@@ -16,6 +16,9 @@ foreground-mask IoU, centroid path error (px). Methods:
   exact from f     the exact trajectory's latent at fraction f of the steps, plain sampling of the
                    edit over the rest (SDEdit without fresh noise: how late the edit still redraws)
   ours ...         exact inversion + reference attention (defaults and a sweep)
+  ..., one-call trajectory
+                   the same chain guided by the one-call trajectory (DDIM Invert with iterations 0, the
+                   naive inverse on the model's own schedule) instead of the exact one (--fresh-in-mask rows)
   ... + NPI        negative-prompt inversion: the source prompt as the negative of the edit
   ... + null-text  null-text inversion (10 iterations per step, optimised for this guidance;
                    its optimisation time is counted in the row's seconds)
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -94,6 +98,7 @@ def run(args) -> dict:
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
     ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     naive = naive_trajectory(model, src, x0, steps)
+    one_call = functools.cache(lambda: pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=0)))
     truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float() \
         if args.true_mask else None
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
@@ -128,7 +133,11 @@ def run(args) -> dict:
                   "ours default": lambda: guided(exact, ReferenceOptions(), src, 1.0),
                   "edit-friendly": lambda: pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
                   "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), src, 1.0),
-                  "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh")}
+                  "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh"),
+                  **{f"{name} + {m} + fresh in mask, one-call trajectory": (
+                      lambda o=o, mo=mo: guided(one_call(), o, src, 1.0, "fresh in mask", mask=mo))
+                     for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
+                     if args.fresh_in_mask}}
     results["reconstruction"] = reconstruction_rows(
         {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
         lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
@@ -186,6 +195,10 @@ def run(args) -> dict:
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
                 **{f"{name} + {m} + fresh in mask": (
                     lambda o=o, mo=mo: guided(exact, o, edit, g, "fresh in mask", mask=mo))
+                   for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
+                   if args.fresh_in_mask},
+                **{f"{name} + {m} + fresh in mask, one-call trajectory": (
+                    lambda o=o, mo=mo: guided(one_call(), o, edit, g, "fresh in mask", mask=mo))
                    for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
                    if args.fresh_in_mask},
             }

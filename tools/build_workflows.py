@@ -246,8 +246,9 @@ def text_section(wf: Workflow, model: int, x, y, prompt: str, title: str, node_t
     return node
 
 
-def invert_section(wf: Workflow, model: int, cond: int, enc: int, x, y, node_type: str = "VInvDDIMInvert") -> int:
-    inv = wf.add(node_type, (x, y), size=(340, 420))
+def invert_section(wf: Workflow, model: int, cond: int, enc: int, x, y, node_type: str = "VInvDDIMInvert",
+                   widgets: dict | None = None) -> int:
+    inv = wf.add(node_type, (x, y), widgets, size=(340, 420))
     wf.connect(model, "model", inv, "model")
     wf.connect(cond, "conditioning", inv, "conditioning")
     wf.connect(enc, "latent", inv, "latent")
@@ -274,6 +275,20 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "round trip stays exact (1 = off); 'iterations' refine each inverse step x_i = x_next - "
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
                    "once the step's residual is below it. The node plots the residual of every step.")
+# The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
+# "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all seven CogVideoX
+# models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
+# so every step ends on the trajectory's own latent). Its reconstruction check is therefore the guided chain itself.
+ONE_CALL_INVERT = {"iterations": 0}
+ONE_CALL_NOTE = ("DDIM Invert with 'iterations' 0: the naive inverse on the model's own schedule, one model call per "
+                 "step, the edit's guide. Its latents stay closer to the source than the exact inversion's, and on "
+                 "CogVideoX they guide an edit better (BENCHMARKS section 6). Its noise alone does not give the source "
+                 "back; the chain does: with the source prompt Guided Sample's difference mask is empty, so every "
+                 "step ends on the trajectory's own latent and the last one is the source (section 3). For an exact "
+                 "trajectory (the reconstruct workflow, plain DDIM Sample, saving it for later) set 'iterations' "
+                 "to 10.")
+
+
 # the node types of each family's edit workflow: loader, text encoder, invert, plain sample, and the notes
 COGVIDEOX_EDIT = {"loader": "VInvLoadCogVideoX", "text": "VInvEncodeText", "invert": "VInvDDIMInvert",
                   "sample": "VInvDDIMSample", "sample_title": "DDIM Sample (reconstruct)", "note": INVERT_NOTE}
@@ -308,7 +323,10 @@ def reconstruct(pack) -> Workflow:
 
 
 def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT,
-               guided_widgets: dict | None = None, reference_widgets: dict | None = None) -> tuple[Workflow, dict]:
+               guided_widgets: dict | None = None, reference_widgets: dict | None = None,
+               one_call: bool = False) -> tuple[Workflow, dict]:
+    """Source, prompts, inversion, reconstruction check, edit. `one_call`: the edit is guided by the one-call
+    trajectory (ONE_CALL_INVERT) and the check is Guided Sample with the source prompt, not the plain sampler."""
     wf = Workflow(pack)
     wf.group("1. Source video, model and prompts", -20, -40, 720, 1040)
     video, parts, model, enc = source_section(wf, model_name=model_name, loader=kinds["loader"])
@@ -316,20 +334,28 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     edit = text_section(wf, model, 340, 720, EDIT_PROMPT, "Edited prompt", kinds["text"])
     wf.note("Edit the second prompt; the first one must describe the source video (it is the inversion's "
             "conditioning and the reference stream's).", (0, 740), (320, 120))
-    wf.group("2. Exact inversion", 720, -40, 380, 1040, "#a1309b")
-    inv = invert_section(wf, model, src, enc, 740, 40, kinds["invert"])
-    wf.note(kinds["note"], (740, 500), (340, 250))
+    wf.group("2. One-call inversion (the edit's guide)" if one_call else "2. Exact inversion", 720, -40, 380, 1040,
+             "#a1309b")
+    inv = invert_section(wf, model, src, enc, 740, 40, kinds["invert"], ONE_CALL_INVERT if one_call else None)
+    wf.note(ONE_CALL_NOTE if one_call else kinds["note"], (740, 500), (340, 250))
     wf.group("3. Reconstruction (the check)", 1120, -40, 380, 520, "#8a8")
-    samp = wf.add(kinds["sample"], (1140, 40), {"steps": 50, "guidance": 1.0}, title=kinds["sample_title"],
-                  size=(330, 200))
-    wf.connect(model, "model", samp, "model")
-    wf.connect(src, "conditioning", samp, "conditioning")
-    wf.connect(inv, "noise", samp, "latent")
-    rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
+    if not one_call:
+        samp = wf.add(kinds["sample"], (1140, 40), {"steps": 50, "guidance": 1.0}, title=kinds["sample_title"],
+                      size=(330, 200))
+        wf.connect(model, "model", samp, "model")
+        wf.connect(src, "conditioning", samp, "conditioning")
+        wf.connect(inv, "noise", samp, "latent")
+        rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
     wf.group("4. Edit with reference attention", 1120, 500, 380, 500, "#b58b2a")
     ref = wf.add("VInvReferenceAttention", (1140, 560), reference_widgets, size=(330, 270))
     wf.connect(model, "model", ref, "model")
     wf.connect(inv, "trajectory", ref, "trajectory")
+    if one_call:  # the edit chain with the source prompt: exact through the empty difference mask
+        samp = wf.add("VInvGuidedSample", (1140, 40), guided_widgets, title="Guided Sample (reconstruct)",
+                      size=(330, 190))
+        wf.connect(ref, "model", samp, "model")
+        wf.connect(src, "conditioning", samp, "conditioning")
+        rec = decode(wf, model, samp, "latent", 1140, 300, "Decode reconstruction")
     guided = wf.add("VInvGuidedSample", (1140, 860), guided_widgets, size=(330, 190))
     wf.connect(ref, "model", guided, "model")
     wf.connect(edit, "conditioning", guided, "conditioning")
@@ -392,7 +418,7 @@ EDIT_MASK = {"mask_threshold": 0.9, "mask_source": "difference", "mask_cut": "ot
 
 
 def edit(pack) -> Workflow:
-    wf, ids = edit_graph(pack, guided_widgets=EDIT_MASK)
+    wf, ids = edit_graph(pack, guided_widgets=EDIT_MASK, one_call=True)
     measured_outputs(wf, ids, "edit")
     return wf
 

@@ -130,6 +130,31 @@ def test_guided_sample_fresh_noise_in_the_mask(pack, graph):
     assert window["start"] == "inverted" and torch.equal(late, run(graph["edit"], "inverted", start_at=0.5)[0])
 
 
+def test_one_call_trajectory_reconstructs_through_the_difference_mask(pack, graph):
+    """DDIM Invert with iterations 0 (the one-call trajectory the CogVideoX edit workflow guides from, issue 36):
+    plain sampling from its noise does not give the source back; the node defaults' chain with the source prompt
+    does, exactly: the difference mask is empty, so every step ends on the trajectory's own latent and the last
+    one is the source. With the edit prompt the chain edits."""
+    m = pack.NODE_CLASS_MAPPINGS
+    inv = m["VInvDDIMInvert"]().invert(graph["model"], graph["cond"], graph["latent"], 6, 1.0, False, 0, 1e-5,
+                                       "anderson", 1.0, "fp32")
+    traj, noise = inv["result"]
+    x0 = graph["latent"]["samples"]
+    plain, = m["VInvDDIMSample"]().sample(graph["model"], graph["cond"], noise, 6, 1.0, False, "conditioning")
+    assert float((plain["samples"] - x0).norm() / x0.norm()) > 1e-3
+    spec = m["VInvReferenceAttention"].INPUT_TYPES()["required"]
+    patched, = m["VInvReferenceAttention"]().patch(graph["model"], traj,
+                                                   **{k: v[1]["default"] for k, v in spec.items() if "default" in v[1]})
+    sample = m["VInvGuidedSample"]().sample
+    same = sample(patched, graph["cond"], 5.0, False, "fresh in mask", 0, "conditioning")
+    window = same["ui"]["vinv_guidance"][0]
+    assert window["start"] == "fresh in mask" and window["mask_fraction"] == 0
+    assert float((same["result"][0]["samples"] - x0).norm() / x0.norm()) < 1e-6
+    edited = sample(patched, graph["edit"], 5.0, False, "fresh in mask", 0, "conditioning")
+    assert 0 < edited["ui"]["vinv_guidance"][0]["mask_fraction"] < 1
+    assert float((edited["result"][0]["samples"] - x0).norm() / x0.norm()) > 1e-3
+
+
 def test_loader_lists_bundled_first_then_folders(pack, graph):
     options = pack.NODE_CLASS_MAPPINGS["VInvLoadCogVideoX"].INPUT_TYPES()["required"]["model"][0]
     assert options[0] == "tiny-cogvideox (bundled)"
