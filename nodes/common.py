@@ -18,8 +18,11 @@ TRAJECTORY = "VINV_TRAJECTORY"
 # inputs shared by the exact-inversion nodes of both families
 ITERATIONS = ("INT", {"default": 10, "min": 0, "max": 100,
                       "tooltip": "Fixed-point refinements per step on average (each one model call; 0 is the "
-                                 "naive inverse). With a tolerance the budget is pooled: easy steps stop early "
-                                 "and the stiff clean end gets what they save."})
+                                 "naive inverse: one call per step, no round trip on its own, but as the guide of "
+                                 "an edit with Guided Sample's difference mask it kept more of the source on "
+                                 "CogVideoX, and that chain still gives the source back with the source prompt; "
+                                 "BENCHMARKS section 6). With a tolerance the budget is pooled: easy steps stop "
+                                 "early and the stiff clean end gets what they save."})
 SOLVER = (["anderson", "plain"], {"default": "anderson",
                                   "tooltip": "Anderson acceleration (safeguarded) converges where the model is stiff "
                                              "(near the clean end); plain is textbook."})
