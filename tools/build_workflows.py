@@ -276,7 +276,7 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
                    "once the step's residual is below it. The node plots the residual of every step.")
 # The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
-# "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all seven CogVideoX
+# "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all eight CogVideoX
 # models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
 # so every step ends on the trajectory's own latent). Its reconstruction check is therefore the guided chain itself.
 ONE_CALL_INVERT = {"iterations": 0}
