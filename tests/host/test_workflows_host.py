@@ -57,7 +57,7 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
     guided = next(k for k, v in prompt.items()
                   if v["class_type"] == "VInvGuidedSample" and v["_meta"]["title"] != "Guided Sample (reconstruct)")
     window = entry["outputs"][guided]["vinv_guidance"][0]
-    assert window["steps"] == 50 and window["weight"] == 4.0  # the first 40 % of the steps (issue 36)
+    assert window["steps"] == 50 and window["weight"] == 8.0  # the first 40 % of the steps (issue 36)
     assert window["active"] == list(range(20)) and window["start"] == "fresh in mask"
     assert 0 < window["mask_fraction"] < 0.5
     for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
