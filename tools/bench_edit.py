@@ -98,7 +98,9 @@ def run(args) -> dict:
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5))
     ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
     naive = naive_trajectory(model, src, x0, steps)
-    one_call = functools.cache(lambda: pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=0)))
+    # the one-call trajectory (DDIM Invert with iterations 0), made once if one of its rows runs
+    one_call = ((", one-call trajectory",
+                 functools.cache(lambda: pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=0)))),)
     truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float() \
         if args.true_mask else None
     results = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
@@ -110,6 +112,16 @@ def run(args) -> dict:
 
     def wanted(name):
         return not args.methods or name in args.methods
+
+    def fresh_in_mask_rows(cond, g, trajectories) -> dict:
+        """The --fresh-in-mask rows: each --weights row with each difference mask, started from fresh noise inside
+        the mask, guided by each of `trajectories` ((name suffix, trajectory maker), ...)."""
+        if not args.fresh_in_mask:
+            return {}
+        return {f"{name} + {m} + fresh in mask{suffix}": (
+            lambda traj=traj, o=o, mo=mo: guided(traj(), o, cond, g, "fresh in mask", mask=mo))
+            for suffix, traj in trajectories for name, o in reference_rows(args.weights)
+            for m, mo in difference_masks(args)}
 
     optimised = {}  # (inversion, guidance) -> (trajectory with its embeddings, seconds of optimisation)
 
@@ -134,10 +146,7 @@ def run(args) -> dict:
                   "edit-friendly": lambda: pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
                   "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), src, 1.0),
                   "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh"),
-                  **{f"{name} + {m} + fresh in mask, one-call trajectory": (
-                      lambda o=o, mo=mo: guided(one_call(), o, src, 1.0, "fresh in mask", mask=mo))
-                     for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
-                     if args.fresh_in_mask}}
+                  **fresh_in_mask_rows(src, 1.0, one_call)}
     results["reconstruction"] = reconstruction_rows(
         {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
         lambda z: cogvideox.decode_video(model, z).numpy().reshape(recon.shape))
@@ -193,14 +202,7 @@ def run(args) -> dict:
                          if name not in ("ours w=1", "ours w=2")),
                        ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
-                **{f"{name} + {m} + fresh in mask": (
-                    lambda o=o, mo=mo: guided(exact, o, edit, g, "fresh in mask", mask=mo))
-                   for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
-                   if args.fresh_in_mask},
-                **{f"{name} + {m} + fresh in mask, one-call trajectory": (
-                    lambda o=o, mo=mo: guided(one_call(), o, edit, g, "fresh in mask", mask=mo))
-                   for name, o in reference_rows(args.weights) for m, mo in difference_masks(args)
-                   if args.fresh_in_mask},
+                **fresh_in_mask_rows(edit, g, (("", lambda: exact), *one_call)),
             }
             methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),

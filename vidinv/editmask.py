@@ -219,7 +219,7 @@ class EditMask:
     """What a guided sample is asked to mask, and (after it) the mask it used: the map from `source`
     (one of `SOURCES`) cut per frame by `cut` (one of `CUTS`: the `threshold` quantile in (0, 1], or
     Otsu's level), or `given` (a ComfyUI MASK); `latent` is set by the sampler to the last step's
-    latent mask ``[B, F, 1, h, w]``, `start` to the start it used (`pipeline.STARTS`)."""
+    latent mask ``[B, F, 1, h, w]``."""
 
     def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None, source: str = "attention",
                  cut: str = "quantile"):
@@ -233,7 +233,6 @@ class EditMask:
                                     "Use e.g. 0.9 (the edit may change the top tenth of each frame), the 'otsu' "
                                     "cut, or give a MASK.")
         self.threshold, self.given, self.source, self.cut, self.latent = threshold, given, source, cut, None
-        self.start = None
 
 
 def blend(x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -227,8 +227,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
 
     ``start="fresh in mask"``: fresh noise (from `seed`) inside an edit mask made before sampling (the difference
     map's or a given MASK), the trajectory's noise outside; with the source prompt the difference mask is empty,
-    so the source still comes back exactly. Where it has nothing to act on it is ``"inverted"`` (`start_used`);
-    ``edit_mask.start`` says which start was used.
+    so the source still comes back exactly. Where it has nothing to act on it is ``"inverted"`` (`start_used` says
+    which start a call uses).
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
@@ -267,8 +267,6 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     probe, blend, fixed = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
     if start == STARTS[2]:  # fresh noise inside the mask made before sampling, the inverted noise outside
         noise = editmask.blend(start_noise(traj, STARTS[1], seed, grid.init_noise_sigma), fixed, noise)
-    if edit_mask is not None:
-        edit_mask.start = start
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)

@@ -187,7 +187,7 @@ def test_fresh_noise_in_the_mask_keeps_the_source_and_the_outside(model64, conds
     m = editmask.EditMask(source="difference", cut="otsu")
     same = pipeline.guided_sample(patched, conds[0], Guidance(5.0), start="fresh in mask", edit_mask=m)
     assert rel(same, back) < 1e-6
-    assert m.start == "fresh in mask" and not m.latent.any()
+    assert pipeline.start_used("fresh in mask", traj, 0.0, m) == "fresh in mask" and not m.latent.any()
     m = editmask.EditMask(source="difference", cut="otsu")
     fresh = pipeline.guided_sample(patched, conds[1], Guidance(5.0), start="fresh in mask", edit_mask=m)
     assert 0 < float(m.latent.mean()) < 1
