@@ -122,6 +122,11 @@ GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the
                                  "source prompt still reconstructs exactly. 0 = every step (on a held-out Wan a late "
                                  "start kept less of the source). A trajectory from Edit-Friendly Invert with a "
                                  "start_at starts no earlier than that.")
+MASK_GROW = ("INT", {"default": 0, "min": 0, "max": editmask.MAX_GROW, "tooltip":
+                     "Grow the edit mask (the map's or a given MASK) by this many latent cells in every frame (8 "
+                     "pixels each for CogVideoX and Wan). A mask tight on the object keeps its edge on the source, "
+                     "whose colour can then bleed into the edit (a red object edited to green read yellow): 1 "
+                     "frees the edge, at some loss of layout on most models (BENCHMARKS section 6). 0 = as cut."})
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})
@@ -173,10 +178,11 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
 
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
                first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = MASK_THRESHOLD, mask=None,
-               mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT, start_at: float = START_AT) -> dict:
+               mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT, start_at: float = START_AT,
+               mask_grow: int = 0) -> dict:
     """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
-    `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut`;
-    returned as IMAGE frames."""
+    `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut`,
+    grown by `mask_grow` latent cells; returned as IMAGE frames."""
     spec = model.reference
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -189,7 +195,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     image_latents = fam.first_frame_latents(model, traj, first_frame)
     # a threshold masks by the prompt's change: families without a prompt (SVD) take only a given MASK
     edit_mask = None if mask is None and not (mask_threshold and fam.text_conditioned) else \
-        editmask.EditMask(mask_threshold, mask, mask_source, mask_cut)
+        editmask.EditMask(mask_threshold, mask, mask_source, mask_cut, mask_grow)
     progress = host.Progress(traj.steps, latent_preview(model))
     out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
                                  edit_mask, start_at)
@@ -409,10 +415,11 @@ class GuidedSample(GuidedSampleNode):
                          "the frame that mask_threshold says, whatever the object's size."}),
             "mask": MASK_INPUT,
             "start_at": GUIDED_START_AT,
+            "mask_grow": MASK_GROW,
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
                tuned_eta=1.0, mask_threshold=MASK_THRESHOLD, mask=None, mask_source=MASK_SOURCE, mask_cut=MASK_CUT,
-               start_at=START_AT):
+               start_at=START_AT, mask_grow=0):
         return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
-                          tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at)
+                          tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at, mask_grow)

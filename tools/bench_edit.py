@@ -190,7 +190,8 @@ def run(args) -> dict:
                    for f in args.skip for name, traj in (("ours default", exact), ("edit-friendly + ours", ef))
                    for m, mo in [("", None)] + difference_masks(args)},
                 **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
-                   for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask)
+                   for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask,
+                                             args.mask_grow)
                    for name, traj, o, st in (
                        ("naive", naive, ReferenceOptions(weight=0.0), "inverted"),
                        ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),

@@ -13,7 +13,7 @@ however large):
   predictions under the edited and the source prompt (and, image-to-video, first frame: an edited
   first frame counts as a change, `image_changed`) on the trajectory's own latents, made once
   before sampling (`difference_steps`, `difference_map`);
-or it is given (ComfyUI's MASK, `from_pixels`). Then, after
+or it is given (ComfyUI's MASK, `from_pixels`); either may be grown by whole latent cells (`grow`). Then, after
 sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt (and
 first frame) nothing differs: the mask is empty and the sample is the trajectory's, so
 reconstruction stays exact for every option.
@@ -34,6 +34,7 @@ SOURCES = ("attention", "difference")
 CUTS = ("quantile", "otsu")
 # The difference map's probes: the cleanest 40 % of the sampling steps, at most 5 of them.
 DIFFERENCE_WINDOW, DIFFERENCE_PROBES = (0.6, 1.0), 5
+MAX_GROW = 16  # latent cells (128 pixels for CogVideoX and Wan): the widget's maximum
 
 
 def changed_tokens(tokenize, source: list[str], edit: list[str], length: int) -> torch.Tensor:
@@ -206,6 +207,17 @@ def from_pixels(mask: torch.Tensor, latent_shape, temporal: int) -> torch.Tensor
     return per_frame.clamp(0, 1)[None].expand(b, -1, -1, -1, -1).contiguous()
 
 
+def grow(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """A latent mask ``[B, F, 1, h, w]`` grown by `cells` latent cells in each frame (the max over a
+    ``2 cells + 1`` square; a soft mask keeps its values). An empty mask stays empty, so the source
+    prompt still reconstructs exactly."""
+    if not cells:
+        return mask
+    b, f, _, h, w = mask.shape
+    k = 2 * cells + 1
+    return F.max_pool2d(mask.reshape(b * f, 1, h, w), k, 1, cells).view(b, f, 1, h, w)
+
+
 def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
     """A latent mask ``[B, F, 1, h, w]`` as IMAGE frames ``[B * N, H, W, 3]`` (N = (F - 1) temporal + 1):
     what the user sees of the region an edit may change."""
@@ -218,11 +230,11 @@ def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
 class EditMask:
     """What a guided sample is asked to mask, and (after it) the mask it used: the map from `source`
     (one of `SOURCES`) cut per frame by `cut` (one of `CUTS`: the `threshold` quantile in (0, 1], or
-    Otsu's level), or `given` (a ComfyUI MASK); `latent` is set by the sampler to the last step's
-    latent mask ``[B, F, 1, h, w]``."""
+    Otsu's level), or `given` (a ComfyUI MASK), then grown by `grow` latent cells; `latent` is set by
+    the sampler to the last step's latent mask ``[B, F, 1, h, w]``."""
 
     def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None, source: str = "attention",
-                 cut: str = "quantile"):
+                 cut: str = "quantile", grow: int = 0):
         if source not in SOURCES:
             raise errors.InputError(f"mask source {source!r} is not one of {', '.join(SOURCES)}",
                                     "Pick 'attention' or 'difference'.")
@@ -232,7 +244,14 @@ class EditMask:
             raise errors.InputError(f"mask threshold {threshold!r} is not in (0, 1]",
                                     "Use e.g. 0.9 (the edit may change the top tenth of each frame), the 'otsu' "
                                     "cut, or give a MASK.")
+        if isinstance(grow, bool) or not isinstance(grow, int) or not 0 <= grow <= MAX_GROW:
+            raise errors.InputError(f"mask grow {grow!r} is not a whole number of latent cells from 0 to {MAX_GROW}",
+                                    "Use 0 (the mask as cut) or 1-2 cells (8-16 pixels for CogVideoX and Wan).")
         self.threshold, self.given, self.source, self.cut, self.latent = threshold, given, source, cut, None
+        self.grow = grow
+
+    def grown(self, mask: torch.Tensor) -> torch.Tensor:
+        return grow(mask, self.grow)
 
 
 def blend(x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

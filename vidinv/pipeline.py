@@ -327,13 +327,16 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
         patch = fam.patch_grid(model)
         grid_tokens = tuple(n // p for n, p in zip((noise.shape[1], *noise.shape[-2:]), patch))
 
+    fixed = None if fixed is None else edit_mask.grown(fixed)
+
     def blend(i: int, x: torch.Tensor) -> torch.Tensor:
         mask = fixed
         if probe is not None:
             scores = probe.average()
             if scores is None:  # no probed call yet
                 return x
-            mask = editmask.mask_from_map(scores, grid_tokens, patch, x.shape, edit_mask.threshold, edit_mask.cut)
+            mask = edit_mask.grown(editmask.mask_from_map(scores, grid_tokens, patch, x.shape, edit_mask.threshold,
+                                                          edit_mask.cut))
         edit_mask.latent = mask
         return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
 
@@ -374,7 +377,8 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
     v_tar = guarded(fam.denoiser(model, target, target_guidance, grid, image_latents), hooks)
     mask = None
     if edit_mask is not None:
-        mask = flow_edit_mask(model, fam, source, target, latent, grid, image_latents, edit_mask, seed, hooks)
+        mask = edit_mask.grown(flow_edit_mask(model, fam, source, target, latent, grid, image_latents, edit_mask, seed,
+                                              hooks))
         edit_mask.latent = mask
 
     def after(info):

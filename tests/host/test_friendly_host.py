@@ -1,7 +1,7 @@
 """Edit-friendly inversion and the edit mask in the real host, on the bundled tiny CogVideoX: Edit-
 Friendly Invert -> Edit-Friendly Sample reconstructs the source (also from a start_at that left the
 noisiest steps unsolved), Reference Attention + Guided Sample
-with a mask threshold edits and returns the mask as IMAGE frames; the trajectory's noise on DDIM
+with a mask threshold edits and returns the mask as IMAGE frames (mask_grow widens it); the trajectory's noise on DDIM
 Sample is a readable node error."""
 import pytest
 
@@ -40,6 +40,10 @@ def graph() -> dict:
         "16": node("VInvFriendlySample", model=["1", 0], trajectory=["15", 0], conditioning=["5", 0], guidance=1.0,
                    negative="conditioning"),
         "17": node("SaveLatent", samples=["16", 0], filename_prefix="friendly/rec_late"),
+        # the same edit with the mask grown by a latent cell
+        "18": node("VInvGuidedSample", model=["9", 0], conditioning=["6", 0], guidance=5.0, dynamic_cfg=False,
+                   start="inverted", seed=0, negative="conditioning", tuned_eta=1.0, mask_threshold=0.9, mask_grow=1),
+        "19": node("SaveImage", images=["18", 1], filename_prefix="friendly/mask_grown"),
     }
 
 
@@ -52,7 +56,8 @@ def test_edit_friendly_graph_reconstructs_and_masks_in_the_host(comfy):
     assert float((saved_latent(comfy, entry, "14") - src).norm() / src.norm()) > 1e-3
     assert len(entry["outputs"]["11"]["images"]) == 9  # one mask frame per video frame
     assert entry["outputs"]["7"]["vinv_trajectory"][0]["kind"] == "edit-friendly"
-    assert 0 < entry["outputs"]["10"]["vinv_guidance"][0]["mask_fraction"] <= 1
+    fraction = entry["outputs"]["10"]["vinv_guidance"][0]["mask_fraction"]
+    assert 0 < fraction < entry["outputs"]["18"]["vinv_guidance"][0]["mask_fraction"] <= 1  # mask_grow widens it
     late = entry["outputs"]["15"]["vinv_trajectory"][0]
     assert late["first_step"] == STEPS // 2 and late["calls"] == [1] * (STEPS // 2) + [0] * (STEPS // 2)
     assert float((saved_latent(comfy, entry, "17") - src).norm() / src.norm()) < 1e-4

@@ -63,6 +63,21 @@ def test_otsu_cut_keeps_the_region_that_stands_out_whatever_its_size():
     assert editmask.EditMask(0.0, source="difference", cut="otsu").cut == "otsu"  # no quantile needed
 
 
+def test_grow_widens_each_frame_by_whole_cells_and_keeps_an_empty_mask_empty():
+    m = torch.zeros(2, 3, 1, 8, 8)
+    m[0, 0, 0, 4, 4] = 1.0  # one cell in video 0's first frame
+    m[1, 2, 0, 0, 7] = 0.4  # a soft corner cell in video 1's last frame
+    one = editmask.grow(m, 1)
+    assert one.shape == m.shape and one[0, 0, 0, 3:6, 3:6].eq(1).all() and one[0, 0].sum() == 9
+    assert one[0, 1:].sum() == 0 and one[1, :2].sum() == 0  # no spread across frames or videos
+    assert one[1, 2, 0, :2, 6:].eq(0.4).all() and one[1, 2].count_nonzero() == 4  # clipped at the border, soft kept
+    assert editmask.grow(m, 2)[0, 0].sum() == 25 and editmask.grow(m, 0) is m
+    assert not editmask.grow(torch.zeros(1, 2, 1, 8, 8), editmask.MAX_GROW).any()  # reconstruction stays exact
+    for bad in (-1, editmask.MAX_GROW + 1, 1.5, True, "1"):
+        with pytest.raises(errors.InputError, match="mask grow .* whole number of latent cells"):
+            editmask.EditMask(0.0, source="difference", cut="otsu", grow=bad)
+
+
 def test_difference_map_probes_the_clean_end_and_empties_unchanged_rows():
     assert editmask.difference_steps(50) == [30, 35, 40, 44, 49]
     assert editmask.difference_steps(4) == [2, 3] and editmask.difference_steps(1) == [0]

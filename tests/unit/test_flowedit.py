@@ -282,6 +282,10 @@ def test_difference_mask_on_the_tiny_wan(models):
     assert hooks.calls == 3 * 2 + 2 * probes
     keep = ~em.latent.expand_as(x).bool()
     assert 0 < float(em.latent.mean()) < 1 and torch.equal(out[keep], x[keep])
+    grown = editmask.EditMask(0.0, source="difference", cut="otsu", grow=1)  # mask_grow: the same map, one cell wider
+    out = pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, edit_mask=grown)
+    keep = ~grown.latent.expand_as(x).bool()
+    assert torch.equal(grown.latent, editmask.grow(em.latent, 1)) and torch.equal(out[keep], x[keep])
     hooks = Counting()
     with pytest.raises(errors.InputError, match="attention"):
         pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, hooks=hooks,

@@ -196,6 +196,14 @@ def test_fresh_noise_in_the_mask_keeps_the_source_and_the_outside(model64, conds
     inverted = pipeline.guided_sample(patched, conds[1], Guidance(5.0), edit_mask=editmask.EditMask(
         source="difference", cut="otsu"))
     assert rel(fresh, inverted) > 1e-4
+    grown = editmask.EditMask(source="difference", cut="otsu", grow=1)
+    wider = pipeline.guided_sample(patched, conds[1], Guidance(5.0), start="fresh in mask", edit_mask=grown)
+    assert torch.equal(grown.latent, editmask.grow(m.latent, 1)) and grown.latent.sum() > m.latent.sum()
+    outside = (1 - grown.latent).bool().expand_as(wider)
+    assert torch.allclose(wider[outside], x0[outside], atol=1e-6)
+    m = editmask.EditMask(source="difference", cut="otsu", grow=3)  # grown, the source prompt's mask stays empty
+    assert rel(pipeline.guided_sample(patched, conds[0], Guidance(5.0), start="fresh in mask", edit_mask=m),
+               back) < 1e-6 and not m.latent.any()
 
 
 def test_processors_restored_after_an_error(model64, conds, runs):
