@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..vidinv import errors
+from ..vidinv import editmask, errors
 from ..vidinv.solver import Solver
 
 CATEGORY = "video inversion"
@@ -39,6 +39,14 @@ def solver_settings(iterations: int, tolerance: float, solver: str, damping: flo
 TOLERANCE = ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6, "round": 1e-9,
                        "tooltip": "Stop refining a step once |G(x) - x| / |G(x)| is below this; 0 makes exactly "
                                   "'iterations' refinements on every step."})
+
+
+# the edit mask's growth, shared by Guided Sample and FlowEdit
+MASK_GROW = ("INT", {"default": 0, "min": 0, "max": editmask.MAX_GROW, "tooltip":
+                     "Grow the edit mask (the map's or a given MASK) by this many latent cells in every frame (8 "
+                     "pixels each for CogVideoX and Wan). A mask tight on the object keeps its edge on the source, "
+                     "whose colour can then bleed into the edit (a red object edited to green read yellow): 1 "
+                     "frees the edge, at some loss of layout on most models (BENCHMARKS section 6). 0 = as cut."})
 
 
 def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0, steps: int | None = None) -> dict:

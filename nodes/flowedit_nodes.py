@@ -7,8 +7,7 @@ import torch
 from ..vidinv import editmask, errors, pipeline
 from ..vidinv.family import Guidance
 from . import host
-from .common import CATEGORY, CONDITIONING, MODEL, latent_parts, latent_value
-from .pipeline_nodes import MASK_GROW
+from .common import CATEGORY, CONDITIONING, MASK_GROW, MODEL, latent_parts, latent_value
 from .preview import latent_preview
 
 MAX_STEPS = 1000

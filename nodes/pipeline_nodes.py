@@ -12,7 +12,8 @@ from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
-from .common import CATEGORY, CONDITIONING, MODEL, TRAJECTORY, check_steps, latent_parts, latent_value
+from .common import (CATEGORY, CONDITIONING, MASK_GROW, MODEL, TRAJECTORY, check_steps, latent_parts,
+                     latent_value)
 from .preview import latent_preview
 
 GUIDANCE = ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
@@ -122,11 +123,6 @@ GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the
                                  "source prompt still reconstructs exactly. 0 = every step (on a held-out Wan a late "
                                  "start kept less of the source). A trajectory from Edit-Friendly Invert with a "
                                  "start_at starts no earlier than that.")
-MASK_GROW = ("INT", {"default": 0, "min": 0, "max": editmask.MAX_GROW, "tooltip":
-                     "Grow the edit mask (the map's or a given MASK) by this many latent cells in every frame (8 "
-                     "pixels each for CogVideoX and Wan). A mask tight on the object keeps its edge on the source, "
-                     "whose colour can then bleed into the edit (a red object edited to green read yellow): 1 "
-                     "frees the edge, at some loss of layout on most models (BENCHMARKS section 6). 0 = as cut."})
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})

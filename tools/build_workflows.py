@@ -284,9 +284,9 @@ ONE_CALL_NOTE = ("DDIM Invert with 'iterations' 0: the naive inverse on the mode
                  "step, the edit's guide. Its latents stay closer to the source than the exact inversion's, and on "
                  "CogVideoX they guide an edit better (BENCHMARKS section 6). Its noise alone does not give the source "
                  "back; the chain does: with the source prompt Guided Sample's difference mask is empty, so every "
-                 "step ends on the trajectory's own latent and the last one is the source (section 3). For an exact "
-                 "trajectory (the reconstruct workflow, plain DDIM Sample, saving it for later) set 'iterations' "
-                 "to 10.")
+                 "step ends on the trajectory's own latent and the last one is the source (group 3, the check). For "
+                 "an exact trajectory (the reconstruct workflow, plain DDIM Sample, saving it for later) set "
+                 "'iterations' to 10.")
 
 
 # the node types of each family's edit workflow: loader, text encoder, invert, plain sample, and the notes
@@ -365,8 +365,8 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
             "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection (default the first 40 %); "
             "'weight' a log-bias on the reference (1 = plain concatenation, 0 = off, default 2); 'reference_text' "
             "also injects the source prompt's tokens (off by default: they pull the edit back to the source's "
-            "colour); 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or edit (the "
-            "published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
+            "colour); 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or "
+            "edit (the published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
             "(exact) or fresh noise; 'mask_threshold' > 0 keeps every step on the trajectory outside the "
             "region where the prompt's change acts ('mask_source' difference: where the model's prediction "
             "changes between the two prompts; 'mask_cut' otsu: the part of it that stands out), shown by the "
