@@ -7,7 +7,7 @@ import torch
 from ..vidinv import editmask, errors, pipeline
 from ..vidinv.family import Guidance
 from . import host
-from .common import CATEGORY, CONDITIONING, MASK_GROW, MODEL, latent_parts, latent_value
+from .common import CATEGORY, CONDITIONING, MASK_GROW, MASK_LEVEL, MODEL, latent_parts, latent_value
 from .preview import latent_preview
 
 MAX_STEPS = 1000
@@ -79,10 +79,12 @@ class FlowEdit:
             "mask": ("MASK", {"tooltip": "The region the edit may change (white = 1), instead of the map; one frame "
                                          "for the whole video or one per frame. Overrides mask_threshold."}),
             "mask_grow": MASK_GROW,
+            "mask_level": MASK_LEVEL,
         }}
 
     def edit(self, model, source_conditioning, target_conditioning, latent, steps, n_max, n_min, n_avg,
-             source_guidance, target_guidance, seed, mask_threshold=0.0, mask_cut="otsu", mask=None, mask_grow=0):
+             source_guidance, target_guidance, seed, mask_threshold=0.0, mask_cut="otsu", mask=None, mask_grow=0,
+             mask_level=1.0):
         node = "FlowEdit"
         samples, image_latents, pad = latent_parts(latent, model, node)
         if (latent.get("vinv") or {}).get("trajectory_steps") is not None:
@@ -91,7 +93,7 @@ class FlowEdit:
                                     "inversion), or sample the noise with Flow Sample / Guided Sample.")
         progress = host.Progress(min(n_max, steps), latent_preview(model))
         edit_mask = None if mask is None and not mask_threshold else \
-            editmask.EditMask(mask_threshold, mask, "difference", mask_cut, mask_grow)
+            editmask.EditMask(mask_threshold, mask, "difference", mask_cut, mask_grow, mask_level)
         out = pipeline.flow_edit(model, source_conditioning, target_conditioning, samples, steps, n_max, n_min, n_avg,
                                  Guidance(source_guidance), Guidance(target_guidance), seed, image_latents, progress,
                                  edit_mask)

@@ -12,8 +12,8 @@ from ..vidinv.family import Guidance
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
-from .common import (CATEGORY, CONDITIONING, MASK_GROW, MODEL, TRAJECTORY, check_steps, latent_parts,
-                     latent_value)
+from .common import (CATEGORY, CONDITIONING, MASK_GROW, MASK_LEVEL, MODEL, TRAJECTORY, check_steps,
+                     latent_parts, latent_value)
 from .preview import latent_preview
 
 GUIDANCE = ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
@@ -175,10 +175,10 @@ def run_sample(node: str, model, conditioning, latent: dict, steps: int, guidanc
 def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, negative: str = "conditioning",
                first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = MASK_THRESHOLD, mask=None,
                mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT, start_at: float = START_AT,
-               mask_grow: int = 0) -> dict:
+               mask_grow: int = 0, mask_level: float = 1.0) -> dict:
     """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
-    `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut`,
-    grown by `mask_grow` latent cells; returned as IMAGE frames."""
+    `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut` at its
+    level times `mask_level`, grown by `mask_grow` latent cells; returned as IMAGE frames."""
     spec = model.reference
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -191,7 +191,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     image_latents = fam.first_frame_latents(model, traj, first_frame)
     # a threshold masks by the prompt's change: families without a prompt (SVD) take only a given MASK
     edit_mask = None if mask is None and not (mask_threshold and fam.text_conditioned) else \
-        editmask.EditMask(mask_threshold, mask, mask_source, mask_cut, mask_grow)
+        editmask.EditMask(mask_threshold, mask, mask_source, mask_cut, mask_grow, mask_level)
     progress = host.Progress(traj.steps, latent_preview(model))
     out = pipeline.guided_sample(model, conditioning, guidance, start, seed, neg, image_latents, progress, pos,
                                  edit_mask, start_at)
@@ -412,10 +412,11 @@ class GuidedSample(GuidedSampleNode):
             "mask": MASK_INPUT,
             "start_at": GUIDED_START_AT,
             "mask_grow": MASK_GROW,
+            "mask_level": MASK_LEVEL,
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
                tuned_eta=1.0, mask_threshold=MASK_THRESHOLD, mask=None, mask_source=MASK_SOURCE, mask_cut=MASK_CUT,
-               start_at=START_AT, mask_grow=0):
+               start_at=START_AT, mask_grow=0, mask_level=1.0):
         return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
-                          tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at, mask_grow)
+                          tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at, mask_grow, mask_level)

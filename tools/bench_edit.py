@@ -191,7 +191,7 @@ def run(args) -> dict:
                    for m, mo in [("", None)] + difference_masks(args)},
                 **{f"{name} + {m}": (lambda traj=traj, o=o, st=st, mo=mo: guided(traj, o, edit, g, st, mask=mo))
                    for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask,
-                                             args.mask_grow)
+                                             args.mask_grow, args.mask_level)
                    for name, traj, o, st in (
                        ("naive", naive, ReferenceOptions(weight=0.0), "inverted"),
                        ("published", naive, ReferenceOptions(reference_text="edit"), "fresh"),

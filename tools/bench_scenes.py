@@ -86,7 +86,8 @@ def run(args) -> dict:
                       "edit-friendly + ours": (friendly, ours, "inverted"),
                       **{f"ours w={w:g}": (exact, ReferenceOptions(weight=w), "inverted") for w in args.weights}}
 
-    masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask, args.mask_grow)
+    masks = mask_options(args.mask_threshold, args.mask_source, args.mask_cut, args.true_mask, args.mask_grow,
+                         args.mask_level)
     truth = torch.from_numpy(np.concatenate([scenes.true_masks(s)[0] for s in specs])).float() \
         if args.true_mask else None
 

@@ -267,7 +267,8 @@ def run(args) -> dict:
            for n_max, n_min, g_src, g_tar in flowedit_specs(args.flowedit)[:1]
            for m, mo in difference_masks(args)},
         **{f"{name} + {m}": (lambda traj=traj, o=o, mo=mo: guided(traj, o, edit, g, mask=mo))
-           for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, grows=args.mask_grow)
+           for m, mo in mask_options(args.mask_threshold, args.mask_source, args.mask_cut,
+                                     grows=args.mask_grow, levels=args.mask_level)
            for name, traj, o in (("exact", exact, ReferenceOptions(weight=0.0)),
                                  ("ours default", exact, ReferenceOptions()),
                                  *((name, exact, o) for name, o in reference_rows(args.weights)),

@@ -241,13 +241,14 @@ MASK_LABELS = {"attention": "mask", "difference": "diff mask"}
 TRUE_MASK = ("true mask", ("true", 0.0, "given"))  # the renderer's mask of the edited object, given as a MASK
 
 
-def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False,
-                 grows=(0,)) -> list[tuple[str, tuple[str, float, str, int]]]:
-    """The "+ mask" rows of an edit benchmark: (label, (source, threshold, cut, grow)) for each mask source
+def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False, grows=(0,),
+                 levels=(1.0,)) -> list[tuple[str, tuple[str, float, str, int, float]]]:
+    """The "+ mask" rows of an edit benchmark: (label, (source, threshold, cut, grow, level)) for each mask source
     (`vidinv.editmask.SOURCES`; attention rows are "mask t", difference rows "diff mask t") and cut
     (`vidinv.editmask.CUTS`; the Otsu rows, one per source, "mask otsu" / "diff mask otsu"); with
     `true`, also "true mask" (`TRUE_MASK`: a mask exactly right); each once per latent-cell growth in
-    `grows` (Guided Sample's mask_grow; above 0 the label ends "grow N")."""
+    `grows` (Guided Sample's mask_grow; above 0 the label ends "grow N") and each map's once per cut-level
+    scale in `levels` (Guided Sample's mask_level; other than 1 the label ends "level L")."""
     out = []
     for s in sources:
         if "quantile" in cuts:
@@ -255,25 +256,27 @@ def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False,
         if "otsu" in cuts:
             out.append((f"{MASK_LABELS[s]} otsu", (s, 0.0, "otsu")))
     out += [TRUE_MASK] * bool(true)
-    return [(label + (f" grow {g}" if g else ""), (*mask, g)) for g in grows for label, mask in out]
+    return [(label + (f" grow {g}" if g else "") + (f" level {v:g}" if v != 1 else ""), (*mask, g, v))
+            for g in grows for v in levels for label, mask in out if v == 1 or mask[0] != "true"]
 
 
-def difference_masks(args) -> list[tuple[str, tuple[str, float, str, int]]]:
+def difference_masks(args) -> list[tuple[str, tuple[str, float, str, int, float]]]:
     """The `mask_options` entries of the prediction-difference mask only (the rows that also exist with a
     FlowEdit or a late start)."""
-    return [m for m in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, grows=args.mask_grow)
+    return [m for m in mask_options(args.mask_threshold, args.mask_source, args.mask_cut, grows=args.mask_grow,
+                                    levels=args.mask_level)
             if m[1][0] == "difference"]
 
 
-def edit_mask(mask: tuple[str, float, str, int] | None, truth: torch.Tensor | None = None):
+def edit_mask(mask: tuple[str, float, str, int, float] | None, truth: torch.Tensor | None = None):
     """A fresh `EditMask` for one sample, from a `mask_options` entry (None: no mask); the true
     mask's entry gives `truth` (pixel masks ``[B x frames, H, W]``, one video after another)."""
     if mask is None:
         return None
-    grow = mask[3] if len(mask) > 3 else 0
+    grow, level = mask[3] if len(mask) > 3 else 0, mask[4] if len(mask) > 4 else 1.0
     if mask[0] == "true":
         return editmask.EditMask(given=truth, grow=grow)
-    return editmask.EditMask(mask[1], source=mask[0], cut=mask[2], grow=grow)
+    return editmask.EditMask(mask[1], source=mask[0], cut=mask[2], grow=grow, level=level)
 
 
 def reference_rows(specs) -> list[tuple]:
@@ -306,6 +309,9 @@ def add_mask_arguments(p, true_mask: bool = False) -> None:
     p.add_argument("--mask-grow", type=int, nargs="+", default=[0], metavar="CELLS",
                    help="each mask row once per growth in latent cells (Guided Sample's mask_grow; above 0 the "
                         "row ends 'grow N')")
+    p.add_argument("--mask-level", type=float, nargs="+", default=[1.0], metavar="SCALE",
+                   help="each map's mask row once per scale of its cut level (Guided Sample's mask_level; other "
+                        "than 1 the row ends 'level L')")
     if true_mask:
         p.add_argument("--true-mask", action="store_true",
                        help="also '+ true mask' rows: the edited object's true pixels given as the mask (a "

@@ -6,8 +6,9 @@ error against the source frames, as the workflows' host tests score them.
     python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
 
 A setting is weight/guidance/mask[/end[/start]] (mask "on": the prediction difference cut at Otsu's level, the
-edit workflows' EDIT_MASK; end: the fraction of the steps the injection runs, 1 when not given; start: Guided
-Sample's start, "inverted" when not given, "masked" for "fresh in mask")."""
+edit workflows' EDIT_MASK; a number: the same at Otsu's level times it, Guided Sample's mask_level; "off": none;
+end: the fraction of the steps the injection runs, 1 when not given; start: Guided Sample's start, "inverted"
+when not given, "masked" for "fresh in mask")."""
 from __future__ import annotations
 
 import argparse
@@ -45,14 +46,15 @@ def run(args) -> list[dict]:
         end = parts[3] if len(parts) > 3 else "1"
         start = parts[4] if len(parts) > 4 else "inverted"
         patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight), end=float(end)))
+        em = edit_mask(None if mask == "off" else ("difference", 0.0, "otsu", 0, 1.0 if mask == "on" else float(mask)))
         z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
-                                   start=pipeline.STARTS[2] if start == "masked" else start,
-                                   edit_mask=edit_mask(("difference", 0.0, "otsu") if mask == "on" else None))
+                                   start=pipeline.STARTS[2] if start == "masked" else start, edit_mask=em)
         out = module.decode_video(model, z).numpy()
         got = synthetic.describe(out)
         rows.append({"setting": setting, "colour": got["colour"], "direction": got["direction"],
                      "mask_iou": float(synthetic.mask_iou(out, frames)),
-                     "centroid_err_px": float(synthetic.centroid_error(out, frames))})
+                     "centroid_err_px": float(synthetic.centroid_error(out, frames)),
+                     "mask_fraction": None if em is None else float(em.latent.mean())})
         print(rows[-1], flush=True)
     return rows
 

@@ -13,7 +13,8 @@ however large):
   predictions under the edited and the source prompt (and, image-to-video, first frame: an edited
   first frame counts as a change, `image_changed`) on the trajectory's own latents, made once
   before sampling (`difference_steps`, `difference_map`);
-or it is given (ComfyUI's MASK, `from_pixels`); either may be grown by whole latent cells (`grow`). Then, after
+or it is given (ComfyUI's MASK, `from_pixels`). A map's cut level may be scaled (`EditMask`'s `level`:
+below 1 the region's weaker edge is kept too); either may be grown by whole latent cells (`grow`). Then, after
 sampling step i, ``x_{i+1} = m x_{i+1} + (1 - m) x^traj_{i+1}`` (`blend`). With the source prompt (and
 first frame) nothing differs: the mask is empty and the sample is the trajectory's, so
 reconstruction stays exact for every option.
@@ -35,6 +36,7 @@ CUTS = ("quantile", "otsu")
 # The difference map's probes: the cleanest 40 % of the sampling steps, at most 5 of them.
 DIFFERENCE_WINDOW, DIFFERENCE_PROBES = (0.6, 1.0), 5
 MAX_GROW = 16  # latent cells (128 pixels for CogVideoX and Wan): the widget's maximum
+MAX_LEVEL = 4.0  # the cut level's largest scale (the widget's maximum; 4 x the level keeps only a map's peaks)
 
 
 def changed_tokens(tokenize, source: list[str], edit: list[str], length: int) -> torch.Tensor:
@@ -126,13 +128,14 @@ def otsu_levels(values: torch.Tensor) -> torch.Tensor:
 
 
 def mask_from_map(scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int],
-                  latent_shape, threshold: float, cut: str = "quantile") -> torch.Tensor:
+                  latent_shape, threshold: float, cut: str = "quantile", scale: float = 1.0) -> torch.Tensor:
     """Token scores ``[B, F' h' w']`` on the transformer's patch grid `grid` (F', h', w') -> a
     binary latent mask ``[B, F, 1, h, w]``: each patch spread over its latent cells, smoothed (3 x 3
     mean), and kept where it reaches its frame's level: the `threshold` quantile (cut "quantile";
     0.9: the top tenth of the frame, as LEDITS++'s edit_threshold), or Otsu's level (cut "otsu":
-    the share adapts to the region that stands out; `threshold` unused). A frame with no score at
-    all (no token changed) is empty."""
+    the share adapts to the region that stands out; `threshold` unused), that level times `scale` (below 1
+    a looser cut: the weaker edge of the region is kept too). A frame with no score at all (no token
+    changed) is empty."""
     b, f, _, h, w = latent_shape
     pf, ph, pw = patch
     m = scores.view(b, *grid).repeat_interleave(pf, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)
@@ -143,7 +146,7 @@ def mask_from_map(scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple
     else:
         level = torch.quantile(m.flatten(2), threshold, dim=-1)[..., None, None]
     peak = m.amax((2, 3), keepdim=True)
-    return ((m >= level) & (peak > 0)).float().unsqueeze(2)
+    return ((m >= level * scale) & (peak > 0)).float().unsqueeze(2)
 
 
 def difference_steps(steps: int, window: tuple[float, float] = DIFFERENCE_WINDOW) -> list[int]:
@@ -230,11 +233,11 @@ def to_pixels(mask: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
 class EditMask:
     """What a guided sample is asked to mask, and (after it) the mask it used: the map from `source`
     (one of `SOURCES`) cut per frame by `cut` (one of `CUTS`: the `threshold` quantile in (0, 1], or
-    Otsu's level), or `given` (a ComfyUI MASK), then grown by `grow` latent cells; `latent` is set by
-    the sampler to the last step's latent mask ``[B, F, 1, h, w]``."""
+    Otsu's level) times `level`, or `given` (a ComfyUI MASK), then grown by `grow` latent cells; `latent` is
+    set by the sampler to the last step's latent mask ``[B, F, 1, h, w]``."""
 
     def __init__(self, threshold: float = 0.0, given: torch.Tensor | None = None, source: str = "attention",
-                 cut: str = "quantile", grow: int = 0):
+                 cut: str = "quantile", grow: int = 0, level: float = 1.0):
         if source not in SOURCES:
             raise errors.InputError(f"mask source {source!r} is not one of {', '.join(SOURCES)}",
                                     "Pick 'attention' or 'difference'.")
@@ -247,8 +250,17 @@ class EditMask:
         if isinstance(grow, bool) or not isinstance(grow, int) or not 0 <= grow <= MAX_GROW:
             raise errors.InputError(f"mask grow {grow!r} is not a whole number of latent cells from 0 to {MAX_GROW}",
                                     "Use 0 (the mask as cut) or 1-2 cells (8-16 pixels for CogVideoX and Wan).")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level <= MAX_LEVEL:
+            raise errors.InputError(f"mask level {level!r} is not a number in (0, {MAX_LEVEL:g}]",
+                                    "Use 1 (the cut as it is), or e.g. 0.75 for a looser cut that keeps the "
+                                    "region's weaker edge.")
         self.threshold, self.given, self.source, self.cut, self.latent = threshold, given, source, cut, None
-        self.grow = grow
+        self.grow, self.level = grow, float(level)
+
+    def cut_map(self, scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int],
+                latent_shape) -> torch.Tensor:
+        """`mask_from_map` with this mask's threshold, cut and level."""
+        return mask_from_map(scores, grid, patch, latent_shape, self.threshold, self.cut, self.level)
 
     def grown(self, mask: torch.Tensor) -> torch.Tensor:
         return grow(mask, self.grow)

@@ -314,8 +314,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
                 scores = editmask.difference_map(*predict, traj.latent_for_step, grid.steps, rows)
         else:  # neither the prompt nor the first frame changed (a reconstruction): the map is empty
             scores = torch.zeros(noise.shape[0], noise.shape[1], *noise.shape[-2:])
-        fixed = editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), noise.shape,
-                                       edit_mask.threshold, edit_mask.cut)
+        fixed = edit_mask.cut_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), noise.shape)
     else:
         tokens = fam.edit_mask_tokens(model, traj, cond)
         if bool((editmask.image_changed(source_image, image, noise.shape[0]) & (tokens.sum(1) == 0)).any()):
@@ -335,8 +334,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
             scores = probe.average()
             if scores is None:  # no probed call yet
                 return x
-            mask = edit_mask.grown(editmask.mask_from_map(scores, grid_tokens, patch, x.shape, edit_mask.threshold,
-                                                          edit_mask.cut))
+            mask = edit_mask.grown(edit_mask.cut_map(scores, grid_tokens, patch, x.shape))
         edit_mask.latent = mask
         return editmask.blend(x, mask, traj.latent_for_step(i + 1))  # past the last step: the clean latent
 
@@ -405,5 +403,4 @@ def flow_edit_mask(model, fam, source, target, latent: torch.Tensor, grid: solve
     predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, image_latents), hooks) for c in (source, target)]
     with networks_on_device(fam.networks(model), model):
         scores = editmask.difference_map(*predict, noised.__getitem__, grid.steps, rows)
-    return editmask.mask_from_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), latent.shape,
-                                  edit_mask.threshold, edit_mask.cut)
+    return edit_mask.cut_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), latent.shape)

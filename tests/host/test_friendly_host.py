@@ -1,8 +1,8 @@
 """Edit-friendly inversion and the edit mask in the real host, on the bundled tiny CogVideoX: Edit-
 Friendly Invert -> Edit-Friendly Sample reconstructs the source (also from a start_at that left the
-noisiest steps unsolved), Reference Attention + Guided Sample
-with a mask threshold edits and returns the mask as IMAGE frames (mask_grow widens it); the trajectory's noise on DDIM
-Sample is a readable node error."""
+noisiest steps unsolved), Reference Attention + Guided Sample with a mask threshold edits and returns the
+mask as IMAGE frames (mask_grow and a lower mask_level widen it); the trajectory's noise on DDIM Sample is a
+readable node error."""
 import pytest
 
 from tests.host.helpers import node, saved_latent
@@ -44,6 +44,11 @@ def graph() -> dict:
         "18": node("VInvGuidedSample", model=["9", 0], conditioning=["6", 0], guidance=5.0, dynamic_cfg=False,
                    start="inverted", seed=0, negative="conditioning", tuned_eta=1.0, mask_threshold=0.9, mask_grow=1),
         "19": node("SaveImage", images=["18", 1], filename_prefix="friendly/mask_grown"),
+        # and cut at half of Otsu's level
+        "20": node("VInvGuidedSample", model=["9", 0], conditioning=["6", 0], guidance=5.0, dynamic_cfg=False,
+                   start="inverted", seed=0, negative="conditioning", tuned_eta=1.0, mask_threshold=0.9,
+                   mask_level=0.5),
+        "21": node("SaveImage", images=["20", 1], filename_prefix="friendly/mask_looser"),
     }
 
 
@@ -58,6 +63,7 @@ def test_edit_friendly_graph_reconstructs_and_masks_in_the_host(comfy):
     assert entry["outputs"]["7"]["vinv_trajectory"][0]["kind"] == "edit-friendly"
     fraction = entry["outputs"]["10"]["vinv_guidance"][0]["mask_fraction"]
     assert 0 < fraction < entry["outputs"]["18"]["vinv_guidance"][0]["mask_fraction"] <= 1  # mask_grow widens it
+    assert fraction < entry["outputs"]["20"]["vinv_guidance"][0]["mask_fraction"] <= 1  # so does a lower mask_level
     late = entry["outputs"]["15"]["vinv_trajectory"][0]
     assert late["first_step"] == STEPS // 2 and late["calls"] == [1] * (STEPS // 2) + [0] * (STEPS // 2)
     assert float((saved_latent(comfy, entry, "17") - src).norm() / src.norm()) < 1e-4

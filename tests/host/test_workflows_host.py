@@ -178,7 +178,7 @@ def test_svd_edit_workflow(comfy):
 
 def test_wan_edit_workflow(comfy):
     """workflows/wan_edit.json on the bundled tiny Wan: Flow Invert (exact) sampled back reconstructs,
-    and the shared Reference Attention + Guided Sample make the green edit keeping the motion."""
+    and the shared Guided Sample (behind Reference Attention at weight 0) makes the green edit keeping the motion."""
     prompt = api_prompt("wan_edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
@@ -189,11 +189,10 @@ def test_wan_edit_workflow(comfy):
     source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
     got = synthetic.describe(edit)
     assert got["colour"] == "green" and got["direction"] == "right", got
-    # the edit mask (Guided Sample's default since issue 36) keeps less of this one video on this fixture: 0.50 and
-    # 7.8 px (fresh noise in the mask) against 0.63 and 4.0 px without it (tools/sample_video_edit.py); without it
-    # the chain lost to the published recipe on held-out Wans, with it it did not (BENCHMARKS section 6); it injects
-    # at every step (the default window, the first 40 %, keeps 0.36 of this video)
+    # the workflow's chain (session 17's rule over eight Wans, BENCHMARKS section 6): no reference (weight 0), the
+    # difference mask cut at 0.75 x Otsu's level, fresh noise in it; on this one video 0.45 and 8.4 px, the mask
+    # 0.44 of the latent (tools/sample_video_edit.py --settings 0/5/0.75/0.4/masked)
     assert synthetic.mask_iou(edit, source) > 0.4 and synthetic.centroid_error(edit, source) < 10
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
-    assert window["steps"] == 50 and window["active"] == list(range(50)) and 0 < window["mask_fraction"] < 0.5
+    assert window["steps"] == 50 and window["weight"] == 0 and 0.35 < window["mask_fraction"] < 0.55
     assert window["start"] == "fresh in mask"

@@ -63,6 +63,26 @@ def test_otsu_cut_keeps_the_region_that_stands_out_whatever_its_size():
     assert editmask.EditMask(0.0, source="difference", cut="otsu").cut == "otsu"  # no quantile needed
 
 
+def test_a_lower_cut_level_keeps_the_weaker_edge_too():
+    """mask_level: Otsu's level times the scale; below 1 the region's weaker edge joins the mask, 1 is the cut
+    as it was, an empty map stays empty; a bad scale is refused before any work."""
+    scores = torch.zeros(8, 8)
+    scores[2:6, 2:6] = 1.0  # the object
+    scores[1, 2:6] = scores[6, 2:6] = 0.5  # its weaker edge, above and below
+    flat = scores.flatten()[None]
+    cut = {v: editmask.EditMask(0.0, source="difference", cut="otsu", level=v).cut_map(flat, (1, 8, 8), (1, 1, 1),
+                                                                                        (1, 1, 4, 8, 8))
+           for v in (1.0, 0.5, 2.0)}
+    assert torch.equal(cut[1.0], editmask.mask_from_map(flat, (1, 8, 8), (1, 1, 1), (1, 1, 4, 8, 8), 0.0, "otsu"))
+    assert bool((cut[0.5] >= cut[1.0]).all()) and cut[0.5].sum() > cut[1.0].sum()  # a superset, and larger
+    assert bool((cut[2.0] <= cut[1.0]).all()) and cut[2.0].sum() < cut[1.0].sum()
+    empty = editmask.EditMask(0.0, source="difference", cut="otsu", level=0.05)
+    assert not empty.cut_map(torch.zeros(1, 64), (1, 8, 8), (1, 1, 1), (1, 1, 4, 8, 8)).any()  # exact reconstruction
+    for bad in (0.0, -0.5, editmask.MAX_LEVEL + 0.1, float("nan"), float("inf"), True, "0.75"):
+        with pytest.raises(errors.InputError, match="mask level .* is not a number in"):
+            editmask.EditMask(0.0, source="difference", cut="otsu", level=bad)
+
+
 def test_grow_widens_each_frame_by_whole_cells_and_keeps_an_empty_mask_empty():
     m = torch.zeros(2, 3, 1, 8, 8)
     m[0, 0, 0, 4, 4] = 1.0  # one cell in video 0's first frame

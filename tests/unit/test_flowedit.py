@@ -286,6 +286,10 @@ def test_difference_mask_on_the_tiny_wan(models):
     out = pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, edit_mask=grown)
     keep = ~grown.latent.expand_as(x).bool()
     assert torch.equal(grown.latent, editmask.grow(em.latent, 1)) and torch.equal(out[keep], x[keep])
+    looser = editmask.EditMask(0.0, source="difference", cut="otsu", level=0.5)  # mask_level: a lower cut, wider
+    out = pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, edit_mask=looser)
+    keep = ~looser.latent.expand_as(x).bool()
+    assert bool((looser.latent >= em.latent).all()) and torch.equal(out[keep], x[keep])
     hooks = Counting()
     with pytest.raises(errors.InputError, match="attention"):
         pipeline.flow_edit(model, src, tar, x, STEPS, 3, 0, 1, Guidance(2.0), Guidance(4.0), 0, hooks=hooks,
