@@ -274,7 +274,10 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "with the same number); 'guidance' is applied identically when inverting and sampling, so the "
                    "round trip stays exact (1 = off); 'iterations' refine each inverse step x_i = x_next - "
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
-                   "once the step's residual is below it. The node plots the residual of every step.")
+                   "once the step's residual is below it. The node plots the residual of every step. The edit below "
+                   "runs with Reference Attention's weight 0 (no reference pass) and Guided Sample's mask_level 0.75: "
+                   "the chain that held the edited colour on every Wan measured (BENCHMARKS section 6); weight 0.5 "
+                   "keeps more of the layout on most of them.")
 # The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
 # "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all eight CogVideoX
 # models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
@@ -411,9 +414,9 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
         save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
 
 
-# The edit workflows run the node defaults: reference weight 2 in the first 40 % of the steps with Guided
-# Sample's edit mask (the prediction difference cut at Otsu's level) at guidance 5, the chain issue 36's rule
-# picked for CogVideoX and Wan (BENCHMARKS section 6); each edit workflow sets its own (ONE_CALL_REFERENCE, WAN_EDIT_*).
+# Guided Sample's edit mask in the edit workflows (the node defaults written out): the prediction difference cut at
+# Otsu's level, at guidance 5 (BENCHMARKS section 6); each edit workflow sets its reference weight and, for Wan, the
+# cut level (ONE_CALL_REFERENCE, WAN_EDIT_REFERENCE, WAN_EDIT_MASK).
 EDIT_MASK = {"mask_threshold": 0.9, "mask_source": "difference", "mask_cut": "otsu"}
 
 
@@ -536,7 +539,7 @@ def svd_edit(pack) -> Workflow:
     return wf
 
 
-# The Wan edit workflow: reference weight 0 (off: Guided Sample's mask and fresh start alone, 2 rows per step) and
+# The Wan edit workflow: reference weight 0 (off: Guided Sample's mask and fresh start alone, 2.20 rows per step) and
 # the difference mask cut at 0.75 x Otsu's level: session 17's rule over eight Wan models (the only chains that held
 # the colour on all eight, tied on the worst-case IoU, the worst-case path picking weight 0 over 0.5), checked on a
 # ninth trained after it (BENCHMARKS section 6). It replaced injecting at every step (3.20 rows per step, above
