@@ -49,8 +49,8 @@ MASK_GROW = ("INT", {"default": 0, "min": 0, "max": editmask.MAX_GROW, "tooltip"
                      "frees the edge, at some loss of layout on most models (BENCHMARKS section 6). 0 = as cut."})
 MASK_LEVEL = ("FLOAT", {"default": 1.0, "min": 0.05, "max": editmask.MAX_LEVEL, "step": 0.05, "tooltip":
                         "Scale the map's cut level (Otsu's, or the quantile's value) by this: below 1 the mask also "
-                        "takes the weaker edge of the region where the prompt's change acts. 1 = the cut as it is; "
-                        "the Wan edit workflow uses 0.75 (BENCHMARKS section 6). Unused with a connected MASK."})
+                        "takes the weaker edge of the region where the prompt's change acts. 1 = the cut as it is "
+                        "(BENCHMARKS section 6). Unused with a connected MASK."})
 
 
 def latent_value(samples: torch.Tensor, model, image_latents=None, pad: int = 0, steps: int | None = None) -> dict:

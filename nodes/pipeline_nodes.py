@@ -8,7 +8,7 @@ import logging
 import torch
 
 from ..vidinv import attention, editmask, errors, families, friendly, nulltext, pipeline
-from ..vidinv.family import Guidance
+from ..vidinv.family import EditRecipe, Guidance
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
@@ -123,6 +123,10 @@ GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the
                                  "source prompt still reconstructs exactly. 0 = every step (on a held-out Wan a late "
                                  "start kept less of the source). A trajectory from Edit-Friendly Invert with a "
                                  "start_at starts no earlier than that.")
+# Guided Sample's mask_level: 0 (below the range of a level, FlowEdit's widget) = the family's cut level
+AUTO_LEVEL = 0.0
+GUIDED_MASK_LEVEL = ("FLOAT", {**MASK_LEVEL[1], "default": 0.0, "min": 0.0, "tooltip": MASK_LEVEL[1]["tooltip"] +
+                               " 0 = the family's measured pick: 0.75 for Wan text-to-video, 1 otherwise."})
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})
@@ -176,9 +180,10 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
                first_frame=None, tuned_eta: float = 1.0, mask_threshold: float = MASK_THRESHOLD, mask=None,
                mask_source: str = MASK_SOURCE, mask_cut: str = MASK_CUT, start_at: float = START_AT,
                mask_grow: int = 0, mask_level: float = 1.0) -> dict:
-    """The body of every Guided Sample node; the panel shows the injection window. An edit mask from
-    `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut` at its
-    level times `mask_level`, grown by `mask_grow` latent cells; returned as IMAGE frames."""
+    """The body of every Guided Sample node; the panel shows the injection window and the guide. An edit
+    mask from `mask` (a MASK) or, with `mask_threshold` > 0, from the `mask_source` map cut by `mask_cut` at
+    its level times `mask_level` (`AUTO_LEVEL`: the family's, `EditRecipe.mask_level`), grown by `mask_grow`
+    latent cells; returned as IMAGE frames."""
     spec = model.reference
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
@@ -189,6 +194,8 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     neg = nulltext.negative_for(negative, traj)
     pos = nulltext.positive_for(traj, conditioning, tuned_eta)
     image_latents = fam.first_frame_latents(model, traj, first_frame)
+    if mask_level == AUTO_LEVEL:
+        mask_level = fam.edit_recipe(model).mask_level
     # a threshold masks by the prompt's change: families without a prompt (SVD) take only a given MASK
     edit_mask = None if mask is None and not (mask_threshold and fam.text_conditioned) else \
         editmask.EditMask(mask_threshold, mask, mask_source, mask_cut, mask_grow, mask_level)
@@ -198,8 +205,11 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     first = pipeline.first_guided_step(traj, start_at)
     window = {"steps": traj.steps, "active": [i for i in opts.active_steps(traj.steps) if i >= first],
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
+    followed = pipeline.guide_for(spec, edit_mask)  # a one-call trajectory: made by Reference Attention, or given
+    window["guide"] = "one-call" if followed.kind == "exact" and followed.iterations == 0 else "trajectory"
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
+        window["mask_level"] = edit_mask.level
     window["start"] = pipeline.start_used(start, traj, start_at, edit_mask)
     latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None or \
         edit_mask.latent is None else edit_mask.latent
@@ -300,17 +310,27 @@ class FriendlySample(SampleNode):
         return (latent_value(out, model, image_latents, pad),)
 
 
-# Reference Attention's defaults for the pack's families: weight 2, injecting in the first 40 % of the steps, with
-# Guided Sample's edit mask the chain issue 36's rule picked on eight CogVideoX and Wan models and checked on four
-# trained after the pick (BENCHMARKS section 6: 2.60 model rows per step, under FlowEdit's 2.64). The library's
-# (and the native node's, whose sampling has no mask) stay weight 4 at every step, section 2's pick.
-REFERENCE_WEIGHT, REFERENCE_END = 2.0, 0.4
+# Reference Attention's and Guided Sample's defaults are the family's measured chain (`EditRecipe`, BENCHMARKS
+# section 6): the weight widget's AUTO (any value below 0) and the guide's "auto" resolve to it, injecting in the
+# first 40 % of the steps, and Guided Sample's mask_level AUTO_LEVEL to its cut level. The library's
+# ReferenceOptions (and the native node's, whose sampling has no mask) stay weight 4 at every step, section 2's pick.
+AUTO = -1.0
+REFERENCE_END = EditRecipe().end
+
+
+WEIGHT_TOOLTIP = ("Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more = stronger pull to the "
+                  "source.")
+AUTO_WEIGHT_TOOLTIP = (WEIGHT_TOOLTIP + " -1 (any value below 0) = the family's measured pick: CogVideoX "
+                       "text-to-video 8 (with the one-call guide), Wan text-to-video 0 (no reference pass: Guided "
+                       "Sample's mask and fresh start alone), 2 otherwise (BENCHMARKS section 6).")
 
 
 def reference_window(weight: float = attention.ReferenceOptions().weight,
                      end: float = attention.ReferenceOptions().end) -> dict:
-    """The Reference Attention inputs every patching node shares: blocks, step window and weight."""
+    """The Reference Attention inputs every patching node shares: blocks, step window and weight (`AUTO`: the
+    widget starts at -1, the family's pick)."""
     d = attention.ReferenceOptions()
+    auto = weight == AUTO
     return {
         "blocks": ("STRING", {"default": d.blocks,
                               "tooltip": "Transformer blocks to inject: 'all', '0-7', '0,2,4', '10-'."}),
@@ -318,9 +338,8 @@ def reference_window(weight: float = attention.ReferenceOptions().weight,
                             "tooltip": "Injection starts at this fraction of the steps (0 = first step)."}),
         "end": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "Injection stops at this fraction of the steps (1 = through the last)."}),
-        "weight": ("FLOAT", {"default": weight, "min": 0.0, "max": 20.0, "step": 0.1,
-                             "tooltip": "Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more "
-                                        "= stronger pull to the source."}),
+        "weight": ("FLOAT", {"default": weight, "min": AUTO if auto else 0.0, "max": 20.0, "step": 0.1,
+                             "tooltip": AUTO_WEIGHT_TOOLTIP if auto else WEIGHT_TOOLTIP}),
     }
 
 
@@ -345,7 +364,7 @@ class ReferenceAttention:
             "model": (MODEL, {"tooltip": "The model that made the trajectory."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From an Invert node (DDIM, Euler (SVD), Flow (Wan)) or Load "
                                                     "Trajectory."}),
-            **reference_window(REFERENCE_WEIGHT, REFERENCE_END),
+            **reference_window(AUTO, REFERENCE_END),
             "reference_text": ("BOOLEAN", {"default": d.text,
                                            "tooltip": "Also attend to the reference's text tokens (the source "
                                                       "prompt). Off keeps the text's share of attention. "
@@ -362,13 +381,23 @@ class ReferenceAttention:
                                      "tooltip": "Stable Video Diffusion only: also inject into the temporal "
                                                 "self-attention paired with each chosen block (blocks count SVD's "
                                                 "spatial transformer blocks). CogVideoX and Wan: leave off."}),
+            "guide": (list(pipeline.GUIDES), {"default": pipeline.GUIDES[0], "tooltip":
+                      "What Guided Sample follows when its mask is the difference map (the reference's latents, the "
+                      "latents kept outside the mask, the start noise): the connected 'trajectory', or the "
+                      "'one-call' inversion of its clean latent, made here (one model call per step, once: DDIM "
+                      "Invert with iterations 0 gives the same), which kept more of the source's layout on "
+                      "CogVideoX. With the source prompt the mask is empty and the source comes back exactly either "
+                      "way. 'auto' = the family's pick: one-call for CogVideoX text-to-video, the trajectory "
+                      "otherwise (and for edit-friendly, null-text or prompt-tuned trajectories)."}),
         }}
 
     def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning,
-              temporal=False):
+              temporal=False, guide=pipeline.GUIDES[0]):
+        if weight < 0:  # AUTO
+            weight = families.of(model).edit_recipe(model).weight
         opts = attention.ReferenceOptions(blocks, start, end, weight, reference_text, rows, reference_conditioning,
                                           temporal)
-        return (pipeline.with_reference(model, trajectory, opts),)
+        return (pipeline.with_reference(model, trajectory, opts, guide, host.Progress(trajectory.steps)),)
 
 
 class GuidedSample(GuidedSampleNode):
@@ -412,11 +441,11 @@ class GuidedSample(GuidedSampleNode):
             "mask": MASK_INPUT,
             "start_at": GUIDED_START_AT,
             "mask_grow": MASK_GROW,
-            "mask_level": MASK_LEVEL,
+            "mask_level": GUIDED_MASK_LEVEL,
         }}
 
     def sample(self, model, conditioning, guidance, dynamic_cfg, start, seed, negative, first_frame=None,
                tuned_eta=1.0, mask_threshold=MASK_THRESHOLD, mask=None, mask_source=MASK_SOURCE, mask_cut=MASK_CUT,
-               start_at=START_AT, mask_grow=0, mask_level=1.0):
+               start_at=START_AT, mask_grow=0, mask_level=0.0):
         return run_guided(model, conditioning, Guidance(guidance, dynamic_cfg), start, seed, negative, first_frame,
                           tuned_eta, mask_threshold, mask, mask_source, mask_cut, start_at, mask_grow, mask_level)

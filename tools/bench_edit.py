@@ -16,6 +16,10 @@ foreground-mask IoU, centroid path error (px). Methods:
   exact from f     the exact trajectory's latent at fraction f of the steps, plain sampling of the
                    edit over the rest (SDEdit without fresh noise: how late the edit still redraws)
   ours ...         exact inversion + reference attention (defaults and a sweep)
+  node defaults    Reference Attention + Guided Sample at their node defaults on this model (the family's
+                   measured chain, `EditRecipe`: CogVideoX text-to-video weight 8 in the first 40 % of the
+                   steps, guided by the one-call inversion of the exact trajectory's clean latent, the
+                   difference mask, fresh noise inside it)
   ..., one-call trajectory
                    the same chain guided by the one-call trajectory (DDIM Invert with iterations 0, the
                    naive inverse on the model's own schedule) instead of the exact one (--fresh-in-mask rows)
@@ -53,9 +57,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (add_mask_arguments, add_reference_arguments, difference_masks, edit_markdown,  # noqa: E402
-                            edit_mask, edit_rows, edited_spec, encode_heldout, machine, mask_options, naive_trajectory,
-                            reconstruction_rows, reference_rows, report, score_frames, sdedit, time_samplers)
+from tools.benchkit import (NODE_DEFAULTS, add_mask_arguments, add_reference_arguments, difference_masks,  # noqa: E402
+                            edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout, machine, mask_options,
+                            naive_trajectory, node_defaults, reconstruction_rows, reference_rows, report, score_frames,
+                            sdedit, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
@@ -146,6 +151,7 @@ def run(args) -> dict:
                   "edit-friendly": lambda: pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
                   "edit-friendly + ours": lambda: guided(ef, ReferenceOptions(), src, 1.0),
                   "published": lambda: guided(naive, ReferenceOptions(reference_text="edit"), src, 1.0, "fresh"),
+                  NODE_DEFAULTS: lambda: node_defaults(model, exact, src, 1.0),
                   **fresh_in_mask_rows(src, 1.0, one_call)}
     results["reconstruction"] = reconstruction_rows(
         {name: fn() for name, fn in recon_rows.items() if wanted(name)}, x0, recon,
@@ -204,6 +210,7 @@ def run(args) -> dict:
                        ("edit-friendly", ef, ReferenceOptions(weight=0.0), "inverted"),
                        ("edit-friendly + ours", ef, ReferenceOptions(), "inverted"))},
                 **fresh_in_mask_rows(edit, g, (("", lambda: exact), *one_call)),
+                NODE_DEFAULTS: lambda: node_defaults(model, exact, edit, g),
             }
             methods = {name: fn for name, fn in methods.items() if wanted(name)}
             rows = edit_rows(methods, lambda z: score(model, z, specs, targets, kind, recon),

@@ -14,7 +14,10 @@ the source's VAE reconstruction as tools/bench_edit.py does:
   sdedit s            the source noised to sigma at fraction s of the steps, plain sampling
   exact               exact inversion, plain sampling of the edit
   exact + NPI         ... with the source prompt as the negative (negative-prompt inversion)
-  ours default        exact inversion + reference attention at the Reference Attention defaults
+  ours default        exact inversion + reference attention at the library's defaults (ReferenceOptions)
+  node defaults       Reference Attention + Guided Sample at their node defaults on this model (the
+                      family's measured chain, `EditRecipe`; Wan text-to-video: no reference pass, the
+                      difference mask cut at 0.75 x Otsu's level, fresh noise inside it)
   ours + NPI          both
   edit-friendly       edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
                       maps (the flow posterior, `vidinv.friendly`); "from 0.2": from a fifth of the
@@ -55,10 +58,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (CountingHooks, add_mask_arguments, add_reference_arguments, difference_masks,  # noqa: E402
-                            edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout, inversion_markdown,
-                            machine, mask_options, reconstruction_rows, reference_rows, rel_err, report, score_frames,
-                            time_samplers)
+from tools.benchkit import (NODE_DEFAULTS, CountingHooks, add_mask_arguments, add_reference_arguments,  # noqa: E402
+                            difference_masks, edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout,
+                            inversion_markdown, machine, mask_options, node_defaults, reconstruction_rows,
+                            reference_rows, rel_err, report, score_frames, time_samplers)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
@@ -244,6 +247,7 @@ def run(args) -> dict:
         "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g)),
         "exact + NPI": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), negative=npi),
         "ours default": lambda: guided(exact, ReferenceOptions(), edit, g),
+        NODE_DEFAULTS: lambda: node_defaults(model, exact, edit, g),
         "ours + NPI": lambda: guided(exact, ReferenceOptions(), edit, g, negative=npi),
         **{name: (lambda o=o: guided(exact, o, edit, g)) for name, o in reference_rows(args.weights)},
         "edit-friendly": lambda: pipeline.sample(model, edit, ef.noise, steps, Guidance(g), noise_maps=ef.noise_maps),

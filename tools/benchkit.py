@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidinv import editmask, families, synthetic
+from vidinv import editmask, families, pipeline, synthetic
 from vidinv.attention import ReferenceOptions
+from vidinv.family import Guidance
 from vidinv.hooks import Hooks
 
 
@@ -226,8 +227,7 @@ def naive_trajectory(model, cond, x0, steps):
 def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     """SDEdit: x0 noised with fresh noise to the level at fraction 1 - `strength` of the steps, then
     plain sampling of `cond` over the rest."""
-    from vidinv import ddim, pipeline
-    from vidinv.family import Guidance
+    from vidinv import ddim
     schedule = ddim.schedule_from_config(model.scheduler_config)
     grid = ddim.grid(schedule, steps)
     start = min(steps - 1, int(round(steps * (1 - strength))))
@@ -258,6 +258,19 @@ def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False, gr
     out += [TRUE_MASK] * bool(true)
     return [(label + (f" grow {g}" if g else "") + (f" level {v:g}" if v != 1 else ""), (*mask, g, v))
             for g in grows for v in levels for label, mask in out if v == 1 or mask[0] != "true"]
+
+
+NODE_DEFAULTS = "node defaults"  # the row of the chain Reference Attention and Guided Sample run at their defaults
+
+
+def node_defaults(model, traj, cond, guidance: float):
+    """The edit of `traj` to `cond` by Reference Attention + Guided Sample at their node defaults, resolved as the
+    nodes resolve them: the family's `EditRecipe` (its weight in the first `end` of the steps, its guide, the
+    difference mask cut at Otsu's level times its `mask_level`), fresh noise inside the mask, seed 0."""
+    recipe = families.of(model).edit_recipe(model)
+    patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), "auto")
+    return pipeline.guided_sample(patched, cond, Guidance(guidance), "fresh in mask", edit_mask=editmask.EditMask(
+        0.9, source="difference", cut="otsu", level=recipe.mask_level))
 
 
 def difference_masks(args) -> list[tuple[str, tuple[str, float, str, int, float]]]:

@@ -275,9 +275,10 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "round trip stays exact (1 = off); 'iterations' refine each inverse step x_i = x_next - "
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
                    "once the step's residual is below it. The node plots the residual of every step. The edit below "
-                   "runs with Reference Attention's weight 0 (no reference pass) and Guided Sample's mask_level 0.75: "
-                   "the chain that held the edited colour on every Wan measured (BENCHMARKS section 6); weight 0.5 "
-                   "keeps more of the layout on most of them.")
+                   "runs the node defaults, Wan's measured chain: Reference Attention's weight -1 is 0 here (no "
+                   "reference pass) and Guided Sample's mask_level 0 is 0.75 x Otsu's level, the chain that held the "
+                   "edited colour on every Wan measured (BENCHMARKS section 6); weight 0.5 keeps more of the layout "
+                   "on most of them.")
 # The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
 # "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all eight CogVideoX
 # models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
@@ -289,7 +290,8 @@ ONE_CALL_NOTE = ("DDIM Invert with 'iterations' 0: the naive inverse on the mode
                  "back; the chain does: with the source prompt Guided Sample's difference mask is empty, so every "
                  "step ends on the trajectory's own latent and the last one is the source (group 3, the check). For "
                  "an exact trajectory (the reconstruct workflow, plain DDIM Sample, saving it for later) set "
-                 "'iterations' to 10.")
+                 "'iterations' to 10: Reference Attention's guide 'auto' then makes this one-call inversion "
+                 "itself (the same edit, one more call per step).")
 
 
 # the node types of each family's edit workflow: loader, text encoder, invert, plain sample, and the notes
@@ -366,14 +368,18 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     wf.note("Reference Attention: every attention layer of the sample also attends to the keys and values the "
             "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
             "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection (default the first 40 %); "
-            "'weight' a log-bias on the reference (1 = plain concatenation, 0 = off, default 2); 'reference_text' "
+            "'weight' a log-bias on the reference (1 = plain concatenation, 0 = off; the default -1 takes the "
+            "family's measured pick: 8 on CogVideoX text-to-video, 0 on Wan text-to-video, 2 otherwise); "
+            "'guide' what the edit follows inside the difference mask's chain (auto: the one-call inversion on "
+            "CogVideoX text-to-video, the trajectory otherwise); 'reference_text' "
             "also injects the source prompt's tokens (off by default: they pull the edit back to the source's "
             "colour); 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or "
             "edit (the published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
             "(exact) or fresh noise; 'mask_threshold' > 0 keeps every step on the trajectory outside the "
             "region where the prompt's change acts ('mask_source' difference: where the model's prediction "
-            "changes between the two prompts; 'mask_cut' otsu: the part of it that stands out), shown by the "
-            "edit mask output.", (1520, 560), (360, 380))
+            "changes between the two prompts; 'mask_cut' otsu: the part of it that stands out; 'mask_level' scales "
+            "the cut, 0 = the family's: 0.75 on Wan text-to-video, 1 otherwise), shown by the edit mask output.",
+            (1520, 560), (360, 380))
     side_by_side(wf, enc, rec, ed, parts, "edit")
     ids = {"model": model, "parts": parts, "enc": enc, "inv": inv, "rec": rec, "ed": ed, "samp": samp,
            "src": src, "edit": edit, "guided": guided, "ref": ref}
@@ -414,20 +420,15 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
         save_section(wf, node, out, ids["parts"], 2300 + 340 * i, 40, f"vinv/{prefix}_{name}", f"Save {name}")
 
 
-# Guided Sample's edit mask in the edit workflows (the node defaults written out): the prediction difference cut at
-# Otsu's level, at guidance 5 (BENCHMARKS section 6); each edit workflow sets its reference weight and, for Wan, the
-# cut level (ONE_CALL_REFERENCE, WAN_EDIT_REFERENCE, WAN_EDIT_MASK).
-EDIT_MASK = {"mask_threshold": 0.9, "mask_source": "difference", "mask_cut": "otsu"}
-
-
-# With the one-call trajectory the CogVideoX edit workflow's reference weight is 8 (the node's default is 2, the
-# pick for both families from the exact trajectory): weights 4 and 8 tie on the worst-case mask IoU over eight
-# CogVideoX models and 8 keeps the better worst-case path; it held on a ninth trained after (BENCHMARKS section 6).
-ONE_CALL_REFERENCE = {"weight": 8.0}
+# The edit workflows run Reference Attention and Guided Sample at their node defaults: the family's measured chain
+# (`EditRecipe`, BENCHMARKS section 6: CogVideoX text-to-video weight 8 from the one-call guide, Wan text-to-video no
+# reference pass and the mask at 0.75 x Otsu's level, image-to-video weight 2), the prediction difference mask cut
+# at Otsu's level, fresh noise inside it, guidance 5. The CogVideoX one inverts with one call per step
+# (ONE_CALL_INVERT): the guide 'auto' would make the same trajectory from an exact one.
 
 
 def edit(pack) -> Workflow:
-    wf, ids = edit_graph(pack, guided_widgets=EDIT_MASK, reference_widgets=ONE_CALL_REFERENCE, one_call=True)
+    wf, ids = edit_graph(pack, one_call=True)
     measured_outputs(wf, ids, "edit")
     return wf
 
@@ -539,20 +540,11 @@ def svd_edit(pack) -> Workflow:
     return wf
 
 
-# The Wan edit workflow: reference weight 0 (off: Guided Sample's mask and fresh start alone, 2.20 rows per step) and
-# the difference mask cut at 0.75 x Otsu's level: session 17's rule over eight Wan models (the only chains that held
-# the colour on all eight, tied on the worst-case IoU, the worst-case path picking weight 0 over 0.5), checked on a
-# ninth trained after it (BENCHMARKS section 6). It replaced injecting at every step (3.20 rows per step, above
-# FlowEdit's 2.64), a choice made on this workflow's own sample video.
-WAN_EDIT_REFERENCE = {"weight": 0.0}
-WAN_EDIT_MASK = {"mask_level": 0.75}
-
-
 def wan_edit(pack) -> Workflow:
     """The edit workflow on the bundled tiny Wan: the same graph with Wan's loader, text encoder,
-    flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes."""
-    wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT, guided_widgets=WAN_EDIT_MASK,
-                         reference_widgets=WAN_EDIT_REFERENCE)
+    flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes, at their defaults
+    (on Wan text-to-video: no reference pass, the mask at 0.75 x Otsu's level; 2.20 rows per step)."""
+    wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT)
     measured_outputs(wf, ids, "wan_edit")
     return wf
 

@@ -5,8 +5,9 @@ error against the source frames, as the workflows' host tests score them.
 
     python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
 
-A setting is weight/guidance/mask[/end[/start]] (mask "on": the prediction difference cut at Otsu's level, the
-edit workflows' EDIT_MASK; a number: the same at Otsu's level times it, Guided Sample's mask_level; "off": none;
+A setting is "defaults" (Reference Attention and Guided Sample at their node defaults, guidance 5: what the edit
+workflows run) or weight/guidance/mask[/end[/start]] (mask "on": the prediction difference cut at Otsu's level,
+Guided Sample's default mask; a number: the same at Otsu's level times it, Guided Sample's mask_level; "off": none;
 end: the fraction of the steps the injection runs, 1 when not given; start: Guided Sample's start, "inverted"
 when not given, "masked" for "fresh in mask")."""
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import edit_mask  # noqa: E402
+from tools.benchkit import edit_mask, node_defaults  # noqa: E402
 from tools.make_sample_video import sample_spec  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
@@ -41,14 +42,19 @@ def run(args) -> list[dict]:
     traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver())
     rows = []
     for setting in args.settings:
-        parts = setting.split("/")
-        weight, guidance, mask = parts[:3]
-        end = parts[3] if len(parts) > 3 else "1"
-        start = parts[4] if len(parts) > 4 else "inverted"
-        patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight), end=float(end)))
-        em = edit_mask(None if mask == "off" else ("difference", 0.0, "otsu", 0, 1.0 if mask == "on" else float(mask)))
-        z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
-                                   start=pipeline.STARTS[2] if start == "masked" else start, edit_mask=em)
+        if setting == "defaults":
+            em = None
+            z = node_defaults(model, traj, edit, 5.0)
+        else:
+            parts = setting.split("/")
+            weight, guidance, mask = parts[:3]
+            end = parts[3] if len(parts) > 3 else "1"
+            start = parts[4] if len(parts) > 4 else "inverted"
+            patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=float(weight), end=float(end)))
+            em = edit_mask(None if mask == "off" else ("difference", 0.0, "otsu", 0,
+                                                       1.0 if mask == "on" else float(mask)))
+            z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
+                                       start=pipeline.STARTS[2] if start == "masked" else start, edit_mask=em)
         out = module.decode_video(model, z).numpy()
         got = synthetic.describe(out)
         rows.append({"setting": setting, "colour": got["colour"], "direction": got["direction"],

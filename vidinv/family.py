@@ -65,6 +65,26 @@ class Guidance:
             check_scale(self.second)
 
 
+GUIDES = ("trajectory", "one-call")  # what a guided sample with the difference mask can be guided by
+
+
+@dataclasses.dataclass(frozen=True)
+class EditRecipe:
+    """A family's measured edit chain: what the nodes' automatic settings resolve to (BENCHMARKS section 6, each
+    picked by a rule written before the models that checked it were read).
+
+    weight: Reference Attention's weight (0 = no reference pass), in the first `end` of the steps.
+    guide: the trajectory a guided sample with the difference mask follows: the inverted one ("trajectory"), or the
+        one-call inversion of its clean latent ("one-call": DDIM Invert with iterations 0, one model call per
+        step; with the source prompt the difference mask is empty and the source comes back exactly either way).
+    mask_level: the difference mask's cut level scale (`vidinv.editmask.EditMask`'s level).
+    """
+    weight: float = 2.0
+    end: float = 0.4
+    guide: str = GUIDES[0]
+    mask_level: float = 1.0
+
+
 def check_scale(guidance: float) -> None:
     """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
     pack's exact inversion and reference rows are defined for guidance >= 1 only."""
@@ -178,6 +198,10 @@ class Family(Protocol):
     def reference_processors(self, model, layers) -> tuple[Callable, ...]:
         """One ``processors(channel) -> {processor name: processor}`` per network of `networks` for those
         layers (`vidinv.attention.installed` swaps them into every network, with one channel)."""
+
+    def edit_recipe(self, model) -> EditRecipe:
+        """The measured edit chain for `model` (`EditRecipe`); a model kind nothing was measured on gets the
+        default one."""
 
     # -- edit masks (`vidinv.editmask`)
     def edit_mask_tokens(self, model, traj, cond) -> torch.Tensor:

@@ -17,7 +17,7 @@ import dataclasses
 
 import torch
 
-from . import attention, budget, editmask, errors, families, flow, flowedit, friendly, solver
+from . import attention, budget, editmask, errors, families, family, flow, flowedit, friendly, solver
 from .attention import ReferenceOptions, ReferenceSpec
 from .family import Guidance
 from .hooks import Hooks, guarded
@@ -162,15 +162,61 @@ def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Gu
     return run(model, fam, denoise, noise, grid, hooks, start, noise_maps)
 
 
-def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None):
+# What a guided sample with the difference mask follows: the family's pick, the inverted trajectory, or the one-call
+# inversion of its clean latent (`vidinv.family.EditRecipe`)
+GUIDES = ("auto", *family.GUIDES)
+
+
+def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None, guide: str = GUIDES[1],
+                   hooks: Hooks | None = None):
     """A copy of `model` carrying the trajectory and reference options for `guided_sample` (the
     model itself is not changed). The options' family-specific parts, the layers and the trajectory
-    are checked against the model here, before any sampling."""
+    are checked against the model here, before any sampling.
+
+    `guide` (`GUIDES`): "one-call" also makes the one-call inversion of the trajectory's clean latent here (DDIM
+    Invert with iterations 0, on the trajectory's conditioning, guidance and grid: one model call per step, with
+    `hooks`), which a guided sample with the difference mask then follows instead of the trajectory (`guide_for`);
+    a trajectory inverted with 0 iterations is one already. "auto": the family's `EditRecipe.guide` where the
+    trajectory is exact and carries no optimised embeddings, else "trajectory"."""
     fam = families.of(model)
     opts = fam.reference_options(options or ReferenceOptions())
     fam.check_reference(model, opts)
     traj.check_model(model)
-    return dataclasses.replace(model, reference=ReferenceSpec(traj, opts))
+    guide = resolve_guide(fam.edit_recipe(model).guide if guide == GUIDES[0] else guide, traj, guide == GUIDES[0])
+    one_call = None
+    if guide == GUIDES[2] and traj.iterations > 0:
+        image_latents, pad = fam.latent_extras(traj)
+        dtype = next(name for name in STORAGE_DTYPES if DTYPES[name] == traj.latents.dtype)
+        one_call = invert(model, fam.source_conditioning(traj), traj.clean, traj.steps, fam.trajectory_guidance(traj),
+                          solver.Solver(iters=0), dtype, image_latents, hooks, pad)
+    return dataclasses.replace(model, reference=ReferenceSpec(traj, opts, one_call))
+
+
+def resolve_guide(guide: str, traj: Trajectory, auto: bool) -> str:
+    """`guide` for `traj`: "one-call" needs an exact trajectory without null-text or prompt-tuned embeddings (its
+    inversion has neither); `auto` falls back to "trajectory" where it has them, a choice is refused."""
+    if guide not in GUIDES:
+        raise errors.InputError(f"guide {guide!r} is not one of {', '.join(GUIDES)}", "Pick one of them.")
+    if guide != GUIDES[2]:
+        return guide
+    why = "is edit-friendly (its noise maps belong to its own latents)" if traj.noise_maps is not None else \
+        "carries optimised text embeddings (null-text or prompt tuning)" if traj.null_embeds is not None or \
+        traj.tuned_embeds is not None else None
+    if why is None:
+        return guide
+    if auto:
+        return GUIDES[1]
+    raise errors.InputError(f"guide 'one-call' inverts the trajectory's clean latent again with one call per step; "
+                            f"this trajectory {why}, which that inversion would drop",
+                            "Set guide to 'trajectory' (or 'auto'), or connect an exact trajectory from an Invert "
+                            "node.")
+
+
+def guide_for(spec: ReferenceSpec, edit_mask: editmask.EditMask | None) -> Trajectory:
+    """The trajectory a guided sample follows: the spec's one-call guide where the edit mask is the difference map
+    (empty with the source prompt, so the source still comes back exactly), else the patched trajectory."""
+    difference = edit_mask is not None and edit_mask.given is None and edit_mask.source == "difference"
+    return spec.guide if spec.guide is not None and difference else spec.trajectory
 
 
 # Guided sampling's starts: the trajectory's noise, fresh noise (the published recipe), or fresh noise inside the edit
@@ -241,7 +287,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 "Connect the output of the Reference Attention node to its model input.")
     hooks = hooks or Hooks()
     fam = families.of(model)
-    traj, opts = spec.trajectory, fam.reference_options(spec.options)
+    traj, opts = guide_for(spec, edit_mask), fam.reference_options(spec.options)
     traj.check_model(model)
     grid = traj.check_grid(model.scheduler_config)
     fam.check_reference(model, opts)

@@ -57,13 +57,34 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
     guided = next(k for k, v in prompt.items()
                   if v["class_type"] == "VInvGuidedSample" and v["_meta"]["title"] != "Guided Sample (reconstruct)")
     window = entry["outputs"][guided]["vinv_guidance"][0]
-    assert window["steps"] == 50 and window["weight"] == 8.0  # the first 40 % of the steps (issue 36)
-    assert window["active"] == list(range(20)) and window["start"] == "fresh in mask"
+    # the node defaults: CogVideoX text-to-video's measured chain, weight 8 in the first 40 % of the steps (issue 36)
+    assert window["steps"] == 50 and window["weight"] == 8.0 and window["guide"] == "one-call"
+    assert window["active"] == list(range(20)) and window["start"] == "fresh in mask" and window["mask_level"] == 1
     assert 0 < window["mask_fraction"] < 0.5
     for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
         nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
         item = entry["outputs"][nid]["images"][0]
         assert (comfy.base / "output" / item["subfolder"] / item["filename"]).stat().st_size > 0
+
+
+def test_edit_workflow_from_an_exact_trajectory_makes_the_same_edit(comfy, edit_run):
+    """With an exact trajectory (DDIM Invert's default 10 iterations) Reference Attention's default guide makes the
+    one-call inversion itself, under ComfyUI's inference mode: the same edit, to the bit, and the same exact
+    reconstruction through the empty difference mask."""
+    prompt, entry = edit_run
+    exact = api_prompt("edit.json", {("VInvDDIMInvert", "iterations"): 10,
+                                     **{(t, "filename_prefix"): f"vinv/edit_exact_{i}" for i, t in enumerate(
+                                         ("Frames: edit", "Latent: source", "Latent: reconstruction"))}})
+    again = comfy.run(exact, timeout=900)
+    assert again["status"]["status_str"] == "success", comfy_host.execution_error(again)
+    assert ui_of(again, exact, "VInvDDIMInvert", "vinv_trajectory")["iterations"] == 10
+    assert np.array_equal(frames_of(comfy, again, exact, "Frames: edit"),
+                          frames_of(comfy, entry, prompt, "Frames: edit"))
+    src = latent_of(comfy, again, exact, "Latent: source")
+    assert float((latent_of(comfy, again, exact, "Latent: reconstruction") - src).norm() / src.norm()) < 1e-6
+    guided = next(k for k, v in exact.items()
+                  if v["class_type"] == "VInvGuidedSample" and v["_meta"]["title"] != "Guided Sample (reconstruct)")
+    assert again["outputs"][guided]["vinv_guidance"][0]["guide"] == "one-call"
 
 
 def test_second_run_is_identical(comfy, edit_run):
@@ -178,7 +199,8 @@ def test_svd_edit_workflow(comfy):
 
 def test_wan_edit_workflow(comfy):
     """workflows/wan_edit.json on the bundled tiny Wan: Flow Invert (exact) sampled back reconstructs,
-    and the shared Guided Sample (behind Reference Attention at weight 0) makes the green edit keeping the motion."""
+    and the shared Guided Sample behind Reference Attention, both at their defaults (Wan's measured chain: weight 0,
+    mask_level 0.75), makes the green edit keeping the motion."""
     prompt = api_prompt("wan_edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
@@ -189,10 +211,10 @@ def test_wan_edit_workflow(comfy):
     source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
     got = synthetic.describe(edit)
     assert got["colour"] == "green" and got["direction"] == "right", got
-    # the workflow's chain (session 17's rule over eight Wans, BENCHMARKS section 6): no reference (weight 0), the
+    # the node defaults on Wan (session 17's rule over eight Wans, BENCHMARKS section 6): no reference (weight 0), the
     # difference mask cut at 0.75 x Otsu's level, fresh noise in it; on this one video 0.45 and 8.4 px, the mask
     # 0.44 of the latent (tools/sample_video_edit.py --settings 0/5/0.75/0.4/masked)
     assert synthetic.mask_iou(edit, source) > 0.4 and synthetic.centroid_error(edit, source) < 10
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
     assert window["steps"] == 50 and window["weight"] == 0 and 0.35 < window["mask_fraction"] < 0.55
-    assert window["start"] == "fresh in mask"
+    assert window["start"] == "fresh in mask" and window["mask_level"] == 0.75 and window["guide"] == "trajectory"

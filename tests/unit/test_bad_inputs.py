@@ -390,7 +390,7 @@ def test_every_numeric_input_of_every_node_refuses_non_finite_values(pack):
     ("VInvSVDInvert", "min_guidance", 0.5, "outside 1.0..30.0"),
     ("VInvDDIMInvert", "steps", 0, "steps 0 is outside 1..1000"),
     ("VInvDDIMInvert", "iterations", 10**9, "outside 0..100"),
-    ("VInvReferenceAttention", "weight", -1.0, "outside 0.0..20.0"),
+    ("VInvReferenceAttention", "weight", -1.5, "outside -1.0..20.0"),
     ("VInvDDIMInvert", "tolerance", -1e-3, "outside 0.0..1.0"),
 ])
 def test_numbers_outside_the_nodes_range_refused(pack, node, name, value, fragment):
@@ -530,6 +530,33 @@ def test_empty_batches_are_refused_by_name(pack, tiny_graph):
     patched, = m["VInvReferenceAttention"]().patch(i2v, traj, "all", 0.0, 1.0, 1.0, False, "all", "source")
     with pytest.raises(ierr, match="first_frame: the image batch is empty"):
         m["VInvGuidedSample"]().sample(patched, cond, 1.0, False, "inverted", 0, "conditioning", first_frame=empty)
+
+
+def test_reference_guide_refused_where_it_cannot_be_made(pack, tiny_graph):
+    """Reference Attention's guide: an unknown one, and 'one-call' on a trajectory whose inversion would drop what
+    it carries (an edit-friendly one's noise maps), are refused before any model call, and the input model stays
+    unpatched; 'auto' takes the trajectory there, and on models nothing was measured on (image-to-video, SVD)."""
+    m, g, ierr = pack.NODE_CLASS_MAPPINGS, tiny_graph, pack.vidinv.errors.InputError
+    patch = m["VInvReferenceAttention"]().patch
+    ef, _ = m["VInvFriendlyInvert"]().invert(g["model"], g["cond"], g["latent"], 2, 1.0, 0, "fp32")["result"]
+    calls = []
+    hook = g["model"].transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ierr, match="guide 'two-call' is not one of auto, trajectory, one-call"):
+            patch(g["model"], g["traj"], "all", 0.0, 0.4, -1.0, False, "all", "source", guide="two-call")
+        with pytest.raises(ierr, match="this trajectory is edit-friendly .* Set guide to 'trajectory'"):
+            patch(g["model"], ef, "all", 0.0, 0.4, -1.0, False, "all", "source", guide="one-call")
+        auto, = patch(g["model"], ef, "all", 0.0, 0.4, -1.0, False, "all", "source")
+        assert calls == [] and auto.reference.guide is None and auto.reference.options.weight == 8.0
+        made, = patch(g["model"], g["traj"], "all", 0.0, 0.4, -1.0, False, "all", "source")
+        assert len(calls) == 2 and made.reference.guide.iterations == 0  # one call per step, once
+    finally:
+        hook.remove()
+    assert g["model"].reference is None
+    recipe = pack.vidinv.families.of(g["i2v"]).edit_recipe(g["i2v"])
+    assert (recipe.guide, recipe.weight) == ("trajectory", 2.0)
+    svd, = patch(g["svd"], g["svd_traj"], "all", 0.0, 0.4, -1.0, False, "all", "source")
+    assert svd.reference.guide is None and svd.reference.options.weight == 2.0
 
 
 def test_reference_attention_blocks_text_refused_on_the_node(pack, tiny_graph):

@@ -150,7 +150,7 @@ class NativeFamily:
     networks = encode_frames = encode_video = decode = grid = check_inputs = check_guidance = denoiser = _refuse
     trajectory_fields = source_conditioning = first_frame_latents = edit_conditioning = _refuse
     reference_options = check_reference = reference_layers = reference_processors = _refuse
-    edit_mask_tokens = patch_grid = reference_call = _refuse
+    edit_mask_tokens = patch_grid = reference_call = edit_recipe = _refuse
 
     def trajectory_guidance(self, traj):
         from ..family import Guidance

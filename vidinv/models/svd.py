@@ -22,7 +22,7 @@ from typing import Callable, ContextManager
 import torch
 
 from .. import edm, errors, video
-from ..family import Guidance
+from ..family import EditRecipe, Guidance
 from ..attention import check_window_weight_rows
 from . import configcheck, loading, svd_attention
 from .loading import dtype_kwarg, on_device, read_json
@@ -687,6 +687,9 @@ class SVDFamily:
                                     "Encode the edited frame with Encode First Frame (SVD), connect it to "
                                     "conditioning, and disconnect first_frame.")
         return None
+
+    def edit_recipe(self, model):
+        return EditRecipe()  # no prompt, so no difference mask: the guide and the cut level do not apply
 
     # -- reference attention
     def reference_options(self, options):
