@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack: thin wrappers that validate, call `vidinv`, and wrap outputs."""
 from . import host
 from .common import guard
-from .native_nodes import NativeInvert, NativeLoadTrajectory, NativeReferenceAttention
+from .native_nodes import NativeFlowEdit, NativeInvert, NativeLoadTrajectory, NativeReferenceAttention
 from .flowedit_nodes import FlowEdit
 from .cogvideox_nodes import (DDIMInvert, DDIMSample, EncodeText, LoadCogVideoX, NullTextInversion,
                               PromptTuningInversion)
@@ -43,6 +43,7 @@ NODES = {
     "VInvNativeInvert": (NativeInvert, "Invert (native, exact)"),
     "VInvNativeReferenceAttention": (NativeReferenceAttention, "Reference Attention (native)"),
     "VInvNativeLoadTrajectory": (NativeLoadTrajectory, "Load Trajectory (native)"),
+    "VInvNativeFlowEdit": (NativeFlowEdit, "FlowEdit (native)"),
 }
 NODE_CLASS_MAPPINGS = {key: guard(cls, name) for key, (cls, name) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

@@ -24,7 +24,8 @@ class FlowEdit:
         "trajectories) or want the source's attention to hold the layout (on the pack's tiny Wans that chain kept "
         "the object's shape and path better, at more model calls: BENCHMARKS section 6). With the source prompt "
         "and guidance on both sides and n_min 0 it returns the source exactly. Optionally masks the edit (a MASK, "
-        "or the prediction difference between the prompts): outside the mask the source is kept.")
+        "or the prediction difference between the prompts): outside the mask the source is kept. For a MODEL from "
+        "ComfyUI's own loaders use FlowEdit (native).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("latent", "edit_mask")

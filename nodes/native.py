@@ -10,6 +10,8 @@ block replacement of Wan. Where a later core differs, this module is the place t
   CFG as core does it) and the pack's solver (`vidinv.solver`) inverts each step. An APPLY_MODEL
   wrapper keeps the model-level conditioning of each CFG row for the reference passes.
 - `InvertedNoise`: the inverted noise as core's NOISE, for SamplerCustomAdvanced.
+- `flow_edit`: FlowEdit (`vidinv.flowedit`) on a flow MODEL: a `Sampler` of our own runs inside a `CFGGuider`
+  that holds both prompts (``sampling_function`` with the source or the target pair and scale per call).
 - `ReferencePatch`: reference attention as a MODEL patch (Wan): each chosen block is marked through
   the block replacement, its first attention call (the self-attention) hands over or injects reference
   K/V through the attention override, and an APPLY_MODEL wrapper runs the reference call of each
@@ -26,7 +28,7 @@ import threading
 
 import torch
 
-from ..vidinv import attention, errors, solver
+from ..vidinv import attention, errors, flow, flowedit, solver
 from ..vidinv.models import native
 from . import host
 
@@ -158,6 +160,74 @@ def latent_samples(latent: dict, model) -> torch.Tensor:
         raise errors.InputError("a nested (multi-part) LATENT is not supported by the inversion",
                                 "Invert a single video latent.")
     return comfy.sample.fix_empty_latent_channels(model, samples)
+
+
+# ----------------------------------------------------------------------------- FlowEdit
+
+def two_prompt_guider():
+    import comfy.samplers
+
+    class TwoPromptGuider(comfy.samplers.CFGGuider):
+        """Core's CFG over two prompt pairs, conditioned as core conditions any sample: ``branch`` ("target" or
+        "source", set by the sampler before each call) picks the pair ("positive" / "negative" or
+        "source_positive" / "source_negative") and its scale (``scales``)."""
+        branch, scales = "target", {}
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            pre = "" if self.branch == "target" else "source_"
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get(pre + "negative"),
+                                                    self.conds.get(pre + "positive"), self.scales[self.branch],
+                                                    model_options=model_options, seed=seed)
+
+    return TwoPromptGuider
+
+
+def flow_edit_sampler():
+    import comfy.samplers
+
+    class FlowEditSampler(comfy.samplers.Sampler):
+        """FlowEdit as core's sampler: `sample` gets the two-prompt guider and the processed clean latent and runs
+        `vidinv.flowedit.sample` in the pack's layout (so its noises, drawn from `seed`, are the pack FlowEdit
+        node's), each velocity ``(x - D) / sigma`` from core's denoised prediction D (flow models)."""
+
+        def __init__(self, n_max: int, n_min: int, n_avg: int, seed: int, after=None):
+            self.n_max, self.n_min, self.n_avg, self.seed, self.after = n_max, n_min, n_avg, seed, after
+
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            sig = native.check_sigmas(sigmas.cpu())
+            ndim = latent_image.dim()
+            s_in = latent_image.new_ones([latent_image.shape[0]])
+
+            def velocity(branch: str):
+                def v(x, j):
+                    host.check_interrupt()
+                    model_wrap.branch = branch
+                    x = native.from_pack(x, ndim).to(latent_image)
+                    d = model_wrap(x, sigmas[j] * s_in, model_options=extra_args["model_options"],
+                                   seed=extra_args.get("seed"))
+                    return native.to_pack((x - d) / sigmas[j])
+                return v
+
+            out = flowedit.sample(velocity("source"), velocity("target"), native.to_pack(latent_image),
+                                  flow.steps_grid(sig, sig[:-1]), self.n_max, self.n_min, self.n_avg,
+                                  torch.Generator().manual_seed(int(self.seed)), self.after)
+            return native.from_pack(out, ndim).to(latent_image)
+
+    return FlowEditSampler
+
+
+def flow_edit(model, source, target, negative, source_cfg: float, target_cfg: float, sigmas: torch.Tensor,
+              latent: torch.Tensor, n_max: int, n_min: int, n_avg: int, seed: int, after=None) -> torch.Tensor:
+    """FlowEdit of the clean `latent` (core's layout) with a flow MODEL on core's `sigmas`: the source velocity
+    under (`source`, `negative`) at `source_cfg`, the target's under (`target`, `negative`) at `target_cfg`, both
+    through core's own CFG and conditioning; the edited latent in core's layout, as a sampler returns it."""
+    guider = two_prompt_guider()(model)
+    guider.inner_set_conds({"positive": target, "negative": negative, "source_positive": source,
+                            "source_negative": negative})
+    guider.scales = {"target": float(target_cfg), "source": float(source_cfg)}
+    editor = flow_edit_sampler()(n_max, n_min, n_avg, seed, after)
+    return guider.sample(torch.zeros_like(latent), latent, editor, sigmas, disable_pbar=True, seed=seed)
 
 
 # ----------------------------------------------------------------------------- the noise

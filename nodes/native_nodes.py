@@ -1,12 +1,12 @@
 """The native path's nodes: exact inversion of core's Euler sampler on a MODEL from core's loaders, reference
-attention as a MODEL patch, and loading a native trajectory back. Core's own samplers do the sampling
+attention as a MODEL patch, FlowEdit on a flow MODEL, and loading a native trajectory back. Core's own samplers do the sampling
 (SamplerCustomAdvanced with the inverted NOISE and the patched MODEL); the adapter to core's internals
 is `nodes/native.py`, imported when a node runs."""
 from __future__ import annotations
 
 import torch
 
-from ..vidinv import attention, budget, errors, trajectory
+from ..vidinv import attention, budget, errors, flowedit, trajectory
 from ..vidinv.family import check_scale
 from ..vidinv.models import native as family
 from . import host
@@ -164,6 +164,80 @@ class NativeReferenceAttention:
         patched = native.ReferencePatch(traj, options, options.block_indices(count)).install(model)
         return {"ui": {"vinv_guidance": [{"steps": traj.steps, "active": list(options.active_steps(traj.steps)),
                                           "blocks": blocks, "weight": weight}]}, "result": (patched,)}
+
+
+class NativeFlowEdit:
+    DESCRIPTION = ("FlowEdit (Kulikov et al., ICCV 2025) on a flow MODEL from core's loaders (Wan, with LoRAs, fp8, "
+                   "GGUF, core's offloading): edits the clean latent without inverting it, integrating the difference "
+                   "of the target and source prompts' velocities, each on a freshly noised copy of the source, over "
+                   "the paper's steps n_max down to n_min + 1 of the SIGMAS, then n_min plain steps with the target. "
+                   "Both velocities go through core's own CFG and conditioning; the update is the pack's FlowEdit "
+                   "node's (the same noises for the same seed). With the source prompt on both sides, the same cfg "
+                   "and n_min 0 it returns the latent. One MODEL (Wan 2.2 A14B's two experts: not yet).")
+    CATEGORY = NATIVE
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited latent: core's VAE Decode shows it.",)
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A MODEL core samples as flow (CONST: Wan; ModelSamplingSD3 sets its "
+                                           "shift)."}),
+            "source": ("CONDITIONING", {"tooltip": "Describes the source video."}),
+            "target": ("CONDITIONING", {"tooltip": "Describes the edited video."}),
+            "negative": ("CONDITIONING", {"tooltip": "The negative prompt of both velocities (used where a cfg is "
+                                                     "above 1)."}),
+            "sigmas": ("SIGMAS", {"tooltip": "From a scheduler node (BasicScheduler): the steps the window is "
+                                             "counted on (the paper's T = their count)."}),
+            "latent": ("LATENT", {"tooltip": "The clean source latent from core's VAE Encode (not inverted noise)."}),
+            "n_max": ("INT", {"default": 33, "min": 1, "max": 10000,
+                              "tooltip": "FlowEdit starts n_max steps before the clean end (= the step count "
+                                         "starts at pure noise); 33 of 50 is the paper's setting. 2 guided calls per "
+                                         "step in the window."}),
+            "n_min": ("INT", {"default": 0, "min": 0, "max": 9999,
+                              "tooltip": "The last n_min steps are plain sampling of the target from the re-noised "
+                                         "edit (the paper's tail); 0 = none."}),
+            "n_avg": ("INT", {"default": 1, "min": 1, "max": 16,
+                              "tooltip": "Fresh noises averaged per step (each costs 2 guided calls)."}),
+            "source_cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                                     "tooltip": "Classifier-free guidance of the source velocity (1 = off)."}),
+            "target_cfg": ("FLOAT", {"default": 13.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                                     "tooltip": "Classifier-free guidance of the target velocity; the paper uses "
+                                                "more than the source's (3.5 / 13.5, the pack FlowEdit node's)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                             "tooltip": "Seed of the fresh noise drawn at every step."}),
+        }}
+
+    def edit(self, model, source, target, negative, sigmas, latent, n_max, n_min, n_avg, source_cfg, target_cfg,
+             seed):
+        from . import native
+        node = "FlowEdit (native)"
+        check_scale(source_cfg)
+        check_scale(target_cfg)
+        native.refuse_caches(model, node)
+        kind, _, sampling = native.model_sampling(model)
+        if kind != "flow":
+            raise errors.InputError(f"{node} needs a flow-matching MODEL; this one samples as "
+                                    f"{type(sampling).__name__}", "Load a flow model (Wan), or edit this one with "
+                                    "Invert (native) + Reference Attention (native) + SamplerCustomAdvanced.")
+        if latent.get("noise_mask") is not None:
+            raise errors.InputError(f"{node}: the LATENT carries a noise_mask (Set Latent Noise Mask); FlowEdit edits "
+                                    "the whole latent and would ignore it", "Connect VAE Encode's LATENT directly.")
+        steps = len(family.check_sigmas(sigmas.cpu())) - 1
+        first, _ = flowedit.window(steps, n_min, n_max, n_avg)
+        samples = native.latent_samples(latent, model)
+        family.to_pack(samples)  # a latent of another rank is refused here, before any model call
+        progress = host.Progress(n_max)
+
+        def after(info):
+            progress.after_step(info["i"] - first, n_max, {})
+
+        out = native.flow_edit(model, source, target, negative, source_cfg, target_cfg, sigmas, samples, n_max,
+                               n_min, n_avg, seed, after)
+        host.free_memory()
+        return ({**{k: v for k, v in latent.items() if k != "samples"}, "samples": out.float().cpu()},)
 
 
 class NativeLoadTrajectory:

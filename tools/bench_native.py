@@ -27,6 +27,11 @@ Attention (native) at its defaults) and diffusers path (`vidinv.pipeline`, as to
                     all blocks, all steps), scored as tools/bench_wan.py does
   speed             plain vs guided sampling of the edit at guidance 5, interleaved rounds, median
                     of --repeats (wall and process CPU seconds)
+  FlowEdit          FlowEdit (native) on core's MODEL beside the pack's FlowEdit (`pipeline.flow_edit`)
+                    at the nodes' defaults (n_max 33 of the steps, n_min 0, n_avg 1, guidance 3.5 / 13.5,
+                    seed 0): the colour edit scored, the two edits' relative difference, and the source
+                    prompt on both sides (guidance 3.5 / 3.5) against the source latent
+                    (--flowedit-only: the checks and this part alone)
 
 On a CPU shared with other work use --threads 1: with 2 threads and another process busy on the
 second core, torch's thread pool waited its way to ~20x slower model calls here (4.4 s vs 0.22 s
@@ -206,6 +211,7 @@ def run(args) -> dict:
     from vidinv.solver import Solver
     pack_nodes = sys.modules["vidinv_pack"].NODE_CLASS_MAPPINGS
     Invert, Patch = pack_nodes["VInvNativeInvert"], pack_nodes["VInvNativeReferenceAttention"]
+    NativeFlowEdit = pack_nodes["VInvNativeFlowEdit"]
 
     t_start = time.time()
     model = wan.load(args.model, "fp32")
@@ -285,6 +291,26 @@ def run(args) -> dict:
     checks["sampling_core_vs_pack"] = sampling_err
     print(json.dumps({"sampling_core_vs_pack": sampling_err}), flush=True)
     result["checks"] = checks
+    score = lambda z: score_frames(decode(z), specs, targets, "colour", recon)  # noqa: E731
+
+    # -------------------------------------------------------------- FlowEdit
+    def native_flow_edit(target, cfg_src, cfg_tar):
+        with torch.inference_mode():
+            out, = NativeFlowEdit().edit(mp, pos, target, neg, sigmas.clone(), latent, 33, 0, 1, cfg_src, cfg_tar, 0)
+            return to_pack(base.process_latent_in(out["samples"].float())).clone()
+
+    fe = {"diffusers": lambda: pipeline.flow_edit(model, src, edit, x0, steps, 33, 0, 1, Guidance(3.5),
+                                                  Guidance(13.5), 0),
+          "native": lambda: native_flow_edit(pos_edit, 3.5, 13.5)}
+    fe_latents = {}
+    result["flowedit"] = {"rows": edit_rows({f"{k} flowedit": (lambda k=k, f=f: fe_latents.setdefault(k, f()))
+                                             for k, f in fe.items()}, score, {"edit": "colour", "guidance": 13.5}),
+                          "agreement": rel(fe_latents["native"], fe_latents["diffusers"]),
+                          "native_source_both_sides_vs_source": rel(native_flow_edit(pos, 3.5, 3.5), x0)}
+    print(json.dumps({"flowedit": {k: v for k, v in result["flowedit"].items() if k != "rows"}}), flush=True)
+    if args.flowedit_only:
+        result["wall_seconds"] = time.time() - t_start
+        return result
 
     # -------------------------------------------------------------- round trips
     rows, trajs = {"diffusers": {}, "native": {}}, {}
@@ -348,7 +374,6 @@ def run(args) -> dict:
         result["reconstruction"][path] = {k[len(path) + 1:]: v for k, v in rec.items()}
 
     # -------------------------------------------------------------- colour edits
-    score = lambda z: score_frames(decode(z), specs, targets, "colour", recon)  # noqa: E731
     methods = {
         "ground truth (VAE)": lambda: torch.cat([wan.encode_video(model, torch.from_numpy(synthetic.render(t)))
                                                  for t in targets]),
@@ -418,6 +443,17 @@ def markdown(result: dict, command: str) -> str:
     for cfg, e in c["sampling_core_vs_pack"].items():
         out.append(f"- core euler (CFGGuider) vs the pack's Flow Sample from the same noise, guidance {cfg}: "
                    f"relative {e['rel']:.2e}, max abs {e['max_abs']:.2e}")
+    fe = result["flowedit"]
+    rows = {r["method"]: r for r in fe["rows"]}
+    fmt = lambda r: f"{r['target_acc']:.2f} / {r['direction_kept']:.2f} / {r['mask_iou']:.2f} / {r['centroid_err_px']:.2f}"  # noqa: E731
+    out += ["", "| | diffusers path | native path (core) |", "|---|---|---|",
+            f"| FlowEdit 33/0 3.5/13.5: hit / direction / IoU / path px | {fmt(rows['diffusers flowedit'])} | "
+            f"{fmt(rows['native flowedit'])} |",
+            f"| FlowEdit: the two paths' edits apart (relative latent) | {fe['agreement']:.2e} | |",
+            f"| FlowEdit, source prompt both sides (3.5 / 3.5): relative to the source latent | | "
+            f"{fe['native_source_both_sides_vs_source']:.2e} |"]
+    if "round_trip" not in result:
+        return "\n".join(out) + "\n"
     out += ["", f"| | diffusers path | native path (core) |", "|---|---|---|"]
     rt = result["round_trip"]
     for cfg in ("1", g):
@@ -480,6 +516,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--flowedit-only", action="store_true", help="the checks and the FlowEdit part alone")
     args = p.parse_args(argv)
     args.model = str(Path(args.model).resolve())
     json_path = str(Path(args.json).resolve()) if args.json else None

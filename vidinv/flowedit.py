@@ -97,7 +97,7 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
     sigmas = grid.sigmas
 
     def noise() -> torch.Tensor:
-        return torch.randn(x_src.shape, generator=generator, dtype=torch.float32).to(x_src.dtype)
+        return torch.randn(x_src.shape, generator=generator, dtype=torch.float32).to(x_src.device, x_src.dtype)
 
     z_edit = x_src.clone()
     for j in range(first, tail):

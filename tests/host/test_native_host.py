@@ -267,6 +267,54 @@ def test_wrong_sigmas_cache_nodes_and_other_models_are_refused(server):
     assert err["node_type"] == "VInvNativeReferenceAttention" and "not the one" in err["exception_message"], err
 
 
+def flow_edit(g: dict, nid: str, target: str, source_cfg: float = 3.5, target_cfg: float = 3.5, n_max: int = 8,
+              n_min: int = 0, model: str = "1") -> None:
+    """FlowEdit (native) of the source latent "4" as node `nid`, its output saved by `nid` + "o"."""
+    g[nid] = node("VInvNativeFlowEdit", model=[model, 0], source=["2", 0], target=[target, 0], negative=["3", 0],
+                  sigmas=["6", 0], latent=["4", 0], n_max=n_max, n_min=n_min, n_avg=1, source_cfg=source_cfg,
+                  target_cfg=target_cfg, seed=0)
+    g[nid + "o"] = node("SaveLatent", samples=[nid, 0], filename_prefix=f"native/flowedit_{nid}")
+
+
+def test_native_flowedit_gives_the_source_back_with_its_prompt_and_edits_with_another(server):
+    """FlowEdit (native) on core's MODEL (issue 36): the source prompt on both sides at one cfg with n_min 0 returns
+    the latent (every velocity difference is exactly 0); another prompt, with or without the tail, edits it."""
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    g["e"] = node("VInvTestConditioning", text=EDIT, tokens=12)
+    flow_edit(g, "f1", "2")
+    flow_edit(g, "f2", "e", target_cfg=5.0)
+    flow_edit(g, "f3", "e", target_cfg=5.0, n_min=2)
+    entry = run(server, g)
+    src = saved_latent(server, entry, "90")
+    same, edited, tail = (saved_latent(server, entry, f"f{i}o") for i in (1, 2, 3))
+    assert same.shape == src.shape and rel(same, src) < 1e-6
+    assert rel(edited, src) > 1e-3 and rel(tail, edited) > 1e-4
+
+
+def test_native_flowedit_refuses_what_it_cannot_edit(server):
+    """Before any model call: a MODEL that is not a flow model, a window the SIGMAS do not hold, a cache node."""
+    g = inversion_graph(1.0, 12, sampling="eps")
+    del g["7"]
+    flow_edit(g, "f", "2", model="5")
+    err = error_of(server, g)
+    assert err["node_type"] == "VInvNativeFlowEdit" and "needs a flow-matching MODEL" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    flow_edit(g, "f", "2", n_max=13)
+    err = error_of(server, g)
+    assert "n_max 13 is more than the 12 steps" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    g["c"] = node("EasyCache", model=["1", 0], reuse_threshold=0.2, start_percent=0.15, end_percent=0.95,
+                  verbose=False)
+    flow_edit(g, "f", "2", model="c")
+    err = error_of(server, g)
+    assert "easycache" in err["exception_message"], err
+
+
 def native_workflow() -> dict:
     """workflows/api/native_wan_edit.json on the tiny files: core's loaders pointed at them, and each CLIP
     Text Encode replaced by the test's conditioning node (the same text; no tiny UMT5 exists)."""
