@@ -553,6 +553,7 @@ def wan_edit(pack) -> Workflow:
 NATIVE_FILES = {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                 "vae_name": "wan_2.1_vae.safetensors"}
 NATIVE_STEPS, NATIVE_CFG = 30, 5.0
+NATIVE_FLOWEDIT_N_MAX = round(NATIVE_STEPS * 33 / 50)  # FlowEdit's window: the paper's 33 of 50 steps
 
 
 def native_sampler(wf: Workflow, model: int, positive: int, negative: int, noise: int, sigmas: int, latent: int,
@@ -575,7 +576,7 @@ def native_sampler(wf: Workflow, model: int, positive: int, negative: int, noise
 def native_wan_edit(pack) -> Workflow:
     """The edit on the models a Wan user already has: core's loaders, text encoder and VAE; Invert (native)
     on core's MODEL; core's SamplerCustomAdvanced reconstructs from the inverted NOISE and, with the
-    Reference Attention (native) MODEL and the edited prompt, edits."""
+    Reference Attention (native) MODEL and the edited prompt, edits; FlowEdit (native) edits without inversion."""
     wf = Workflow(pack)
     wf.group("1. Models, source video and prompts (core's nodes)", -20, -40, 720, 1100)
     video = wf.add("LoadVideo", (0, 40), {"file": SAMPLE}, size=(300, 320))
@@ -630,6 +631,24 @@ def native_wan_edit(pack) -> Workflow:
         save = wf.add("SaveLatent", (1450, 560 + 140 * ["source", "reconstruction", "edit"].index(prefix)),
                       {"filename_prefix": f"vinv/native_{prefix}"}, title=title, size=(260, 80))
         wf.connect(node, "LATENT" if node == enc else "output", save, "samples")
+    wf.group("4. Or without inversion: FlowEdit (native)", 1140, 1100, 1000, 460, "#b58b2a")
+    flowedit = wf.add("VInvNativeFlowEdit", (1160, 1160), {"n_max": NATIVE_FLOWEDIT_N_MAX}, size=(380, 360))
+    for socket, (node, output) in {"model": (unet, "MODEL"), "source": (texts["source"], "CONDITIONING"),
+                                   "target": (texts["edit"], "CONDITIONING"),
+                                   "negative": (texts["negative"], "CONDITIONING"), "sigmas": (sigmas, "SIGMAS"),
+                                   "latent": (enc, "LATENT")}.items():
+        wf.connect(node, output, flowedit, socket)
+    dec = wf.add("VAEDecode", (1560, 1160), title="Decode FlowEdit", size=(260, 60))
+    wf.connect(flowedit, "latent", dec, "samples")
+    wf.connect(vae, "VAE", dec, "vae")
+    save_section(wf, dec, "IMAGE", parts, 1840, 1160, "vinv/native_flowedit")
+    save = wf.add("SaveLatent", (1560, 1260), {"filename_prefix": "vinv/native_flowedit"}, title="Latent: flowedit",
+                  size=(260, 80))
+    wf.connect(flowedit, "latent", save, "samples")
+    wf.note("FlowEdit (native) edits the source latent without inverting it: no trajectory, 2 guided model calls "
+            "per step in its window (n_max of the SIGMAS' steps before the clean end; the paper's 33 of 50 is 20 of "
+            "these 30), the source and edited prompts through core's CFG at their own cfg. The inversion above keeps "
+            "more of the source's layout on the pack's tiny Wans (BENCHMARKS section 6).", (1560, 1360), (560, 140))
     return wf
 
 

@@ -338,11 +338,13 @@ def test_the_native_edit_workflow_runs_on_core_loaded_files(server):
                       for k in ("source", "reconstruction", "edit"))
     assert src.shape[2] == 3 and rel(rec, src) < 1e-4  # 9 frames -> 3 latent frames; cfg 5, 30 steps
     assert rel(edit, src) > 1e-3
+    flowedit = saved_latent(server, entry, latents["Latent: flowedit"])  # group 4: no inversion
+    assert flowedit.shape == src.shape and rel(flowedit, src) > 1e-3 and rel(flowedit, edit) > 1e-3
     summary = next(out["vinv_trajectory"][0] for nid, out in entry["outputs"].items()
                    if prompt[nid]["class_type"] == "VInvNativeInvert")
     assert summary["family"] == "native" and summary["steps"] == 30 and not summary["above_tolerance"]
     videos = outputs_of(entry, "SaveVideo", prompt)
-    assert len(videos) == 2 and all((server.base / "output" / v["images"][0]["subfolder"] /
+    assert len(videos) == 3 and all((server.base / "output" / v["images"][0]["subfolder"] /
                                      v["images"][0]["filename"]).stat().st_size > 0 for v in videos)
 
 

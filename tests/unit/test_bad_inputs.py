@@ -550,6 +550,10 @@ def test_reference_guide_refused_where_it_cannot_be_made(pack, tiny_graph):
         assert calls == [] and auto.reference.guide is None and auto.reference.options.weight == 8.0
         made, = patch(g["model"], g["traj"], "all", 0.0, 0.4, -1.0, False, "all", "source")
         assert len(calls) == 2 and made.reference.guide.iterations == 0  # one call per step, once
+        half, _ = m["VInvDDIMInvert"]().invert(g["model"], g["cond"], g["latent"], 2, 1.0, False, 1, 0.0, "anderson",
+                                               0.0, "fp16")["result"]
+        assert patch(g["model"], half, "all", 0.0, 0.4, -1.0, False, "all", "source")[0].reference.guide.latents.dtype \
+            == torch.float16  # stored as the trajectory it was made from
     finally:
         hook.remove()
     assert g["model"].reference is None
