@@ -1,7 +1,7 @@
 """The native path's nodes: exact inversion of core's Euler sampler on a MODEL from core's loaders, reference
-attention as a MODEL patch, FlowEdit on a flow MODEL, and loading a native trajectory back. Core's own samplers do the sampling
-(SamplerCustomAdvanced with the inverted NOISE and the patched MODEL); the adapter to core's internals
-is `nodes/native.py`, imported when a node runs."""
+attention as a MODEL patch, FlowEdit on a flow MODEL, and loading a native trajectory back. Core's own
+samplers do the sampling (SamplerCustomAdvanced with the inverted NOISE and the patched MODEL); the adapter
+to core's internals is `nodes/native.py`, imported when a node runs."""
 from __future__ import annotations
 
 import torch

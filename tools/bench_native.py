@@ -445,7 +445,9 @@ def markdown(result: dict, command: str) -> str:
                    f"relative {e['rel']:.2e}, max abs {e['max_abs']:.2e}")
     fe = result["flowedit"]
     rows = {r["method"]: r for r in fe["rows"]}
-    fmt = lambda r: f"{r['target_acc']:.2f} / {r['direction_kept']:.2f} / {r['mask_iou']:.2f} / {r['centroid_err_px']:.2f}"  # noqa: E731
+    def fmt(r):
+        return f"{r['target_acc']:.2f} / {r['direction_kept']:.2f} / {r['mask_iou']:.2f} / {r['centroid_err_px']:.2f}"
+
     out += ["", "| | diffusers path | native path (core) |", "|---|---|---|",
             f"| FlowEdit 33/0 3.5/13.5: hit / direction / IoU / path px | {fmt(rows['diffusers flowedit'])} | "
             f"{fmt(rows['native flowedit'])} |",
@@ -473,7 +475,6 @@ def markdown(result: dict, command: str) -> str:
     edits = {r["method"]: r for r in result["edits"]}
     for label, key in (("edit g" + g + ", no patch (exact)", "exact"), ("edit g" + g + ", ours default (patch)", "ours default")):
         d, n = edits[f"diffusers {key}"], edits[f"native {key}"]
-        fmt = lambda r: f"{r['target_acc']:.2f} / {r['direction_kept']:.2f} / {r['mask_iou']:.2f} / {r['centroid_err_px']:.2f}"  # noqa: E731
         out.append(f"| {label}: hit / direction / IoU / path px | {fmt(d)} | {fmt(n)} |")
     sp = result["speed"]["samplers"]
     n = result["speed"]["repeats"]
