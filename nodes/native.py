@@ -187,47 +187,70 @@ def flow_edit_sampler():
 
     class FlowEditSampler(comfy.samplers.Sampler):
         """FlowEdit as core's sampler: `sample` gets the two-prompt guider and the processed clean latent and runs
-        `vidinv.flowedit.sample` in the pack's layout (so its noises, drawn from `seed`, are the pack FlowEdit
-        node's), each velocity ``(x - D) / sigma`` from core's denoised prediction D (flow models)."""
+        `vidinv.flowedit.steps` in the pack's layout (so its noises, drawn from `seed`, are the pack FlowEdit
+        node's) up to step `stop`, each velocity ``(x - D) / sigma`` from core's denoised prediction D (flow
+        models). `run` ({}) is shared by the samplers of one edit: the first makes the step iterator, a second
+        (Wan 2.2's low-noise expert, in its own guider) goes on with it from where the first stopped."""
 
-        def __init__(self, n_max: int, n_min: int, n_avg: int, seed: int, after=None):
-            self.n_max, self.n_min, self.n_avg, self.seed, self.after = n_max, n_min, n_avg, seed, after
+        def __init__(self, run: dict, stop: int, n_max: int, n_min: int, n_avg: int, seed: int, after=None):
+            self.run, self.stop, self.after = run, stop, after
+            self.n_max, self.n_min, self.n_avg, self.seed = n_max, n_min, n_avg, seed
 
         def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                    disable_pbar=False):
-            sig = native.check_sigmas(sigmas.cpu())
             ndim = latent_image.dim()
             s_in = latent_image.new_ones([latent_image.shape[0]])
+            self.run["call"] = (model_wrap, extra_args, sigmas, s_in, latent_image)  # what this expert's steps call
 
             def velocity(branch: str):
                 def v(x, j):
                     host.check_interrupt()
-                    model_wrap.branch = branch
-                    x = native.from_pack(x, ndim).to(latent_image)
-                    d = model_wrap(x, sigmas[j] * s_in, model_options=extra_args["model_options"],
-                                   seed=extra_args.get("seed"))
-                    return native.to_pack((x - d) / sigmas[j])
+                    wrap, extra, sig, ones, like = self.run["call"]
+                    wrap.branch = branch
+                    x = native.from_pack(x, ndim).to(like)
+                    d = wrap(x, sig[j] * ones, model_options=extra["model_options"], seed=extra.get("seed"))
+                    return native.to_pack((x - d) / sig[j])
                 return v
 
-            out = flowedit.sample(velocity("source"), velocity("target"), native.to_pack(latent_image),
-                                  flow.steps_grid(sig, sig[:-1]), self.n_max, self.n_min, self.n_avg,
-                                  torch.Generator().manual_seed(int(self.seed)), self.after)
-            return native.from_pack(out, ndim).to(latent_image)
+            if "steps" not in self.run:
+                sig = native.check_sigmas(sigmas.cpu())
+                self.run["steps"] = flowedit.steps(velocity("source"), velocity("target"),
+                                                   native.to_pack(latent_image), flow.steps_grid(sig, sig[:-1]),
+                                                   self.n_max, self.n_min, self.n_avg,
+                                                   torch.Generator().manual_seed(int(self.seed)))
+            for info in self.run["steps"]:
+                if self.after is not None:
+                    self.after(info)
+                self.run["x"] = info["x"]
+                if info["i"] + 1 >= self.stop:
+                    break
+            return native.from_pack(self.run["x"], ndim).to(latent_image)
 
     return FlowEditSampler
 
 
-def flow_edit(model, source, target, negative, source_cfg: float, target_cfg: float, sigmas: torch.Tensor,
-              latent: torch.Tensor, n_max: int, n_min: int, n_avg: int, seed: int, after=None) -> torch.Tensor:
+def flow_edit(experts: list, switch_step: int, source, target, negative, source_cfg: float, target_cfg: float,
+              sigmas: torch.Tensor, latent: torch.Tensor, n_max: int, n_min: int, n_avg: int, seed: int,
+              after=None) -> torch.Tensor:
     """FlowEdit of the clean `latent` (core's layout) with a flow MODEL on core's `sigmas`: the source velocity
     under (`source`, `negative`) at `source_cfg`, the target's under (`target`, `negative`) at `target_cfg`, both
-    through core's own CFG and conditioning; the edited latent in core's layout, as a sampler returns it."""
-    guider = two_prompt_guider()(model)
-    guider.inner_set_conds({"positive": target, "negative": negative, "source_positive": source,
-                            "source_negative": negative})
-    guider.scales = {"target": float(target_cfg), "source": float(source_cfg)}
-    editor = flow_edit_sampler()(n_max, n_min, n_avg, seed, after)
-    return guider.sample(torch.zeros_like(latent), latent, editor, sigmas, disable_pbar=True, seed=seed)
+    through core's own CFG and conditioning; the edited latent in core's layout, as a sampler returns it. Two
+    `experts` (Wan 2.2): the first runs the steps before `switch_step`, the second the rest, each in its own
+    guider, the edit carried over (an expert none of whose steps is in the window is not called)."""
+    steps = len(sigmas) - 1
+    first = steps - n_max
+    parts = [(experts[0], steps)] if len(experts) == 1 else [(experts[0], switch_step), (experts[1], steps)]
+    run, out = {}, None
+    for model, stop in parts:
+        if stop <= first:  # the window starts after this expert's steps
+            continue
+        guider = two_prompt_guider()(model)
+        guider.inner_set_conds({"positive": target, "negative": negative, "source_positive": source,
+                                "source_negative": negative})
+        guider.scales = {"target": float(target_cfg), "source": float(source_cfg)}
+        editor = flow_edit_sampler()(run, stop, n_max, n_min, n_avg, seed, after)
+        out = guider.sample(torch.zeros_like(latent), latent, editor, sigmas, disable_pbar=True, seed=seed)
+    return out
 
 
 # ----------------------------------------------------------------------------- the noise

@@ -30,6 +30,23 @@ def native_trajectory(traj, node: str):
     return traj
 
 
+def experts_of(node: str, model, low_noise_model, switch_step: int) -> list:
+    """The MODEL and, for Wan 2.2 A14B, the low-noise expert: switch_step only with a second model, no cache node
+    on either, both sampling alike (kind and sigma_data)."""
+    from . import native
+    if switch_step and low_noise_model is None:
+        raise errors.InputError(f"{node}: switch_step {switch_step} without a low_noise_model",
+                                "Connect Wan 2.2's low-noise expert, or set switch_step to 0 for one model.")
+    experts = [model] + ([low_noise_model] if low_noise_model is not None else [])
+    for m in experts:
+        native.refuse_caches(m, node)
+    kinds = {native.model_sampling(m)[:2] for m in experts}
+    if len(kinds) > 1:
+        raise errors.InputError(f"{node}: the two models sample differently ({sorted(kinds)})",
+                                "Give both experts the same model sampling (ModelSamplingSD3 shift).")
+    return experts
+
+
 def noise_of(traj, model):
     from . import native
     return native.InvertedNoise(family.from_pack(traj.noise, int(traj.scheduler_config["ndim"])), model,
@@ -79,17 +96,8 @@ class NativeInvert:
         from . import native
         check_scale(cfg)
         storage = check_dtype(trajectory_dtype)
-        if switch_step and low_noise_model is None:
-            raise errors.InputError(f"switch_step {switch_step} without a low_noise_model",
-                                    "Connect Wan 2.2's low-noise expert, or set switch_step to 0 for one model.")
-        experts = [model] + ([low_noise_model] if low_noise_model is not None else [])
-        for m in experts:
-            native.refuse_caches(m, "Invert (native)")
-        kinds = {native.model_sampling(m)[:2] for m in experts}
-        if len(kinds) > 1:
-            raise errors.InputError(f"the two models sample differently ({sorted(kinds)})",
-                                    "Give both experts the same model sampling (ModelSamplingSD3 shift).")
-        (kind, sigma_data), = kinds
+        experts = experts_of("Invert (native)", model, low_noise_model, switch_step)
+        kind, sigma_data, _ = native.model_sampling(model)
         sig = family.check_sigmas(sigmas.cpu())
         steps = len(sig) - 1
         family.expert_steps(steps, switch_step, len(experts))  # checks switch_step for two models
@@ -173,7 +181,8 @@ class NativeFlowEdit:
                    "the paper's steps n_max down to n_min + 1 of the SIGMAS, then n_min plain steps with the target. "
                    "Both velocities go through core's own CFG and conditioning; the update is the pack's FlowEdit "
                    "node's (the same noises for the same seed). With the source prompt on both sides, the same cfg "
-                   "and n_min 0 it returns the latent. One MODEL (Wan 2.2 A14B's two experts: not yet).")
+                   "and n_min 0 it returns the latent. Wan 2.2 A14B: connect the low-noise expert and the step it takes "
+                   "over at.")
     CATEGORY = NATIVE
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -184,7 +193,7 @@ class NativeFlowEdit:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "A MODEL core samples as flow (CONST: Wan; ModelSamplingSD3 sets its "
-                                           "shift)."}),
+                                           "shift); Wan 2.2 A14B's high-noise expert."}),
             "source": ("CONDITIONING", {"tooltip": "Describes the source video."}),
             "target": ("CONDITIONING", {"tooltip": "Describes the edited video."}),
             "negative": ("CONDITIONING", {"tooltip": "The negative prompt of both velocities (used where a cfg is "
@@ -208,15 +217,21 @@ class NativeFlowEdit:
                                                 "more than the source's (3.5 / 13.5, the pack FlowEdit node's)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the fresh noise drawn at every step."}),
+        }, "optional": {
+            "low_noise_model": ("MODEL", {"tooltip": "Wan 2.2 A14B: the low-noise expert, which runs the steps "
+                                                     "from switch_step on ('model' is the high-noise one)."}),
+            "switch_step": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                    "tooltip": "With a low-noise model: the first step it runs (the high-noise "
+                                               "sampler's end_at_step)."}),
         }}
 
     def edit(self, model, source, target, negative, sigmas, latent, n_max, n_min, n_avg, source_cfg, target_cfg,
-             seed):
+             seed, low_noise_model=None, switch_step=0):
         from . import native
         node = "FlowEdit (native)"
         check_scale(source_cfg)
         check_scale(target_cfg)
-        native.refuse_caches(model, node)
+        experts = experts_of(node, model, low_noise_model, switch_step)
         kind, _, sampling = native.model_sampling(model)
         if kind != "flow":
             raise errors.InputError(f"{node} needs a flow-matching MODEL; this one samples as "
@@ -226,6 +241,7 @@ class NativeFlowEdit:
             raise errors.InputError(f"{node}: the LATENT carries a noise_mask (Set Latent Noise Mask); FlowEdit edits "
                                     "the whole latent and would ignore it", "Connect VAE Encode's LATENT directly.")
         steps = len(family.check_sigmas(sigmas.cpu())) - 1
+        family.expert_steps(steps, switch_step, len(experts))  # checks switch_step for two models
         first, _ = flowedit.window(steps, n_min, n_max, n_avg)
         samples = native.latent_samples(latent, model)
         family.to_pack(samples)  # a latent of another rank is refused here, before any model call
@@ -234,8 +250,8 @@ class NativeFlowEdit:
         def after(info):
             progress.after_step(info["i"] - first, n_max, {})
 
-        out = native.flow_edit(model, source, target, negative, source_cfg, target_cfg, sigmas, samples, n_max,
-                               n_min, n_avg, seed, after)
+        out = native.flow_edit(experts, switch_step, source, target, negative, source_cfg, target_cfg, sigmas,
+                               samples, n_max, n_min, n_avg, seed, after)
         host.free_memory()
         return ({**{k: v for k, v in latent.items() if k != "samples"}, "samples": out.float().cpu()},)
 

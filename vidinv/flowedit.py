@@ -77,7 +77,6 @@ def check_grid(grid: Grid) -> None:
                                 "grid", "Use a flow model (Wan), or edit with inversion + Guided Sample.")
 
 
-@torch.no_grad()
 def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_max: int, n_min: int = 0,
            n_avg: int = 1, generator: torch.Generator | None = None,
            callback: Callable[[dict], None] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,6 +90,21 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
     edit is kept inside it and the source outside: ``Z_edit`` is blended with ``X_src`` (where
     FlowEdit's path sits when nothing is edited), a tail step's latent with the source noised to
     the next level by the tail's own noise."""
+    x = None
+    for info in steps(v_src, v_tar, x_src, grid, n_max, n_min, n_avg, generator, mask):
+        if callback is not None:
+            callback(info)
+        x = info["x"]
+    return x
+
+
+@torch.no_grad()
+def steps(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_max: int, n_min: int = 0,
+          n_avg: int = 1, generator: torch.Generator | None = None, mask: torch.Tensor | None = None):
+    """`sample` one step at a time: yields the callback's dict after each step, the last one's ``"x"`` the edit.
+    A caller that must change what `v_src` / `v_tar` call between steps (another network from some step on) stops
+    iterating after one step and goes on with the same generator object; the grid and window are checked at the
+    first ``next``."""
     check_grid(grid)
     first, tail = window(grid.steps, n_min, n_max, n_avg)
     x_src = working(x_src)
@@ -111,10 +125,9 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
         if mask is not None:
             z_edit = editmask.blend(z_edit, mask, x_src)
         require_finite(z_edit, "FlowEdit", j, grid.steps, f"sigma {t:.4g}")
-        if callback is not None:
-            callback({"i": j, "x": z_edit, "denoised": z_edit, "sigma": t, "phase": "flowedit"})
+        yield {"i": j, "x": z_edit, "denoised": z_edit, "sigma": t, "phase": "flowedit"}
     if tail == grid.steps:  # n_min = 0
-        return z_edit
+        return
     t = sigmas[tail]
     tail_noise = noise()
     x = z_edit + ((1.0 - t) * x_src + t * tail_noise - x_src)
@@ -126,6 +139,4 @@ def sample(v_src: Denoiser, v_tar: Denoiser, x_src: torch.Tensor, grid: Grid, n_
         if mask is not None:
             x = editmask.blend(x, mask, (1.0 - t_next) * x_src + t_next * tail_noise)
         require_finite(x, "FlowEdit (tail)", j, grid.steps, f"sigma {t:.4g}")
-        if callback is not None:
-            callback({"i": j, "x": x, "denoised": denoised, "sigma": t, "phase": "tail"})
-    return x
+        yield {"i": j, "x": x, "denoised": denoised, "sigma": t, "phase": "tail"}

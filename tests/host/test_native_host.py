@@ -292,6 +292,29 @@ def test_native_flowedit_gives_the_source_back_with_its_prompt_and_edits_with_an
     assert rel(edited, src) > 1e-3 and rel(tail, edited) > 1e-4
 
 
+def test_native_flowedit_with_two_experts_goes_on_where_the_first_stopped(server):
+    """Wan 2.2 A14B: the high-noise MODEL runs the window's steps before switch_step, the low-noise one the rest,
+    each in its own guider, the edit carried over. The same file as both experts gives the one-model edit; the
+    real low-noise expert another edit; the source prompt on both sides the latent back."""
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    g["e"] = node("VInvTestConditioning", text=EDIT, tokens=12)
+    g["8"] = node("UNETLoader", unet_name=native_models.LOW, weight_dtype="default")
+    g["9"] = node("UNETLoader", unet_name=native_models.HIGH, weight_dtype="default")
+    flow_edit(g, "f1", "e", target_cfg=5.0)
+    for nid, low, switch in (("f2", "9", 7), ("f3", "8", 7), ("f4", "8", 2)):
+        flow_edit(g, nid, "e", target_cfg=5.0)
+        g[nid]["inputs"].update(low_noise_model=[low, 0], switch_step=switch)
+    flow_edit(g, "f5", "2")
+    g["f5"]["inputs"].update(low_noise_model=["8", 0], switch_step=7)
+    entry = run(server, g)
+    src = saved_latent(server, entry, "90")
+    one, same, two, late, back = (saved_latent(server, entry, f"f{i}o") for i in range(1, 6))
+    assert rel(same, one) < 1e-6  # the window (n_max 8 of 12) starts at step 4: both experts run
+    assert rel(two, one) > 1e-4 and rel(late, two) > 1e-4  # switch 2: before the window, the low expert alone
+    assert rel(back, src) < 1e-6
+
+
 def test_native_flowedit_refuses_what_it_cannot_edit(server):
     """Before any model call: a MODEL that is not a flow model, a window the SIGMAS do not hold, a cache node."""
     g = inversion_graph(1.0, 12, sampling="eps")
@@ -313,6 +336,13 @@ def test_native_flowedit_refuses_what_it_cannot_edit(server):
     flow_edit(g, "f", "2", model="c")
     err = error_of(server, g)
     assert "easycache" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    flow_edit(g, "f", "2")
+    g["f"]["inputs"]["switch_step"] = 4
+    err = error_of(server, g)
+    assert "without a low_noise_model" in err["exception_message"], err
 
 
 def native_workflow() -> dict:
