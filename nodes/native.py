@@ -238,7 +238,7 @@ def flow_edit(experts: list, switch_step: int, source, target, negative, source_
     `experts` (Wan 2.2): the first runs the steps before `switch_step`, the second the rest, each in its own
     guider, the edit carried over (an expert none of whose steps is in the window is not called)."""
     steps = len(sigmas) - 1
-    first = steps - n_max
+    first, _ = flowedit.window(steps, n_min, n_max, n_avg)
     parts = [(experts[0], steps)] if len(experts) == 1 else [(experts[0], switch_step), (experts[1], steps)]
     run, out = {}, None
     for model, stop in parts:

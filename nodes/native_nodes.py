@@ -30,6 +30,15 @@ def native_trajectory(traj, node: str):
     return traj
 
 
+# Wan 2.2 A14B's second expert, on the nodes that run steps of core's MODEL (Invert, FlowEdit)
+EXPERT_INPUTS = {
+    "low_noise_model": ("MODEL", {"tooltip": "Wan 2.2 A14B: the low-noise expert, which runs from switch_step on."}),
+    "switch_step": ("INT", {"default": 0, "min": 0, "max": 10000,
+                            "tooltip": "With a low-noise model: the first step it runs (the high-noise sampler's "
+                                       "end_at_step); steps before it use 'model'."}),
+}
+
+
 def experts_of(node: str, model, low_noise_model, switch_step: int) -> list:
     """The MODEL and, for Wan 2.2 A14B, the low-noise expert: switch_step only with a second model, no cache node
     on either, both sampling alike (kind and sigma_data)."""
@@ -84,11 +93,7 @@ class NativeInvert:
             "damping": DAMPING,
             "trajectory_dtype": TRAJECTORY_DTYPE,
         }, "optional": {
-            "low_noise_model": ("MODEL", {"tooltip": "Wan 2.2 A14B: the low-noise expert, which runs from "
-                                                     "switch_step on."}),
-            "switch_step": ("INT", {"default": 0, "min": 0, "max": 10000,
-                                    "tooltip": "With a low-noise model: the first step it runs (the high-noise "
-                                               "sampler's end_at_step); steps before it use 'model'."}),
+            **EXPERT_INPUTS,
         }}
 
     def invert(self, model, positive, negative, cfg, sigmas, latent, iterations, tolerance, solver, damping,
@@ -218,11 +223,7 @@ class NativeFlowEdit:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                              "tooltip": "Seed of the fresh noise drawn at every step."}),
         }, "optional": {
-            "low_noise_model": ("MODEL", {"tooltip": "Wan 2.2 A14B: the low-noise expert, which runs the steps "
-                                                     "from switch_step on ('model' is the high-noise one)."}),
-            "switch_step": ("INT", {"default": 0, "min": 0, "max": 10000,
-                                    "tooltip": "With a low-noise model: the first step it runs (the high-noise "
-                                               "sampler's end_at_step)."}),
+            **EXPERT_INPUTS,
         }}
 
     def edit(self, model, source, target, negative, sigmas, latent, n_max, n_min, n_avg, source_cfg, target_cfg,
