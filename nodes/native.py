@@ -190,7 +190,9 @@ def flow_edit_sampler():
         `vidinv.flowedit.steps` in the pack's layout (so its noises, drawn from `seed`, are the pack FlowEdit
         node's) up to step `stop`, each velocity ``(x - D) / sigma`` from core's denoised prediction D (flow
         models). `run` ({}) is shared by the samplers of one edit: the first makes the step iterator, a second
-        (Wan 2.2's low-noise expert, in its own guider) goes on with it from where the first stopped."""
+        (Wan 2.2's low-noise expert, in its own guider) goes on with it from where the first stopped. Core's
+        ``denoise_mask`` (the LATENT's noise_mask, resized by core to the latent) is FlowEdit's edit mask: outside
+        it every step keeps the source."""
 
         def __init__(self, run: dict, stop: int, n_max: int, n_min: int, n_avg: int, seed: int, after=None):
             self.run, self.stop, self.after = run, stop, after
@@ -214,10 +216,11 @@ def flow_edit_sampler():
 
             if "steps" not in self.run:
                 sig = native.check_sigmas(sigmas.cpu())
+                mask = None if denoise_mask is None else native.to_pack(denoise_mask)[:, :, :1].to(latent_image)
                 self.run["steps"] = flowedit.steps(velocity("source"), velocity("target"),
                                                    native.to_pack(latent_image), flow.steps_grid(sig, sig[:-1]),
                                                    self.n_max, self.n_min, self.n_avg,
-                                                   torch.Generator().manual_seed(int(self.seed)))
+                                                   torch.Generator().manual_seed(int(self.seed)), mask)
             for info in self.run["steps"]:
                 if self.after is not None:
                     self.after(info)
@@ -231,12 +234,13 @@ def flow_edit_sampler():
 
 def flow_edit(experts: list, switch_step: int, source, target, negative, source_cfg: float, target_cfg: float,
               sigmas: torch.Tensor, latent: torch.Tensor, n_max: int, n_min: int, n_avg: int, seed: int,
-              after=None) -> torch.Tensor:
+              after=None, noise_mask: torch.Tensor | None = None) -> torch.Tensor:
     """FlowEdit of the clean `latent` (core's layout) with a flow MODEL on core's `sigmas`: the source velocity
     under (`source`, `negative`) at `source_cfg`, the target's under (`target`, `negative`) at `target_cfg`, both
     through core's own CFG and conditioning; the edited latent in core's layout, as a sampler returns it. Two
     `experts` (Wan 2.2): the first runs the steps before `switch_step`, the second the rest, each in its own
-    guider, the edit carried over (an expert none of whose steps is in the window is not called)."""
+    guider, the edit carried over (an expert none of whose steps is in the window is not called). `noise_mask`
+    (a LATENT's, 1 = edit): the edit inside it, the source outside, as core's samplers treat it."""
     steps = len(sigmas) - 1
     first, _ = flowedit.window(steps, n_min, n_max, n_avg)
     parts = [(experts[0], steps)] if len(experts) == 1 else [(experts[0], switch_step), (experts[1], steps)]
@@ -249,7 +253,8 @@ def flow_edit(experts: list, switch_step: int, source, target, negative, source_
                                 "source_negative": negative})
         guider.scales = {"target": float(target_cfg), "source": float(source_cfg)}
         editor = flow_edit_sampler()(run, stop, n_max, n_min, n_avg, seed, after)
-        out = guider.sample(torch.zeros_like(latent), latent, editor, sigmas, disable_pbar=True, seed=seed)
+        out = guider.sample(torch.zeros_like(latent), latent, editor, sigmas, denoise_mask=noise_mask,
+                            disable_pbar=True, seed=seed)
     return out
 
 

@@ -186,8 +186,9 @@ class NativeFlowEdit:
                    "the paper's steps n_max down to n_min + 1 of the SIGMAS, then n_min plain steps with the target. "
                    "Both velocities go through core's own CFG and conditioning; the update is the pack's FlowEdit "
                    "node's (the same noises for the same seed). With the source prompt on both sides, the same cfg "
-                   "and n_min 0 it returns the latent. Wan 2.2 A14B: connect the low-noise expert and the step it takes "
-                   "over at.")
+                   "and n_min 0 it returns the latent. A LATENT with a noise mask (Set Latent Noise Mask) is edited "
+                   "inside the mask only, the source kept outside it at every step, as core's samplers keep it. Wan "
+                   "2.2 A14B: connect the low-noise expert and the step it takes over at.")
     CATEGORY = NATIVE
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -205,7 +206,9 @@ class NativeFlowEdit:
                                                      "above 1)."}),
             "sigmas": ("SIGMAS", {"tooltip": "From a scheduler node (BasicScheduler): the steps the window is "
                                              "counted on (the paper's T = their count)."}),
-            "latent": ("LATENT", {"tooltip": "The clean source latent from core's VAE Encode (not inverted noise)."}),
+            "latent": ("LATENT", {"tooltip": "The clean source latent from core's VAE Encode (not inverted noise); "
+                                              "with a noise mask (Set Latent Noise Mask) only the masked region is "
+                                              "edited."}),
             "n_max": ("INT", {"default": 33, "min": 1, "max": 10000,
                               "tooltip": "FlowEdit starts n_max steps before the clean end (= the step count "
                                          "starts at pure noise); 33 of 50 is the paper's setting. 2 guided calls per "
@@ -238,9 +241,7 @@ class NativeFlowEdit:
             raise errors.InputError(f"{node} needs a flow-matching MODEL; this one samples as "
                                     f"{type(sampling).__name__}", "Load a flow model (Wan), or edit this one with "
                                     "Invert (native) + Reference Attention (native) + SamplerCustomAdvanced.")
-        if latent.get("noise_mask") is not None:
-            raise errors.InputError(f"{node}: the LATENT carries a noise_mask (Set Latent Noise Mask); FlowEdit edits "
-                                    "the whole latent and would ignore it", "Connect VAE Encode's LATENT directly.")
+        noise_mask = checked_noise_mask(node, latent.get("noise_mask"))
         steps = len(family.check_sigmas(sigmas.cpu())) - 1
         family.expert_steps(steps, switch_step, len(experts))  # checks switch_step for two models
         first, _ = flowedit.window(steps, n_min, n_max, n_avg)
@@ -252,9 +253,25 @@ class NativeFlowEdit:
             progress.after_step(info["i"] - first, n_max, {})
 
         out = native.flow_edit(experts, switch_step, source, target, negative, source_cfg, target_cfg, sigmas,
-                               samples, n_max, n_min, n_avg, seed, after)
+                               samples, n_max, n_min, n_avg, seed, after, noise_mask)
         host.free_memory()
         return ({**{k: v for k, v in latent.items() if k != "samples"}, "samples": out.float().cpu()},)
+
+
+def checked_noise_mask(node: str, mask) -> torch.Tensor | None:
+    """A LATENT's noise_mask (Set Latent Noise Mask; 1 = may change) as core's samplers take it: a finite ``[..., H,
+    W]`` tensor in 0..1 (core resizes it to the latent), checked before any model call."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2 or mask.numel() == 0:
+        raise errors.InputError(f"{node}: the LATENT's noise_mask is {type(mask).__name__} "
+                                f"{tuple(getattr(mask, 'shape', ()))}; a mask [..., height, width] is needed",
+                                "Set it with Set Latent Noise Mask from a MASK.")
+    mask = mask.float()
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise errors.InputError(f"{node}: the LATENT's noise_mask holds values outside 0..1 ({float(mask.min()):.3g} "
+                                f"to {float(mask.max()):.3g})", "Give a MASK of values from 0 (keep) to 1 (edit).")
+    return mask
 
 
 class NativeLoadTrajectory:

@@ -126,7 +126,8 @@ GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the
 # Guided Sample's mask_level: 0 (below the range of a level, FlowEdit's widget) = the family's cut level
 AUTO_LEVEL = 0.0
 GUIDED_MASK_LEVEL = ("FLOAT", {**MASK_LEVEL[1], "default": 0.0, "min": 0.0, "tooltip": MASK_LEVEL[1]["tooltip"] +
-                               " 0 = the family's measured pick: 0.75 for Wan text-to-video, 1 otherwise."})
+                               " 0 = the family's measured pick: 0.6 for Wan text-to-video, 0.9 for CogVideoX "
+                               "text-to-video, 1 otherwise."})
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})
@@ -205,7 +206,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     first = pipeline.first_guided_step(traj, start_at)
     window = {"steps": traj.steps, "active": [i for i in opts.active_steps(traj.steps) if i >= first],
               "blocks": opts.blocks, "weight": opts.weight, "first_step": first}
-    followed = pipeline.guide_for(spec, edit_mask)  # a one-call trajectory: made by Reference Attention, or given
+    followed = pipeline.guide_for(spec, edit_mask)  # a one-call trajectory: the one made for the sample, or given
     window["guide"] = "one-call" if followed.kind == "exact" and followed.iterations == 0 else "trajectory"
     if edit_mask is not None and edit_mask.latent is not None:
         window["mask_fraction"] = round(float(edit_mask.latent.mean()), 4)
@@ -384,11 +385,12 @@ class ReferenceAttention:
             "guide": (list(pipeline.GUIDES), {"default": pipeline.GUIDES[0], "tooltip":
                       "What Guided Sample follows when its mask is the difference map (the reference's latents, the "
                       "latents kept outside the mask, the start noise): the connected 'trajectory', or the "
-                      "'one-call' inversion of its clean latent, made here (one model call per step, once: DDIM "
-                      "Invert with iterations 0 gives the same), which kept more of the source's layout on "
-                      "CogVideoX. With the source prompt the mask is empty and the source comes back exactly either "
-                      "way. 'auto' = the family's pick: one-call for CogVideoX text-to-video, the trajectory "
-                      "otherwise (and for edit-friendly, null-text or prompt-tuned trajectories)."}),
+                      "'one-call' inversion of its clean latent (one model call per step, made by the first Guided "
+                      "Sample that follows it and kept; DDIM Invert with iterations 0 gives the same), which kept "
+                      "more of the source's layout on CogVideoX. With the source prompt the mask is empty and the "
+                      "source comes back exactly either way. 'auto' = the family's pick: one-call for CogVideoX "
+                      "text-to-video, the trajectory otherwise (and for edit-friendly, null-text or prompt-tuned "
+                      "trajectories)."}),
         }}
 
     def patch(self, model, trajectory, blocks, start, end, weight, reference_text, rows, reference_conditioning,
@@ -397,7 +399,7 @@ class ReferenceAttention:
             weight = families.of(model).edit_recipe(model).weight
         opts = attention.ReferenceOptions(blocks, start, end, weight, reference_text, rows, reference_conditioning,
                                           temporal)
-        return (pipeline.with_reference(model, trajectory, opts, guide, host.Progress(trajectory.steps)),)
+        return (pipeline.with_reference(model, trajectory, opts, guide),)
 
 
 class GuidedSample(GuidedSampleNode):

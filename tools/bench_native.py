@@ -204,7 +204,7 @@ def run(args) -> dict:
     import comfy.samplers
     from tools.benchkit import (edit_rows, edited_spec, encode_heldout, machine, reconstruction_rows, rel_err,
                                 score_frames)
-    from vidinv import pipeline, synthetic
+    from vidinv import editmask, pipeline, synthetic
     from vidinv.attention import ReferenceOptions
     from vidinv.family import Guidance
     from vidinv.models import wan
@@ -294,18 +294,31 @@ def run(args) -> dict:
     score = lambda z: score_frames(decode(z), specs, targets, "colour", recon)  # noqa: E731
 
     # -------------------------------------------------------------- FlowEdit
-    def native_flow_edit(target, cfg_src, cfg_tar):
+    def native_flow_edit(target, cfg_src, cfg_tar, noise_mask=None):
+        lat = latent if noise_mask is None else {**latent, "noise_mask": noise_mask}
         with torch.inference_mode():
-            out, = NativeFlowEdit().edit(mp, pos, target, neg, sigmas.clone(), latent, 33, 0, 1, cfg_src, cfg_tar, 0)
+            out, = NativeFlowEdit().edit(mp, pos, target, neg, sigmas.clone(), lat, 33, 0, 1, cfg_src, cfg_tar, 0)
             return to_pack(base.process_latent_in(out["samples"].float())).clone()
 
+    # with a mask: the objects' true pixels grown by a latent cell, the pack's latent mask of them given to the pack
+    # FlowEdit, and as the LATENT's noise_mask (core's layout, the latent's size: core's resize keeps it) to the native
+    truth = torch.from_numpy(np.concatenate([synthetic.foreground_mask(synthetic.render(s)) for s in specs])).float()
+    lat_mask = editmask.grow(editmask.from_pixels(truth, x0.shape, model.temporal_factor), 1)
     fe = {"diffusers": lambda: pipeline.flow_edit(model, src, edit, x0, steps, 33, 0, 1, Guidance(3.5),
                                                   Guidance(13.5), 0),
-          "native": lambda: native_flow_edit(pos_edit, 3.5, 13.5)}
+          "native": lambda: native_flow_edit(pos_edit, 3.5, 13.5),
+          "diffusers masked": lambda: pipeline.flow_edit(model, src, edit, x0, steps, 33, 0, 1, Guidance(3.5),
+                                                         Guidance(13.5), 0, edit_mask=editmask.EditMask(
+                                                             given=truth, grow=1)),
+          "native masked": lambda: native_flow_edit(pos_edit, 3.5, 13.5, to_core(lat_mask))}
     fe_latents = {}
+    outside = (lat_mask == 0).float()  # where the mask is exactly 0 (a soft edge blends)
     result["flowedit"] = {"rows": edit_rows({f"{k} flowedit": (lambda k=k, f=f: fe_latents.setdefault(k, f()))
                                              for k, f in fe.items()}, score, {"edit": "colour", "guidance": 13.5}),
                           "agreement": rel(fe_latents["native"], fe_latents["diffusers"]),
+                          "masked_agreement": rel(fe_latents["native masked"], fe_latents["diffusers masked"]),
+                          "masked_outside_vs_source": rel(fe_latents["native masked"] * outside, x0 * outside),
+                          "mask_fraction": float(lat_mask.mean()),
                           "native_source_both_sides_vs_source": rel(native_flow_edit(pos, 3.5, 3.5), x0)}
     print(json.dumps({"flowedit": {k: v for k, v in result["flowedit"].items() if k != "rows"}}), flush=True)
     if args.flowedit_only:
@@ -452,6 +465,10 @@ def markdown(result: dict, command: str) -> str:
             f"| FlowEdit 33/0 3.5/13.5: hit / direction / IoU / path px | {fmt(rows['diffusers flowedit'])} | "
             f"{fmt(rows['native flowedit'])} |",
             f"| FlowEdit: the two paths' edits apart (relative latent) | {fe['agreement']:.2e} | |",
+            f"| FlowEdit masked (true pixels grown 1 cell, {fe['mask_fraction']:.0%} of the latent): hit / direction "
+            f"/ IoU / path px | {fmt(rows['diffusers masked flowedit'])} | {fmt(rows['native masked flowedit'])} |",
+            f"| FlowEdit masked: the two paths' edits apart / native outside the mask vs the source (relative) | "
+            f"{fe['masked_agreement']:.2e} | {fe['masked_outside_vs_source']:.2e} |",
             f"| FlowEdit, source prompt both sides (3.5 / 3.5): relative to the source latent | | "
             f"{fe['native_source_both_sides_vs_source']:.2e} |"]
     if "round_trip" not in result:

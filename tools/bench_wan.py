@@ -178,7 +178,8 @@ def run(args) -> dict:
     recon = decode(x0)
     src = wan.encode_text(model, [s.caption for s in specs])
     steps = args.steps
-    result = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": []}
+    result = {"model": model.describe(), "machine": machine(), "videos": len(specs), "steps": steps, "tables": [],
+              "reconstruction": {}}
 
     fresh = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     trajectories = {}
@@ -188,6 +189,9 @@ def run(args) -> dict:
             calls = [0]
             start = time.time()
             traj = pipeline.invert(model, src, x0, steps, Guidance(g), settings, hooks=CountingHooks(calls))
+            trajectories[g, name] = traj
+            if args.edits_only:
+                continue
             back = pipeline.sample(model, src, traj.noise, steps, Guidance(g))
             errs = rel_err(back, x0)
             frames = decode(back)
@@ -195,15 +199,18 @@ def run(args) -> dict:
                          "psnr_db": float(np.mean([synthetic.psnr(a, b) for a, b in zip(frames, recon)])),
                          "calls_per_step": calls[0] / steps, "step_calls": list(traj.calls),
                          "seconds": time.time() - start})
-            trajectories[g, name] = traj
             print(rows[-1], flush=True)
+        if args.edits_only:
+            continue
         baseline = float(np.mean(rel_err(pipeline.sample(model, src, fresh, steps, Guidance(g)), x0)))
         result["tables"].append({"steps": steps, "guidance": g, "fresh_noise_rel_err": baseline, "rows": rows})
     exact, naive = trajectories[1.0, "default"], trajectories[1.0, "naive (inverse Euler step)"]
     inversion_rows = {}
-    with RowCounter(model) as counter:
-        ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
-    inversion_rows["edit-friendly"] = counter.rows / len(specs) / steps
+    ef = fire_noise = rf_noise = None  # --edits-only: not made (rows that need them are not run)
+    if not args.edits_only:
+        with RowCounter(model) as counter:
+            ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
+        inversion_rows["edit-friendly"] = counter.rows / len(specs) / steps
     for label, key in (("exact", "default"), ("naive", "naive (inverse Euler step)")):
         inversion_rows[label] = float(np.mean(trajectories[1.0, key].calls))  # guidance 1: one row per call
     skip = round(0.2 * steps)
@@ -213,26 +220,27 @@ def run(args) -> dict:
                                       negative=negative, edit_mask=edit_mask(mask), start_at=start_at)
 
     published = ReferenceOptions(reference_text="edit")
-    with RowCounter(model) as counter:
-        fire_noise = fireflow(model, src, x0, steps, 1.0, invert=True)
-    inversion_rows["fireflow"] = counter.rows / len(specs) / steps
-    with RowCounter(model) as counter:
-        rf_noise = rf_invert(model, x0, steps)
-    inversion_rows["rf-inversion"] = counter.rows / len(specs) / steps
-    result["reconstruction"] = reconstruction_rows({
-        "fireflow (its own sampler)": fireflow(model, src, fire_noise, steps, 1.0, invert=False),
-        "rf-inversion (its controlled reverse ODE)": rf_edit(model, src, rf_noise, x0, steps, 1.0),
-        **{f"flowedit {n_max}/0 {g_src:g}/{g_src:g} (source prompt both sides)": pipeline.flow_edit(
-            model, src, src, x0, steps, n_max, 0, 1, Guidance(g_src), Guidance(g_src), 0)
-           for n_max, _, g_src, _ in flowedit_specs(args.flowedit)[:1]},  # exact by construction: the first spec
-        "exact plain": pipeline.sample(model, src, exact.noise, steps),
-        "ours default": guided(exact, ReferenceOptions(), src, 1.0),
-        **({f"ours default, guidance {args.guidance:g} trajectory": guided(
-            trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance)}
-           if args.cfg_round_trip else {}),
-        "published": guided(naive, published, src, 1.0, "fresh"),
-        "edit-friendly": pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
-        "edit-friendly + ours": guided(ef, ReferenceOptions(), src, 1.0)}, x0, recon, decode)
+    if not args.edits_only:  # the one-call baselines and the reconstruction rows
+        with RowCounter(model) as counter:
+            fire_noise = fireflow(model, src, x0, steps, 1.0, invert=True)
+        inversion_rows["fireflow"] = counter.rows / len(specs) / steps
+        with RowCounter(model) as counter:
+            rf_noise = rf_invert(model, x0, steps)
+        inversion_rows["rf-inversion"] = counter.rows / len(specs) / steps
+        result["reconstruction"] = reconstruction_rows({
+            "fireflow (its own sampler)": fireflow(model, src, fire_noise, steps, 1.0, invert=False),
+            "rf-inversion (its controlled reverse ODE)": rf_edit(model, src, rf_noise, x0, steps, 1.0),
+            **{f"flowedit {n_max}/0 {g_src:g}/{g_src:g} (source prompt both sides)": pipeline.flow_edit(
+                model, src, src, x0, steps, n_max, 0, 1, Guidance(g_src), Guidance(g_src), 0)
+               for n_max, _, g_src, _ in flowedit_specs(args.flowedit)[:1]},  # exact by construction: the first spec
+            "exact plain": pipeline.sample(model, src, exact.noise, steps),
+            "ours default": guided(exact, ReferenceOptions(), src, 1.0),
+            **({f"ours default, guidance {args.guidance:g} trajectory": guided(
+                trajectories[args.guidance, "default"], ReferenceOptions(), src, args.guidance)}
+               if args.cfg_round_trip else {}),
+            "published": guided(naive, published, src, 1.0, "fresh"),
+            "edit-friendly": pipeline.sample(model, src, ef.noise, steps, noise_maps=ef.noise_maps),
+            "edit-friendly + ours": guided(ef, ReferenceOptions(), src, 1.0)}, x0, recon, decode)
 
     g = args.guidance
     targets = [edited_spec(s, "colour") for s in specs]
@@ -281,6 +289,11 @@ def run(args) -> dict:
            for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) if args.fresh_in_mask},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
+    if args.edits_only:
+        needs = [k for k in methods if any(w in k for w in ("edit-friendly", "fireflow", "rf-inversion"))]
+        if not args.methods or needs:
+            raise SystemExit(f"--edits-only runs named rows that start from the exact or naive inversion; "
+                             f"{'no --methods' if not args.methods else 'not ' + ', '.join(needs)}")
     counted = {}
 
     def counting(name, fn):
@@ -338,6 +351,10 @@ def main(argv=None) -> None:
                    help="FlowEdit rows, each n_max/n_min/source guidance/target guidance")
     p.add_argument("--cfg-round-trip", action=argparse.BooleanOptionalAction, default=True,
                    help="also the round trip at --guidance (--no-cfg-round-trip: guidance 1 only)")
+    p.add_argument("--edits-only", action="store_true",
+                   help="only the exact and naive inversions the edit rows start from, then the --methods rows: no "
+                            "round-trip table, reconstruction rows, edit-friendly, FireFlow or RF-Inversion baselines "
+                            "(rows that need those are refused before any run)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
     add_reference_arguments(p)

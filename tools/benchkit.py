@@ -89,7 +89,8 @@ def edited_spec(spec, kind: str):
 
 def score_frames(frames, specs, targets, kind, recon) -> dict:
     """Decoded edits [N, F, H, W, 3] against the targets (attribute hit), the sources (direction kept)
-    and the sources' VAE reconstructions `recon` (mask IoU, centroid path error)."""
+    and the sources' VAE reconstructions `recon` (mask IoU, centroid path error); the means, and each video's
+    (``per_video``) for paired comparisons."""
     hit, direction, iou, cerr = [], [], [], []
     for f, spec, tgt, ref in zip(frames, specs, targets, recon):
         d = synthetic.describe(f)
@@ -98,7 +99,9 @@ def score_frames(frames, specs, targets, kind, recon) -> dict:
         iou.append(synthetic.mask_iou(f, ref))
         cerr.append(synthetic.centroid_error(f, ref))
     return {"target_acc": float(np.mean(hit)), "direction_kept": float(np.mean(direction)),
-            "mask_iou": float(np.mean(iou)), "centroid_err_px": float(np.mean(cerr))}
+            "mask_iou": float(np.mean(iou)), "centroid_err_px": float(np.mean(cerr)),
+            "per_video": {"hit": [bool(h) for h in hit], "iou": [float(v) for v in iou],
+                          "path": [float(v) for v in cerr]}}
 
 
 class PeakRSS:

@@ -276,9 +276,9 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
                    "once the step's residual is below it. The node plots the residual of every step. The edit below "
                    "runs the node defaults, Wan's measured chain: Reference Attention's weight -1 is 0 here (no "
-                   "reference pass) and Guided Sample's mask_level 0 is 0.75 x Otsu's level, the chain that held the "
-                   "edited colour on every Wan measured (BENCHMARKS section 6); weight 0.5 keeps more of the layout "
-                   "on most of them.")
+                   "reference pass) and Guided Sample's mask_level 0 is 0.6 x Otsu's level, the cut that held the "
+                   "edited colour on the most Wans measured at 16 videos (BENCHMARKS section 6, \"Sixteen videos\"); "
+                   "weight 0.5 keeps more of the layout on most of them.")
 # The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
 # "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all eight CogVideoX
 # models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
@@ -378,7 +378,8 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
             "(exact) or fresh noise; 'mask_threshold' > 0 keeps every step on the trajectory outside the "
             "region where the prompt's change acts ('mask_source' difference: where the model's prediction "
             "changes between the two prompts; 'mask_cut' otsu: the part of it that stands out; 'mask_level' scales "
-            "the cut, 0 = the family's: 0.75 on Wan text-to-video, 1 otherwise), shown by the edit mask output.",
+            "the cut, 0 = the family's: 0.6 on Wan text-to-video, 0.9 on CogVideoX text-to-video, 1 otherwise), "
+            "shown by the edit mask output.",
             (1520, 560), (360, 380))
     side_by_side(wf, enc, rec, ed, parts, "edit")
     ids = {"model": model, "parts": parts, "enc": enc, "inv": inv, "rec": rec, "ed": ed, "samp": samp,
@@ -421,10 +422,10 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
 
 
 # The edit workflows run Reference Attention and Guided Sample at their node defaults: the family's measured chain
-# (`EditRecipe`, BENCHMARKS section 6: CogVideoX text-to-video weight 8 from the one-call guide, Wan text-to-video no
-# reference pass and the mask at 0.75 x Otsu's level, image-to-video weight 2), the prediction difference mask cut
-# at Otsu's level, fresh noise inside it, guidance 5. The CogVideoX one inverts with one call per step
-# (ONE_CALL_INVERT): the guide 'auto' would make the same trajectory from an exact one.
+# (`EditRecipe`, BENCHMARKS section 6: CogVideoX text-to-video weight 8 from the one-call guide and the mask at 0.9 x
+# Otsu's level, Wan text-to-video no reference pass and the mask at 0.6 x Otsu's level, image-to-video weight 2 and
+# the mask at Otsu's level), the prediction difference mask, fresh noise inside it, guidance 5. The CogVideoX one
+# inverts with one call per step (ONE_CALL_INVERT): the guide 'auto' would make the same trajectory from an exact one.
 
 
 def edit(pack) -> Workflow:
@@ -543,7 +544,7 @@ def svd_edit(pack) -> Workflow:
 def wan_edit(pack) -> Workflow:
     """The edit workflow on the bundled tiny Wan: the same graph with Wan's loader, text encoder,
     flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes, at their defaults
-    (on Wan text-to-video: no reference pass, the mask at 0.75 x Otsu's level; 2.20 rows per step)."""
+    (on Wan text-to-video: no reference pass, the mask at 0.6 x Otsu's level; 2.20 rows per step)."""
     wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT)
     measured_outputs(wf, ids, "wan_edit")
     return wf

@@ -588,9 +588,9 @@ def per_step(channel: Channel, layers, reference_latent: Callable[[int], torch.T
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ReferenceSpec:
-    """What a patched model carries: the trajectory, the options and, where one was made, the one-call
-    trajectory a guided sample with the difference mask follows (`vidinv.pipeline.with_reference`). Applied
-    only while a guided sampler runs."""
+    """What a patched model carries: the trajectory, the options and, where the guide is the one-call inversion,
+    its maker (`vidinv.pipeline.OneCallGuide`: made by the first guided sample with the difference mask, which
+    then follows it; `vidinv.pipeline.with_reference`). Applied only while a guided sampler runs."""
     trajectory: object
     options: ReferenceOptions
     guide: object = None

@@ -167,29 +167,42 @@ def sample(model, cond, noise: torch.Tensor, steps: int, guidance: Guidance = Gu
 GUIDES = ("auto", *family.GUIDES)
 
 
-def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None, guide: str = GUIDES[1],
-                   hooks: Hooks | None = None):
+def with_reference(model, traj: Trajectory, options: ReferenceOptions | None = None, guide: str = GUIDES[1]):
     """A copy of `model` carrying the trajectory and reference options for `guided_sample` (the
     model itself is not changed). The options' family-specific parts, the layers and the trajectory
     are checked against the model here, before any sampling.
 
-    `guide` (`GUIDES`): "one-call" also makes the one-call inversion of the trajectory's clean latent here (DDIM
-    Invert with iterations 0, on the trajectory's conditioning, guidance and grid: one model call per step, with
-    `hooks`), which a guided sample with the difference mask then follows instead of the trajectory (`guide_for`);
-    a trajectory inverted with 0 iterations is one already. "auto": the family's `EditRecipe.guide` where the
-    trajectory is exact and carries no optimised embeddings, else "trajectory"."""
+    `guide` (`GUIDES`): "one-call": a guided sample with the difference mask follows the one-call inversion of the
+    trajectory's clean latent instead of the trajectory (`guide_for`: DDIM Invert with iterations 0, on the
+    trajectory's conditioning, guidance and grid, one model call per step; made by the first such sample and kept
+    with the patched model, so a sample without that mask costs nothing for it); a trajectory inverted with 0
+    iterations is one already. "auto": the family's `EditRecipe.guide` where the trajectory is exact and carries no
+    optimised embeddings, else "trajectory"."""
     fam = families.of(model)
     opts = fam.reference_options(options or ReferenceOptions())
     fam.check_reference(model, opts)
     traj.check_model(model)
     guide = resolve_guide(fam.edit_recipe(model).guide if guide == GUIDES[0] else guide, traj, guide == GUIDES[0])
-    one_call = None
-    if guide == GUIDES[2] and traj.iterations > 0:
-        image_latents, pad = fam.latent_extras(traj)
-        dtype = next(name for name in STORAGE_DTYPES if DTYPES[name] == traj.latents.dtype)
-        one_call = invert(model, fam.source_conditioning(traj), traj.clean, traj.steps, fam.trajectory_guidance(traj),
-                          solver.Solver(iters=0), dtype, image_latents, hooks, pad)
+    one_call = OneCallGuide(model, traj) if guide == GUIDES[2] and traj.iterations > 0 else None
     return dataclasses.replace(model, reference=ReferenceSpec(traj, opts, one_call))
+
+
+class OneCallGuide:
+    """The one-call inversion of `traj`'s clean latent by `model` (DDIM Invert with iterations 0 on the trajectory's
+    conditioning, guidance, grid and storage dtype), made on the first `get` and kept; a failed or interrupted
+    making leaves nothing kept."""
+
+    def __init__(self, model, traj: Trajectory):
+        self.model, self.source, self.made = model, traj, None
+
+    def get(self, hooks: Hooks | None = None) -> Trajectory:
+        if self.made is None:
+            fam, traj = families.of(self.model), self.source
+            image_latents, pad = fam.latent_extras(traj)
+            dtype = next(name for name in STORAGE_DTYPES if DTYPES[name] == traj.latents.dtype)
+            self.made = invert(self.model, fam.source_conditioning(traj), traj.clean, traj.steps,
+                               fam.trajectory_guidance(traj), solver.Solver(iters=0), dtype, image_latents, hooks, pad)
+        return self.made
 
 
 def resolve_guide(guide: str, traj: Trajectory, auto: bool) -> str:
@@ -212,11 +225,12 @@ def resolve_guide(guide: str, traj: Trajectory, auto: bool) -> str:
                             "node.")
 
 
-def guide_for(spec: ReferenceSpec, edit_mask: editmask.EditMask | None) -> Trajectory:
+def guide_for(spec: ReferenceSpec, edit_mask: editmask.EditMask | None, hooks: Hooks | None = None) -> Trajectory:
     """The trajectory a guided sample follows: the spec's one-call guide where the edit mask is the difference map
-    (empty with the source prompt, so the source still comes back exactly), else the patched trajectory."""
+    (empty with the source prompt, so the source still comes back exactly; made here the first time, with `hooks`),
+    else the patched trajectory."""
     difference = edit_mask is not None and edit_mask.given is None and edit_mask.source == "difference"
-    return spec.guide if spec.guide is not None and difference else spec.trajectory
+    return spec.guide.get(hooks) if spec.guide is not None and difference else spec.trajectory
 
 
 # Guided sampling's starts: the trajectory's noise, fresh noise (the published recipe), or fresh noise inside the edit
@@ -287,7 +301,7 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
                                 "Connect the output of the Reference Attention node to its model input.")
     hooks = hooks or Hooks()
     fam = families.of(model)
-    traj, opts = guide_for(spec, edit_mask), fam.reference_options(spec.options)
+    traj, opts = guide_for(spec, edit_mask, hooks), fam.reference_options(spec.options)
     traj.check_model(model)
     grid = traj.check_grid(model.scheduler_config)
     fam.check_reference(model, opts)

@@ -62,9 +62,10 @@ def test_edit_friendly_graph_reconstructs_and_masks_in_the_host(comfy):
     assert len(entry["outputs"]["11"]["images"]) == 9  # one mask frame per video frame
     assert entry["outputs"]["7"]["vinv_trajectory"][0]["kind"] == "edit-friendly"
     fraction = entry["outputs"]["10"]["vinv_guidance"][0]["mask_fraction"]
-    # the default guide and mask_level: an edit-friendly trajectory is followed itself, CogVideoX's cut is Otsu's
+    # the default guide and mask_level: an edit-friendly trajectory is followed itself; CogVideoX text-to-video cuts
+    # at 0.9 x Otsu's level
     assert entry["outputs"]["10"]["vinv_guidance"][0]["guide"] == "trajectory"
-    assert entry["outputs"]["10"]["vinv_guidance"][0]["mask_level"] == 1
+    assert entry["outputs"]["10"]["vinv_guidance"][0]["mask_level"] == 0.9
     assert 0 < fraction < entry["outputs"]["18"]["vinv_guidance"][0]["mask_fraction"] <= 1  # mask_grow widens it
     assert fraction < entry["outputs"]["20"]["vinv_guidance"][0]["mask_fraction"] <= 1  # so does a lower mask_level
     late = entry["outputs"]["15"]["vinv_trajectory"][0]

@@ -43,11 +43,15 @@ class VInvTestLatent:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0}), "frames": ("INT", {"default": 3}),
-                             "size": ("INT", {"default": 8})}}
+                             "size": ("INT", {"default": 8})},
+                "optional": {"mask_value": ("FLOAT", {"default": -1.0, "min": -10.0})}}
 
-    def run(self, seed, frames, size):
+    def run(self, seed, frames, size, mask_value=-1.0):
         g = torch.Generator().manual_seed(seed)
-        return ({"samples": torch.randn(1, 16, frames, size, size, generator=g)},)
+        out = {"samples": torch.randn(1, 16, frames, size, size, generator=g)}
+        if mask_value != -1.0:  # a noise_mask no core node would make
+            out["noise_mask"] = torch.full((1, size, size), mask_value)
+        return (out,)
 
 
 NODE_CLASS_MAPPINGS = {"VInvTestConditioning": VInvTestConditioning, "VInvTestLatent": VInvTestLatent}
@@ -268,28 +272,38 @@ def test_wrong_sigmas_cache_nodes_and_other_models_are_refused(server):
 
 
 def flow_edit(g: dict, nid: str, target: str, source_cfg: float = 3.5, target_cfg: float = 3.5, n_max: int = 8,
-              n_min: int = 0, model: str = "1") -> None:
-    """FlowEdit (native) of the source latent "4" as node `nid`, its output saved by `nid` + "o"."""
+              n_min: int = 0, model: str = "1", latent: str = "4") -> None:
+    """FlowEdit (native) of the source latent "4" (or `latent`) as node `nid`, its output saved by `nid` + "o"."""
     g[nid] = node("VInvNativeFlowEdit", model=[model, 0], source=["2", 0], target=[target, 0], negative=["3", 0],
-                  sigmas=["6", 0], latent=["4", 0], n_max=n_max, n_min=n_min, n_avg=1, source_cfg=source_cfg,
+                  sigmas=["6", 0], latent=[latent, 0], n_max=n_max, n_min=n_min, n_avg=1, source_cfg=source_cfg,
                   target_cfg=target_cfg, seed=0)
     g[nid + "o"] = node("SaveLatent", samples=[nid, 0], filename_prefix=f"native/flowedit_{nid}")
 
 
 def test_native_flowedit_gives_the_source_back_with_its_prompt_and_edits_with_another(server):
     """FlowEdit (native) on core's MODEL (issue 36): the source prompt on both sides at one cfg with n_min 0 returns
-    the latent (every velocity difference is exactly 0); another prompt, with or without the tail, edits it."""
+    the latent (every velocity difference is exactly 0); another prompt, with or without the tail, edits it. A noise
+    mask (core's Set Latent Noise Mask, left half) keeps the source outside it, with and without the tail."""
     g = inversion_graph(1.0, 12)
     del g["7"]
     g["e"] = node("VInvTestConditioning", text=EDIT, tokens=12)
     flow_edit(g, "f1", "2")
     flow_edit(g, "f2", "e", target_cfg=5.0)
     flow_edit(g, "f3", "e", target_cfg=5.0, n_min=2)
+    g["m0"] = node("SolidMask", value=0.0, width=8, height=8)
+    g["m1"] = node("SolidMask", value=1.0, width=4, height=8)
+    g["m2"] = node("MaskComposite", destination=["m0", 0], source=["m1", 0], x=0, y=0, operation="add")
+    g["m"] = node("SetLatentNoiseMask", samples=["4", 0], mask=["m2", 0])
+    flow_edit(g, "f4", "e", target_cfg=5.0, latent="m")
+    flow_edit(g, "f5", "e", target_cfg=5.0, n_min=2, latent="m")
     entry = run(server, g)
     src = saved_latent(server, entry, "90")
-    same, edited, tail = (saved_latent(server, entry, f"f{i}o") for i in (1, 2, 3))
+    same, edited, tail, masked, masked_tail = (saved_latent(server, entry, f"f{i}o") for i in range(1, 6))
     assert same.shape == src.shape and rel(same, src) < 1e-6
     assert rel(edited, src) > 1e-3 and rel(tail, edited) > 1e-4
+    for out, full in ((masked, edited), (masked_tail, tail)):
+        assert rel(out[..., 4:], src[..., 4:]) < 1e-6  # outside the mask: the source
+        assert rel(out[..., :4], full[..., :4]) > 1e-4 and rel(out[..., :4], src[..., :4]) > 1e-3  # inside: edited
 
 
 def test_native_flowedit_with_two_experts_goes_on_where_the_first_stopped(server):
@@ -316,7 +330,8 @@ def test_native_flowedit_with_two_experts_goes_on_where_the_first_stopped(server
 
 
 def test_native_flowedit_refuses_what_it_cannot_edit(server):
-    """Before any model call: a MODEL that is not a flow model, a window the SIGMAS do not hold, a cache node."""
+    """Before any model call: a MODEL that is not a flow model, a window the SIGMAS do not hold, a cache node, a
+    lone switch_step, a noise mask outside 0..1."""
     g = inversion_graph(1.0, 12, sampling="eps")
     del g["7"]
     flow_edit(g, "f", "2", model="5")
@@ -343,6 +358,13 @@ def test_native_flowedit_refuses_what_it_cannot_edit(server):
     g["f"]["inputs"]["switch_step"] = 4
     err = error_of(server, g)
     assert "without a low_noise_model" in err["exception_message"], err
+
+    g = inversion_graph(1.0, 12)
+    del g["7"]
+    g["4"]["inputs"]["mask_value"] = 2.0
+    flow_edit(g, "f", "2")
+    err = error_of(server, g)
+    assert "noise_mask holds values outside 0..1" in err["exception_message"], err
 
 
 def native_workflow() -> dict:

@@ -59,7 +59,7 @@ def test_edit_workflow_reconstructs_exactly_and_edits(comfy, edit_run):
     window = entry["outputs"][guided]["vinv_guidance"][0]
     # the node defaults: CogVideoX text-to-video's measured chain, weight 8 in the first 40 % of the steps (issue 36)
     assert window["steps"] == 50 and window["weight"] == 8.0 and window["guide"] == "one-call"
-    assert window["active"] == list(range(20)) and window["start"] == "fresh in mask" and window["mask_level"] == 1
+    assert window["active"] == list(range(20)) and window["start"] == "fresh in mask" and window["mask_level"] == 0.9
     assert 0 < window["mask_fraction"] < 0.5
     for title in ("Save reconstruction", "Save edit", "Save side by side", "Save source"):
         nid = next(k for k, v in prompt.items() if v["_meta"]["title"] == title)
@@ -200,7 +200,7 @@ def test_svd_edit_workflow(comfy):
 def test_wan_edit_workflow(comfy):
     """workflows/wan_edit.json on the bundled tiny Wan: Flow Invert (exact) sampled back reconstructs,
     and the shared Guided Sample behind Reference Attention, both at their defaults (Wan's measured chain: weight 0,
-    mask_level 0.75), makes the green edit keeping the motion."""
+    mask_level 0.6), makes the green edit keeping the motion."""
     prompt = api_prompt("wan_edit.json")
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", comfy_host.execution_error(entry)
@@ -211,10 +211,10 @@ def test_wan_edit_workflow(comfy):
     source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
     got = synthetic.describe(edit)
     assert got["colour"] == "green" and got["direction"] == "right", got
-    # the node defaults on Wan (session 17's rule over eight Wans, BENCHMARKS section 6): no reference (weight 0), the
-    # difference mask cut at 0.75 x Otsu's level, fresh noise in it; on this one video 0.45 and 8.4 px, the mask
-    # 0.44 of the latent (tools/sample_video_edit.py --settings 0/5/0.75/0.4/masked)
-    assert synthetic.mask_iou(edit, source) > 0.4 and synthetic.centroid_error(edit, source) < 10
+    # the node defaults on Wan (sessions 17 and 19's rules, BENCHMARKS section 6): no reference (weight 0), the
+    # difference mask cut at 0.6 x Otsu's level, fresh noise in it; on this one video 0.42 and 9.2 px, the mask
+    # 0.53 of the latent (tools/sample_video_edit.py --settings 0/5/0.6/0.4/masked)
+    assert synthetic.mask_iou(edit, source) > 0.37 and synthetic.centroid_error(edit, source) < 10.5
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
-    assert window["steps"] == 50 and window["weight"] == 0 and 0.35 < window["mask_fraction"] < 0.55
-    assert window["start"] == "fresh in mask" and window["mask_level"] == 0.75 and window["guide"] == "trajectory"
+    assert window["steps"] == 50 and window["weight"] == 0 and 0.4 < window["mask_fraction"] < 0.65
+    assert window["start"] == "fresh in mask" and window["mask_level"] == 0.6 and window["guide"] == "trajectory"

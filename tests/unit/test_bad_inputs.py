@@ -535,7 +535,9 @@ def test_empty_batches_are_refused_by_name(pack, tiny_graph):
 def test_reference_guide_refused_where_it_cannot_be_made(pack, tiny_graph):
     """Reference Attention's guide: an unknown one, and 'one-call' on a trajectory whose inversion would drop what
     it carries (an edit-friendly one's noise maps), are refused before any model call, and the input model stays
-    unpatched; 'auto' takes the trajectory there, and on models nothing was measured on (image-to-video, SVD)."""
+    unpatched; 'auto' takes the trajectory there, and on models nothing was measured on (image-to-video, SVD). The
+    one-call guide is made by the first Guided Sample that follows it (one call per step: 2 here), not by a sample
+    without the difference mask, and kept for the next."""
     m, g, ierr = pack.NODE_CLASS_MAPPINGS, tiny_graph, pack.vidinv.errors.InputError
     patch = m["VInvReferenceAttention"]().patch
     ef, _ = m["VInvFriendlyInvert"]().invert(g["model"], g["cond"], g["latent"], 2, 1.0, 0, "fp32")["result"]
@@ -549,11 +551,21 @@ def test_reference_guide_refused_where_it_cannot_be_made(pack, tiny_graph):
         auto, = patch(g["model"], ef, "all", 0.0, 0.4, -1.0, False, "all", "source")
         assert calls == [] and auto.reference.guide is None and auto.reference.options.weight == 8.0
         made, = patch(g["model"], g["traj"], "all", 0.0, 0.4, -1.0, False, "all", "source")
-        assert len(calls) == 2 and made.reference.guide.iterations == 0  # one call per step, once
+        assert calls == [] and made.reference.guide.made is None  # made by the first sample that follows it
+        sample = m["VInvGuidedSample"]().sample
+        sample(made, g["cond"], 1.0, False, "inverted", 0, "conditioning", mask_threshold=0.0)  # no mask: no guide
+        plain = len(calls)
+        assert made.reference.guide.made is None
+        sample(made, g["cond"], 1.0, False, "inverted", 0, "conditioning")  # the difference mask: it follows the guide
+        guide = made.reference.guide.made
+        assert guide.iterations == 0 and guide.kind == "exact"
+        first = len(calls) - plain
+        sample(made, g["cond"], 1.0, False, "inverted", 0, "conditioning")
+        assert made.reference.guide.made is guide and len(calls) - plain - first == first - 2  # kept: 2 calls fewer
         half, _ = m["VInvDDIMInvert"]().invert(g["model"], g["cond"], g["latent"], 2, 1.0, False, 1, 0.0, "anderson",
                                                0.0, "fp16")["result"]
-        assert patch(g["model"], half, "all", 0.0, 0.4, -1.0, False, "all", "source")[0].reference.guide.latents.dtype \
-            == torch.float16  # stored as the trajectory it was made from
+        assert patch(g["model"], half, "all", 0.0, 0.4, -1.0, False, "all", "source")[0].reference.guide.get().latents \
+            .dtype == torch.float16  # stored as the trajectory it was made from
     finally:
         hook.remove()
     assert g["model"].reference is None

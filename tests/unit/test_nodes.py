@@ -97,14 +97,15 @@ def test_node_defaults_reconstruct_with_the_source_prompt(pack, graph):
     assert defaults["weight"] == -1.0 and defaults["end"] == 0.4 and defaults["start"] == 0.0
     assert defaults["guide"] == "auto"
     patched, = m["VInvReferenceAttention"]().patch(graph["model"], graph["traj"], **defaults)
-    assert patched.reference.guide is not None and patched.reference.guide.iterations == 0
-    assert torch.equal(patched.reference.guide.clean, graph["traj"].clean)
+    assert patched.reference.guide is not None and patched.reference.guide.made is None  # made by Guided Sample
     guided = {k: v for k, v in node_defaults(m["VInvGuidedSample"]).items() if k not in ("guidance", "seed")}
     assert guided["mask_level"] == 0.0 and guided["start"] == "fresh in mask"
     g = m["VInvGuidedSample"]().sample(patched, graph["cond"], 1.0, seed=0, **guided)
     window = g["ui"]["vinv_guidance"][0]
     assert window["active"] == [0, 1, 2] and window["weight"] == 8.0  # 6 steps: i / 6 < 0.4
-    assert window["guide"] == "one-call" and window["mask_level"] == 1.0 and window["mask_fraction"] == 0
+    assert window["guide"] == "one-call" and window["mask_level"] == 0.9 and window["mask_fraction"] == 0
+    made = patched.reference.guide.made
+    assert made.iterations == 0 and torch.equal(made.clean, graph["traj"].clean)
     x0 = graph["latent"]["samples"]
     assert float((g["result"][0]["samples"] - x0).norm() / x0.norm()) < 1e-6
 
