@@ -167,6 +167,10 @@ def flowedit_specs(texts) -> list[tuple[int, int, float, float]]:
 
 
 def run(args) -> dict:
+    needs = [k for k in args.methods or [] if any(w in k for w in ("edit-friendly", "fireflow", "rf-inversion"))]
+    if args.edits_only and (not args.methods or needs):
+        raise SystemExit(f"--edits-only runs named rows that start from the exact or naive inversion; "
+                         f"{'no --methods' if not args.methods else 'not ' + ', '.join(needs)}")
     torch.set_num_threads(args.threads)
     model = wan.load(args.model, "fp32")
     specs, x0 = encode_heldout(model, args.videos)
@@ -289,11 +293,6 @@ def run(args) -> dict:
            for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) if args.fresh_in_mask},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
-    if args.edits_only:
-        needs = [k for k in methods if any(w in k for w in ("edit-friendly", "fireflow", "rf-inversion"))]
-        if not args.methods or needs:
-            raise SystemExit(f"--edits-only runs named rows that start from the exact or naive inversion; "
-                             f"{'no --methods' if not args.methods else 'not ' + ', '.join(needs)}")
     counted = {}
 
     def counting(name, fn):
