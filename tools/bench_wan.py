@@ -16,8 +16,8 @@ the source's VAE reconstruction as tools/bench_edit.py does:
   exact + NPI         ... with the source prompt as the negative (negative-prompt inversion)
   ours default        exact inversion + reference attention at the library's defaults (ReferenceOptions)
   node defaults       Reference Attention + Guided Sample at their node defaults on this model (the
-                      family's measured chain, `EditRecipe`; Wan text-to-video: no reference pass, the
-                      difference mask cut at 0.75 x Otsu's level, fresh noise inside it)
+                      family's measured chain, `EditRecipe`; Wan text-to-video: reference weight 4,
+                      the difference mask cut at 0.6 x Otsu's level, fresh noise inside it)
   ours + NPI          both
   edit-friendly       edit-friendly DDPM inversion (guidance 1, seed 0), the edit sampled with its noise
                       maps (the flow posterior, `vidinv.friendly`); "from 0.2": from a fifth of the

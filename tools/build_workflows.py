@@ -275,10 +275,10 @@ WAN_INVERT_NOTE = ("Flow Invert (Wan, exact): 'steps' is the Euler grid on the m
                    "round trip stays exact (1 = off); 'iterations' refine each inverse step x_i = x_next - "
                    "(sigma_next - sigma_i) v(x_i) (0 = the naive inverse Euler step); 'tolerance' stops refining "
                    "once the step's residual is below it. The node plots the residual of every step. The edit below "
-                   "runs the node defaults, Wan's measured chain: Reference Attention's weight -1 is 0 here (no "
-                   "reference pass) and Guided Sample's mask_level 0 is 0.6 x Otsu's level, the cut that held the "
-                   "edited colour on the most Wans measured at 16 videos (BENCHMARKS section 6, \"Sixteen videos\"); "
-                   "weight 0.5 keeps more of the layout on most of them.")
+                   "runs the node defaults, Wan's measured chain: Reference Attention's weight -1 is 4 here (in the "
+                   "first 40 % of the steps) and Guided Sample's mask_level 0 is 0.6 x Otsu's level, the chain that "
+                   "held the edited colour and kept the layout on the most Wans measured at 16 videos (BENCHMARKS "
+                   "section 6, \"Sixteen videos\"); weight 0 skips the reference pass (fewer calls, a looser path).")
 # The CogVideoX edit workflow guides its edit by the one-call trajectory (issue 36, session 15; BENCHMARKS section 6,
 # "The one-call trajectory as the guide"): higher mask IoU and a closer path than the exact one on all eight CogVideoX
 # models measured; with the source prompt the chain still gives the source back exactly (the difference mask is empty,
@@ -423,7 +423,7 @@ def measured_outputs(wf: Workflow, ids: dict, prefix: str) -> None:
 
 # The edit workflows run Reference Attention and Guided Sample at their node defaults: the family's measured chain
 # (`EditRecipe`, BENCHMARKS section 6: CogVideoX text-to-video weight 8 from the one-call guide and the mask at 0.9 x
-# Otsu's level, Wan text-to-video no reference pass and the mask at 0.6 x Otsu's level, image-to-video weight 2 and
+# Otsu's level, Wan text-to-video weight 4 and the mask at 0.6 x Otsu's level, image-to-video weight 2 and
 # the mask at Otsu's level), the prediction difference mask, fresh noise inside it, guidance 5. The CogVideoX one
 # inverts with one call per step (ONE_CALL_INVERT): the guide 'auto' would make the same trajectory from an exact one.
 
@@ -544,7 +544,7 @@ def svd_edit(pack) -> Workflow:
 def wan_edit(pack) -> Workflow:
     """The edit workflow on the bundled tiny Wan: the same graph with Wan's loader, text encoder,
     flow inversion and sampler; Reference Attention and Guided Sample are the shared nodes, at their defaults
-    (on Wan text-to-video: no reference pass, the mask at 0.6 x Otsu's level; 2.20 rows per step)."""
+    (on Wan text-to-video: reference weight 4, the mask at 0.6 x Otsu's level; 2.60 rows per step)."""
     wf, ids = edit_graph(pack, "tiny-wan (bundled)", WAN_EDIT)
     measured_outputs(wf, ids, "wan_edit")
     return wf

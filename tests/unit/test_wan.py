@@ -155,13 +155,13 @@ def test_edit_differs_and_processors_come_back(model64, conds, runs):
 
 @pytest.mark.parametrize("g", [1.0, 5.0])
 def test_node_default_chain_gives_the_source_back_with_its_prompt(model64, conds, runs, g):
-    """Wan text-to-video's measured chain (`EditRecipe`: no reference pass, the difference mask cut at 0.6 x Otsu's
+    """Wan text-to-video's measured chain (`EditRecipe`: reference weight 4, the difference mask cut at 0.6 x Otsu's
     level, fresh noise inside it) with the source prompt: the mask is empty, so the start is the inverted noise and
     every step the trajectory's; the source comes back as plain sampling gives it."""
     from vidinv import editmask
     traj, back = runs[1][g]
     recipe = wan.FAMILY.edit_recipe(model64)
-    assert (recipe.weight, recipe.mask_level, recipe.guide) == (0.0, 0.6, "trajectory")
+    assert (recipe.weight, recipe.mask_level, recipe.guide) == (4.0, 0.6, "trajectory")
     patched = pipeline.with_reference(model64, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), "auto")
     m = editmask.EditMask(0.9, source="difference", cut="otsu", level=recipe.mask_level)
     out = pipeline.guided_sample(patched, conds[0], Guidance(g), start="fresh in mask", seed=3, edit_mask=m)
