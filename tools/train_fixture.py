@@ -74,7 +74,7 @@ def train_vae(args) -> None:
     if args.init:  # fine-tune an exported fixture's VAE (stored in float16)
         vae = AutoencoderKLCogVideoX.from_pretrained(Path(args.init) / "vae", torch_dtype=torch.float32)
     else:
-        vae = AutoencoderKLCogVideoX(**VAE_CONFIG)
+        vae = AutoencoderKLCogVideoX(**dict(VAE_CONFIG, latent_channels=args.latent_channels or LATENT_CHANNELS))
     log(f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {args.steps} steps")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
@@ -199,11 +199,13 @@ def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, low_share
     return t, a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
-def transformer_config(args) -> dict:
+def transformer_config(args, channels: int = LATENT_CHANNELS) -> dict:
     """TRANSFORMER_CONFIG with the shape options given (--layers, --heads, --head-dim, --text-len,
-    --text-width): other models of the same family, e.g. held-out models the defaults were not tuned on."""
+    --text-width) and the VAE's latent `channels` in and out: other models of the same family, e.g. held-out
+    models the defaults were not tuned on."""
     shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim,
-             "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width}
+             "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width,
+             "in_channels": channels, "out_channels": channels}
     cfg = {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
     if not rope_fits(cfg["attention_head_dim"]):  # the loader's rule, before the dataset is encoded
         raise SystemExit(f"--head-dim {cfg['attention_head_dim']}: CogVideoX's 3-D RoPE needs a multiple of 16")
@@ -240,7 +242,7 @@ def train_dit(args) -> None:
     else:
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **{
             **T5_CONFIG, **({"d_model": args.text_width} if args.text_width else {})}))
-        transformer = CogVideoXTransformer3DModel(**transformer_config(args))
+        transformer = CogVideoXTransformer3DModel(**transformer_config(args, latents.shape[2]))
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, {args.steps} steps")
@@ -410,6 +412,8 @@ def main(argv=None) -> None:
     p.add_argument("--text-width", type=int, default=None,
                    help="dit: T5 d_model, the transformer's text_embed_dim (default: the bundled 64)")
     p.add_argument("--head-dim", type=int, default=None, help="dit: channels per head (default: the bundled model's)")
+    p.add_argument("--latent-channels", type=int, default=None,
+                   help="vae: latent channels (default: the bundled 16); the transformer takes its VAE's")
     p.add_argument("--low-t", type=float, default=0.0,
                    help="dit: share of each batch with timesteps from the lowest quarter")
     args = p.parse_args(argv)

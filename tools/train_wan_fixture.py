@@ -9,8 +9,9 @@ Stages (each seeded and reproducible on CPU; run in order):
 
 A held-out model (BENCHMARKS section 6, "Defaults on a model not tuned on") is the same recipe with
 another --seed and other shapes: --blocks, --heads, --head-dim, --ffn, --text-width, --text-layers
-(the transformer and UMT5), --vae-from FOLDER to reuse a trained Wan folder's VAE (its latent
-channels) instead of training one, --out outside the repository.
+(the transformer and UMT5), --latent-channels (the vae stage's; the transformer takes its VAE's), or
+--vae-from FOLDER to reuse a trained Wan folder's VAE (its latent channels) instead of training one, --out outside
+the repository.
 
 Intermediate checkpoints go to --work (default: .fixture-work-wan/, git-ignored). The recipe is in
 assets/tiny-wan/MODEL_CARD.md; tools/evaluate_wan_fixture.py measures the gates.
@@ -95,7 +96,7 @@ def fit_vae(vae, params, sched, rng, args, kl: float, encoder: bool, label: str)
 def train_vae(args) -> None:
     from diffusers import AutoencoderKLWan
     rng = seed_all(args.seed)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
+    vae = AutoencoderKLWan(**dict(VAE_CONFIG, z_dim=args.latent_channels or LATENT_CHANNELS))
     params = list(vae.parameters())
     log(f"VAE {sum(p.numel() for p in params) / 1e6:.2f} M parameters, {args.steps} steps")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -174,14 +175,15 @@ def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def shapes(args) -> tuple[dict, dict]:
-    """(UMT5 config, transformer config): the bundled model's, with the shapes the arguments change."""
+def shapes(args, channels: int = LATENT_CHANNELS) -> tuple[dict, dict]:
+    """(UMT5 config, transformer config): the bundled model's, with the shapes the arguments change and the
+    VAE's latent `channels` in and out."""
     text = dict(UMT5_CONFIG)
     if args.text_width:
         text.update(d_model=args.text_width, d_kv=args.text_width // text["num_heads"], d_ff=2 * args.text_width)
     if args.text_layers:
         text.update(num_layers=args.text_layers)
-    model = dict(TRANSFORMER_CONFIG, text_dim=text["d_model"])
+    model = dict(TRANSFORMER_CONFIG, text_dim=text["d_model"], in_channels=channels, out_channels=channels)
     for key, value in (("num_layers", args.blocks), ("num_attention_heads", args.heads),
                        ("attention_head_dim", args.head_dim), ("ffn_dim", args.ffn)):
         if value:
@@ -220,7 +222,7 @@ def train_dit(args) -> None:
 
     tokenizer = build_tokenizer()
     tokenizer.model_max_length = TEXT_LEN
-    text_config, transformer_config = shapes(args)
+    text_config, transformer_config = shapes(args, latents.shape[1])
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **text_config))
     transformer = WanTransformer3DModel(**transformer_config)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
@@ -296,6 +298,8 @@ def main(argv=None) -> None:
     p.add_argument("--text-width", type=int, default=None, help="UMT5 d_model = the transformer's text_dim (64)")
     p.add_argument("--text-layers", type=int, default=None, help="UMT5 layers (bundled: 2)")
     p.add_argument("--vae-from", default=None, help="reuse this Wan folder's VAE instead of the vae stage")
+    p.add_argument("--latent-channels", type=int, default=None,
+                   help="the vae stage's latent channels (bundled: 16); the transformer takes its VAE's")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
