@@ -322,7 +322,8 @@ REFERENCE_END = EditRecipe().end
 WEIGHT_TOOLTIP = ("Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more = stronger pull to the "
                   "source.")
 AUTO_WEIGHT_TOOLTIP = (WEIGHT_TOOLTIP + " -1 (any value below 0) = the family's measured pick: CogVideoX "
-                       "text-to-video 8 (with the one-call guide), Wan text-to-video 4, 2 otherwise (BENCHMARKS section 6).")
+                       "text-to-video 8 (with the one-call guide), Wan text-to-video 4, 2 otherwise (BENCHMARKS "
+                       "section 6).")
 
 
 def reference_window(weight: float = attention.ReferenceOptions().weight,
