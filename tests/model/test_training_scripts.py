@@ -13,13 +13,17 @@ from vidinv.family import Guidance
 from vidinv.models import cogvideox, wan
 from vidinv.solver import Solver
 
+# the scripts set the thread count (restored after the module) and seed torch's generator (forked below)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def trained(script, tmp_path, vae: list[str], dit: list[str]):
     work, out = tmp_path / "work", tmp_path / "model"
     common = ["--work", str(work), "--threads", "1", "--steps", "1", "--batch", "1"]
-    script.main(["vae", *common, *vae])
-    script.main(["dit", *common, "--dataset", "2", *dit])
-    script.main(["export", "--work", str(work), "--out", str(out)])
+    with torch.random.fork_rng():
+        script.main(["vae", *common, *vae])
+        script.main(["dit", *common, "--dataset", "2", *dit])
+        script.main(["export", "--work", str(work), "--out", str(out)])
     return out
 
 
