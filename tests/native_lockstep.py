@@ -34,6 +34,10 @@ def main(tree: str) -> None:
     import torch
     torch.set_num_threads(1)
     from comfy.ldm.wan.model import WanModel
+    import comfy.ldm.flux.math as core_math
+    import comfy.ldm.wan.model as core_wan
+    if hasattr(core_math, "_apply_rope1"):  # newer cores route RoPE through comfy_kitchen, whose CPU kernel takes
+        core_wan.apply_rope1 = core_math._apply_rope1  # no float64: core's own torch RoPE for this float64 model
     load("vidinv_pack", ROOT, package=True)
     load("vidinv", ROOT / "vidinv", package=True)  # the copy tests/twopass.py imports (unused here)
     from vidinv_pack.nodes import native
