@@ -175,7 +175,7 @@ def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def shapes(args, channels: int = LATENT_CHANNELS) -> tuple[dict, dict]:
+def shapes(args, channels: int) -> tuple[dict, dict]:
     """(UMT5 config, transformer config): the bundled model's, with the shapes the arguments change and the
     VAE's latent `channels` in and out."""
     text = dict(UMT5_CONFIG)

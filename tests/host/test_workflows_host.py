@@ -211,9 +211,10 @@ def test_wan_edit_workflow(comfy):
     source, edit = frames_of(comfy, entry, prompt, "Frames: source"), frames_of(comfy, entry, prompt, "Frames: edit")
     got = synthetic.describe(edit)
     assert got["colour"] == "green" and got["direction"] == "right", got
-    # the node defaults on Wan (session 19's rules, BENCHMARKS section 6): reference weight 4 in the first 40 % of the
-    # steps, the difference mask cut at 0.6 x Otsu's level, fresh noise in it; on this one video 0.71 and 3.6 px, the
-    # mask 0.53 of the latent (tools/sample_video_edit.py --settings 4/5/0.6/0.4/masked; weight 0: 0.42, 9.2 px)
+    # the node defaults on Wan (session 19's rules, the third applied in session 20; BENCHMARKS section 6): reference
+    # weight 4 in the first 40 % of the steps, the difference mask cut at 0.6 x Otsu's level, fresh noise in it; on
+    # this one video 0.71 and 3.6 px, the mask 0.53 of the latent (tools/sample_video_edit.py --settings
+    # 4/5/0.6/0.4/masked; weight 0: 0.42, 9.2 px)
     assert synthetic.mask_iou(edit, source) > 0.6 and synthetic.centroid_error(edit, source) < 5.5
     window = ui_of(entry, prompt, "VInvGuidedSample", "vinv_guidance")
     assert window["steps"] == 50 and window["weight"] == 4 and 0.4 < window["mask_fraction"] < 0.65
