@@ -57,10 +57,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (NODE_DEFAULTS, add_mask_arguments, add_reference_arguments, difference_masks,  # noqa: E402
-                            edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout, machine, mask_options,
-                            naive_trajectory, node_defaults, reconstruction_rows, reference_rows, report, score_frames,
-                            sdedit, time_samplers)
+from tools.benchkit import (NODE_DEFAULTS, add_mask_arguments, add_reference_arguments, add_video_arguments,  # noqa: E402
+                            difference_masks, edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout, machine,
+                            mask_options, naive_trajectory, node_defaults, reconstruction_rows, reference_rows, report,
+                            score_frames, sdedit, time_samplers, video_size)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
@@ -70,7 +70,7 @@ from vidinv.trajectory import Trajectory  # noqa: E402
 
 
 def score(model, z, specs, targets, kind, recon):
-    h, w = model.native_size
+    h, w = specs[0].height, specs[0].width
     return score_frames(cogvideox.decode_video(model, z).numpy().reshape(len(specs), -1, h, w, 3), specs, targets,
                         kind, recon)
 
@@ -95,8 +95,8 @@ OURS_SWEEP = {
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model = cogvideox.load(args.model, "fp32")
-    specs, x0 = encode_heldout(model, args.videos)
-    h, w = model.native_size
+    specs, x0 = encode_heldout(model, args.videos, video_size(args))
+    h, w = specs[0].height, specs[0].width
     recon = cogvideox.decode_video(model, x0).numpy().reshape(len(specs), -1, h, w, 3)
     src = cogvideox.encode_text(model, [s.caption for s in specs])
     steps = args.steps
@@ -249,6 +249,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip", type=float, nargs="+", default=[0.2],
                    help="fractions of the steps where the 'edit-friendly from' rows start")
     add_mask_arguments(p, true_mask=True)
+    add_video_arguments(p)
     add_reference_arguments(p)
     p.add_argument("--speed-guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)

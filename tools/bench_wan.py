@@ -59,9 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import (NODE_DEFAULTS, CountingHooks, add_mask_arguments, add_reference_arguments,  # noqa: E402
-                            difference_masks, edit_markdown, edit_mask, edit_rows, edited_spec, encode_heldout,
-                            inversion_markdown, machine, mask_options, node_defaults, reconstruction_rows,
-                            reference_rows, rel_err, report, score_frames, time_samplers)
+                            add_video_arguments, difference_masks, edit_markdown, edit_mask, edit_rows, edited_spec,
+                            encode_heldout, inversion_markdown, machine, mask_options, node_defaults,
+                            reconstruction_rows, reference_rows, rel_err, report, score_frames, time_samplers,
+                            video_size)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
@@ -173,7 +174,7 @@ def run(args) -> dict:
                          f"{'no --methods' if not args.methods else 'not ' + ', '.join(needs)}")
     torch.set_num_threads(args.threads)
     model = wan.load(args.model, "fp32")
-    specs, x0 = encode_heldout(model, args.videos)
+    specs, x0 = encode_heldout(model, args.videos, video_size(args))
 
     def decode(z):  # [B, F, C, h, w] -> frames [B, N, H, W, 3]
         frames = wan.decode_video(model, z).numpy()
@@ -346,6 +347,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     add_mask_arguments(p)
+    add_video_arguments(p)
     p.add_argument("--flowedit", nargs="*", default=["35/0/1.5/5", "33/0/3.5/13.5"],
                    help="FlowEdit rows, each n_max/n_min/source guidance/target guidance")
     p.add_argument("--cfg-round-trip", action=argparse.BooleanOptionalAction, default=True,

@@ -22,8 +22,9 @@ from vidinv.family import Guidance
 from vidinv.hooks import Hooks
 
 
-def encode_heldout(model, count: int):
-    specs = synthetic.heldout_specs(count)
+def encode_heldout(model, count: int, size: tuple[int, int, int] = (9, 64, 64)):
+    """The first `count` held-out videos at `size` (frames, height, width), encoded by the model's family."""
+    specs = synthetic.heldout_specs(count, *size)
     encode = families.of(model).encode_video
     x0 = torch.cat([encode(model, torch.from_numpy(synthetic.render(s))) for s in specs])
     return specs, x0
@@ -313,6 +314,17 @@ def add_reference_arguments(p) -> None:
     p.add_argument("--fresh-in-mask", action="store_true",
                    help="also the --weights rows with each difference mask started from fresh noise inside the "
                         "mask (Guided Sample's start 'fresh in mask'): '... + fresh in mask'")
+
+
+def add_video_arguments(p) -> None:
+    """--frames / --height / --width of the held-out videos (the size a held-out model was trained at)."""
+    p.add_argument("--frames", type=int, default=9, help="frames per held-out video, 4k+1")
+    p.add_argument("--height", type=int, default=64, help="held-out video height in pixels")
+    p.add_argument("--width", type=int, default=64, help="held-out video width in pixels")
+
+
+def video_size(args) -> tuple[int, int, int]:
+    return args.frames, args.height, args.width
 
 
 def add_mask_arguments(p, true_mask: bool = False) -> None:

@@ -32,29 +32,50 @@ def to_model_space(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3) * 2 - 1
 
 
-def training_clip(rng: np.random.Generator, scene_share: float = 0.0):
-    """One training video: with probability `scene_share` a two-object scene (`vidinv.scenes`),
-    else a single shape on black (`vidinv.synthetic`); returns (spec, frames)."""
+def add_clip_arguments(p) -> None:
+    """--frames / --height / --width: the training clips (a held-out model of another frame size)."""
+    p.add_argument("--frames", type=int, default=FRAMES, help=f"frames per training clip, 4k+1 (bundled: {FRAMES})")
+    p.add_argument("--height", type=int, default=SIZE, help=f"clip height in pixels, a multiple of 16 ({SIZE})")
+    p.add_argument("--width", type=int, default=SIZE, help=f"clip width in pixels, a multiple of 16 ({SIZE})")
+
+
+def clip_size(args) -> tuple[int, int, int]:
+    """(frames, height, width) of --frames / --height / --width, refused before any work when the VAEs (4x in
+    time, 8x in space) and the 2x2 patches cannot tile them or a shape would not fit."""
+    frames, height, width = args.frames, args.height, args.width
+    if frames < 5 or (frames - 1) % 4:
+        raise SystemExit(f"--frames {frames}: needs 4k+1 frames, at least 5 (the VAE's 4x time compression)")
+    for name, value in (("--height", height), ("--width", width)):
+        if value < 32 or value % 16:
+            raise SystemExit(f"{name} {value}: needs a multiple of 16 pixels, at least 32 (8x VAE, 2x2 patches)")
+    return frames, height, width
+
+
+def training_clip(rng: np.random.Generator, scene_share: float = 0.0, size: tuple[int, int, int] = (FRAMES, SIZE, SIZE)):
+    """One training video of `size` (frames, height, width): with probability `scene_share` a two-object scene
+    (`vidinv.scenes`), else a single shape on black (`vidinv.synthetic`); returns (spec, frames)."""
     if scene_share and rng.random() < scene_share:
-        spec = scenes.random_scene(train_seed(rng), FRAMES, SIZE, SIZE)
+        spec = scenes.random_scene(train_seed(rng), *size)
         return spec, scenes.render_scene(spec)
-    spec = synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE)
+    spec = synthetic.random_spec(train_seed(rng), *size)
     return spec, synthetic.render(spec)
 
 
-def vae_batch(rng: np.random.Generator, batch: int, crop: int, scene_share: float = 0.0) -> torch.Tensor:
-    """Random training videos cropped to `crop` pixels: single shapes around their path (their
-    background is black and trivial; crops spend the compute on edges), scenes anywhere (their
+def vae_batch(rng: np.random.Generator, batch: int, crop: int, scene_share: float = 0.0,
+              size: tuple[int, int, int] = (FRAMES, SIZE, SIZE)) -> torch.Tensor:
+    """Random training videos of `size` (frames, height, width) cropped to `crop` pixels: single shapes around
+    their path (their background is black and trivial; crops spend the compute on edges), scenes anywhere (their
     background is part of what must be kept)."""
+    frames_n, height, width = size
     out = []
     for _ in range(batch):
-        spec, frames = training_clip(rng, scene_share)
+        spec, frames = training_clip(rng, scene_share, size)
         if isinstance(spec, scenes.SceneSpec):
-            x0, y0 = (int(rng.integers(0, SIZE - crop + 1)) for _ in range(2))
+            x0, y0 = int(rng.integers(0, width - crop + 1)), int(rng.integers(0, height - crop + 1))
         else:
-            mid = spec.centre(int(rng.integers(FRAMES)))
-            x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
-            y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, SIZE - crop))
+            mid = spec.centre(int(rng.integers(frames_n)))
+            x0 = int(np.clip(round(mid[0] - crop / 2 + rng.integers(-6, 7)), 0, width - crop))
+            y0 = int(np.clip(round(mid[1] - crop / 2 + rng.integers(-6, 7)), 0, height - crop))
         out.append(frames[:, y0:y0 + crop, x0:x0 + crop])
     return to_model_space(np.stack(out))
 
@@ -95,9 +116,11 @@ def accuracy(preds, specs, key) -> float:
     return float(np.mean([p[key] == getattr(s, key) for p, s in zip(preds, specs)]))
 
 
-def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvideox.decode_video) -> dict:
-    """VAE round trip of `count` held-out videos (`encode` / `decode`: the model family's)."""
-    specs = synthetic.heldout_specs(count)
+def evaluate_vae(model, count: int, encode=cogvideox.encode_video, decode=cogvideox.decode_video,
+                 size: tuple[int, int, int] = (FRAMES, SIZE, SIZE)) -> dict:
+    """VAE round trip of `count` held-out videos of `size` (frames, height, width; `encode` / `decode`: the model
+    family's)."""
+    specs = synthetic.heldout_specs(count, *size)
     psnrs, preds = [], []
     for spec in specs:
         frames = torch.from_numpy(synthetic.render(spec))

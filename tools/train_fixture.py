@@ -29,11 +29,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fixturekit import (FRAMES, SIZE, folder_mb, load_ema, log, object_weight, optimise,  # noqa: E402
-                              to_model_space, train_seed, training_clip, vae_batch)
+from tools.fixturekit import (FRAMES, SIZE, add_clip_arguments, clip_size, folder_mb, load_ema, log,  # noqa: E402
+                              object_weight, optimise, to_model_space, train_seed, training_clip, vae_batch)
 from vidinv import synthetic  # noqa: E402
 from vidinv.fixture import SCENE_VOCAB_WORDS, TEXT_LEN, VOCAB_WORDS, build_tokenizer, save_pipeline  # noqa: E402
-from vidinv.models.cogvideox import rope_fits  # noqa: E402
+from vidinv.models.cogvideox import decodable, rope_fits  # noqa: E402
 
 LATENT_CHANNELS = 16
 VAE_CONFIG = dict(
@@ -80,12 +80,12 @@ def train_vae(args) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop, args.scenes)
+        x = vae_batch(rng, args.batch, args.crop, args.scenes, clip_size(args))
         post = vae.encode(x).latent_dist
         z = post.sample()
         # a little latent noise makes the decoder forgiving of imprecise latents (the transformer's)
         z = z + args.latent_noise * z.detach().std() * torch.randn_like(z)
-        y = vae.decode(z).sample
+        y = vae.decode(decodable(z)).sample[:, :, :x.shape[2]]  # an even latent count as the pack decodes it
         err = y - x
         weight = object_weight(x)
         loss = (weight * (err.abs() + err.pow(2))).mean() + args.kl * post.kl().mean()
@@ -124,11 +124,11 @@ def train_vae_decoder(args) -> None:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     start = time.time()
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop, args.scenes)
+        x = vae_batch(rng, args.batch, args.crop, args.scenes, clip_size(args))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
             z = z + args.latent_noise * z.std() * torch.randn_like(z)
-        err = vae.decode(z).sample - x
+        err = vae.decode(decodable(z)).sample[:, :, :x.shape[2]] - x
         weight = object_weight(x)
         loss = (weight * (err.abs() + err.pow(2))).mean()
         opt.zero_grad(set_to_none=True)
@@ -170,12 +170,13 @@ def alphas_cumprod() -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(vae, rng: np.random.Generator, count: int, scene_share: float, batch: int = 32):
-    """Latents (posterior mean x scaling factor, layout [N, F, C, H, W]) and captions."""
+def encode_dataset(vae, rng: np.random.Generator, count: int, scene_share: float, size: tuple[int, int, int],
+                   batch: int = 32):
+    """Latents of clips of `size` (posterior mean x scaling factor, layout [N, F, C, H, W]) and captions."""
     latents, captions = [], []
     scale = vae.config.scaling_factor
     for start in range(0, count, batch):
-        clips = [training_clip(rng, scene_share) for _ in range(min(batch, count - start))]
+        clips = [training_clip(rng, scene_share, size) for _ in range(min(batch, count - start))]
         specs = [spec for spec, _ in clips]
         frames = np.stack([f for _, f in clips])
         z = vae.encode(to_model_space(frames)).latent_dist.mode() * scale
@@ -201,11 +202,13 @@ def noised(x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, low_share
 
 def transformer_config(args, channels: int = LATENT_CHANNELS) -> dict:
     """TRANSFORMER_CONFIG with the shape options given (--layers, --heads, --head-dim, --text-len,
-    --text-width) and the VAE's latent `channels` in and out: other models of the same family, e.g. held-out
-    models the defaults were not tuned on."""
+    --text-width, the clip's --frames / --height / --width as its sample size) and the VAE's latent `channels` in
+    and out: other models of the same family, e.g. held-out models the defaults were not tuned on."""
+    frames, height, width = clip_size(args)
     shape = {"num_layers": args.layers, "num_attention_heads": args.heads, "attention_head_dim": args.head_dim,
              "max_text_seq_length": args.text_len, "text_embed_dim": args.text_width,
-             "in_channels": channels, "out_channels": channels}
+             "in_channels": channels, "out_channels": channels,
+             "sample_frames": frames, "sample_height": height // 8, "sample_width": width // 8}
     cfg = {**TRANSFORMER_CONFIG, **{k: v for k, v in shape.items() if v is not None}}
     if not rope_fits(cfg["attention_head_dim"]):  # the loader's rule, before the dataset is encoded
         raise SystemExit(f"--head-dim {cfg['attention_head_dim']}: CogVideoX's 3-D RoPE needs a multiple of 16")
@@ -226,7 +229,7 @@ def train_dit(args) -> None:
     if data_file.exists():
         data = torch.load(data_file)
     else:
-        z, caps = encode_dataset(vae, rng, args.dataset, args.scenes)
+        z, caps = encode_dataset(vae, rng, args.dataset, args.scenes, clip_size(args))
         data = {"latents": z, "captions": caps}
         torch.save(data, data_file)
     encode_seconds = time.time() - start
@@ -275,8 +278,9 @@ def train_dit(args) -> None:
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
                "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
                "dataset": len(latents), "seed": args.seed, "scenes": args.scenes, "low_t": args.low_t,
-               "init": args.init, "shape": {k: v for k, v in transformer_config(args).items()
-                                            if k in ("num_layers", "num_attention_heads", "attention_head_dim")}},
+               "init": args.init, "clip": clip_size(args), "shape": {
+                   k: v for k, v in transformer_config(args).items()
+                   if k in ("num_layers", "num_attention_heads", "attention_head_dim")}},
               open(work / "dit_train.json", "w"), indent=1)
     log(f"transformer done in {time.time() - start:.0f}s")
 
@@ -414,9 +418,11 @@ def main(argv=None) -> None:
     p.add_argument("--head-dim", type=int, default=None, help="dit: channels per head (default: the bundled model's)")
     p.add_argument("--latent-channels", type=int, default=None,
                    help="vae: latent channels (default: the bundled 16); the transformer takes its VAE's")
+    add_clip_arguments(p)
     p.add_argument("--low-t", type=float, default=0.0,
                    help="dit: share of each batch with timesteps from the lowest quarter")
     args = p.parse_args(argv)
+    clip_size(args)  # a clip size the VAE and the patches cannot tile is refused before any work
     torch.set_num_threads(args.threads)
     defaults = {"vae": dict(steps=2400, batch=8, lr=2e-3), "dit": dict(steps=5500, batch=32, lr=1e-3),
                 "i2v": dict(steps=1500, batch=32, lr=5e-4), "vae-decoder": dict(steps=350, batch=8, lr=5e-4)}

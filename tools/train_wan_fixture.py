@@ -9,7 +9,9 @@ Stages (each seeded and reproducible on CPU; run in order):
 
 A held-out model (BENCHMARKS section 6, "Defaults on a model not tuned on") is the same recipe with
 another --seed and other shapes: --blocks, --heads, --head-dim, --ffn, --text-width, --text-layers
-(the transformer and UMT5), --latent-channels (the vae stage's; the transformer takes its VAE's), or
+(the transformer and UMT5), --latent-channels (the vae stage's; the transformer takes its VAE's), --frames /
+--height / --width (the training clips of every stage: another frame size; a VAE reconstructs reliably only the clip
+length it was trained on, the bundled one 9 frames), or
 --vae-from FOLDER to reuse a trained Wan folder's VAE (its latent channels) instead of training one, --out outside
 the repository.
 
@@ -32,7 +34,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fixturekit import FRAMES, SIZE, folder_mb, load_ema, log, optimise, to_model_space, train_seed, vae_batch  # noqa: E402,E501
+from tools.fixturekit import (FRAMES, SIZE, add_clip_arguments, clip_size, folder_mb, load_ema, log,  # noqa: E402
+                              optimise, to_model_space, train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
 from vidinv.fixture import build_tokenizer, save_pipeline  # noqa: E402
 
@@ -82,7 +85,8 @@ def fit_vae(vae, params, sched, rng, args, kl: float, encoder: bool, label: str)
     opt = sched.optimizer
     start = time.time()
     for step in range(args.steps):
-        loss, err = vae_step_loss(vae, vae_batch(rng, args.batch, args.crop), kl, args.latent_noise, encoder)
+        x = vae_batch(rng, args.batch, args.crop, size=clip_size(args))
+        loss, err = vae_step_loss(vae, x, kl, args.latent_noise, encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -102,12 +106,12 @@ def train_vae(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     seconds = fit_vae(vae, params, sched, rng, args, args.kl, True, "vae")
-    mean, std = latent_statistics(vae, rng)
+    mean, std = latent_statistics(vae, rng, clip_size(args))
     vae.register_to_config(latents_mean=mean, latents_std=std)
     work = Path(args.work)
     vae.save_pretrained(work / "vae")
     json.dump({"seconds": seconds, "steps": args.steps, "batch": args.batch, "crop": args.crop, "lr": args.lr,
-               "kl": args.kl, "latent_noise": args.latent_noise, "seed": args.seed},
+               "kl": args.kl, "latent_noise": args.latent_noise, "clip": clip_size(args), "seed": args.seed},
               open(work / "vae_train.json", "w"), indent=1)
     log(f"VAE done in {seconds:.0f}s")
 
@@ -132,10 +136,10 @@ def train_vae_decoder(args) -> None:
 
 
 @torch.no_grad()
-def latent_statistics(vae, rng: np.random.Generator, count: int = 64) -> tuple[list, list]:
-    """Per-channel mean and std of the posterior means: Wan normalises latents with them
+def latent_statistics(vae, rng: np.random.Generator, size: tuple[int, int, int], count: int = 64) -> tuple[list, list]:
+    """Per-channel mean and std of the posterior means of `count` clips of `size`: Wan normalises latents with them
     (``(z - latents_mean) / latents_std``), as its VAE config records."""
-    frames = np.stack([synthetic.render(synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE))
+    frames = np.stack([synthetic.render(synthetic.random_spec(train_seed(rng), *size))
                        for _ in range(count)])
     z = vae.encode(to_model_space(frames)).latent_dist.mode()
     return z.mean(dim=(0, 2, 3, 4)).tolist(), z.std(dim=(0, 2, 3, 4)).tolist()
@@ -155,13 +159,15 @@ def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tenso
 # ----------------------------------------------------------------------------- transformer
 
 @torch.no_grad()
-def encode_dataset(vae, rng: np.random.Generator, count: int, batch: int = 32):
-    """Normalised latents (posterior mean, ``(z - mean) / std``, layout [N, C, F, H, W]) and captions."""
+def encode_dataset(vae, rng: np.random.Generator, count: int, size: tuple[int, int, int] = (FRAMES, SIZE, SIZE),
+                   batch: int = 32):
+    """Normalised latents of clips of `size` (frames, height, width; posterior mean, ``(z - mean) / std``, layout
+    [N, C, F, H, W]) and captions."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     latents, captions = [], []
     for start in range(0, count, batch):
-        specs = [synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE) for _ in range(min(batch, count - start))]
+        specs = [synthetic.random_spec(train_seed(rng), *size) for _ in range(min(batch, count - start))]
         z = vae.encode(to_model_space(np.stack([synthetic.render(s) for s in specs]))).latent_dist.mode()
         latents.append((z - mean) / std)
         captions += [s.caption for s in specs]
@@ -203,6 +209,7 @@ def train_dit(args) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    size = clip_size(args)  # refused before any work
     rng = seed_all(args.seed + 1)
     work = Path(args.work)
     start = time.time()
@@ -213,7 +220,7 @@ def train_dit(args) -> None:
         data = torch.load(data_file)
     else:
         vae = AutoencoderKLWan.from_pretrained(work / "vae").eval()
-        z, caps = encode_dataset(vae, rng, args.dataset)
+        z, caps = encode_dataset(vae, rng, args.dataset, size)
         data = {"latents": z, "captions": caps}
         torch.save(data, data_file)
     encode_seconds = time.time() - start
@@ -252,7 +259,7 @@ def train_dit(args) -> None:
     json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
                "text_config": text_config, "transformer_config": transformer_config, "vae_from": args.vae_from,
                "batch": args.batch, "lr": args.lr, "ema": args.ema, "caption_dropout": args.caption_dropout,
-               "dataset": len(latents), "seed": args.seed}, open(work / "dit_train.json", "w"), indent=1)
+               "dataset": len(latents), "clip": size, "seed": args.seed}, open(work / "dit_train.json", "w"), indent=1)
     log(f"transformer done in {time.time() - start:.0f}s")
 
 
@@ -300,7 +307,9 @@ def main(argv=None) -> None:
     p.add_argument("--vae-from", default=None, help="reuse this Wan folder's VAE instead of the vae stage")
     p.add_argument("--latent-channels", type=int, default=None,
                    help="the vae stage's latent channels (bundled: 16); the transformer takes its VAE's")
+    add_clip_arguments(p)
     args = p.parse_args(argv)
+    clip_size(args)  # a clip size the VAE and the patches cannot tile is refused before any work
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     defaults = {"vae": dict(steps=2000, batch=8, lr=2e-3), "dit": dict(steps=3000, batch=32, lr=1.5e-3),

@@ -1,6 +1,7 @@
-"""The training scripts build held-out models of other shapes, the VAE's latent channel count included: one step
-of each stage with --latent-channels, exported, then loaded by the pack (every shape read from the folder's
-configs) and a synthetic video encoded, inverted and sampled back through it. The models' quality is not the point
+"""The training scripts build held-out models of other shapes, the VAE's latent channel count and the frame size
+included: one step of each stage with --latent-channels and --frames / --height / --width,
+exported, then loaded by the pack (every shape read from the folder's configs) and a synthetic video of that size
+encoded, inverted and sampled back through it. The models' quality is not the point
 here; BENCHMARKS section 6 scores such models' edits."""
 from __future__ import annotations
 
@@ -27,19 +28,35 @@ def trained(script, tmp_path, vae: list[str], dit: list[str]):
     return out
 
 
+CLIP = ["--frames", "13", "--height", "48", "--width", "80"]  # not the bundled 9 x 64 x 64
+
+
 @pytest.mark.parametrize("family,script,channels,dit", [
     (wan, train_wan_fixture, 12, ["--blocks", "1", "--heads", "2", "--head-dim", "24", "--text-layers", "1"]),
     (cogvideox, train_fixture, 8, ["--layers", "1"]),
 ], ids=["wan", "cogvideox"])
-def test_a_model_with_another_latent_channel_count_trains_loads_and_round_trips(tmp_path, family, script, channels,
-                                                                                  dit):
-    model = family.load(trained(script, tmp_path, ["--latent-channels", str(channels)], dit), "fp32")
+def test_a_model_of_another_latent_channel_count_and_frame_size_trains_loads_and_round_trips(tmp_path, family, script,
+                                                                                             channels, dit):
+    folder = trained(script, tmp_path, ["--latent-channels", str(channels), *CLIP], [*dit, *CLIP])
+    model = family.load(folder, "fp32")
     config = model.transformer.config
     assert model.latent_channels == channels == config.in_channels == config.out_channels and config.num_layers == 1
-    frames = torch.from_numpy(synthetic.render(synthetic.heldout_specs(1)[0]))
-    x0 = family.encode_video(model, frames)
-    assert x0.shape[2] == channels
+    if family is cogvideox:  # its RoPE's base grid: the training clip's, in latent cells
+        assert (config.sample_frames, config.sample_height, config.sample_width) == (13, 6, 10)
+        assert model.native_size == (48, 80)
+    spec = synthetic.heldout_specs(1, 13, 48, 80)[0]
+    x0 = family.encode_video(model, torch.from_numpy(synthetic.render(spec)))
+    assert x0.shape[1:] == (4, channels, 6, 10)
     cond = family.encode_text(model, "a red circle moving right")
     traj = pipeline.invert(model, cond, x0, 4, Guidance(1.0), Solver(iters=30, tol=1e-9))
     back = pipeline.sample(model, cond, traj.noise, 4, Guidance(1.0))
     assert float((back - x0).norm() / x0.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("script", [train_wan_fixture, train_fixture], ids=["wan", "cogvideox"])
+def test_a_clip_size_the_models_cannot_tile_is_refused_before_any_work(tmp_path, script):
+    for bad, said in ((["--frames", "12"], r"4k\+1"), (["--height", "40"], "multiple of 16"),
+                      (["--width", "16"], "at least 32")):
+        with pytest.raises(SystemExit, match=said):
+            script.main(["dit", "--work", str(tmp_path / "w"), "--threads", "1", *bad])
+    assert not (tmp_path / "w").exists()
