@@ -41,13 +41,16 @@ def add_clip_arguments(p) -> None:
 
 def clip_size(args) -> tuple[int, int, int]:
     """(frames, height, width) of --frames / --height / --width, refused before any work when the VAEs (4x in
-    time, 8x in space) and the 2x2 patches cannot tile them or a shape would not fit."""
+    time, 8x in space) and the 2x2 patches cannot tile them or the VAE's --crop does not fit them."""
     frames, height, width = args.frames, args.height, args.width
     if frames < 5 or (frames - 1) % 4:
         raise SystemExit(f"--frames {frames}: needs 4k+1 frames, at least 5 (the VAE's 4x time compression)")
     for name, value in (("--height", height), ("--width", width)):
         if value < 32 or value % 16:
             raise SystemExit(f"{name} {value}: needs a multiple of 16 pixels, at least 32 (8x VAE, 2x2 patches)")
+    if args.crop > min(height, width):
+        raise SystemExit(f"--crop {args.crop}: the VAE's training crops must fit the {height} x {width} clips; "
+                         f"give --crop {min(height, width)} or less")
     return frames, height, width
 
 

@@ -56,7 +56,7 @@ def test_a_model_of_another_latent_channel_count_and_frame_size_trains_loads_and
 @pytest.mark.parametrize("script", [train_wan_fixture, train_fixture], ids=["wan", "cogvideox"])
 def test_a_clip_size_the_models_cannot_tile_is_refused_before_any_work(tmp_path, script):
     for bad, said in ((["--frames", "12"], r"4k\+1"), (["--height", "40"], "multiple of 16"),
-                      (["--width", "16"], "at least 32")):
+                      (["--width", "16"], "at least 32"), (["--height", "32", "--crop", "48"], "must fit")):
         with pytest.raises(SystemExit, match=said):
             script.main(["dit", "--work", str(tmp_path / "w"), "--threads", "1", *bad])
     assert not (tmp_path / "w").exists()
