@@ -54,6 +54,8 @@ WAN_CASES = [  # (file, what to write: a dict of changes or the raw text, messag
     (V, {"scale_factor_spatial": 0}, "scale_factor_spatial is"),
     (V, {"latents_mean": [0.0, 0.1, 0.2]}, "latents_mean is"),
     (V, {"latents_std": [0.0] * 16}, "latents_std is"),
+    (V, {"_class_name": None}, "_class_name is null (null), expected a class name"),  # diffusers' ValueError otherwise
+    (S, {"_class_name": 7}, "_class_name is a number"),
     (T, {"num_layers": 9}, "num_layers 9, but the transformer weights hold 8"),
     (T, {"ffn_dim": 512}, "blocks.0.ffn.net.0.proj.weight of shape [512, 128]"),
     (T, {"text_dim": 32}, "text_dim 32 differs from the text encoder's d_model 64"),

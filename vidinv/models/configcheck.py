@@ -113,6 +113,9 @@ def _what(f: Field, length=None) -> str:
 def check_fields(cfg: dict, fields: dict, where: str) -> dict:
     """`cfg`'s fields against `fields`; returns the config with defaults filled in. Raises InputError
     naming `where` (the file), the field, what was found and what is expected."""
+    name = cfg.get("_class_name", "")  # diffusers' own rule: a class name, or a list of them (custom pipelines)
+    if not (isinstance(name, str) or isinstance(name, list) and all(isinstance(x, str) for x in name)):
+        raise errors.InputError(f"{where}: _class_name is {_describe(name)}, expected a class name (a string)", FIX)
     out = dict(cfg)
     for key, f in fields.items():
         if key not in cfg:
