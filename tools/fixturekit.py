@@ -54,7 +54,8 @@ def clip_size(args) -> tuple[int, int, int]:
     return frames, height, width
 
 
-def training_clip(rng: np.random.Generator, scene_share: float = 0.0, size: tuple[int, int, int] = (FRAMES, SIZE, SIZE)):
+def training_clip(rng: np.random.Generator, scene_share: float = 0.0,
+                  size: tuple[int, int, int] = (FRAMES, SIZE, SIZE)):
     """One training video of `size` (frames, height, width): with probability `scene_share` a two-object scene
     (`vidinv.scenes`), else a single shape on black (`vidinv.synthetic`); returns (spec, frames)."""
     if scene_share and rng.random() < scene_share:

@@ -78,9 +78,9 @@ def train_vae(args) -> None:
     log(f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {args.steps} steps")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    start = time.time()
+    start, size = time.time(), clip_size(args)
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop, args.scenes, clip_size(args))
+        x = vae_batch(rng, args.batch, args.crop, args.scenes, size)
         post = vae.encode(x).latent_dist
         z = post.sample()
         # a little latent noise makes the decoder forgiving of imprecise latents (the transformer's)
@@ -122,9 +122,9 @@ def train_vae_decoder(args) -> None:
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
-    start = time.time()
+    start, size = time.time(), clip_size(args)
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop, args.scenes, clip_size(args))
+        x = vae_batch(rng, args.batch, args.crop, args.scenes, size)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
             z = z + args.latent_noise * z.std() * torch.randn_like(z)

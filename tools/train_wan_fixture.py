@@ -34,8 +34,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fixturekit import (FRAMES, SIZE, add_clip_arguments, clip_size, folder_mb, load_ema, log,  # noqa: E402
-                              optimise, to_model_space, train_seed, vae_batch)
+from tools.fixturekit import (add_clip_arguments, clip_size, folder_mb, load_ema, log, optimise,  # noqa: E402
+                              to_model_space, train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
 from vidinv.fixture import build_tokenizer, save_pipeline  # noqa: E402
 
@@ -83,10 +83,9 @@ def vae_step_loss(vae, x: torch.Tensor, kl: float, latent_noise: float, encoder:
 def fit_vae(vae, params, sched, rng, args, kl: float, encoder: bool, label: str) -> float:
     """The VAE training loop (whole VAE, or the decoder alone with `encoder` False); returns seconds."""
     opt = sched.optimizer
-    start = time.time()
+    start, size = time.time(), clip_size(args)
     for step in range(args.steps):
-        x = vae_batch(rng, args.batch, args.crop, size=clip_size(args))
-        loss, err = vae_step_loss(vae, x, kl, args.latent_noise, encoder)
+        loss, err = vae_step_loss(vae, vae_batch(rng, args.batch, args.crop, size=size), kl, args.latent_noise, encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -159,8 +158,7 @@ def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tenso
 # ----------------------------------------------------------------------------- transformer
 
 @torch.no_grad()
-def encode_dataset(vae, rng: np.random.Generator, count: int, size: tuple[int, int, int] = (FRAMES, SIZE, SIZE),
-                   batch: int = 32):
+def encode_dataset(vae, rng: np.random.Generator, count: int, size: tuple[int, int, int], batch: int = 32):
     """Normalised latents of clips of `size` (frames, height, width; posterior mean, ``(z - mean) / std``, layout
     [N, C, F, H, W]) and captions."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -209,7 +207,7 @@ def train_dit(args) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    size = clip_size(args)  # refused before any work
+    size = clip_size(args)  # (frames, height, width): main refused a size the models cannot tile
     rng = seed_all(args.seed + 1)
     work = Path(args.work)
     start = time.time()
