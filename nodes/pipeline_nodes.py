@@ -8,7 +8,7 @@ import logging
 import torch
 
 from ..vidinv import attention, editmask, errors, families, friendly, nulltext, pipeline
-from ..vidinv.family import EditRecipe, Guidance
+from ..vidinv.family import EditRecipe, Guidance, measured_picks
 from ..vidinv.solver import Solver
 from ..vidinv.trajectory import STORAGE_DTYPES
 from . import host
@@ -126,8 +126,7 @@ GUIDED_START_AT = start_at_input(START_AT, "Skip this fraction of the steps, the
 # Guided Sample's mask_level: 0 (below the range of a level, FlowEdit's widget) = the family's cut level
 AUTO_LEVEL = 0.0
 GUIDED_MASK_LEVEL = ("FLOAT", {**MASK_LEVEL[1], "default": 0.0, "min": 0.0, "tooltip": MASK_LEVEL[1]["tooltip"] +
-                               " 0 = the family's measured pick: 0.6 for Wan text-to-video, 0.9 for CogVideoX "
-                               "text-to-video, 1 otherwise."})
+                               f" 0 = the family's measured pick: {measured_picks('mask_level')}."})
 MASK_INPUT = ("MASK", {"tooltip": "The region the edit may change (white = 1); outside it every step follows the "
                                   "trajectory. One frame for the whole video, or one per frame (a batch of "
                                   "videos: also one set per video, one after another). Overrides mask_threshold."})
@@ -321,9 +320,8 @@ REFERENCE_END = EditRecipe().end
 
 WEIGHT_TOOLTIP = ("Log-bias on the reference logits: 1 = plain concatenation, 0 = off, more = stronger pull to the "
                   "source.")
-AUTO_WEIGHT_TOOLTIP = (WEIGHT_TOOLTIP + " -1 (any value below 0) = the family's measured pick: CogVideoX "
-                       "text-to-video 8 (with the one-call guide), Wan text-to-video 4, 2 otherwise (BENCHMARKS "
-                       "section 6).")
+AUTO_WEIGHT_TOOLTIP = (WEIGHT_TOOLTIP + " -1 (any value below 0) = the family's measured pick: "
+                       f"{measured_picks('weight')} (BENCHMARKS section 6).")
 
 
 def reference_window(weight: float = attention.ReferenceOptions().weight,
@@ -388,8 +386,8 @@ class ReferenceAttention:
                       "'one-call' inversion of its clean latent (one model call per step, made by the first Guided "
                       "Sample that follows it and kept; DDIM Invert with iterations 0 gives the same), which kept "
                       "more of the source's layout on CogVideoX. With the source prompt the mask is empty and the "
-                      "source comes back exactly either way. 'auto' = the family's pick: one-call for CogVideoX "
-                      "text-to-video, the trajectory otherwise (and for edit-friendly, null-text or prompt-tuned "
+                      "source comes back exactly either way. 'auto' = the family's pick: "
+                      f"{measured_picks('guide')} (and the trajectory for edit-friendly, null-text or prompt-tuned "
                       "trajectories)."}),
         }}
 

@@ -58,8 +58,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (NODE_DEFAULTS, CountingHooks, add_mask_arguments, add_reference_arguments,  # noqa: E402
-                            add_video_arguments, difference_masks, edit_markdown, edit_mask, edit_rows, edited_spec,
+from tools.benchkit import (NODE_DEFAULTS, CountingHooks, RowCounter, add_mask_arguments,  # noqa: E402
+                            add_reference_arguments, add_video_arguments, counted_edit_rows, counted_table,
+                            difference_masks, edit_markdown, edit_mask, edited_spec,
                             encode_heldout, inversion_markdown, machine, mask_options, node_defaults,
                             reconstruction_rows, reference_rows, rel_err, report, score_frames, time_samplers,
                             video_size)
@@ -77,25 +78,6 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     sigma = grid.sigmas[k]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     return pipeline.sample(model, cond, (1 - sigma) * x0 + sigma * noise, steps, Guidance(guidance), start=k)
-
-
-class RowCounter:
-    """Network rows run through the model's experts while active (a forward pre-hook on each, counting
-    the batch of its hidden states): what a method costs, whatever it batches into one call."""
-
-    def __init__(self, model):
-        self.rows, self.handles = 0, []
-        self.model = model
-
-    def __enter__(self):
-        def hook(module, args, kwargs):
-            self.rows += int(kwargs["hidden_states"].shape[0])
-        self.handles = [e.register_forward_pre_hook(hook, with_kwargs=True) for e in self.model.experts]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
 
 
 def midpoint_grid(model, steps):
@@ -213,7 +195,7 @@ def run(args) -> dict:
     inversion_rows = {}
     ef = fire_noise = rf_noise = None  # --edits-only: not made (rows that need them are not run)
     if not args.edits_only:
-        with RowCounter(model) as counter:
+        with RowCounter(model.experts) as counter:
             ef = pipeline.invert_friendly(model, src, x0, steps, Guidance(1.0), seed=0)
         inversion_rows["edit-friendly"] = counter.rows / len(specs) / steps
     for label, key in (("exact", "default"), ("naive", "naive (inverse Euler step)")):
@@ -226,10 +208,10 @@ def run(args) -> dict:
 
     published = ReferenceOptions(reference_text="edit")
     if not args.edits_only:  # the one-call baselines and the reconstruction rows
-        with RowCounter(model) as counter:
+        with RowCounter(model.experts) as counter:
             fire_noise = fireflow(model, src, x0, steps, 1.0, invert=True)
         inversion_rows["fireflow"] = counter.rows / len(specs) / steps
-        with RowCounter(model) as counter:
+        with RowCounter(model.experts) as counter:
             rf_noise = rf_invert(model, x0, steps)
         inversion_rows["rf-inversion"] = counter.rows / len(specs) / steps
         result["reconstruction"] = reconstruction_rows({
@@ -294,21 +276,9 @@ def run(args) -> dict:
            for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) if args.fresh_in_mask},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
-    counted = {}
-
-    def counting(name, fn):
-        def run_counted():
-            with RowCounter(model) as counter:
-                z = fn()
-            counted[name] = counter.rows / len(specs) / steps
-            return z
-        return run_counted
-
-    rows = edit_rows({k: counting(k, fn) for k, fn in methods.items()},
-                     lambda z: score_frames(decode(z), specs, targets, "colour", recon),
-                     {"edit": "colour", "guidance": g})
-    for r in rows:
-        r["rows_per_step"] = counted[r["method"]]
+    rows = counted_edit_rows(methods, model.experts, len(specs) * steps,
+                             lambda z: score_frames(decode(z), specs, targets, "colour", recon),
+                             {"edit": "colour", "guidance": g})
     result["tables_edit"] = [{"edit": "colour", "guidance": g, "rows": rows}]
     result["inversion_rows_per_step"] = inversion_rows
     if not args.speed:
@@ -325,12 +295,7 @@ def markdown(result: dict, command: str) -> str:
     edits = edit_markdown({**result, "tables": []}, command)
     out = [inversion, edits.split("\n", 3)[3]]  # reconstruction and speed, without a second header
     for tab in result["tables_edit"]:
-        out += [f"**colour edits, guidance {tab['guidance']:g}** (rows/step: network rows per video per step of "
-                "the edit itself)", "",
-                "| method | target hit | direction kept | mask IoU | centroid error (px) | rows/step | seconds |",
-                "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
-                f"{r['centroid_err_px']:.2f} | {r['rows_per_step']:.2f} | {r['seconds']:.1f} |" for r in tab["rows"]]
+        out += counted_table(tab)
     inv = result.get("inversion_rows_per_step", {})
     out += ["", "Rows per video per step of the trajectories the edits start from (guidance 1): " +
             ", ".join(f"{k} {v:.2f}" for k, v in inv.items()), ""]

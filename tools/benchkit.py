@@ -152,6 +152,52 @@ def edit_rows(methods: dict, score_latent, tag: dict, extra_seconds: dict | None
     return rows
 
 
+class RowCounter:
+    """Network rows run through `modules` (a model's transformers or experts) while active (a forward pre-hook on
+    each, counting the batch of its hidden states): what a method costs, whatever it batches into one call."""
+
+    def __init__(self, modules):
+        self.rows, self.handles, self.modules = 0, [], list(modules)
+
+    def __enter__(self):
+        def hook(module, args, kwargs):
+            self.rows += int(kwargs["hidden_states"].shape[0])
+        self.handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def counted_edit_rows(methods: dict, modules, per: int, score_latent, tag: dict) -> list[dict]:
+    """`edit_rows`, each row also with ``rows_per_step``: the network rows its method ran through `modules`, divided
+    by `per` (videos x steps)."""
+    counted = {}
+
+    def counting(name, fn):
+        def run_counted():
+            with RowCounter(modules) as counter:
+                z = fn()
+            counted[name] = counter.rows / per
+            return z
+        return run_counted
+
+    rows = edit_rows({k: counting(k, fn) for k, fn in methods.items()}, score_latent, tag)
+    for r in rows:
+        r["rows_per_step"] = counted[r["method"]]
+    return rows
+
+
+def counted_table(tab: dict, edits: str = "colour edits") -> list[str]:
+    """The markdown lines of a `counted_edit_rows` table."""
+    out = [f"**{edits}, guidance {tab['guidance']:g}** (rows/step: network rows per video per step of the edit "
+           "itself)", "", "| method | target hit | direction kept | mask IoU | centroid error (px) | rows/step | seconds |",
+           "|---|---|---|---|---|---|---|"]
+    return out + [f"| {r['method']} | {r['target_acc']:.2f} | {r['direction_kept']:.2f} | {r['mask_iou']:.2f} | "
+                  f"{r['centroid_err_px']:.2f} | {r['rows_per_step']:.2f} | {r['seconds']:.1f} |" for r in tab["rows"]]
+
+
 def time_samplers(samplers: dict, repeats: int) -> dict:
     """name -> () -> latent: median seconds of `repeats` runs after a warm-up, peak memory, and the
     ratio to the "plain" sampler."""
@@ -208,13 +254,14 @@ def edit_markdown(result: dict, command: str, model_line: str = "", source: str 
 
 # ----------------------------------------------------------------------------- CogVideoX baselines
 
-def naive_trajectory(model, cond, x0, steps):
-    """The published inversion: DDIMInverseScheduler built from the model's config."""
+def naive_trajectory(model, cond, x0, steps, image_latents=None):
+    """The published inversion: DDIMInverseScheduler built from the model's config (an image-to-video model's
+    with the source's first-frame `image_latents`)."""
     from diffusers import DDIMInverseScheduler
     from vidinv import ddim
     from vidinv.models import cogvideox
     from vidinv.trajectory import Trajectory
-    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps)
+    den = cogvideox.make_denoiser(model, cond, 1.0, False, steps, image_latents)
     inv = DDIMInverseScheduler(**model.scheduler_config)
     inv.set_timesteps(steps)
     lat = [x0.clone()]
@@ -225,12 +272,13 @@ def naive_trajectory(model, cond, x0, steps):
                       scheduler_config=model.scheduler_config, model_fingerprint=model.fingerprint,
                       model_name=model.name, prompt=cond.prompt, negative_prompt="", embeds=cond.embeds,
                       negative_embeds=cond.negative_embeds, guidance=1.0, dynamic_cfg=False, iterations=0,
-                      tolerance=0.0, residuals=[float("nan")] * steps, calls=[1] * steps)
+                      tolerance=0.0, residuals=[float("nan")] * steps, calls=[1] * steps,
+                      image_latents=None if image_latents is None else image_latents.float())
 
 
-def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
+def sdedit(model, cond, x0, steps, guidance, strength, seed=0, image_latents=None):
     """SDEdit: x0 noised with fresh noise to the level at fraction 1 - `strength` of the steps, then
-    plain sampling of `cond` over the rest."""
+    plain sampling of `cond` (and an image-to-video model's `image_latents`) over the rest."""
     from vidinv import ddim
     schedule = ddim.schedule_from_config(model.scheduler_config)
     grid = ddim.grid(schedule, steps)
@@ -238,7 +286,7 @@ def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
     ab = schedule.alpha_bar(grid[start][0])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
-    return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start)
+    return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start, image_latents=image_latents)
 
 
 MASK_LABELS = {"attention": "mask", "difference": "diff mask"}
@@ -267,14 +315,17 @@ def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False, gr
 NODE_DEFAULTS = "node defaults"  # the row of the chain Reference Attention and Guided Sample run at their defaults
 
 
-def node_defaults(model, traj, cond, guidance: float):
+def node_defaults(model, traj, cond, guidance: float, image_latents=None, recipe=None):
     """The edit of `traj` to `cond` by Reference Attention + Guided Sample at their node defaults, resolved as the
     nodes resolve them: the family's `EditRecipe` (its weight in the first `end` of the steps, its guide, the
-    difference mask cut at Otsu's level times its `mask_level`), fresh noise inside the mask, seed 0."""
-    recipe = families.of(model).edit_recipe(model)
-    patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), "auto")
-    return pipeline.guided_sample(patched, cond, Guidance(guidance), "fresh in mask", edit_mask=editmask.EditMask(
-        0.9, source="difference", cut="otsu", level=recipe.mask_level))
+    difference mask cut at Otsu's level times its `mask_level`), fresh noise inside the mask, seed 0.
+    `image_latents`: an edited first frame's (image-to-video); `recipe`: another `EditRecipe` run the same way."""
+    guide = "auto" if recipe is None else recipe.guide  # auto: the family's, as the node resolves it
+    recipe = recipe or families.of(model).edit_recipe(model)
+    patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), guide)
+    return pipeline.guided_sample(patched, cond, Guidance(guidance), "fresh in mask", image_latents=image_latents,
+                                  edit_mask=editmask.EditMask(0.9, source="difference", cut="otsu",
+                                                              level=recipe.mask_level))
 
 
 def difference_masks(args) -> list[tuple[str, tuple[str, float, str, int, float]]]:

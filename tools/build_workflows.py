@@ -365,20 +365,21 @@ def edit_graph(pack, model_name: str | None = None, kinds: dict = COGVIDEOX_EDIT
     wf.connect(ref, "model", guided, "model")
     wf.connect(edit, "conditioning", guided, "conditioning")
     ed = decode(wf, model, guided, "latent", 1140, 1080, "Decode edit")
+    picks = sys.modules[pack.__name__ + ".vidinv.family"].measured_picks  # the nodes' own words for the picks
     wf.note("Reference Attention: every attention layer of the sample also attends to the keys and values the "
             "trajectory gives at the same step (RoPE per token group). 'blocks' which transformer blocks "
             "('all', '0-7', '10-'); 'start'/'end' the fraction of steps with injection (default the first 40 %); "
             "'weight' a log-bias on the reference (1 = plain concatenation, 0 = off; the default -1 takes the "
-            "family's measured pick: 8 on CogVideoX text-to-video, 0 on Wan text-to-video, 2 otherwise); "
-            "'guide' what the edit follows inside the difference mask's chain (auto: the one-call inversion on "
-            "CogVideoX text-to-video, the trajectory otherwise); 'reference_text' "
+            f"family's measured pick: {picks('weight')}); "
+            "'guide' what the edit follows inside the difference mask's chain (auto: the family's pick: "
+            f"{picks('guide')}); 'reference_text' "
             "also injects the source prompt's tokens (off by default: they pull the edit back to the source's "
             "colour); 'rows' all CFG rows or only the conditional one; 'reference_conditioning' source (ours) or "
             "edit (the published recipe). Guided Sample: 'guidance' CFG for the edit; 'start' inverted noise "
             "(exact) or fresh noise; 'mask_threshold' > 0 keeps every step on the trajectory outside the "
             "region where the prompt's change acts ('mask_source' difference: where the model's prediction "
             "changes between the two prompts; 'mask_cut' otsu: the part of it that stands out; 'mask_level' scales "
-            "the cut, 0 = the family's: 0.6 on Wan text-to-video, 0.9 on CogVideoX text-to-video, 1 otherwise), "
+            f"the cut, 0 = the family's: {picks('mask_level')}), "
             "shown by the edit mask output.",
             (1520, 560), (360, 380))
     side_by_side(wf, enc, rec, ed, parts, "edit")

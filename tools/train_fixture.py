@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.fixturekit import (FRAMES, SIZE, add_clip_arguments, clip_size, folder_mb, load_ema, log,  # noqa: E402
-                              object_weight, optimise, to_model_space, train_seed, training_clip, vae_batch)
-from vidinv import synthetic  # noqa: E402
+                              object_weight, optimise, to_model_space, training_clip, vae_batch)
 from vidinv.fixture import SCENE_VOCAB_WORDS, TEXT_LEN, VOCAB_WORDS, build_tokenizer, save_pipeline  # noqa: E402
 from vidinv.models.cogvideox import decodable, rope_fits  # noqa: E402
 
@@ -288,14 +287,15 @@ def train_dit(args) -> None:
 # ----------------------------------------------------------------------------- I2V
 
 @torch.no_grad()
-def encode_first_frames(vae, rng: np.random.Generator, count: int, batch: int = 32):
-    """Video latents, first-frame latents (the I2V conditioning, zero-padded in time as the
-    diffusers I2V pipeline does) and captions."""
+def encode_first_frames(vae, rng: np.random.Generator, count: int, size: tuple[int, int, int], batch: int = 32):
+    """Latents of clips of `size` (frames, height, width), first-frame latents (the I2V conditioning, zero-padded in
+    time as the diffusers I2V pipeline does) and captions."""
     latents, images, captions = [], [], []
     scale = vae.config.scaling_factor
     for start in range(0, count, batch):
-        specs = [synthetic.random_spec(train_seed(rng), FRAMES, SIZE, SIZE) for _ in range(min(batch, count - start))]
-        frames = to_model_space(np.stack([synthetic.render(s) for s in specs]))
+        clips = [training_clip(rng, 0.0, size) for _ in range(min(batch, count - start))]
+        specs = [spec for spec, _ in clips]
+        frames = to_model_space(np.stack([f for _, f in clips]))
         z = vae.encode(frames).latent_dist.mode() * scale
         img = vae.encode(frames[:, :, :1]).latent_dist.mode() * scale
         latents.append(z.permute(0, 2, 1, 3, 4).contiguous())
@@ -308,7 +308,9 @@ def encode_first_frames(vae, rng: np.random.Generator, count: int, batch: int = 
 def train_i2v(args) -> None:
     """Image-to-video from the text-to-video transformer, as CogVideoX-5B-I2V was made: the patch
     embedding takes twice the channels (video latent + first-frame latent), the new input
-    channels start at zero, position embeddings are learned (5B-I2V's layout)."""
+    channels start at zero, position embeddings are learned (5B-I2V's layout). Every other setting is the
+    text-to-video transformer's own (a held-out model's shape, channels and sample size); the clips are
+    --frames / --height / --width, which must be the ones it was trained on."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
     from vidinv.models.rope import rotary_table
@@ -317,13 +319,18 @@ def train_i2v(args) -> None:
     work = Path(args.work)
     start = time.time()
     vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae").eval()
-    latents, images, captions = encode_first_frames(vae, rng, args.dataset)
+    t2v = CogVideoXTransformer3DModel.from_pretrained(work / "transformer")
+    frames, height, width = clip_size(args)
+    sample = (t2v.config.sample_frames, t2v.config.sample_height * 8, t2v.config.sample_width * 8)
+    if sample != (frames, height, width):  # learned position embeddings hold one size: the one it was trained on
+        raise SystemExit(f"--frames {frames} --height {height} --width {width}: the text-to-video transformer in "
+                         f"{work} was trained on {sample[0]} x {sample[1]} x {sample[2]} clips; give those")
+    latents, images, captions = encode_first_frames(vae, rng, args.dataset, (frames, height, width))
     encode_seconds = time.time() - start
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     text_encoder = T5EncoderModel.from_pretrained(work / "text_encoder").eval().requires_grad_(False)
-    t2v = CogVideoXTransformer3DModel.from_pretrained(work / "transformer")
-    cfg = dict(TRANSFORMER_CONFIG, in_channels=2 * LATENT_CHANNELS, use_learned_positional_embeddings=True)
-    transformer = CogVideoXTransformer3DModel(**cfg)
+    transformer = CogVideoXTransformer3DModel.from_config(
+        dict(t2v.config, in_channels=2 * t2v.config.in_channels, use_learned_positional_embeddings=True))
     state = t2v.state_dict()
     w = state["patch_embed.proj.weight"]
     state["patch_embed.proj.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)

@@ -85,6 +85,27 @@ class EditRecipe:
     mask_level: float = 1.0
 
 
+# The measured chains (BENCHMARKS section 6): each family's `edit_recipe` returns these; a model kind not named here
+# gets `EditRecipe()`. The nodes' tooltips and the workflows' notes are written from this table (`measured_picks`).
+MEASURED_RECIPES = {
+    # sessions 15-16's rules over eight models (weight 8, one-call guide), checked on three more; session 19's rule on
+    # five models at 16 videos (0.9 x Otsu's level), checked on two more
+    "CogVideoX text-to-video": EditRecipe(weight=8.0, guide=GUIDES[1], mask_level=0.9),
+    # session 19's rules on thirteen models at 16 videos, checked on two more each
+    "Wan text-to-video": EditRecipe(weight=4.0, mask_level=0.6),
+}
+
+
+def measured_picks(field: str) -> str:
+    """"CogVideoX text-to-video 8, Wan text-to-video 4, 2 otherwise": each measured recipe's `field`, then the
+    default's (the words the nodes' tooltips and the workflows' notes use)."""
+    def value(recipe):
+        v = getattr(recipe, field)
+        return f"{v:g}" if isinstance(v, float) else v
+    return ", ".join([f"{kind} {value(r)}" for kind, r in MEASURED_RECIPES.items()] +
+                     [f"{value(EditRecipe())} otherwise"])
+
+
 def check_scale(guidance: float) -> None:
     """Guidance is 1 (off) or more: below 1 CFG would weaken the prompt (0 ignores it), and the
     pack's exact inversion and reference rows are defined for guidance >= 1 only."""

@@ -18,13 +18,16 @@ from vidinv.solver import Solver
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def trained(script, tmp_path, vae: list[str], dit: list[str]):
+def trained(script, tmp_path, vae: list[str], dit: list[str], i2v: list[str] | None = None):
+    """One step of each stage, exported; with `i2v` (CogVideoX) also the image-to-video stage, exported instead."""
     work, out = tmp_path / "work", tmp_path / "model"
     common = ["--work", str(work), "--threads", "1", "--steps", "1", "--batch", "1"]
     with torch.random.fork_rng():
         script.main(["vae", *common, *vae])
         script.main(["dit", *common, "--dataset", "2", *dit])
-        script.main(["export", "--work", str(work), "--out", str(out)])
+        if i2v is not None:
+            script.main(["i2v", *common, "--dataset", "2", *i2v])
+        script.main(["export", "--work", str(work), "--out", str(out), *(["--i2v"] if i2v is not None else [])])
     return out
 
 
@@ -60,3 +63,22 @@ def test_a_clip_size_the_models_cannot_tile_is_refused_before_any_work(tmp_path,
         with pytest.raises(SystemExit, match=said):
             script.main(["dit", "--work", str(tmp_path / "w"), "--threads", "1", *bad])
     assert not (tmp_path / "w").exists()
+
+
+def test_an_image_to_video_model_of_another_shape_trains_from_its_text_to_video_model(tmp_path):
+    """The I2V stage reads everything but its input channels from the text-to-video transformer it starts from
+    (here 8 latent channels, 13 x 48 x 80 clips); a clip size other than that transformer's is refused."""
+    with pytest.raises(SystemExit, match="trained on 13 x 48 x 80 clips"):
+        trained(train_fixture, tmp_path, ["--latent-channels", "8", *CLIP], ["--layers", "1", *CLIP], [])
+    folder = trained(train_fixture, tmp_path, ["--latent-channels", "8", *CLIP], ["--layers", "1", *CLIP], CLIP)
+    model = cogvideox.load(folder, "fp32")
+    config = model.transformer.config
+    assert model.is_i2v and config.in_channels == 16 and config.out_channels == 8 and config.num_layers == 1
+    assert config.use_learned_positional_embeddings and model.native_size == (48, 80)
+    frames = torch.from_numpy(synthetic.render(synthetic.heldout_specs(1, 13, 48, 80)[0]))
+    x0 = cogvideox.encode_video(model, frames)
+    image = cogvideox.encode_image_latents(model, frames[:1], x0.shape[1])
+    cond = cogvideox.encode_text(model, "a red circle moving right")
+    traj = pipeline.invert(model, cond, x0, 4, Guidance(1.0), Solver(iters=30, tol=1e-9), image_latents=image)
+    back = pipeline.sample(model, cond, traj.noise, 4, Guidance(1.0), image_latents=image)
+    assert float((back - x0).norm() / x0.norm()) < 1e-4

@@ -16,7 +16,7 @@ from typing import Callable, ContextManager
 import torch
 
 from .. import ddim, editmask, errors, solver, video
-from ..family import EditRecipe, Guidance, check_scale
+from ..family import MEASURED_RECIPES, EditRecipe, Guidance, check_scale
 from . import cogvideox_attention, configcheck, loading
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 from .rope import rotary_table
@@ -668,11 +668,8 @@ class CogVideoXFamily:
         return encode_image_latents(model, frame, traj.latents.shape[2])
 
     def edit_recipe(self, model):
-        # text-to-video: the one-call guide with weight 8 in the first 40 % of the steps (sessions 15-16's rules over
-        # eight models, checked on three more), the difference mask cut at 0.9 x Otsu's level (session 19's rule on
-        # five models at 16 videos, checked on two more); image-to-video: nothing measured, the exact trajectory with
-        # weight 2
-        return EditRecipe() if model.is_i2v else EditRecipe(weight=8.0, guide="one-call", mask_level=0.9)
+        # image-to-video: the default chain (session 22's rule kept it: BENCHMARKS section 6)
+        return EditRecipe() if model.is_i2v else MEASURED_RECIPES["CogVideoX text-to-video"]
 
     # -- reference attention
     def reference_options(self, options):

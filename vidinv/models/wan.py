@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from .. import editmask, errors, flow, solver, video
-from ..family import EditRecipe, Guidance
+from ..family import MEASURED_RECIPES, EditRecipe, Guidance
 from . import configcheck, loading, wan_attention
 from .loading import check_tiled_size, dtype_kwarg, on_device, should_tile, vae_memory_mode
 
@@ -860,10 +860,8 @@ class WanFamily:
         return encode_image_condition(model, frame, traj.latents.shape[2])
 
     def edit_recipe(self, model):
-        # text-to-video: reference weight 4 in the first 40 % of the steps, the difference mask cut at 0.6 x Otsu's
-        # level (session 19's rules on thirteen models at 16 videos, checked on two more each); a first frame's
-        # models: nothing measured, weight 2 at the full cut
-        return EditRecipe() if model.takes_first_frame else EditRecipe(weight=4.0, mask_level=0.6)
+        # a first frame's models: nothing measured, the default chain
+        return EditRecipe() if model.takes_first_frame else MEASURED_RECIPES["Wan text-to-video"]
 
     # -- reference attention
     def reference_options(self, options):
