@@ -15,6 +15,8 @@ reconstruction. Methods:
   naive            the naive Euler inverse (no refinement), plain sampling from the edited frame
   exact            exact inversion, plain sampling from the edited frame (no injection)
   ours ...         exact inversion + reference attention (a sweep of weight, window, temporal, rows)
+  node defaults    Reference Attention + Guided Sample at their node defaults (SVD: weight 2 in the first 40 %
+                   of the steps, from the inverted noise; no mask, which needs a prompt)
   edit-friendly    edit-friendly DDPM inversion (guidance 1 -> 1, seed 0), the edit sampled with its
                    noise maps by ancestral Euler (`vidinv.friendly`); "+ ours w=4": with reference
                    attention (weight 4)
@@ -34,8 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.benchkit import (edit_markdown, edit_rows, edited_spec, machine, reconstruction_rows, report,  # noqa: E402
-                            score_frames, time_samplers)
+from tools.benchkit import (NODE_DEFAULTS, edit_markdown, edit_rows, edited_spec, machine, node_defaults,  # noqa: E402
+                            reconstruction_rows, report, score_frames, time_samplers)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 from vidinv import pipeline, synthetic  # noqa: E402
@@ -113,6 +115,7 @@ def run(args) -> dict:
     recon_rows = {"naive plain": pipeline.sample(model, src, naive.noise, steps, Guidance(g1[1], first=g1[0])),
                   "exact plain": pipeline.sample(model, src, exact.noise, steps, Guidance(g1[1], first=g1[0])),
                   "ours w=4": guided(src, ReferenceOptions(weight=4.0), g1),
+                  NODE_DEFAULTS: node_defaults(model, exact, src, Guidance(g1[1], first=g1[0])),
                   "ours w=4 + temporal": guided(src, ReferenceOptions(weight=4.0, temporal=True), g1),
                   "edit-friendly": friendly(src, g1),
                   "edit-friendly + ours w=4": guided(src, ReferenceOptions(weight=4.0), g1, ef)}
@@ -131,6 +134,7 @@ def run(args) -> dict:
                 "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g[1], first=g[0])),
                 "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g[1], first=g[0])),
                 **{name: (lambda o=o: guided(edit, o, g)) for name, o in OURS_SWEEP.items()},
+                NODE_DEFAULTS: lambda: node_defaults(model, exact, edit, Guidance(g[1], first=g[0])),
                 "edit-friendly": lambda: friendly(edit, g),
                 "edit-friendly + ours w=4": lambda: guided(edit, ReferenceOptions(weight=4.0), g, ef),
             }

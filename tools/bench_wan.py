@@ -202,9 +202,10 @@ def run(args) -> dict:
         inversion_rows[label] = float(np.mean(trajectories[1.0, key].calls))  # guidance 1: one row per call
     skip = round(0.2 * steps)
 
-    def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None, start_at=0.0):
+    def guided(traj, opts, cond, g, start="inverted", negative=None, mask=None, start_at=0.0, share=0.0):
         return pipeline.guided_sample(pipeline.with_reference(model, traj, opts), cond, Guidance(g), start=start,
-                                      negative=negative, edit_mask=edit_mask(mask), start_at=start_at)
+                                      negative=negative, edit_mask=edit_mask(mask), start_at=start_at,
+                                      inverted_share=share)
 
     published = ReferenceOptions(reference_text="edit")
     if not args.edits_only:  # the one-call baselines and the reconstruction rows
@@ -272,8 +273,10 @@ def run(args) -> dict:
                                  ("ours default", exact, ReferenceOptions()),
                                  *((name, exact, o) for name, o in reference_rows(args.weights)),
                                  ("edit-friendly", ef, ReferenceOptions(weight=0.0)))},
-        **{f"{name} + {m} + fresh in mask": (lambda o=o, mo=mo: guided(exact, o, edit, g, "fresh in mask", mask=mo))
-           for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) if args.fresh_in_mask},
+        **{f"{name} + {m} + fresh in mask" + (f" share {s:g}" if s else ""): (
+            lambda o=o, mo=mo, s=s: guided(exact, o, edit, g, "fresh in mask", mask=mo, share=s))
+           for name, o in reference_rows(args.weights) for m, mo in difference_masks(args) for s in args.inverted_share
+           if args.fresh_in_mask},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
     rows = counted_edit_rows(methods, model.experts, len(specs) * steps,
@@ -324,6 +327,9 @@ def main(argv=None) -> None:
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="time plain vs guided sampling (--no-speed skips it)")
     add_reference_arguments(p)
+    p.add_argument("--inverted-share", type=float, nargs="+", default=[0.0], metavar="S",
+                   help="each '... + fresh in mask' row once per share S of the inverted noise in the masked start "
+                        "(pipeline.guided_sample's inverted_share; above 0 the row ends 'share S')")
     p.add_argument("--skip", type=float, nargs="*", default=[],
                    help="rows of the guided chains started at this fraction of the steps (from the trajectory latent)")
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows; all when empty")

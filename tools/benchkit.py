@@ -315,17 +315,20 @@ def mask_options(thresholds, sources, cuts=("quantile",), true: bool = False, gr
 NODE_DEFAULTS = "node defaults"  # the row of the chain Reference Attention and Guided Sample run at their defaults
 
 
-def node_defaults(model, traj, cond, guidance: float, image_latents=None, recipe=None):
+def node_defaults(model, traj, cond, guidance: float | Guidance, image_latents=None, recipe=None):
     """The edit of `traj` to `cond` by Reference Attention + Guided Sample at their node defaults, resolved as the
     nodes resolve them: the family's `EditRecipe` (its weight in the first `end` of the steps, its guide, the
-    difference mask cut at Otsu's level times its `mask_level`), fresh noise inside the mask, seed 0.
+    difference mask cut at Otsu's level times its `mask_level`), fresh noise inside the mask, seed 0; a family
+    without a prompt (SVD) has no difference mask and starts from the inverted noise, as the node does.
     `image_latents`: an edited first frame's (image-to-video); `recipe`: another `EditRecipe` run the same way."""
     guide = "auto" if recipe is None else recipe.guide  # auto: the family's, as the node resolves it
-    recipe = recipe or families.of(model).edit_recipe(model)
+    fam = families.of(model)
+    recipe = recipe or fam.edit_recipe(model)
     patched = pipeline.with_reference(model, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), guide)
-    return pipeline.guided_sample(patched, cond, Guidance(guidance), "fresh in mask", image_latents=image_latents,
-                                  edit_mask=editmask.EditMask(0.9, source="difference", cut="otsu",
-                                                              level=recipe.mask_level))
+    mask = editmask.EditMask(0.9, source="difference", cut="otsu", level=recipe.mask_level) \
+        if fam.text_conditioned else None
+    return pipeline.guided_sample(patched, cond, guidance if isinstance(guidance, Guidance) else Guidance(guidance),
+                                  "fresh in mask", image_latents=image_latents, edit_mask=mask)
 
 
 def difference_masks(args) -> list[tuple[str, tuple[str, float, str, int, float]]]:

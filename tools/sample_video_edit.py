@@ -5,6 +5,9 @@ error against the source frames, as the workflows' host tests score them.
 
     python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
 
+An image-to-video CogVideoX model is inverted with the video's first frame and edited from the workflow's recoloured
+first frame (assets/videos/<video>_first_frame_<colour>.png), as workflows/i2v_edit.json does.
+
 A setting is "defaults" (Reference Attention and Guided Sample at their node defaults, guidance 5: what the edit
 workflows run) or weight/guidance/mask[/end[/start]] (mask "on": the prediction difference cut at Otsu's level,
 Guided Sample's default mask; a number: the same at Otsu's level times it, Guided Sample's mask_level; "off": none;
@@ -16,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +43,19 @@ def run(args) -> list[dict]:
     x0 = module.encode_video(model, torch.from_numpy(frames))
     source = module.encode_text(model, [spec.caption])
     edit = module.encode_text(model, [spec.caption.replace(spec.colour, args.colour)])
-    traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver())
+    image = edit_image = None
+    if getattr(model, "is_i2v", False):  # CogVideoX I2V: the source's first frame, and the workflow's edited one
+        from PIL import Image
+        png = ROOT / "assets" / "videos" / f"{Path(args.video).stem}_first_frame_{args.colour}.png"
+        edited = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255)[None]
+        image, edit_image = (cogvideox.encode_image_latents(model, f, x0.shape[1])
+                             for f in (torch.from_numpy(frames[:1]), edited))
+    traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver(), image_latents=image)
     rows = []
     for setting in args.settings:
         if setting == "defaults":
             em = None
-            z = node_defaults(model, traj, edit, 5.0)
+            z = node_defaults(model, traj, edit, 5.0, edit_image)
         else:
             parts = setting.split("/")
             weight, guidance, mask = parts[:3]
@@ -54,7 +65,8 @@ def run(args) -> list[dict]:
             em = edit_mask(None if mask == "off" else ("difference", 0.0, "otsu", 0,
                                                        1.0 if mask == "on" else float(mask)))
             z = pipeline.guided_sample(patched, edit, Guidance(float(guidance)),
-                                       start=pipeline.STARTS[2] if start == "masked" else start, edit_mask=em)
+                                       start=pipeline.STARTS[2] if start == "masked" else start, edit_mask=em,
+                                       image_latents=edit_image)
         out = module.decode_video(model, z).numpy()
         got = synthetic.describe(out)
         rows.append({"setting": setting, "colour": got["colour"], "direction": got["direction"],

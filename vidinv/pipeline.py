@@ -261,7 +261,8 @@ def start_noise(traj: Trajectory, start: str, seed: int, scale: float = 1.0) -> 
 @torch.no_grad()
 def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str = "inverted", seed: int = 0,
                   negative=None, image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
-                  positive=None, edit_mask: editmask.EditMask | None = None, start_at: float = 0.0) -> torch.Tensor:
+                  positive=None, edit_mask: editmask.EditMask | None = None, start_at: float = 0.0,
+                  inverted_share: float = 0.0) -> torch.Tensor:
     """Sample the trajectory's grid with a new conditioning while the chosen attention layers also
     attend to the K/V of the trajectory latent at each step, recomputed through the same network with
     the trajectory's source conditioning (`vidinv.attention`). The model must come from
@@ -288,7 +289,8 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     ``start="fresh in mask"``: fresh noise (from `seed`) inside an edit mask made before sampling (the difference
     map's or a given MASK), the trajectory's noise outside; with the source prompt the difference mask is empty,
     so the source still comes back exactly. Where it has nothing to act on it is ``"inverted"`` (`start_used` says
-    which start a call uses).
+    which start a call uses). `inverted_share` (0..1): the share of the variance inside the mask that is the
+    trajectory's noise (``sqrt(s) inverted + sqrt(1 - s) fresh``; 0 = fresh only, 1 = the inverted start).
 
     `start_at` > 0: skip the noisiest steps (`skip_steps`) and start from the trajectory's latent
     where the rest begins (an exact one's or an edit-friendly one's: the source still comes back
@@ -299,6 +301,9 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     if spec is None:
         raise errors.InputError("Guided Sample needs a model patched with a trajectory",
                                 "Connect the output of the Reference Attention node to its model input.")
+    if not (isinstance(inverted_share, (int, float)) and 0.0 <= inverted_share <= 1.0):
+        raise errors.InputError(f"inverted_share {inverted_share!r} is not a share between 0 and 1",
+                                "Give 0 (fresh noise in the mask) to 1 (the inverted noise).")
     hooks = hooks or Hooks()
     fam = families.of(model)
     traj, opts = guide_for(spec, edit_mask, hooks), fam.reference_options(spec.options)
@@ -326,7 +331,10 @@ def guided_sample(model, cond=None, guidance: Guidance = Guidance(), start: str 
     layers = fam.reference_layers(model, opts)
     probe, blend, fixed = masking(model, fam, traj, cond, noise, edit_mask, grid, image, hooks)
     if start == STARTS[2]:  # fresh noise inside the mask made before sampling, the inverted noise outside
-        noise = editmask.blend(start_noise(traj, STARTS[1], seed, grid.init_noise_sigma), fixed, noise)
+        fresh = start_noise(traj, STARTS[1], seed, grid.init_noise_sigma)
+        if inverted_share:
+            fresh = inverted_share ** 0.5 * noise + (1 - inverted_share) ** 0.5 * fresh
+        noise = editmask.blend(fresh, fixed, noise)
     per_cfg_row = attention.reference_per_cfg_row(guidance.uses_cfg, fam.trajectory_guidance(traj).uses_cfg, opts.rows)
     reference = guarded(fam.reference_call(model, traj, grid, cond, guidance, opts, per_cfg_row, negative, positive),
                         hooks)

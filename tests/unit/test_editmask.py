@@ -186,6 +186,30 @@ def test_given_masks(setup, kind):
     assert rel(zeros, traj.clean) < 1e-6
 
 
+def test_a_share_of_the_inverted_noise_in_the_masked_start(setup):
+    """start 'fresh in mask' with `inverted_share`: 0 is fresh noise in the mask, 1 the inverted start, between them
+    a mix of the two (each seed's own); with the source prompt the mask is empty and the source comes back whatever
+    the share; a share outside 0..1 is refused before any model call."""
+    model, src, edit, x0, trajs = setup
+    patched = pipeline.with_reference(model, trajs["exact"], ReferenceOptions())
+
+    def run(cond, start="fresh in mask", **kw):
+        return pipeline.guided_sample(patched, cond, start=start, edit_mask=editmask.EditMask(0.75, cut="otsu",
+                                                                                              source="difference"),
+                                      seed=3, **kw)
+    fresh, inverted = run(edit), run(edit, "inverted")
+    assert torch.equal(run(edit, inverted_share=0.0), fresh) and rel(run(edit, inverted_share=1.0), inverted) < 1e-12
+    half = run(edit, inverted_share=0.5)
+    assert rel(half, fresh) > 1e-6 and rel(half, inverted) > 1e-6
+    assert rel(run(src, inverted_share=0.5), run(src, "inverted")) < 1e-12
+    class NoCall(Hooks):
+        def before_call(self):
+            pytest.fail("a model call before the share was checked")
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(errors.InputError, match="inverted_share"):
+            pipeline.guided_sample(patched, edit, inverted_share=bad, hooks=NoCall())
+
+
 def test_image_changed_compares_tensors_and_their_dataclasses():
     import dataclasses
 
