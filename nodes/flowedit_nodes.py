@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..vidinv import editmask, errors, pipeline
+from ..vidinv import editmask, errors, families, pipeline
 from ..vidinv.family import Guidance
 from . import host
 from .common import CATEGORY, CONDITIONING, MASK_GROW, MASK_LEVEL, MODEL, latent_parts, latent_value
@@ -24,7 +24,9 @@ class FlowEdit:
         "trajectories) or want the source's attention to hold the layout (on the pack's tiny Wans that chain kept "
         "the object's shape and path better, at more model calls: BENCHMARKS section 6). With the source prompt "
         "and guidance on both sides and n_min 0 it returns the source exactly. Optionally masks the edit (a MASK, "
-        "or the prediction difference between the prompts): outside the mask the source is kept. For a MODEL from "
+        "or the prediction difference between the prompts): outside the mask the source is kept. On a Wan "
+        "image-to-video model an edited first_frame conditions the target velocity (the source keeps its own). For "
+        "a MODEL from "
         "ComfyUI's own loaders use FlowEdit (native).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT", "IMAGE")
@@ -81,23 +83,28 @@ class FlowEdit:
                                          "for the whole video or one per frame. Overrides mask_threshold."}),
             "mask_grow": MASK_GROW,
             "mask_level": MASK_LEVEL,
+            "first_frame": ("IMAGE", {"tooltip": "Image-to-video models only: an edited first frame for the target "
+                                                 "velocity (the source velocity keeps the source's first frame, which "
+                                                 "rides with the latent); resized and cropped to the latent's size. "
+                                                 "Not connected: the source's frame on both sides."}),
         }}
 
     def edit(self, model, source_conditioning, target_conditioning, latent, steps, n_max, n_min, n_avg,
              source_guidance, target_guidance, seed, mask_threshold=0.0, mask_cut="otsu", mask=None, mask_grow=0,
-             mask_level=1.0):
+             mask_level=1.0, first_frame=None):
         node = "FlowEdit"
         samples, image_latents, pad = latent_parts(latent, model, node)
         if (latent.get("vinv") or {}).get("trajectory_steps") is not None:
             raise errors.InputError(f"{node}: the latent is an inversion's inverted noise; FlowEdit starts from the "
                                     "clean source latent", "Connect VAE Encode Video's latent (FlowEdit needs no "
                                     "inversion), or sample the noise with Flow Sample / Guided Sample.")
+        target_image = families.of(model).first_frame_latents(model, samples, first_frame)
         progress = host.Progress(min(n_max, steps), latent_preview(model))
         edit_mask = None if mask is None and not mask_threshold else \
             editmask.EditMask(mask_threshold, mask, "difference", mask_cut, mask_grow, mask_level)
         out = pipeline.flow_edit(model, source_conditioning, target_conditioning, samples, steps, n_max, n_min, n_avg,
                                  Guidance(source_guidance), Guidance(target_guidance), seed, image_latents, progress,
-                                 edit_mask)
+                                 edit_mask, target_image)
         latent_mask = torch.ones(out.shape[0], out.shape[1], 1, *out.shape[-2:]) if edit_mask is None else \
             edit_mask.latent
         frames = editmask.to_pixels(latent_mask[:, pad:], model.spatial_factor, model.temporal_factor)

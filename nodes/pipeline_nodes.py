@@ -193,7 +193,7 @@ def run_guided(model, conditioning, guidance: Guidance, start: str, seed: int, n
     check_text_options(fam, negative, tuned_eta)
     neg = nulltext.negative_for(negative, traj)
     pos = nulltext.positive_for(traj, conditioning, tuned_eta)
-    image_latents = fam.first_frame_latents(model, traj, first_frame)
+    image_latents = fam.first_frame_latents(model, traj.latents[0], first_frame)
     if mask_level == AUTO_LEVEL:
         mask_level = fam.edit_recipe(model).mask_level
     # a threshold masks by the prompt's change: families without a prompt (SVD) take only a given MASK

@@ -1,16 +1,19 @@
-"""Edit benchmark for CogVideoX image-to-video (the bundled tiny-cogvideox-i2v, or any CogVideoX I2V folder): the
-prompt names the next colour and the first frame is recoloured, and the edit is propagated through the video. The
-metrics of tools/bench_edit.py; one table of colour edits with the rows each method ran.
+"""Edit benchmark for image-to-video models (the bundled tiny-cogvideox-i2v, any CogVideoX I2V folder, or a Wan I2V
+folder: `tools/train_wan_fixture.py i2v` trains one): the prompt names the next colour and the first frame is
+recoloured, and the edit is propagated through the video. The metrics of tools/bench_edit.py; one table of colour
+edits with the rows each method ran.
 
     python tools/bench_i2v_edit.py [--model FOLDER] [--videos 16] [--chains 2/trajectory/1 ...] [--json out.json]
+    python tools/bench_i2v_edit.py --model WAN_I2V --flowedit 33/0/3.5/13.5 [...]
 
-Each held-out video is inverted with its caption and its own first frame (exact DDIM inversion, guidance 1). The
+Each held-out video is inverted with its caption and its own first frame (exact inversion, guidance 1). The
 edited first frame is the generator's frame 0 of the edited video (what an image editor would give); every method
 samples the edited caption from it. Metrics on the decoded edit: target colour hit, direction kept, per-frame
 foreground-mask IoU and centroid path error against the source's VAE reconstruction. Methods:
   ground truth       the edited video drawn by the generator, through the VAE: the metrics' ceiling
   fresh noise        plain image-to-video from the edited frame (what the model gives without inversion)
-  naive              DDIMInverseScheduler inversion (the source frame), plain sampling of the edit
+  naive              the published inversion (CogVideoX: DDIMInverseScheduler; Wan: the inverse Euler step) with
+                     the source frame, plain sampling of the edit
   published          fresh noise, reference K/V in every block and step from the naive trajectory, computed with
                      the edit prompt (per CFG row): the published recipe
   sdedit s           the source noised to strength s, then plain sampling of the edit
@@ -18,6 +21,9 @@ foreground-mask IoU and centroid path error against the source's VAE reconstruct
   node defaults      Reference Attention + Guided Sample at their node defaults on this model (`EditRecipe`)
   chain W/G/L        the same chain with reference weight W in the first 40 % of the steps, guide G (trajectory or
                      one-call), the difference mask cut at L x Otsu's level, fresh noise inside it
+  flowedit N/M g/h   Wan: FlowEdit (`pipeline.flow_edit`, no inversion) from the source latent, the source velocity
+                     with the source frame and caption, the target's with the edited ones; n_max N, n_min M, source
+                     and target guidance g / h (--flowedit N/M/g/h ...)
 Rows per step count every network row of the edit (the one-call guide's inversion included where a chain makes it);
 the exact trajectory's calls per step are printed once. Reconstruction rows: the source caption and frame.
 """
@@ -36,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 from tools.benchkit import (NODE_DEFAULTS, add_video_arguments, counted_edit_rows, counted_table,  # noqa: E402
                             edit_markdown, edited_spec, encode_heldout, machine, naive_trajectory, node_defaults,
                             reconstruction_rows, report, score_frames, sdedit, video_size)
-from vidinv import pipeline, synthetic  # noqa: E402
+from vidinv import families, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import GUIDES, EditRecipe, Guidance  # noqa: E402
-from vidinv.models import cogvideox  # noqa: E402
+from vidinv.models import cogvideox, loading, wan  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 
 
@@ -59,26 +65,56 @@ def chains(specs) -> dict:
     return out
 
 
+def load(folder):
+    """An image-to-video model of either family (the folder's model_index.json names its pipeline) and its module."""
+    name = loading.read_json(Path(folder) / "model_index.json").get("_class_name", "")
+    module = wan if name.startswith("Wan") else cogvideox
+    model = module.load(folder, "fp32")
+    if not getattr(model, "is_i2v", False):
+        raise SystemExit(f"{folder} is not an image-to-video model ({model.describe()}); tools/bench_edit.py and "
+                         "tools/bench_wan.py edit text-to-video models")
+    return model, module
+
+
+def first_frames(model, x0, videos):
+    """The first-frame conditioning of each video's frame 0, one row per video (as the nodes encode it)."""
+    fam, rows = families.of(model), []
+    for v in videos:
+        rows.append(fam.first_frame_latents(model, x0[:1], torch.from_numpy(synthetic.render(v)[:1])))
+    if isinstance(rows[0], wan.ImageCondition):
+        return wan.ImageCondition(torch.cat([r.latents for r in rows]), None if rows[0].embeds is None else
+                                  torch.cat([r.embeds for r in rows]))
+    return torch.cat(rows)
+
+
+def flowedit_rows(specs) -> dict:
+    """--flowedit "N/M/g/h" -> {"flowedit N/M g/h": (n_max, n_min, source guidance, target guidance)}."""
+    out = {}
+    for spec in specs:
+        try:
+            n_max, n_min, g_src, g_tar = spec.split("/")
+            out[f"flowedit {n_max}/{n_min} {g_src}/{g_tar}"] = (int(n_max), int(n_min), float(g_src), float(g_tar))
+        except ValueError:
+            raise SystemExit(f"--flowedit {spec!r}: give N_MAX/N_MIN/SOURCE_GUIDANCE/TARGET_GUIDANCE, e.g. "
+                             "33/0/3.5/13.5") from None
+    return out
+
+
 def run(args) -> dict:
-    recipes = chains(args.chains)
+    recipes, flowedits = chains(args.chains), flowedit_rows(args.flowedit)
     torch.set_num_threads(args.threads)
-    model = cogvideox.load(args.model, "fp32")
-    if not model.is_i2v:
-        raise SystemExit(f"{args.model} is a text-to-video CogVideoX; this benchmark needs an image-to-video one "
-                         "(tools/bench_edit.py edits text-to-video models)")
+    model, module = load(args.model)
+    if flowedits and module is not wan:
+        raise SystemExit("--flowedit: FlowEdit needs a flow model (Wan); this is a CogVideoX")
     specs, x0 = encode_heldout(model, args.videos, video_size(args))
     shape = (len(specs), -1, specs[0].height, specs[0].width, 3)
     steps, g = args.steps, args.guidance
 
     def decode(z):
-        return cogvideox.decode_video(model, z).numpy().reshape(shape)
-
-    def first_frames(videos):
-        return torch.cat([cogvideox.encode_image_latents(model, torch.from_numpy(synthetic.render(v)[:1]),
-                                                         x0.shape[1]) for v in videos])
+        return module.decode_video(model, z).numpy().reshape(shape)
 
     recon = decode(x0)
-    src, src_image = cogvideox.encode_text(model, [s.caption for s in specs]), first_frames(specs)
+    src, src_image = module.encode_text(model, [s.caption for s in specs]), first_frames(model, x0, specs)
     exact = pipeline.invert(model, src, x0, steps, Guidance(1.0), Solver(iters=10, tol=1e-5), image_latents=src_image)
     naive = naive_trajectory(model, src, x0, steps, src_image)
     published = ReferenceOptions(reference_text="edit")
@@ -97,10 +133,10 @@ def run(args) -> dict:
     result["reconstruction"] = reconstruction_rows({name: fn() for name, fn in recon_rows.items()}, x0, recon, decode)
 
     targets = [edited_spec(s, "colour") for s in specs]
-    edit, image = cogvideox.encode_text(model, [t.caption for t in targets]), first_frames(targets)
+    edit, image = module.encode_text(model, [t.caption for t in targets]), first_frames(model, x0, targets)
     fresh = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     methods = {
-        "ground truth (VAE)": lambda: torch.cat([cogvideox.encode_video(model, torch.from_numpy(synthetic.render(t)))
+        "ground truth (VAE)": lambda: torch.cat([module.encode_video(model, torch.from_numpy(synthetic.render(t)))
                                                  for t in targets]),
         "fresh noise": lambda: pipeline.sample(model, edit, fresh, steps, Guidance(g), image_latents=image),
         "naive": lambda: pipeline.sample(model, edit, naive.noise, steps, Guidance(g), image_latents=image),
@@ -110,9 +146,12 @@ def run(args) -> dict:
         "exact": lambda: pipeline.sample(model, edit, exact.noise, steps, Guidance(g), image_latents=image),
         NODE_DEFAULTS: lambda: node_defaults(model, exact, edit, g, image),
         **{name: (lambda r=r: node_defaults(model, exact, edit, g, image, r)) for name, r in recipes.items()},
+        **{name: (lambda f=f: pipeline.flow_edit(model, src, edit, x0, steps, f[0], f[1], 1, Guidance(f[2]),
+                                                 Guidance(f[3]), 0, src_image, target_image_latents=image))
+           for name, f in flowedits.items()},
     }
     methods = {k: v for k, v in methods.items() if not args.methods or k in args.methods}
-    rows = counted_edit_rows(methods, [model.transformer], len(specs) * steps,
+    rows = counted_edit_rows(methods, families.of(model).networks(model), len(specs) * steps,
                              lambda z: score_frames(decode(z), specs, targets, "colour", recon),
                              {"edit": "colour", "guidance": g})
     result["tables"].append({"edit": "colour", "guidance": g, "rows": rows})
@@ -139,6 +178,8 @@ def main(argv=None) -> None:
     p.add_argument("--chains", nargs="*", default=[], metavar="W/G/L",
                    help="rows 'chain W/G/L': reference weight W, guide G (trajectory or one-call), difference mask "
                         "at L x Otsu's level, fresh noise inside it")
+    p.add_argument("--flowedit", nargs="*", default=[], metavar="N/M/g/h",
+                   help="Wan: rows 'flowedit N/M g/h' (n_max, n_min, source and target guidance)")
     add_video_arguments(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=[], help="only these edit rows (all when empty)")

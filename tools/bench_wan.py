@@ -62,22 +62,13 @@ from tools.benchkit import (NODE_DEFAULTS, CountingHooks, RowCounter, add_mask_a
                             add_reference_arguments, add_video_arguments, counted_edit_rows, counted_table,
                             difference_masks, edit_markdown, edit_mask, edited_spec,
                             encode_heldout, inversion_markdown, machine, mask_options, node_defaults,
-                            reconstruction_rows, reference_rows, rel_err, report, score_frames, time_samplers,
-                            video_size)
+                            reconstruction_rows, reference_rows, rel_err, report, score_frames, sdedit,
+                            time_samplers, video_size)
 from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.models import wan  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
-
-
-def sdedit(model, cond, x0, steps, guidance, strength, seed=0):
-    """SDEdit on the flow grid: the source moved to sigma_k = the grid's sigma at fraction 1 - s."""
-    grid = wan.FAMILY.grid(model, steps)
-    k = min(steps - 1, int(round(steps * (1 - strength))))
-    sigma = grid.sigmas[k]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    return pipeline.sample(model, cond, (1 - sigma) * x0 + sigma * noise, steps, Guidance(guidance), start=k)
 
 
 def midpoint_grid(model, steps):

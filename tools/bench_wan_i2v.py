@@ -1,7 +1,8 @@
 """Wan image-to-video exactness: round trips and guided reconstruction on a tiny random Wan 2.1 I2V
 folder (tests/tiny_wan.py, ``i2v=True``: the I2V 14B layout at toy size), conditioned on each video's
 first frame as WanImageToVideoPipeline conditions (mask + first-frame latent on channels, CLIP
-tokens in cross-attention). No trained I2V Wan ships with the pack, so edits are not scored here.
+tokens in cross-attention). Edits are not scored here: tools/bench_i2v_edit.py scores them on a trained Wan I2V
+(`tools/train_wan_fixture.py i2v`; none is bundled).
 
     python tools/bench_wan_i2v.py [--videos 8] [--steps 50] [--size 32] [--json results.json]
 

@@ -252,15 +252,18 @@ def edit_markdown(result: dict, command: str, model_line: str = "", source: str 
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------------------- CogVideoX baselines
+# ----------------------------------------------------------------------------- baselines
 
 def naive_trajectory(model, cond, x0, steps, image_latents=None):
     """The published inversion: DDIMInverseScheduler built from the model's config (an image-to-video model's
-    with the source's first-frame `image_latents`)."""
+    with the source's first-frame `image_latents`); on a flow model the inverse Euler step (one call a step)."""
     from diffusers import DDIMInverseScheduler
-    from vidinv import ddim
+    from vidinv import ddim, flow
     from vidinv.models import cogvideox
+    from vidinv.solver import Solver
     from vidinv.trajectory import Trajectory
+    if families.of(model).grid_kind == flow.KIND:
+        return pipeline.invert(model, cond, x0, steps, Guidance(1.0), Solver(0, 0.0), image_latents=image_latents)
     den = cogvideox.make_denoiser(model, cond, 1.0, False, steps, image_latents)
     inv = DDIMInverseScheduler(**model.scheduler_config)
     inv.set_timesteps(steps)
@@ -277,15 +280,20 @@ def naive_trajectory(model, cond, x0, steps, image_latents=None):
 
 
 def sdedit(model, cond, x0, steps, guidance, strength, seed=0, image_latents=None):
-    """SDEdit: x0 noised with fresh noise to the level at fraction 1 - `strength` of the steps, then
-    plain sampling of `cond` (and an image-to-video model's `image_latents`) over the rest."""
-    from vidinv import ddim
-    schedule = ddim.schedule_from_config(model.scheduler_config)
-    grid = ddim.grid(schedule, steps)
+    """SDEdit: x0 noised with fresh noise to the level at fraction 1 - `strength` of the steps (DDIM: alpha-bar
+    there; flow: sigma there), then plain sampling of `cond` (and an image-to-video model's `image_latents`) over
+    the rest."""
+    from vidinv import ddim, flow
     start = min(steps - 1, int(round(steps * (1 - strength))))
-    ab = schedule.alpha_bar(grid[start][0])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
+    fam = families.of(model)
+    if fam.grid_kind == flow.KIND:
+        sigma = fam.grid(model, steps).sigmas[start]
+        x = (1 - sigma) * x0 + sigma * noise
+    else:
+        schedule = ddim.schedule_from_config(model.scheduler_config)
+        ab = schedule.alpha_bar(ddim.grid(schedule, steps)[start][0])
+        x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
     return pipeline.sample(model, cond, x, steps, Guidance(guidance), start=start, image_latents=image_latents)
 
 

@@ -6,6 +6,7 @@ also need (tokenizer, SVD conditioning, export) is in vidinv/fixture.py.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -108,6 +109,14 @@ def load_ema(params, ema) -> None:
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
+
+
+def save_trained(module, params, ema, folder: Path, record: dict, record_file: Path, start: float) -> None:
+    """The end of a training stage: the EMA weights into `module`, saved to `folder`, and the stage's `record` with
+    its seconds since `start` to `record_file`."""
+    load_ema(params, ema)
+    module.save_pretrained(folder)
+    json.dump({"seconds": time.time() - start, **record}, open(record_file, "w"), indent=1)
 
 
 def folder_mb(folder: Path) -> float:

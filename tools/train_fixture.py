@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.fixturekit import (FRAMES, SIZE, add_clip_arguments, clip_size, folder_mb, load_ema, log,  # noqa: E402
-                              object_weight, optimise, to_model_space, training_clip, vae_batch)
+                              object_weight, optimise, save_trained, to_model_space, training_clip, vae_batch)
 from vidinv.fixture import SCENE_VOCAB_WORDS, TEXT_LEN, VOCAB_WORDS, build_tokenizer, save_pipeline  # noqa: E402
 from vidinv.models.cogvideox import decodable, rope_fits  # noqa: E402
 
@@ -359,11 +359,9 @@ def train_i2v(args) -> None:
         optimise(loss, opt, sched, params, ema, args.ema, step)
         if step % 200 == 0 or step == args.steps - 1:
             log(f"i2v step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
-    load_ema(params, ema)
-    transformer.save_pretrained(work / "transformer_i2v")
-    json.dump({"seconds": time.time() - start, "encode_seconds": encode_seconds, "steps": args.steps,
-               "batch": args.batch, "lr": args.lr, "dataset": len(latents), "seed": args.seed},
-              open(work / "i2v_train.json", "w"), indent=1)
+    save_trained(transformer, params, ema, work / "transformer_i2v", {
+        "encode_seconds": encode_seconds, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+        "dataset": len(latents), "seed": args.seed}, work / "i2v_train.json", start)
     log(f"I2V done in {time.time() - start:.0f}s")
 
 

@@ -7,6 +7,12 @@ Stages (each seeded and reproducible on CPU; run in order):
     python tools/train_wan_fixture.py vae-decoder   # refine the VAE decoder (encoder and latents fixed)
     python tools/train_wan_fixture.py export   # diffusers folder -> assets/tiny-wan
 
+An image-to-video model (channel conditioning, as Wan 2.2 I2V lays it out; one expert, no CLIP tokens) is trained
+from a text-to-video folder and exported beside it; not bundled (BENCHMARKS section 6, "Wan image-to-video edits"):
+
+    python tools/train_wan_fixture.py i2v --i2v-from assets/tiny-wan --work W
+    python tools/train_wan_fixture.py export --i2v-from assets/tiny-wan --work W --out O
+
 A held-out model (BENCHMARKS section 6, "Defaults on a model not tuned on") is the same recipe with
 another --seed and other shapes: --blocks, --heads, --head-dim, --ffn, --text-width, --text-layers
 (the transformer and UMT5), --latent-channels (the vae stage's; the transformer takes its VAE's), --frames /
@@ -35,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.fixturekit import (add_clip_arguments, clip_size, folder_mb, load_ema, log, optimise,  # noqa: E402
-                              to_model_space, train_seed, vae_batch)
+                              save_trained, to_model_space, train_seed, vae_batch)
 from vidinv import synthetic  # noqa: E402
 from vidinv.fixture import build_tokenizer, save_pipeline  # noqa: E402
 
@@ -261,19 +267,120 @@ def train_dit(args) -> None:
     log(f"transformer done in {time.time() - start:.0f}s")
 
 
+# ----------------------------------------------------------------------------- image-to-video
+
+def i2v_source(args):
+    """The text-to-video folder an I2V model is trained from (--i2v-from), loaded by the pack."""
+    from vidinv.models import wan
+    model = wan.load(args.i2v_from, "fp32")
+    if model.takes_first_frame or model.transformer_2 is not None:
+        raise SystemExit(f"--i2v-from {args.i2v_from}: needs a one-expert text-to-video Wan, got {model.describe()}")
+    return model
+
+
+@torch.no_grad()
+def encode_i2v_dataset(model, rng: np.random.Generator, count: int, size: tuple[int, int, int]):
+    """Latents [N, F, C, h, w], their first-frame conditioning [N, F, T + C, h, w] and captions, encoded by the
+    pack itself (`wan.encode_video`, `wan.encode_image_condition`): what the I2V model will be given in use."""
+    from vidinv.models import wan
+    latents, conds, captions = [], [], []
+    for i in range(count):
+        spec = synthetic.random_spec(train_seed(rng), *size)
+        frames = torch.from_numpy(synthetic.render(spec))
+        z = wan.encode_video(model, frames)
+        latents.append(z)
+        conds.append(wan.encode_image_condition(model, frames[:1], z.shape[1]).latents)
+        captions.append(spec.caption)
+        if i % 200 == 0:
+            log(f"encoded {i + 1}/{count}")
+    return torch.cat(latents), torch.cat(conds), captions
+
+
+def train_i2v(args) -> None:
+    """Image-to-video from the text-to-video folder --i2v-from: the patch embedding also takes the first-frame
+    mask (one channel per frame of the VAE's temporal factor) and the first frame's latent (of the clip [first
+    frame, grey frames]) on channels, which start at zero, so training starts from the text-to-video model; the VAE,
+    UMT5 and tokenizer stay the folder's, frozen. Every transformer setting is the folder's own."""
+    from diffusers import WanTransformer3DModel
+    from vidinv.models import wan
+
+    size = clip_size(args)
+    model = i2v_source(args)
+    rng = seed_all(args.seed + 3)
+    work = Path(args.work)
+    start = time.time()
+    data_file = work / "i2v_latents.pt"
+    if data_file.exists():
+        data = torch.load(data_file)
+    else:
+        z, cond, caps = encode_i2v_dataset(model, rng, args.dataset, size)
+        data = {"latents": z, "conds": cond, "captions": caps}
+        torch.save(data, data_file)
+    encode_seconds = time.time() - start
+    latents, conds, captions = data["latents"], data["conds"], data["captions"]
+    t2v = model.transformer
+    transformer = WanTransformer3DModel.from_config(dict(t2v.config, in_channels=t2v.config.in_channels +
+                                                         conds.shape[2]))
+    state = t2v.state_dict()
+    w = state["patch_embedding.weight"]
+    state["patch_embedding.weight"] = torch.cat([w, w.new_zeros(w.shape[0], conds.shape[2], *w.shape[2:])], dim=1)
+    transformer.load_state_dict(state)
+    params = list(transformer.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    with torch.no_grad():
+        text_all, text_empty = wan.encode_text(model, captions).embeds, wan.encode_text(model, "").embeds
+    gen = torch.Generator().manual_seed(args.seed + 4)
+    log(f"dataset {tuple(latents.shape)} + condition {tuple(conds.shape[1:])} ({encode_seconds:.0f}s); I2V "
+        f"transformer {sum(p.numel() for p in params) / 1e6:.2f} M, {args.steps} steps")
+    for step in range(args.steps):
+        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+        x0, text = latents[idx], text_all[idx].clone()
+        text[torch.rand(args.batch, generator=gen) < args.caption_dropout] = text_empty
+        sigma = shifted(torch.rand(args.batch, generator=gen), model.flow_shift).view(-1, 1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = (1 - sigma) * x0 + sigma * noise
+        inp = torch.cat([xt, conds[idx]], dim=2).permute(0, 2, 1, 3, 4)  # the transformer's [B, C, F, H, W]
+        pred = transformer(inp, sigma.flatten() * 1000, text, return_dict=False)[0].permute(0, 2, 1, 3, 4)
+        loss = F.mse_loss(pred, noise - x0)
+        optimise(loss, opt, sched, params, ema, args.ema, step)
+        if step % 200 == 0 or step == args.steps - 1:
+            log(f"i2v step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
+    save_trained(transformer, params, ema, work / "transformer_i2v", {
+        "encode_seconds": encode_seconds, "steps": args.steps, "batch": args.batch, "lr": args.lr, "ema": args.ema,
+        "caption_dropout": args.caption_dropout, "dataset": len(latents), "clip": size, "seed": args.seed,
+        "from": str(args.i2v_from)}, work / "i2v_train.json", start)
+    log(f"I2V transformer done in {time.time() - start:.0f}s")
+
+
 # ----------------------------------------------------------------------------- export
 
 def export(args) -> None:
     """Assemble the diffusers folder; the transformer and VAE stored in float16 (the pack loads
-    them in the precision chosen on the node)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    them in the precision chosen on the node). With --i2v-from: the image-to-video model of the i2v stage, with the
+    VAE, UMT5, tokenizer and scheduler of that folder (a WanImageToVideoPipeline without an image encoder)."""
+    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
+                           WanTransformer3DModel)
     from transformers import AutoTokenizer, UMT5EncoderModel
     work, out = Path(args.work), Path(args.out)
-    pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(work / "tokenizer"),
-                       text_encoder=UMT5EncoderModel.from_pretrained(work / "text_encoder"),
-                       vae=AutoencoderKLWan.from_pretrained(work / "vae"),
-                       transformer=WanTransformer3DModel.from_pretrained(work / "transformer"),
-                       scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG))
+    if args.i2v_from:
+        src = Path(args.i2v_from)
+        if out.resolve() == (ROOT / "assets" / "tiny-wan").resolve():
+            raise SystemExit("export --i2v-from: give --out (the image-to-video model is not bundled)")
+        pipe = WanImageToVideoPipeline(
+            tokenizer=AutoTokenizer.from_pretrained(src / "tokenizer"),
+            text_encoder=UMT5EncoderModel.from_pretrained(src / "text_encoder"),
+            vae=AutoencoderKLWan.from_pretrained(src / "vae", torch_dtype=torch.float32),
+            transformer=WanTransformer3DModel.from_pretrained(work / "transformer_i2v"),
+            scheduler=UniPCMultistepScheduler.from_pretrained(src / "scheduler"), image_encoder=None,
+            image_processor=None)
+    else:
+        pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(work / "tokenizer"),
+                           text_encoder=UMT5EncoderModel.from_pretrained(work / "text_encoder"),
+                           vae=AutoencoderKLWan.from_pretrained(work / "vae"),
+                           transformer=WanTransformer3DModel.from_pretrained(work / "transformer"),
+                           scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG))
     pipe.transformer.to(torch.float16)
     pipe.vae.to(torch.float16)
     save_pipeline(pipe, out)
@@ -282,7 +389,7 @@ def export(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["vae", "dit", "vae-decoder", "export"])
+    p.add_argument("stage", choices=["vae", "dit", "vae-decoder", "i2v", "export"])
     p.add_argument("--work", default=str(ROOT / ".fixture-work-wan"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
@@ -305,17 +412,22 @@ def main(argv=None) -> None:
     p.add_argument("--vae-from", default=None, help="reuse this Wan folder's VAE instead of the vae stage")
     p.add_argument("--latent-channels", type=int, default=None,
                    help="the vae stage's latent channels (bundled: 16); the transformer takes its VAE's")
+    p.add_argument("--i2v-from", default=None,
+                   help="i2v stage: the text-to-video Wan folder to start from; export: export the I2V model with it")
     add_clip_arguments(p)
     args = p.parse_args(argv)
+    if args.stage == "i2v" and not args.i2v_from:
+        raise SystemExit("the i2v stage needs --i2v-from FOLDER: the trained text-to-video Wan to start from")
     clip_size(args)  # a clip size the VAE and the patches cannot tile is refused before any work
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     defaults = {"vae": dict(steps=2000, batch=8, lr=2e-3), "dit": dict(steps=3000, batch=32, lr=1.5e-3),
-                "vae-decoder": dict(steps=600, batch=8, lr=5e-4)}
+                "vae-decoder": dict(steps=600, batch=8, lr=5e-4), "i2v": dict(steps=1200, batch=16, lr=1e-3)}
     for k, v in defaults.get(args.stage, {}).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    {"vae": train_vae, "dit": train_dit, "vae-decoder": train_vae_decoder, "export": export}[args.stage](args)
+    {"vae": train_vae, "dit": train_dit, "vae-decoder": train_vae_decoder, "i2v": train_i2v,
+     "export": export}[args.stage](args)
 
 
 if __name__ == "__main__":

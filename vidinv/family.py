@@ -93,6 +93,9 @@ MEASURED_RECIPES = {
     "CogVideoX text-to-video": EditRecipe(weight=8.0, guide=GUIDES[1], mask_level=0.9),
     # session 19's rules on thirteen models at 16 videos, checked on two more each
     "Wan text-to-video": EditRecipe(weight=4.0, mask_level=0.6),
+    # session 23's rule K: the same chain, picked on two trained Wan I2V models (first frame on channels), checked on a
+    # third
+    "Wan image-to-video": EditRecipe(weight=4.0, mask_level=0.6),
 }
 
 
@@ -199,9 +202,9 @@ class Family(Protocol):
     def latent_extras(self, traj) -> tuple[torch.Tensor | None, int]:
         """(image latents, padded frames) that ride with a trajectory's noise as a LATENT."""
 
-    def first_frame_latents(self, model, traj, first_frame: torch.Tensor | None) -> torch.Tensor | None:
-        """An edited first frame (IMAGE) encoded as the image latents a guided sample is conditioned on
-        (None: the source's); refused by families without them."""
+    def first_frame_latents(self, model, latent: torch.Tensor, first_frame: torch.Tensor | None):
+        """An edited first frame (IMAGE), fitted to the size of `latent` ``[B, F, C, h, w]``, encoded as the image
+        conditioning a sample of that latent takes (None: the source's); refused by families without one."""
 
     def edit_conditioning(self, model, traj, cond):
         """The conditioning a guided sample uses (`cond`, or the trajectory's source where allowed)."""

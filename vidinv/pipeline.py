@@ -413,7 +413,7 @@ def masking(model, fam, traj: Trajectory, cond, noise: torch.Tensor, edit_mask, 
 def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: int, n_min: int = 0, n_avg: int = 1,
               source_guidance: Guidance = Guidance(), target_guidance: Guidance = Guidance(), seed: int = 0,
               image_latents: torch.Tensor | None = None, hooks: Hooks | None = None,
-              edit_mask: editmask.EditMask | None = None) -> torch.Tensor:
+              edit_mask: editmask.EditMask | None = None, target_image_latents=None) -> torch.Tensor:
     """FlowEdit (`vidinv.flowedit`) of the clean `latent` from the `source` to the `target`
     conditioning on the model's `steps`-step grid, without inversion: the paper's steps n_max down to
     n_min + 1, then n_min plain steps with the target. A model whose grid is not a flow grid, a window
@@ -423,28 +423,32 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
     `edit_mask`: a given MASK, or the prediction-difference map (``source="difference"``; the
     attention map needs a trajectory's sample and is refused) cut per frame: DiffEdit's unguided
     predictions under the two prompts on the source noised (noise from ``seed + 1``) to the levels
-    of the cleanest 40 % of the steps, ten one-row calls before editing; rows whose prompts are equal
-    get an empty mask (the source, exactly). The mask used is left in ``edit_mask.latent``."""
+    of the cleanest 40 % of the steps, ten one-row calls before editing; rows whose prompts (and first
+    frames) are equal get an empty mask (the source, exactly). The mask used is left in ``edit_mask.latent``.
+
+    Image-to-video: `image_latents` is the source's first-frame conditioning, `target_image_latents` an edited
+    first frame's for the target velocity (None: the source's)."""
     hooks = hooks or Hooks()
+    target_image = image_latents if target_image_latents is None else target_image_latents
     fam = families.of(model)
     if fam.grid_kind != flow.KIND:
         raise errors.InputError(f"FlowEdit needs a flow-matching model; {getattr(model, 'name', '?')!r} is a "
                                 f"{fam.display_name} model (its sampler is {fam.grid_kind!r})",
                                 "Load a flow model (Wan), or edit this one with its Invert node + Reference "
                                 "Attention + Guided Sample.")
-    for cond, guidance in ((source, source_guidance), (target, target_guidance)):
-        checked_family(model, cond, latent, guidance, image_latents)
+    for cond, guidance, image in ((source, source_guidance, image_latents), (target, target_guidance, target_image)):
+        checked_family(model, cond, latent, guidance, image)
     grid = fam.grid(model, steps)
     first, _ = flowedit.window(grid.steps, n_min, n_max, n_avg)
     if edit_mask is not None and edit_mask.given is None and edit_mask.source != "difference":
         raise errors.InputError(f"FlowEdit's mask source {edit_mask.source!r} follows a sample's attention; FlowEdit "
                                 "has no such sample", "Use the 'difference' mask source, or give a MASK.")
     v_src = guarded(fam.denoiser(model, source, source_guidance, grid, image_latents), hooks)
-    v_tar = guarded(fam.denoiser(model, target, target_guidance, grid, image_latents), hooks)
+    v_tar = guarded(fam.denoiser(model, target, target_guidance, grid, target_image), hooks)
     mask = None
     if edit_mask is not None:
-        mask = edit_mask.grown(flow_edit_mask(model, fam, source, target, latent, grid, image_latents, edit_mask, seed,
-                                              hooks))
+        mask = edit_mask.grown(flow_edit_mask(model, fam, (source, target), latent, grid, (image_latents, target_image),
+                                              edit_mask, seed, hooks))
         edit_mask.latent = mask
 
     def after(info):
@@ -455,20 +459,22 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
                                torch.Generator().manual_seed(int(seed)), after, mask)
 
 
-def flow_edit_mask(model, fam, source, target, latent: torch.Tensor, grid: solver.Grid, image_latents,
+def flow_edit_mask(model, fam, conds, latent: torch.Tensor, grid: solver.Grid, images,
                    edit_mask: editmask.EditMask, seed: int, hooks: Hooks) -> torch.Tensor:
     """FlowEdit's latent mask ``[B, F, 1, h, w]``: the given MASK, or the difference map of the
-    unguided predictions under the two prompts on the noised source (`flow_edit`)."""
+    unguided predictions under the (source, target) `conds` and first-frame `images` on the noised source
+    (`flow_edit`); rows whose prompt and first frame are both unchanged get none."""
     if edit_mask.given is not None:
         return editmask.from_pixels(edit_mask.given, latent.shape, model.temporal_factor)
     batch = latent.shape[0]
-    rows = (source.embeds.expand(batch, -1, -1) != target.embeds.expand(batch, -1, -1)).flatten(1).any(1)
+    rows = (conds[0].embeds.expand(batch, -1, -1) != conds[1].embeds.expand(batch, -1, -1)).flatten(1).any(1) | \
+        editmask.image_changed(*images, batch)
     if not bool(rows.any()):
         return torch.zeros(batch, latent.shape[1], 1, *latent.shape[-2:])
     g = torch.Generator().manual_seed(int(seed) + 1)
     noised = {i: (1.0 - grid.sigmas[i]) * latent.float() + grid.sigmas[i] * torch.randn(latent.shape, generator=g)
               for i in editmask.difference_steps(grid.steps)}
-    predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, image_latents), hooks) for c in (source, target)]
+    predict = [guarded(fam.denoiser(model, c, Guidance(1.0), grid, image), hooks) for c, image in zip(conds, images)]
     with networks_on_device(fam.networks(model), model):
         scores = editmask.difference_map(*predict, noised.__getitem__, grid.steps, rows)
     return edit_mask.cut_map(scores.flatten(1), tuple(scores.shape[1:]), (1, 1, 1), latent.shape)

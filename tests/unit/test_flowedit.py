@@ -316,3 +316,48 @@ def test_image_conditioned_wan(tmp_path, layout):
     assert torch.isfinite(out).all() and float((out - z).norm() / z.norm()) > 1e-3
     if layout == "ti2v":
         assert torch.equal(out[:, :1], z[:, :1])
+
+
+@pytest.mark.inference_mode
+def test_an_edited_first_frame_steers_the_target_velocity_only(tmp_path, pack):
+    """Image-to-video with an edited first frame (`target_image_latents`; the node's first_frame): one FlowEdit step
+    by hand (n_max 1: from sigma s to 0, x + (0 - s) (v_tar(z) - v_src(z)) with z the source noised once) has the
+    source's frame in the source velocity and the edited frame in the target's; the source's own frame as the target
+    frame changes nothing; with the source prompt on both sides the edited frame alone makes the difference mask
+    (the prompts' rows alone would give none). The node encodes first_frame as Guided Sample does and refuses it
+    on a text-to-video model."""
+    from vidinv import editmask
+    folder = write_tiny_wan(tmp_path / "i2v", seed=6, i2v=True)
+    model = wan.load(folder, "fp32")
+    frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    z, image, _, _, _ = wan.FAMILY.encode_frames(model, frames, "trim to 4k+1", "resize and crop", 16, 16, "auto")
+    edited = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(2))
+    other = wan.FAMILY.first_frame_latents(model, z, edited)
+    src, tar = prompts(model)
+    run = dict(model=model, source=src, target=tar, latent=z, steps=STEPS, n_max=1, n_min=0, n_avg=1,
+               source_guidance=Guidance(2.0), target_guidance=Guidance(4.0), seed=3, image_latents=image)
+    plain = pipeline.flow_edit(**run)
+    assert torch.equal(pipeline.flow_edit(**run, target_image_latents=image), plain)
+    out = pipeline.flow_edit(**run, target_image_latents=other)
+    grid = wan.FAMILY.grid(model, STEPS)
+    j = STEPS - 1
+    noised = (1 - grid.sigmas[j]) * z + grid.sigmas[j] * noises(3, 1, z.shape)[0]
+    v_src = wan.FAMILY.denoiser(model, src, Guidance(2.0), grid, image)(noised, j)
+    v_tar = wan.FAMILY.denoiser(model, tar, Guidance(4.0), grid, other)(noised, j)
+    torch.testing.assert_close(out, z + (grid.sigmas[j + 1] - grid.sigmas[j]) * (v_tar - v_src), rtol=1e-5, atol=1e-6)
+    assert float((out - plain).norm() / plain.norm()) > 1e-3
+    em = editmask.EditMask(0.0, source="difference", cut="otsu")
+    pipeline.flow_edit(**(run | dict(target=src, n_max=3)), edit_mask=em, target_image_latents=other)
+    assert float(em.latent.sum()) > 0
+    node = pack.NODE_CLASS_MAPPINGS["VInvFlowEdit"]()
+    pwan = pack.vidinv.models.wan
+    pmodel = pwan.load(folder, "fp32")
+    psrc, ptar = (pwan.encode_text(pmodel, p) for p in ("a red circle moving right", "a blue circle moving right"))
+    pz, pimage, _, _, _ = pwan.FAMILY.encode_frames(pmodel, frames, "trim to 4k+1", "resize and crop", 16, 16, "auto")
+    got, _ = node.edit(pmodel, psrc, ptar, pack.nodes.common.latent_value(pz, pmodel, pimage), STEPS, 1, 0, 1, 2.0,
+                       4.0, 3, first_frame=edited)
+    torch.testing.assert_close(got["samples"], out, rtol=1e-6, atol=1e-7)
+    t2v = pwan.load(write_tiny_wan(tmp_path / "t2v", seed=6), "fp32")
+    with pytest.raises(pack.vidinv.errors.InputError, match="takes no first frame"):
+        node.edit(t2v, psrc, ptar, pack.nodes.common.latent_value(latent().float(), t2v), STEPS, 1, 0, 1, 2.0, 4.0,
+                  3, first_frame=edited)

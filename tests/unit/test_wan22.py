@@ -355,9 +355,12 @@ def test_ti2v_guided_reconstruction_and_an_edited_first_frame(ti2v64, ti2v_sourc
     loaded = trajectory.load(traj.save(tmp_path / "ti2v.safetensors"))
     patched = pipeline.with_reference(ti2v64, loaded)
     assert rel(pipeline.guided_sample(patched, conds[0], Guidance(g)), back) < 1e-6
-    other = families.of(ti2v64).first_frame_latents(ti2v64, loaded, torch.from_numpy(frames_u8(7, 1)).double() / 255)
+    other = families.of(ti2v64).first_frame_latents(ti2v64, loaded.latents[0],
+                                                    torch.from_numpy(frames_u8(7, 1)).double() / 255)
     edited = pipeline.guided_sample(patched, conds[0], Guidance(g), image_latents=other)
     assert rel(edited, back) > 1e-3 and torch.allclose(edited[:, 0], other.latents[:, 0].double(), atol=1e-5)
+    recipe = families.of(ti2v64).edit_recipe(ti2v64)  # nothing measured on TI2V: the default chain, not I2V's
+    assert (recipe.weight, recipe.mask_level) == (2.0, 1.0)
 
 
 def test_ti2v_refuses_a_foreign_first_frame_latent(ti2v64, ti2v_source):

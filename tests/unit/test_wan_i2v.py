@@ -122,13 +122,37 @@ def test_the_source_first_frame_conditions_every_reference_pass(model64, source,
 def test_an_edited_first_frame_changes_the_sample(model64, source, runs):
     traj, back = runs[1.0]
     fam = families.of(model64)
-    same = fam.first_frame_latents(model64, traj, as_image(frames_u8())[:1])
+    same = fam.first_frame_latents(model64, traj.latents[0], as_image(frames_u8())[:1])
     assert rel(same.latents, source[1].latents) < 1e-12 and rel(same.embeds, source[1].embeds) < 1e-12
-    other = fam.first_frame_latents(model64, traj, as_image(frames_u8(7, 1)))
+    other = fam.first_frame_latents(model64, traj.latents[0], as_image(frames_u8(7, 1)))
     patched = pipeline.with_reference(model64, traj)
     out = pipeline.guided_sample(patched, source[2][0], Guidance(1.0), image_latents=other)
     assert rel(out, back) > 1e-3
     assert rel(pipeline.guided_sample(patched, source[2][0], Guidance(1.0), image_latents=same), back) < 1e-6
+
+
+@pytest.mark.parametrize("g", [1.0, 5.0])
+def test_node_default_chain_gives_the_source_back_with_its_prompt_and_frame(model64, source, runs, g):
+    """Wan image-to-video's measured chain (session 23's rule K: reference weight 4, the difference mask at 0.6 x
+    Otsu's level, fresh noise inside it) with the source prompt and first frame: the mask is empty, so the source
+    comes back as plain sampling gives it; with an edited first frame (the source prompt) the frame alone makes the
+    mask and the sample moves."""
+    from vidinv import editmask
+    traj, back = runs[g]
+    recipe = families.of(model64).edit_recipe(model64)
+    assert (recipe.weight, recipe.mask_level, recipe.guide) == (4.0, 0.6, "trajectory")
+    patched = pipeline.with_reference(model64, traj, ReferenceOptions(weight=recipe.weight, end=recipe.end), "auto")
+
+    def chain(image=None):
+        m = editmask.EditMask(0.9, source="difference", cut="otsu", level=recipe.mask_level)
+        out = pipeline.guided_sample(patched, source[2][0], Guidance(g), start="fresh in mask", seed=3, edit_mask=m,
+                                     image_latents=image)
+        return out, m.latent
+    out, mask = chain()
+    assert not mask.any() and rel(out, back) < 1e-6
+    other = families.of(model64).first_frame_latents(model64, traj.latents[0], as_image(frames_u8(7, 1)))
+    out, mask = chain(other)
+    assert mask.any() and rel(out, back) > 1e-3
 
 
 def test_trajectory_with_image_conditioning_saves_and_loads(tmp_path, model64, source, runs):

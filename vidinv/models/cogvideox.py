@@ -654,8 +654,8 @@ class CogVideoXFamily:
     def latent_extras(self, traj):
         return traj.image_latents, int(traj.extra.get("pad_frames", 0))
 
-    def first_frame_latents(self, model, traj, first_frame):
-        """An edited first frame for an I2V edit, fitted to the trajectory's size and encoded as the
+    def first_frame_latents(self, model, latent, first_frame):
+        """An edited first frame for an I2V edit, fitted to the latent's size and encoded as the
         image conditioning (None: the source's)."""
         if first_frame is None:
             return None
@@ -663,9 +663,9 @@ class CogVideoXFamily:
             raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
                                     "Disconnect first_frame, or load an image-to-video model (CogVideoX-5B-I2V).")
         first_frame = video.check_images(first_frame, "first_frame")
-        h, w = traj.latents.shape[-2] * model.spatial_factor, traj.latents.shape[-1] * model.spatial_factor
+        h, w = latent.shape[-2] * model.spatial_factor, latent.shape[-1] * model.spatial_factor
         frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop", model.required_size)
-        return encode_image_latents(model, frame, traj.latents.shape[2])
+        return encode_image_latents(model, frame, latent.shape[1])
 
     def edit_recipe(self, model):
         # image-to-video: the default chain (session 22's rule kept it: BENCHMARKS section 6)

@@ -680,7 +680,7 @@ class SVDFamily:
     def latent_extras(self, traj):
         return None, 0  # the image latents belong to the conditioning, not to the latent
 
-    def first_frame_latents(self, model, traj, first_frame):
+    def first_frame_latents(self, model, latent, first_frame):
         if first_frame is not None:
             raise errors.InputError("first_frame is for CogVideoX image-to-video models; Stable Video Diffusion "
                                     "takes its edited first frame as the conditioning",

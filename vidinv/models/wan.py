@@ -846,22 +846,24 @@ class WanFamily:
         return ImageCondition(traj.image_latents.float(), None if traj.image_embeds is None
                               else traj.image_embeds.float()), 0
 
-    def first_frame_latents(self, model, traj, first_frame):
-        """An edited first frame, fitted to the trajectory's size, as the conditioning of an
-        image-to-video sample (the reference passes keep the source's)."""
+    def first_frame_latents(self, model, latent, first_frame):
+        """An edited first frame, fitted to the latent's size, as the conditioning of an image-to-video
+        sample (the reference passes keep the source's)."""
         if first_frame is None:
             return None
         if not model.takes_first_frame:
             raise errors.InputError(f"{model.name} is a text-to-video model: it takes no first frame",
                                     "Disconnect first_frame, or load a Wan image-to-video model.")
         first_frame = video.check_images(first_frame, "first_frame")
-        h, w = (s * model.spatial_factor for s in traj.latents.shape[-2:])
+        h, w = (s * model.spatial_factor for s in latent.shape[-2:])
         frame, _ = video.fit_size(first_frame[:1], h, w, model.size_multiple, "resize and crop")
-        return encode_image_condition(model, frame, traj.latents.shape[2])
+        return encode_image_condition(model, frame, latent.shape[1])
 
     def edit_recipe(self, model):
-        # a first frame's models: nothing measured, the default chain
-        return EditRecipe() if model.takes_first_frame else MEASURED_RECIPES["Wan text-to-video"]
+        # the first frame on channels (I2V): session 23's rule K; in place (TI2V): nothing measured, the default chain
+        if model.first_frame_in_place:
+            return EditRecipe()
+        return MEASURED_RECIPES["Wan image-to-video" if model.is_i2v else "Wan text-to-video"]
 
     # -- reference attention
     def reference_options(self, options):
