@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import CountingHooks, encode_heldout, machine, rel_err  # noqa: E402
-from vidinv import families, pipeline, synthetic  # noqa: E402
+from vidinv import pipeline, synthetic  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
 

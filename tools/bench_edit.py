@@ -63,10 +63,9 @@ from tools.benchkit import (NODE_DEFAULTS, add_mask_arguments, add_reference_arg
                             score_frames, sdedit, time_samplers, video_size)
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.solver import Solver  # noqa: E402
-from vidinv import ddim, nulltext, pipeline, synthetic  # noqa: E402
+from vidinv import nulltext, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions, ReferenceSpec  # noqa: E402
 from vidinv.models import cogvideox  # noqa: E402
-from vidinv.trajectory import Trajectory  # noqa: E402
 
 
 def score(model, z, specs, targets, kind, recon):

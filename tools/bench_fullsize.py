@@ -68,7 +68,7 @@ def step_memory(model, edit, traj, guidance: float) -> dict:
         if opts is not None and inverted_guidance > 1.0 and guidance <= 1.0:
             continue  # a reference row per CFG row needs a CFG sample
         for sched in SCHEDULES:
-            source, layers, per_step = traj, (), None
+            source, layers = traj, ()
             i = 0
             if opts is not None:
                 source = dataclasses.replace(traj, guidance=inverted_guidance)

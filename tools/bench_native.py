@@ -473,7 +473,7 @@ def markdown(result: dict, command: str) -> str:
             f"{fe['native_source_both_sides_vs_source']:.2e} |"]
     if "round_trip" not in result:
         return "\n".join(out) + "\n"
-    out += ["", f"| | diffusers path | native path (core) |", "|---|---|---|"]
+    out += ["", "| | diffusers path | native path (core) |", "|---|---|---|"]
     rt = result["round_trip"]
     for cfg in ("1", g):
         d, n = rt["diffusers"][cfg], rt["native"][cfg]

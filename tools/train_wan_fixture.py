@@ -7,8 +7,9 @@ Stages (each seeded and reproducible on CPU; run in order):
     python tools/train_wan_fixture.py vae-decoder   # refine the VAE decoder (encoder and latents fixed)
     python tools/train_wan_fixture.py export   # diffusers folder -> assets/tiny-wan
 
-An image-to-video model (channel conditioning, as Wan 2.2 I2V lays it out; one expert, no CLIP tokens) is trained
-from a text-to-video folder and exported beside it; not bundled (BENCHMARKS section 6, "Wan image-to-video edits"):
+An image-to-video model (channel conditioning, as Wan 2.2 I2V lays it out; one expert; with --clip-width also CLIP
+tokens, Wan 2.1 I2V's layout) is trained from a text-to-video folder and exported beside it; not bundled (BENCHMARKS
+section 6, "Wan image-to-video edits"):
 
     python tools/train_wan_fixture.py i2v --i2v-from assets/tiny-wan --work W
     python tools/train_wan_fixture.py export --i2v-from assets/tiny-wan --work W --out O
@@ -270,37 +271,53 @@ def train_dit(args) -> None:
 # ----------------------------------------------------------------------------- image-to-video
 
 def i2v_source(args):
-    """The text-to-video folder an I2V model is trained from (--i2v-from), loaded by the pack."""
+    """The text-to-video folder an I2V model is trained from (--i2v-from), loaded by the pack; with --clip-width W
+    also a CLIP vision encoder of width W and its image processor (random and frozen: the real one is pretrained and
+    frozen too; 32 x 32 crops, 17 tokens), carried by the model so that the pack's own encoder makes the tokens."""
+    import dataclasses
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
     from vidinv.models import wan
     model = wan.load(args.i2v_from, "fp32")
     if model.takes_first_frame or model.transformer_2 is not None:
         raise SystemExit(f"--i2v-from {args.i2v_from}: needs a one-expert text-to-video Wan, got {model.describe()}")
-    return model
+    if not args.clip_width:
+        return model
+    torch.manual_seed(args.seed + 5)
+    encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=args.clip_width, intermediate_size=2 * args.clip_width, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8)).eval().requires_grad_(False)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return dataclasses.replace(model, image_encoder=encoder, image_processor=processor)
 
 
 @torch.no_grad()
 def encode_i2v_dataset(model, rng: np.random.Generator, count: int, size: tuple[int, int, int]):
-    """Latents [N, F, C, h, w], their first-frame conditioning [N, F, T + C, h, w] and captions, encoded by the
-    pack itself (`wan.encode_video`, `wan.encode_image_condition`): what the I2V model will be given in use."""
+    """Latents [N, F, C, h, w], their first-frame conditioning [N, F, T + C, h, w], its CLIP tokens [N, 17, W]
+    (None without an image encoder) and captions, encoded by the pack itself (`wan.encode_video`,
+    `wan.encode_image_condition`): what the I2V model will be given in use."""
     from vidinv.models import wan
-    latents, conds, captions = [], [], []
+    latents, conds, tokens, captions = [], [], [], []
     for i in range(count):
         spec = synthetic.random_spec(train_seed(rng), *size)
         frames = torch.from_numpy(synthetic.render(spec))
         z = wan.encode_video(model, frames)
         latents.append(z)
-        conds.append(wan.encode_image_condition(model, frames[:1], z.shape[1]).latents)
+        image = wan.encode_image_condition(model, frames[:1], z.shape[1])
+        conds.append(image.latents)
+        tokens.append(image.embeds)
         captions.append(spec.caption)
         if i % 200 == 0:
             log(f"encoded {i + 1}/{count}")
-    return torch.cat(latents), torch.cat(conds), captions
+    return torch.cat(latents), torch.cat(conds), None if tokens[0] is None else torch.cat(tokens), captions
 
 
 def train_i2v(args) -> None:
     """Image-to-video from the text-to-video folder --i2v-from: the patch embedding also takes the first-frame
     mask (one channel per frame of the VAE's temporal factor) and the first frame's latent (of the clip [first
     frame, grey frames]) on channels, which start at zero, so training starts from the text-to-video model; the VAE,
-    UMT5 and tokenizer stay the folder's, frozen. Every transformer setting is the folder's own."""
+    UMT5 and tokenizer stay the folder's, frozen. Every transformer setting is the folder's own. --clip-width W: Wan
+    2.1 I2V's layout instead, CLIP tokens through ``image_dim`` / ``added_kv_proj_dim`` (their value projection
+    starts at zero, so again training starts from the text-to-video model)."""
     from diffusers import WanTransformer3DModel
     from vidinv.models import wan
 
@@ -309,22 +326,34 @@ def train_i2v(args) -> None:
     rng = seed_all(args.seed + 3)
     work = Path(args.work)
     start = time.time()
-    data_file = work / "i2v_latents.pt"
+    data_file = work / f"i2v_latents{f'_clip{args.clip_width}' if args.clip_width else ''}.pt"
     if data_file.exists():
         data = torch.load(data_file)
     else:
-        z, cond, caps = encode_i2v_dataset(model, rng, args.dataset, size)
-        data = {"latents": z, "conds": cond, "captions": caps}
+        z, cond, tokens, caps = encode_i2v_dataset(model, rng, args.dataset, size)
+        data = {"latents": z, "conds": cond, "tokens": tokens, "captions": caps}
         torch.save(data, data_file)
     encode_seconds = time.time() - start
-    latents, conds, captions = data["latents"], data["conds"], data["captions"]
+    latents, conds, tokens, captions = data["latents"], data["conds"], data["tokens"], data["captions"]
     t2v = model.transformer
-    transformer = WanTransformer3DModel.from_config(dict(t2v.config, in_channels=t2v.config.in_channels +
-                                                         conds.shape[2]))
+    config = dict(t2v.config, in_channels=t2v.config.in_channels + conds.shape[2])
+    if tokens is not None:
+        config.update(image_dim=tokens.shape[-1], added_kv_proj_dim=t2v.config.num_attention_heads *
+                      t2v.config.attention_head_dim)
+    transformer = WanTransformer3DModel.from_config(config)
     state = t2v.state_dict()
     w = state["patch_embedding.weight"]
     state["patch_embedding.weight"] = torch.cat([w, w.new_zeros(w.shape[0], conds.shape[2], *w.shape[2:])], dim=1)
-    transformer.load_state_dict(state)
+    missing, unexpected = transformer.load_state_dict(state, strict=False)
+    image_parts = ("image_embedder", "add_k_proj", "add_v_proj", "norm_added_k")
+    assert not unexpected and all(any(k in name for k in image_parts) for name in missing), (missing, unexpected)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "add_v_proj" in name:
+                param.zero_()
+    if tokens is not None:
+        model.image_encoder.save_pretrained(work / "image_encoder")
+        model.image_processor.save_pretrained(work / "image_processor")
     params = list(transformer.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -342,7 +371,8 @@ def train_i2v(args) -> None:
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise
         inp = torch.cat([xt, conds[idx]], dim=2).permute(0, 2, 1, 3, 4)  # the transformer's [B, C, F, H, W]
-        pred = transformer(inp, sigma.flatten() * 1000, text, return_dict=False)[0].permute(0, 2, 1, 3, 4)
+        pred = transformer(inp, sigma.flatten() * 1000, text, None if tokens is None else tokens[idx],
+                           return_dict=False)[0].permute(0, 2, 1, 3, 4)
         loss = F.mse_loss(pred, noise - x0)
         optimise(loss, opt, sched, params, ema, args.ema, step)
         if step % 200 == 0 or step == args.steps - 1:
@@ -350,7 +380,7 @@ def train_i2v(args) -> None:
     save_trained(transformer, params, ema, work / "transformer_i2v", {
         "encode_seconds": encode_seconds, "steps": args.steps, "batch": args.batch, "lr": args.lr, "ema": args.ema,
         "caption_dropout": args.caption_dropout, "dataset": len(latents), "clip": size, "seed": args.seed,
-        "from": str(args.i2v_from)}, work / "i2v_train.json", start)
+        "from": str(args.i2v_from), "clip_width": args.clip_width}, work / "i2v_train.json", start)
     log(f"I2V transformer done in {time.time() - start:.0f}s")
 
 
@@ -365,7 +395,8 @@ def export(args) -> None:
     from transformers import AutoTokenizer, UMT5EncoderModel
     work, out = Path(args.work), Path(args.out)
     if args.i2v_from:
-        src = Path(args.i2v_from)
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+        src, clip = Path(args.i2v_from), (work / "image_encoder").is_dir()
         if out.resolve() == (ROOT / "assets" / "tiny-wan").resolve():
             raise SystemExit("export --i2v-from: give --out (the image-to-video model is not bundled)")
         pipe = WanImageToVideoPipeline(
@@ -373,8 +404,9 @@ def export(args) -> None:
             text_encoder=UMT5EncoderModel.from_pretrained(src / "text_encoder"),
             vae=AutoencoderKLWan.from_pretrained(src / "vae", torch_dtype=torch.float32),
             transformer=WanTransformer3DModel.from_pretrained(work / "transformer_i2v"),
-            scheduler=UniPCMultistepScheduler.from_pretrained(src / "scheduler"), image_encoder=None,
-            image_processor=None)
+            scheduler=UniPCMultistepScheduler.from_pretrained(src / "scheduler"),
+            image_encoder=CLIPVisionModel.from_pretrained(work / "image_encoder") if clip else None,
+            image_processor=CLIPImageProcessor.from_pretrained(work / "image_processor") if clip else None)
     else:
         pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(work / "tokenizer"),
                            text_encoder=UMT5EncoderModel.from_pretrained(work / "text_encoder"),
@@ -412,6 +444,8 @@ def main(argv=None) -> None:
     p.add_argument("--vae-from", default=None, help="reuse this Wan folder's VAE instead of the vae stage")
     p.add_argument("--latent-channels", type=int, default=None,
                    help="the vae stage's latent channels (bundled: 16); the transformer takes its VAE's")
+    p.add_argument("--clip-width", type=int, default=0,
+                   help="i2v stage: CLIP tokens of this width as Wan 2.1 I2V takes them (0: none, as Wan 2.2 I2V)")
     p.add_argument("--i2v-from", default=None,
                    help="i2v stage: the text-to-video Wan folder to start from; export: export the I2V model with it")
     add_clip_arguments(p)

@@ -93,8 +93,8 @@ MEASURED_RECIPES = {
     "CogVideoX text-to-video": EditRecipe(weight=8.0, guide=GUIDES[1], mask_level=0.9),
     # session 19's rules on thirteen models at 16 videos, checked on two more each
     "Wan text-to-video": EditRecipe(weight=4.0, mask_level=0.6),
-    # session 23's rule K: the same chain, picked on two trained Wan I2V models (first frame on channels), checked on a
-    # third
+    # session 23's rule K: the same chain, picked on two trained Wan I2V models (first frame on channels), checked on
+    # two more (one with CLIP tokens)
     "Wan image-to-video": EditRecipe(weight=4.0, mask_level=0.6),
 }
 

@@ -84,12 +84,13 @@ def test_an_image_to_video_model_of_another_shape_trains_from_its_text_to_video_
     assert float((back - x0).norm() / x0.norm()) < 1e-4
 
 
-def test_a_wan_image_to_video_model_trains_from_a_text_to_video_folder(tmp_path):
+@pytest.mark.parametrize("clip", [0, 16], ids=["channels", "clip tokens"])
+def test_a_wan_image_to_video_model_trains_from_a_text_to_video_folder(tmp_path, clip):
     """Wan's i2v stage starts from an exported text-to-video folder (here 12 latent channels, 13 x 48 x 80 clips):
     the transformer also takes the first-frame mask (one channel per frame of the VAE's temporal factor) and the
-    first frame's latent, every other setting is the folder's; the export is a Wan I2V folder the pack loads and
-    round-trips with its first frame. The stage without --i2v-from, and from a folder that is already
-    image-to-video, is refused before any work."""
+    first frame's latent, with --clip-width CLIP tokens too (Wan 2.1 I2V's layout), every other setting is the
+    folder's; the export is a Wan I2V folder the pack loads and round-trips with its first frame. The stage without
+    --i2v-from, and from a folder that is already image-to-video, is refused before any work."""
     t2v = trained(train_wan_fixture, tmp_path / "t2v", ["--latent-channels", "12", *CLIP],
                   ["--blocks", "1", "--heads", "2", "--head-dim", "24", "--text-layers", "1", *CLIP])
     with pytest.raises(SystemExit, match="needs --i2v-from"):
@@ -97,17 +98,19 @@ def test_a_wan_image_to_video_model_trains_from_a_text_to_video_folder(tmp_path)
     work, out = tmp_path / "i2v-work", tmp_path / "i2v"
     with torch.random.fork_rng():
         train_wan_fixture.main(["i2v", "--i2v-from", str(t2v), "--work", str(work), "--threads", "1", "--steps", "1",
-                                "--batch", "1", "--dataset", "2", *CLIP])
+                                "--batch", "1", "--dataset", "2", "--clip-width", str(clip), *CLIP])
         train_wan_fixture.main(["export", "--i2v-from", str(t2v), "--work", str(work), "--out", str(out)])
     model = wan.load(out, "fp32")
     config = model.transformer.config
     assert model.is_i2v and config.out_channels == 12 and config.in_channels == 12 + 12 + model.temporal_factor
-    assert config.num_layers == 1 and config.attention_head_dim == 24 and config.image_dim is None
+    assert config.num_layers == 1 and config.attention_head_dim == 24 and config.image_dim == (clip or None)
+    assert (model.image_encoder is not None) == bool(clip)
     frames = torch.from_numpy(synthetic.render(synthetic.heldout_specs(1, 13, 48, 80)[0]))
     x0, image, _, _, _ = wan.FAMILY.encode_frames(model, frames, "trim to 4k+1", "resize and crop", 80, 48, "off")
     cond = wan.encode_text(model, "a red circle moving right")
     traj = pipeline.invert(model, cond, x0, 4, Guidance(1.0), Solver(iters=30, tol=1e-9), image_latents=image)
     back = pipeline.sample(model, cond, traj.noise, 4, Guidance(1.0), image_latents=image)
     assert float((back - x0).norm() / x0.norm()) < 1e-4
+    assert (image.embeds is None) == (not clip)
     with pytest.raises(SystemExit, match="one-expert text-to-video"):
         train_wan_fixture.main(["i2v", "--i2v-from", str(out), "--work", str(tmp_path / "again"), "--threads", "1"])

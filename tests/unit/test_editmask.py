@@ -9,7 +9,6 @@ import torch
 
 from vidinv import editmask, errors, pipeline
 from vidinv.attention import ReferenceOptions
-from vidinv.family import Guidance
 from vidinv.hooks import Hooks
 from vidinv.models import cogvideox
 from vidinv.solver import Solver
