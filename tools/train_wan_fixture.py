@@ -452,6 +452,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.stage == "i2v" and not args.i2v_from:
         raise SystemExit("the i2v stage needs --i2v-from FOLDER: the trained text-to-video Wan to start from")
+    if args.clip_width < 0 or args.clip_width % 2:
+        raise SystemExit(f"--clip-width {args.clip_width}: needs an even width (two CLIP heads), or 0 for no CLIP tokens")
     clip_size(args)  # a clip size the VAE and the patches cannot tile is refused before any work
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)

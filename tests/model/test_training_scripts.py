@@ -95,6 +95,9 @@ def test_a_wan_image_to_video_model_trains_from_a_text_to_video_folder(tmp_path,
                   ["--blocks", "1", "--heads", "2", "--head-dim", "24", "--text-layers", "1", *CLIP])
     with pytest.raises(SystemExit, match="needs --i2v-from"):
         train_wan_fixture.main(["i2v", "--work", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="needs an even width"):
+        train_wan_fixture.main(["i2v", "--i2v-from", str(t2v), "--clip-width", "15", "--work", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
     work, out = tmp_path / "i2v-work", tmp_path / "i2v"
     with torch.random.fork_rng():
         train_wan_fixture.main(["i2v", "--i2v-from", str(t2v), "--work", str(work), "--threads", "1", "--steps", "1",
