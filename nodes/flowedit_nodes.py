@@ -72,8 +72,8 @@ class FlowEdit:
         }, "optional": {
             "mask_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                "Above 0, mask the edit by how much the model's prediction changes between the two "
-                               "prompts on the source noised to the cleanest 40 % of the levels (DiffEdit; 10 one-row "
-                               "model calls before editing), cut per frame (mask_cut: with 'otsu' any value above 0 "
+                               "prompts on the source noised to the cleanest 40 % of the levels (DiffEdit; 2 one-row "
+                               "model calls per ten steps, at most 10, before editing), cut per frame (mask_cut: with 'otsu' any value above 0 "
                                "switches it on; with 'quantile' the quantile kept). Outside the mask every step keeps "
                                "the source. 0 = no mask."}),
             "mask_cut": (list(editmask.CUTS), {"default": "otsu", "tooltip":

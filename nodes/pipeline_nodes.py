@@ -431,8 +431,8 @@ class GuidedSample(GuidedSampleNode):
                             "The map the mask is cut from: 'attention' = the sample's attention to the prompt words "
                             "that differ from the source prompt (Prompt-to-Prompt, LEDITS++); 'difference' = how "
                             "much the model's prediction changes between the source and the edited prompt (and "
-                            "first_frame) on the trajectory's cleanest 40 % of steps (DiffEdit; up to 10 extra "
-                            "model calls, before sampling). An edited first_frame with the source prompt needs "
+                            "first_frame) on the trajectory's cleanest 40 % of steps (DiffEdit; 2 extra model calls "
+                            "per ten steps, at most 10, before sampling). An edited first_frame with the source prompt needs "
                             "'difference'."}),
             "mask_cut": (list(editmask.CUTS), {"default": MASK_CUT, "tooltip":
                          "How each frame's map becomes the mask: 'otsu' keeps the part that stands out from the "

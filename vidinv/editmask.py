@@ -150,10 +150,11 @@ def mask_from_map(scores: torch.Tensor, grid: tuple[int, int, int], patch: tuple
 
 
 def difference_steps(steps: int, window: tuple[float, float] = DIFFERENCE_WINDOW) -> list[int]:
-    """The sampling steps (0 = noisiest) whose trajectory latents the difference map probes: up to
-    `DIFFERENCE_PROBES`, evenly spread over the `window` (fractions) of the steps."""
+    """The sampling steps (0 = noisiest) whose trajectory latents the difference map probes: one per ten steps, at
+    least one and at most `DIFFERENCE_PROBES`, evenly spread over the `window` (fractions) of the steps (so the map
+    costs no more per step at 20 or 30 steps than at 50)."""
     lo, hi = (min(steps - 1, int(f * steps)) for f in window)
-    n = min(DIFFERENCE_PROBES, hi - lo + 1)
+    n = min(DIFFERENCE_PROBES, max(1, steps // 10), hi - lo + 1)
     return sorted({round(lo + k * (hi - lo) / max(n - 1, 1)) for k in range(n)})
 
 

@@ -423,8 +423,9 @@ def flow_edit(model, source, target, latent: torch.Tensor, steps: int, n_max: in
     `edit_mask`: a given MASK, or the prediction-difference map (``source="difference"``; the
     attention map needs a trajectory's sample and is refused) cut per frame: DiffEdit's unguided
     predictions under the two prompts on the source noised (noise from ``seed + 1``) to the levels
-    of the cleanest 40 % of the steps, ten one-row calls before editing; rows whose prompts (and first
-    frames) are equal get an empty mask (the source, exactly). The mask used is left in ``edit_mask.latent``.
+    of the cleanest 40 % of the steps, two one-row calls per ten steps (at most ten) before editing; rows
+    whose prompts (and first frames) are equal get an empty mask (the source, exactly). The mask used is left in
+    ``edit_mask.latent``.
 
     Image-to-video: `image_latents` is the source's first-frame conditioning, `target_image_latents` an edited
     first frame's for the target velocity (None: the source's)."""

@@ -99,7 +99,10 @@ def test_grow_widens_each_frame_by_whole_cells_and_keeps_an_empty_mask_empty():
 
 def test_difference_map_probes_the_clean_end_and_empties_unchanged_rows():
     assert editmask.difference_steps(50) == [30, 35, 40, 44, 49]
-    assert editmask.difference_steps(4) == [2, 3] and editmask.difference_steps(1) == [0]
+    assert editmask.difference_steps(20) == [12, 19] and editmask.difference_steps(30) == [18, 24, 29]
+    assert editmask.difference_steps(4) == [2] and editmask.difference_steps(1) == [0]
+    # one probe per ten steps (two unguided rows each): from 10 steps on the map costs at most 0.2 rows per step
+    assert all(2 * len(editmask.difference_steps(n)) / n <= 0.2 for n in range(10, 201))
     seen = []
     latents = torch.randn(3, 2, 2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
 
