@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import (NODE_DEFAULTS, add_video_arguments, counted_edit_rows, counted_table,  # noqa: E402
-                            edit_markdown, edited_spec, encode_heldout, machine, naive_trajectory, node_defaults,
-                            reconstruction_rows, report, score_frames, sdedit, video_size)
+                            edit_markdown, edited_spec, encode_heldout, flowedit_specs, machine, naive_trajectory,
+                            node_defaults, reconstruction_rows, report, score_frames, sdedit, stack_conditions,
+                            video_size)
 from vidinv import families, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import GUIDES, EditRecipe, Guidance  # noqa: E402
@@ -78,30 +79,14 @@ def load(folder):
 
 def first_frames(model, x0, videos):
     """The first-frame conditioning of each video's frame 0, one row per video (as the nodes encode it)."""
-    fam, rows = families.of(model), []
-    for v in videos:
-        rows.append(fam.first_frame_latents(model, x0[:1], torch.from_numpy(synthetic.render(v)[:1])))
-    if isinstance(rows[0], wan.ImageCondition):
-        return wan.ImageCondition(torch.cat([r.latents for r in rows]), None if rows[0].embeds is None else
-                                  torch.cat([r.embeds for r in rows]))
-    return torch.cat(rows)
-
-
-def flowedit_rows(specs) -> dict:
-    """--flowedit "N/M/g/h" -> {"flowedit N/M g/h": (n_max, n_min, source guidance, target guidance)}."""
-    out = {}
-    for spec in specs:
-        try:
-            n_max, n_min, g_src, g_tar = spec.split("/")
-            out[f"flowedit {n_max}/{n_min} {g_src}/{g_tar}"] = (int(n_max), int(n_min), float(g_src), float(g_tar))
-        except ValueError:
-            raise SystemExit(f"--flowedit {spec!r}: give N_MAX/N_MIN/SOURCE_GUIDANCE/TARGET_GUIDANCE, e.g. "
-                             "33/0/3.5/13.5") from None
-    return out
+    fam = families.of(model)
+    return stack_conditions([fam.first_frame_latents(model, x0[:1], torch.from_numpy(synthetic.render(v)[:1]))
+                             for v in videos])
 
 
 def run(args) -> dict:
-    recipes, flowedits = chains(args.chains), flowedit_rows(args.flowedit)
+    recipes = chains(args.chains)
+    flowedits = {f"flowedit {n}/{m} {gs:g}/{gt:g}": (n, m, gs, gt) for n, m, gs, gt in flowedit_specs(args.flowedit)}
     torch.set_num_threads(args.threads)
     model, module = load(args.model)
     if flowedits and module is not wan:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import (NODE_DEFAULTS, CountingHooks, RowCounter, add_mask_arguments,  # noqa: E402
                             add_reference_arguments, add_video_arguments, counted_edit_rows, counted_table,
-                            difference_masks, edit_markdown, edit_mask, edited_spec,
+                            difference_masks, edit_markdown, edit_mask, edited_spec, flowedit_specs,
                             encode_heldout, inversion_markdown, machine, mask_options, node_defaults,
                             reconstruction_rows, reference_rows, rel_err, report, score_frames, sdedit,
                             time_samplers, video_size)
@@ -129,15 +129,6 @@ def rf_edit(model, cond, noise, x0, steps, guidance, eta=0.9, stop=0.25) -> torc
             vel = vel + eta * ((x - x0) / a - vel)
         x = x + (b - a) * vel
     return x
-
-
-def flowedit_specs(texts) -> list[tuple[int, int, float, float]]:
-    """--flowedit "N/M/g/h" -> (n_max, n_min, source guidance, target guidance)."""
-    out = []
-    for text in texts:
-        n_max, n_min, g_src, g_tar = text.split("/")
-        out.append((int(n_max), int(n_min), float(g_src), float(g_tar)))
-    return out
 
 
 def run(args) -> dict:

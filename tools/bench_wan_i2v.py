@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.tiny_wan import write_tiny_wan  # noqa: E402
-from tools.benchkit import CountingHooks, machine, rel_err, report  # noqa: E402
+from tools.benchkit import CountingHooks, machine, rel_err, report, stack_conditions  # noqa: E402
 from vidinv import families, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
@@ -39,8 +39,7 @@ def encode(model, specs, size: int):
     fam = families.of(model)
     parts = [fam.encode_frames(model, torch.from_numpy(synthetic.render(s)), "trim to 4k+1", "resize and crop",
                                size, size, "off") for s in specs]
-    image = wan.ImageCondition(torch.cat([p[1].latents for p in parts]), torch.cat([p[1].embeds for p in parts]))
-    return torch.cat([p[0] for p in parts]), image
+    return torch.cat([p[0] for p in parts]), stack_conditions([p[1] for p in parts])
 
 
 def run(args) -> dict:

@@ -30,6 +30,30 @@ def encode_heldout(model, count: int, size: tuple[int, int, int] = (9, 64, 64)):
     return specs, x0
 
 
+def stack_conditions(rows):
+    """One video's image conditioning per entry (CogVideoX: latents; Wan: `wan.ImageCondition`, CLIP tokens or
+    none) -> one conditioning with a row per video; None when the videos have none."""
+    if rows[0] is None:
+        return None
+    if isinstance(rows[0], torch.Tensor):
+        return torch.cat(rows)
+    return type(rows[0])(torch.cat([r.latents for r in rows]),
+                         None if rows[0].embeds is None else torch.cat([r.embeds for r in rows]))
+
+
+def flowedit_specs(texts) -> list[tuple[int, int, float, float]]:
+    """--flowedit "N/M/g/h" -> (n_max, n_min, source guidance, target guidance), refused before any work."""
+    out = []
+    for text in texts:
+        try:
+            n_max, n_min, g_src, g_tar = text.split("/")
+            out.append((int(n_max), int(n_min), float(g_src), float(g_tar)))
+        except ValueError:
+            raise SystemExit(f"--flowedit {text!r}: give N_MAX/N_MIN/SOURCE_GUIDANCE/TARGET_GUIDANCE, e.g. "
+                             "33/0/3.5/13.5") from None
+    return out
+
+
 class CountingHooks(Hooks):
     def __init__(self, counter):
         self.counter = counter

@@ -5,7 +5,7 @@ error against the source frames, as the workflows' host tests score them.
 
     python tools/sample_video_edit.py --model assets/tiny-wan --settings 4/5/off 4/5/on 2/7/on
 
-An image-to-video CogVideoX model is inverted with the video's first frame and edited from the workflow's recoloured
+An image-to-video model is inverted with the video's first frame and edited from the workflow's recoloured
 first frame (assets/videos/<video>_first_frame_<colour>.png), as workflows/i2v_edit.json does.
 
 A setting is "defaults" (Reference Attention and Guided Sample at their node defaults, guidance 5: what the edit
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools.benchkit import edit_mask, node_defaults  # noqa: E402
 from tools.make_sample_video import sample_spec  # noqa: E402
-from vidinv import pipeline, synthetic  # noqa: E402
+from vidinv import families, pipeline, synthetic  # noqa: E402
 from vidinv.attention import ReferenceOptions  # noqa: E402
 from vidinv.family import Guidance  # noqa: E402
 from vidinv.models import cogvideox, wan  # noqa: E402
@@ -44,11 +44,11 @@ def run(args) -> list[dict]:
     source = module.encode_text(model, [spec.caption])
     edit = module.encode_text(model, [spec.caption.replace(spec.colour, args.colour)])
     image = edit_image = None
-    if getattr(model, "is_i2v", False):  # CogVideoX I2V: the source's first frame, and the workflow's edited one
+    if getattr(model, "is_i2v", False):  # I2V: the source's first frame, and the workflow's edited one
         from PIL import Image
         png = ROOT / "assets" / "videos" / f"{Path(args.video).stem}_first_frame_{args.colour}.png"
         edited = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255)[None]
-        image, edit_image = (cogvideox.encode_image_latents(model, f, x0.shape[1])
+        image, edit_image = (families.of(model).first_frame_latents(model, x0, f)
                              for f in (torch.from_numpy(frames[:1]), edited))
     traj = pipeline.invert(model, source, x0, args.steps, Guidance(1.0), Solver(), image_latents=image)
     rows = []
